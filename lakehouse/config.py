@@ -1,0 +1,235 @@
+"""Typed configuration, loaded once at the entry point.
+
+Layers, later wins: ``conf/base/*.yml`` < ``conf/local/*.yml`` < ``LAKEFORGE_*``
+environment variables < ``--set key=value`` overrides. The result is a tree of
+frozen dataclasses; unknown keys and values of the wrong type stop with a
+:class:`~lakehouse.errors.ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lakehouse.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+ENV_PREFIX = "LAKEFORGE_"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the SparkSession is built."""
+
+    master: str = "local[*]"
+    app_name: str = "lakeforge"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    ui_enabled: bool = True
+    log_level: str = "WARN"
+    delta_version: str = "4.0.1"
+    scala_version: str = "2.13"
+    maven_repo: str = "~/.m2/repository"
+    python: str = ""
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """Where tables live in the metastore."""
+
+    database: str = "lakeforge"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Bronze ingest settings."""
+
+    max_raw_chars: int = 20000
+    batch_rows: int = 20000
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    """Locations of raw data outside Python packages."""
+
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    bible_command: str = "bible"
+    bible_data: str = "/usr/lib/bible.data"
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MaintainConfig:
+    """OPTIMIZE and VACUUM settings."""
+
+    vacuum_retention_hours: int = 168
+    optimize: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``home`` is the one data directory."""
+
+    home: Path = Path("data")
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    maintain: MaintainConfig = field(default_factory=MaintainConfig)
+
+    @property
+    def warehouse_dir(self) -> Path:
+        """Managed tables of the catalog."""
+        return self.home / "warehouse"
+
+    @property
+    def metastore_dir(self) -> Path:
+        """The embedded Derby metastore."""
+        return self.home / "metastore_db"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Training checkpoints and Spark checkpoints."""
+        return self.home / "checkpoints"
+
+    @property
+    def model_dir(self) -> Path:
+        """Versioned model artifacts."""
+        return self.home / "models"
+
+
+def load_config(
+    overrides: Sequence[str] = (),
+    conf_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Load the configuration from YAML, environment and ``key=value`` overrides.
+
+    Args:
+        overrides: ``dotted.key=value`` strings; values are parsed as YAML scalars.
+        conf_dir: folder holding ``base/`` and ``local/``; defaults to the project's
+            ``conf/`` (or ``LAKEFORGE_CONF_DIR``).
+        environ: environment to read ``LAKEFORGE_*`` variables from (default
+            ``os.environ``).
+
+    Returns:
+        The frozen configuration, with ``home`` made absolute.
+
+    Raises:
+        ConfigError: for unreadable YAML, unknown keys or values of the wrong type.
+    """
+    env = os.environ if environ is None else environ
+    conf_dir = Path(conf_dir or env.get(ENV_PREFIX + "CONF_DIR") or DEFAULT_CONF_DIR)
+    if not (conf_dir / "base").is_dir():
+        raise ConfigError(f"config folder {conf_dir}/base does not exist")
+    merged: dict[str, Any] = {}
+    for layer in ("base", "local"):
+        for path in sorted((conf_dir / layer).glob("*.yml")):
+            _deep_merge(merged, _read_yaml(path))
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONF_DIR":
+            dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
+            _set_dotted(merged, dotted, _parse_scalar(value), f"environment variable {key}")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        dotted, value = item.split("=", 1)
+        _set_dotted(merged, dotted.strip(), _parse_scalar(value), f"override {item!r}")
+    cfg = _build(Config, merged, "")
+    home = Path(os.path.expanduser(str(cfg.home)))
+    if not home.is_absolute():
+        home = PROJECT_ROOT / home
+    return dataclasses.replace(cfg, home=home.resolve())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: config key {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r}; known keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {name: _coerce(hints[name], data[name], prefix + name) for name in data}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, key + ".")
+    if hint is Path:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"config value {key}={value!r}: expected a path")
+        return Path(value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config value {key}={value!r}: expected a mapping")
+        return {str(k): str(v) for k, v in value.items()}
+    if origin in (list, tuple) or origin is types.UnionType:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config value {key}={value!r}: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config value {key}={value!r}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config value {key}={value!r}: expected a number")
+        return float(value)
+    if hint is str:
+        if value is None or isinstance(value, dict | list):
+            raise ConfigError(f"config value {key}={value!r}: expected a string")
+        return str(value)
+    return value

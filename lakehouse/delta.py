@@ -1,0 +1,150 @@
+"""Delta table helpers: create from the registry, check schemas, write idempotently."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+from lakehouse.errors import CommitConflictError, SchemaMismatchError, TableNotFoundError
+from lakehouse.tables import TableSpec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def table_exists(spark: SparkSession, full_name: str) -> bool:
+    """Whether the catalog holds the table."""
+    return spark.catalog.tableExists(full_name)
+
+
+def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
+    """Create the table from its spec if missing, else check its schema.
+
+    Args:
+        spark: the session.
+        spec: the registry entry.
+        database: catalog database.
+
+    Returns:
+        The table's full name.
+
+    Raises:
+        SchemaMismatchError: if the existing table's columns differ from the spec.
+    """
+    full_name = spec.full_name(database)
+    if table_exists(spark, full_name):
+        check_schema(spark.table(full_name).schema, spec.schema, full_name)
+        return full_name
+    builder = (
+        DeltaTable.createIfNotExists(spark)
+        .tableName(full_name)
+        .addColumns(spec.schema)
+        .comment(spec.comment)
+    )
+    if spec.partition_by:
+        builder = builder.partitionedBy(*spec.partition_by)
+    for key, value in spec.properties.items():
+        builder = builder.property(key, value)
+    builder.execute()
+    log.info("created table %s", full_name)
+    return full_name
+
+
+def check_schema(actual: StructType, expected: StructType, full_name: str) -> None:
+    """Raise SchemaMismatchError naming the first column that differs.
+
+    Nullability is not compared: Delta may relax it when a table is created.
+    """
+    have = {f.name: f.dataType for f in actual.fields}
+    want = {f.name: f.dataType for f in expected.fields}
+    for name, dtype in want.items():
+        if name not in have:
+            raise SchemaMismatchError(
+                f"table {full_name}: column {name!r} ({dtype.simpleString()}) is missing; "
+                f"the table has {', '.join(have)}"
+            )
+        if have[name] != dtype:
+            raise SchemaMismatchError(
+                f"table {full_name}: column {name!r} is {have[name].simpleString()}, "
+                f"expected {dtype.simpleString()}"
+            )
+    extra = [n for n in have if n not in want]
+    if extra:
+        raise SchemaMismatchError(
+            f"table {full_name}: column {extra[0]!r} is not in the registry's schema"
+        )
+
+
+def current_version(spark: SparkSession, full_name: str) -> int:
+    """The table's latest Delta version.
+
+    Raises:
+        TableNotFoundError: if the table does not exist.
+    """
+    if not table_exists(spark, full_name):
+        raise TableNotFoundError(f"table {full_name} does not exist; run ingest/curate first")
+    return DeltaTable.forName(spark, full_name).history(1).collect()[0]["version"]
+
+
+def append_once(df: DataFrame, full_name: str, app_id: str) -> bool:
+    """Append ``df`` unless a write with this ``app_id`` was already committed.
+
+    Uses Delta's idempotent writes (``txnAppId``/``txnVersion``): the commit
+    records the id, and a second write with the same id is skipped by Delta.
+
+    Args:
+        df: rows to append.
+        full_name: target table.
+        app_id: identifies this logical write (e.g. ``ingest/flights/batch-7``).
+
+    Returns:
+        True if rows were committed now, False if the write had already happened.
+    """
+    spark = df.sparkSession
+    before = current_version(spark, full_name)
+    with_retries(
+        lambda: df.write.format("delta").mode("append")
+        .option("txnAppId", app_id).option("txnVersion", 0)
+        .saveAsTable(full_name),
+        what=f"append to {full_name}",
+    )
+    return current_version(spark, full_name) != before
+
+
+def with_retries(action: Callable[[], T], what: str, attempts: int = 5) -> T:
+    """Run a Delta commit, retrying on concurrent-commit conflicts with backoff.
+
+    Raises:
+        CommitConflictError: when every attempt lost to a concurrent writer.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:  # Delta raises JVM exceptions wrapped by py4j/pyspark
+            if "Concurrent" not in type(exc).__name__ and "ConcurrentAppend" not in str(exc) \
+                    and "ConcurrentModification" not in str(exc):
+                raise
+            if attempt == attempts:
+                raise CommitConflictError(f"{what}: lost {attempts} commit conflicts") from exc
+            log.warning("%s: commit conflict (attempt %d), retrying", what, attempt)
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def read_version(spark: SparkSession, full_name: str, version: int | None = None) -> DataFrame:
+    """Read a table, optionally at a Delta version, with a clear error if missing."""
+    if version is None:
+        current_version(spark, full_name)
+        return spark.table(full_name)
+    current_version(spark, full_name)
+    try:
+        return spark.sql(f"SELECT * FROM {full_name} VERSION AS OF {int(version)}")
+    except AnalysisException as exc:
+        raise TableNotFoundError(f"table {full_name} has no version {version}: {exc}") from exc

