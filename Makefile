@@ -1,0 +1,32 @@
+# lakeforge — every target sets up what is missing first (scripts/setup.sh is
+# idempotent and takes seconds when nothing changed).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+
+.PHONY: setup demo test test-fast lint bench-ingest clean help
+
+help:           ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup:          ## virtualenv, pinned packages, Horovod build, Delta jars, Debian data
+	@bash scripts/setup.sh
+
+demo: setup     ## run the pipeline end to end on the real data (embedded defaults)
+	$(VENV)/bin/lakeforge demo $(ARGS)
+
+test: setup     ## lint, then the whole test suite
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(ARGS)
+
+test-fast: setup  ## the suite without the slow end-to-end tests
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: setup     ## ruff
+	$(VENV)/bin/ruff check .
+
+bench-ingest: setup  ## Delta vs plain Parquet write of nycflights13 (rows/s)
+	$(PY) bench/bench_ingest.py $(ARGS)
+
+clean:          ## remove the local data directory (tables, metastore, models)
+	rm -rf data spark-warehouse metastore_db derby.log

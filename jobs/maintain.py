@@ -1,0 +1,10 @@
+"""spark-submit entry point: OPTIMIZE and VACUUM the registry's Delta tables.
+
+Usage: spark-submit [spark options] jobs/maintain.py --help
+"""
+
+import sys
+
+from lakehouse.cli import main
+
+sys.exit(main(["maintain", *sys.argv[1:]]))

@@ -1,0 +1,94 @@
+"""Catalog views: what tables exist, their sizes and versions, and SQL over them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession
+
+from lakehouse.config import Config
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One line of ``lakeforge tables``."""
+
+    name: str
+    rows: int
+    version: int
+
+
+def list_tables(spark: SparkSession, cfg: Config) -> list[TableInfo]:
+    """Every Delta table in the project's database with row count and version.
+
+    Args:
+        spark: the session.
+        cfg: configuration (catalog database).
+
+    Returns:
+        Table infos sorted by name.
+    """
+    db = cfg.catalog.database
+    infos = []
+    for row in spark.sql(f"SHOW TABLES IN {db}").collect():
+        if row["isTemporary"]:
+            continue
+        name = f"{db}.{row['tableName']}"
+        try:
+            dt = DeltaTable.forName(spark, name)
+        except Exception:  # noqa: BLE001 - views and non-Delta tables have no history
+            continue
+        version = dt.history(1).collect()[0]["version"]
+        rows = spark.table(name).count()
+        infos.append(TableInfo(name, rows, version))
+    return sorted(infos, key=lambda t: t.name)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Render rows as an aligned text table (numbers right-aligned, with separators)."""
+    def cell(v: Any) -> str:
+        if v is None:
+            return "NULL"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, int):
+            return f"{v:,}"
+        if isinstance(v, float):
+            return f"{v:,.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+        return str(v)
+
+    text = [[cell(v) for v in r] for r in rows]
+    numeric = [all(isinstance(r[i], int | float) and not isinstance(r[i], bool)
+                   for r in rows if r[i] is not None) and rows for i in range(len(header))]
+    widths = [max([len(h), *(len(r[i]) for r in text)]) for i, h in enumerate(header)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w)
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep, *(line(r) for r in text)])
+
+
+def run_sql(spark: SparkSession, cfg: Config, query: str, limit: int = 50) -> str:
+    """Run a SQL statement in the project's database and render the result.
+
+    Args:
+        spark: the session.
+        cfg: configuration (the database is made current).
+        query: one SQL statement.
+        limit: most rows shown.
+
+    Returns:
+        The result as a text table, with a row-count footer.
+    """
+    spark.catalog.setCurrentDatabase(cfg.catalog.database)
+    df = spark.sql(query)
+    rows = df.limit(limit + 1).collect()
+    shown = rows[:limit]
+    body = format_table(df.columns, [tuple(r) for r in shown]) if df.columns else "OK"
+    more = f" (first {limit} shown)" if len(rows) > limit else ""
+    return f"{body}\n({len(shown)} row{'s' if len(shown) != 1 else ''}{more})"

@@ -1,0 +1,198 @@
+"""The ``lakeforge`` command line; the ``jobs/*.py`` spark-submit entry points call it too."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from lakehouse import __version__
+from lakehouse.config import Config, load_config
+from lakehouse.errors import LakeforgeError
+
+log = logging.getLogger("lakeforge")
+
+
+def _today() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set spark.master=local[2] (repeatable)")
+    p.add_argument("--conf-dir", default=None, help="config folder with base/ and local/")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from lakehouse.sources import SOURCES
+
+    parser = argparse.ArgumentParser(
+        prog="lakeforge",
+        description="Lakehouse ML pipeline: ingest and curate data into Delta Lake, "
+                    "train on it with Horovod, score back into Delta, query with SQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"lakeforge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    source_help = f"source names or 'all' ({', '.join(SOURCES)})"
+
+    p = sub.add_parser("demo", help="run the pipeline end to end on the real data")
+    p.add_argument("--batch", default="demo", help="batch id (default: demo)")
+    _add_common(p)
+
+    p = sub.add_parser("ingest", help="read raw sources into bronze Delta tables")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help=source_help)
+    p.add_argument("--batch", default=_today(), help="batch id (default: today, UTC)")
+    _add_common(p)
+
+    p = sub.add_parser("curate", help="validate and merge bronze into silver tables")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help=source_help)
+    p.add_argument("--batch", default=None, help="only this ingest batch (default: all)")
+    _add_common(p)
+
+    p = sub.add_parser("maintain", help="OPTIMIZE and VACUUM the registry's tables")
+    p.add_argument("tables", nargs="*", metavar="TABLE", help="registry keys, e.g. silver.flights")
+    _add_common(p)
+
+    p = sub.add_parser("tables", help="list tables with row counts and Delta versions")
+    _add_common(p)
+
+    p = sub.add_parser("sources", help="list the raw data sources and their files")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "submit", help="run a job from jobs/ through spark-submit",
+        description="Run jobs/JOB.py with spark-submit, with Delta's jars, the catalog and the "
+                    "project interpreter on the command line. Options of `submit` go before JOB; "
+                    "everything after JOB is the job's own arguments.",
+        usage="lakeforge submit [--print] [--set KEY=VALUE] JOB [JOB ARGS ...]")
+    p.add_argument("job", help="job name: ingest, curate, maintain, ...")
+    p.add_argument("job_args", nargs=argparse.REMAINDER, metavar="...",
+                   help="the job's own arguments (see `lakeforge JOB --help`)")
+    p.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the spark-submit command instead of running it")
+    _add_common(p)
+
+    p = sub.add_parser("sql", help="run a SQL statement against the lakehouse")
+    p.add_argument("query", help="SQL text; the lakeforge database is current")
+    p.add_argument("--limit", type=int, default=50, help="rows shown (default 50)")
+    _add_common(p)
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    """Timestamped logs on stderr; Spark's own Python loggers kept quiet."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("py4j", "pyspark"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _cmd_ingest(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.ingest import ingest
+
+    ingest(spark, cfg, args.sources, args.batch)
+
+
+def _cmd_curate(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.curate import curate
+
+    curate(spark, cfg, args.sources, args.batch)
+
+
+def _cmd_maintain(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.maintain import maintain
+
+    maintain(spark, cfg, args.tables)
+
+
+def _cmd_tables(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.catalog import format_table, list_tables
+
+    infos = list_tables(spark, cfg)
+    print(format_table(["table", "rows", "version"], [(t.name, t.rows, t.version) for t in infos]))
+
+
+def _cmd_sql(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.catalog import run_sql
+
+    print(run_sql(spark, cfg, args.query, args.limit))
+
+
+def _cmd_demo(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.demo import run_demo
+
+    run_demo(spark, cfg, args.batch)
+
+
+def _cmd_sources(cfg: Config) -> None:
+    from lakehouse.catalog import format_table
+    from lakehouse.sources import SOURCES, source_files
+
+    rows = []
+    for s in SOURCES.values():
+        try:
+            files = "; ".join(source_files(cfg, s))
+        except LakeforgeError as exc:
+            files = f"MISSING: {exc}"
+        rows.append((s.name, f"bronze_{s.dataset}", s.description, files))
+    print(format_table(["source", "table", "what", "files"], rows))
+
+
+def _cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
+    import shlex
+
+    from lakehouse.submit import run_job, submit_command
+
+    job_args = [*args.job_args, *(f"--set={o}" for o in args.overrides)]
+    if args.print_only:
+        print(shlex.join(submit_command(cfg, args.job, job_args)))
+        return 0
+    return run_job(cfg, args.job, job_args)
+
+
+COMMANDS: dict[str, Callable] = {
+    "ingest": _cmd_ingest, "curate": _cmd_curate, "maintain": _cmd_maintain,
+    "tables": _cmd_tables, "sql": _cmd_sql, "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command.
+
+    Args:
+        argv: arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The process exit code: 0 on success, 2 for a lakeforge error (bad input,
+        config or data), which is printed as one line naming the problem.
+    """
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    start = time.monotonic()
+    try:
+        cfg = load_config(args.overrides, args.conf_dir)
+        if args.command == "sources":
+            _cmd_sources(cfg)
+            return 0
+        if args.command == "submit":
+            return _cmd_submit(cfg, args)
+        from lakehouse.session import build_spark
+
+        spark = build_spark(cfg)
+        COMMANDS[args.command](spark, cfg, args)
+    except LakeforgeError as exc:
+        log.error("%s", exc)
+        print(f"lakeforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    log.info("%s finished in %.1f s", args.command, time.monotonic() - start)
+    return 0

@@ -1,0 +1,85 @@
+"""Build and run ``spark-submit`` command lines for the jobs in ``jobs/``.
+
+A job started by spark-submit runs in a JVM that already exists when the job
+builds its session, so Delta's jars and JVM options must be on the command line:
+this module puts every setting of :func:`lakehouse.session.spark_conf` there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyspark
+
+from lakehouse.config import PROJECT_ROOT, Config
+from lakehouse.errors import ConfigError
+from lakehouse.session import executor_python, spark_conf
+
+JOBS_DIR = PROJECT_ROOT / "jobs"
+
+
+def spark_home() -> Path:
+    """The Spark installation that ships with pyspark."""
+    return Path(pyspark.__file__).parent
+
+
+def job_path(job: str) -> Path:
+    """The entry point of a job, checked to exist."""
+    path = JOBS_DIR / f"{job}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in JOBS_DIR.glob("*.py") if not p.stem.startswith("_"))
+        raise ConfigError(f"unknown job {job!r}; jobs: {', '.join(known)}")
+    return path
+
+
+def submit_command(cfg: Config, job: str, job_args: Sequence[str] = ()) -> list[str]:
+    """The spark-submit command line that runs ``jobs/<job>.py`` with this config.
+
+    Args:
+        cfg: configuration (master, Delta jars, warehouse, metastore, interpreter).
+        job: job name (``ingest``, ``curate``, ...).
+        job_args: arguments for the job itself.
+
+    Returns:
+        The command as a list of arguments.
+    """
+    conf = spark_conf(cfg)
+    cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", cfg.spark.master,
+           "--name", f"{cfg.spark.app_name}-{job}"]
+    if "spark.jars" in conf:
+        cmd += ["--jars", conf.pop("spark.jars")]
+    if "spark.jars.packages" in conf:
+        cmd += ["--packages", conf.pop("spark.jars.packages")]
+    cmd += ["--driver-memory", conf.pop("spark.driver.memory")]
+    for key, value in conf.items():
+        cmd += ["--conf", f"{key}={value}"]
+    return [*cmd, str(job_path(job)), *job_args]
+
+
+def submit_env(cfg: Config) -> dict[str, str]:
+    """Environment for spark-submit: the project interpreter on driver and executors."""
+    env = dict(os.environ)
+    python = executor_python(cfg.spark)
+    env.update(PYSPARK_PYTHON=python, PYSPARK_DRIVER_PYTHON=python, SPARK_HOME=str(spark_home()))
+    if cfg.spark.master.startswith("local"):
+        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return env
+
+
+def run_job(cfg: Config, job: str, job_args: Sequence[str] = (), **kwargs) -> int:
+    """Run a job through spark-submit and return its exit code.
+
+    Args:
+        cfg: configuration.
+        job: job name.
+        job_args: the job's arguments.
+        **kwargs: passed to :func:`subprocess.run` (for example ``capture_output``).
+
+    Returns:
+        spark-submit's exit code.
+    """
+    cmd = submit_command(cfg, job, job_args)
+    return subprocess.run(cmd, env=submit_env(cfg), check=False, **kwargs).returncode

@@ -1,0 +1,43 @@
+"""Shared fixtures: one local SparkSession with Delta for the whole run, and a fresh
+catalog database (and config) per test so tests never see each other's tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+
+import pytest
+
+from lakehouse.config import CatalogConfig, Config, load_config
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def base_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    home = tmp_path_factory.mktemp("lakeforge-home")
+    return load_config([
+        f"home={home}", "spark.master=local[2]", "spark.ui_enabled=false",
+        "spark.shuffle_partitions=2", "spark.driver_memory=2g", "ingest.batch_rows=500",
+        "spark.conf={spark.databricks.delta.snapshotPartitions: 2}",
+    ], environ={})
+
+
+@pytest.fixture(scope="session")
+def spark(base_cfg: Config):
+    from lakehouse.session import build_spark
+
+    session = build_spark(base_cfg)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def cfg(spark, base_cfg: Config) -> Config:
+    """The session's config with a database of this test's own."""
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    spark.sql(f"CREATE DATABASE {db}")
+    yield dataclasses.replace(base_cfg, catalog=CatalogConfig(database=db))
+    spark.sql(f"DROP DATABASE {db} CASCADE")
+
