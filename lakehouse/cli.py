@@ -196,3 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("%s finished in %.1f s", args.command, time.monotonic() - start)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -200,7 +200,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"unknown config key {prefix + unknown[0]!r}; known keys here: {', '.join(sorted(names))}"
+            f"unknown config key {prefix + unknown[0]!r}; "
+            f"known keys here: {', '.join(sorted(names))}"
         )
     kwargs = {name: _coerce(hints[name], data[name], prefix + name) for name in data}
     return cls(**kwargs)

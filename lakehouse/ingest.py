@@ -59,7 +59,9 @@ def resolve_sources(names: Sequence[str]) -> list[Source]:
     return [get_source(n) for n in names]
 
 
-def ingest(spark: SparkSession, cfg: Config, names: Sequence[str], batch: str) -> list[IngestResult]:
+def ingest(
+    spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
+) -> list[IngestResult]:
     """Ingest sources into bronze.
 
     Args:

@@ -73,6 +73,10 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         "spark.driver.extraJavaOptions": " ".join(java_options),
         "spark.driver.memory": sc.driver_memory,
         "spark.sql.shuffle.partitions": str(sc.shuffle_partitions),
+        # Delta's log replay and VACUUM's file listing default to 50 and 10,000 tasks;
+        # sized like shuffles instead, small tables stay fast on a small machine.
+        "spark.databricks.delta.snapshotPartitions": str(sc.shuffle_partitions),
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(sc.shuffle_partitions),
         "spark.ui.enabled": str(sc.ui_enabled).lower(),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",

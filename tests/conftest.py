@@ -20,7 +20,6 @@ def base_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return load_config([
         f"home={home}", "spark.master=local[2]", "spark.ui_enabled=false",
         "spark.shuffle_partitions=2", "spark.driver_memory=2g", "ingest.batch_rows=500",
-        "spark.conf={spark.databricks.delta.snapshotPartitions: 2}",
     ], environ={})
 
 

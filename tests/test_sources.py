@@ -71,7 +71,8 @@ def test_stream_header_must_be_known(tmp_path):
 
 
 def _idx(path, magic, dims, payload, declared=None):
-    header = struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", declared or dims[0], *dims[1:])
+    header = struct.pack(">I", magic)
+    header += struct.pack(f">{len(dims)}I", declared or dims[0], *dims[1:])
     with gzip.open(path, "wb") as fh:
         fh.write(header + payload)
 

@@ -140,10 +140,8 @@ def typed_row(values: dict[str, Any], options: ParseOptions) -> dict[str, Any]:
     Returns:
         Column name to typed value.
     """
-    return {
-        col: coerce(values.get(col), kind, col, nullable)
-        for col, kind, nullable in zip(options.columns, options.kinds, options.nullable, strict=True)
-    }
+    columns = zip(options.columns, options.kinds, options.nullable, strict=True)
+    return {col: coerce(values.get(col), kind, col, nullable) for col, kind, nullable in columns}
 
 
 class FrameBuilder:
@@ -231,7 +229,8 @@ def parse_lines(
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            builder.reject(number, f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})", raw)
+            why = f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            builder.reject(number, why, raw)
         else:
             try:
                 values = parse_line(text, number)

@@ -60,7 +60,8 @@ def frames_from_pandas(
         reason = reason.where(reason.notna() | ~bad, f"column {col!r}: value is not a valid {kind}")
         if not nullable:
             missing_mask = converted.isna() & ~bad
-            reason = reason.where(reason.notna() | ~missing_mask, f"column {col!r}: value is missing")
+            why = f"column {col!r}: value is missing"
+            reason = reason.where(reason.notna() | ~missing_mask, why)
         out[col] = converted
     rejected = reason.notna().to_numpy()
     out[RECORD] = records.reset_index(drop=True).astype("int64")

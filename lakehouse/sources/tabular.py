@@ -33,7 +33,8 @@ def parse_sklearn_csv(path: str, options: ParseOptions) -> Iterator[pd.DataFrame
         header = lines[0][1].decode("utf-8").split(",")
         n_features, class_names = int(header[1]), header[2:]
     except (UnicodeDecodeError, ValueError, IndexError):
-        yield from reject_file(path, options, "header line is not 'n_samples,n_features,classes...'")
+        why = "header line is not 'n_samples,n_features,classes...'"
+        yield from reject_file(path, options, why)
         return
 
     def parse_line(text: str, number: int) -> dict[str, Any]:

@@ -89,10 +89,11 @@ def parse_bible(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
     for number, raw in enumerate(out.decode("utf-8", errors="replace").splitlines(), start=1):
         if not raw.strip():
             continue
-        if (head := _CHAPTER.match(raw)) is not None:
+        if _CHAPTER.match(raw) is not None:
             if chapter is not None:
                 builder.ok(chapter_line, chapter)
-            chapter, chapter_line = {"corpus": "bible", "doc_id": raw, "title": raw, "text": ""}, number
+            chapter = {"corpus": "bible", "doc_id": raw, "title": raw, "text": ""}
+            chapter_line = number
         elif (verse := _VERSE.match(raw)) is not None and chapter is not None:
             chapter["text"] += (" " if chapter["text"] else "") + verse["text"]
         elif chapter is not None:

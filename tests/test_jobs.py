@@ -1,0 +1,94 @@
+"""The command line, maintenance, the table list, and a real spark-submit run."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from lakehouse.catalog import format_table, list_tables, run_sql
+from lakehouse.cli import main
+from lakehouse.config import MaintainConfig, load_config
+from lakehouse.errors import ConfigError
+from lakehouse.ingest import ingest
+from lakehouse.maintain import maintain
+from lakehouse.submit import submit_command
+from tests.helpers import with_paths
+
+
+def test_table_list_has_counts_and_versions(spark, cfg, tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text("data,label\n1,0\n2,0\nx,0\n")
+    cfg = with_paths(cfg, mitdb=f)
+    ingest(spark, cfg, ["mitdb"], "b1")
+    ingest(spark, cfg, ["mitdb"], "b2")
+    db = cfg.catalog.database
+    infos = {t.name: (t.rows, t.version) for t in list_tables(spark, cfg)}
+    assert infos == {f"{db}.bronze_streams": (4, 2), f"{db}.ops_quarantine": (2, 2)}
+    out = run_sql(spark, cfg, "SELECT _ingest_batch, count(*) AS n FROM bronze_streams "
+                              "GROUP BY 1 ORDER BY 1")
+    assert out.splitlines()[2:] == ["b1             2", "b2             2", "(2 rows)"]
+
+
+def test_format_table_aligns_numbers_right():
+    text = format_table(["name", "rows"], [("a", 5), ("bb", 1234567)])
+    assert text.splitlines() == ["name       rows", "----  ---------", "a             5",
+                                 "bb    1,234,567"]
+
+
+def test_maintain_compacts_and_refuses_short_retention(spark, cfg, tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text("data,label\n1,0\n2,1\n")
+    cfg = with_paths(cfg, mitdb=f)
+    for batch in ("b1", "b2"):
+        ingest(spark, cfg, ["mitdb"], batch)
+    [result] = maintain(spark, cfg, ["bronze.streams"])
+    assert result.files_removed_by_optimize == 2 and result.files_added_by_optimize == 1
+    assert spark.table(f"{cfg.catalog.database}.bronze_streams").count() == 4
+    short = dataclasses.replace(cfg, maintain=MaintainConfig(vacuum_retention_hours=1))
+    with pytest.raises(ConfigError, match="maintain.vacuum_retention_hours=1"):
+        maintain(spark, short, ["bronze.streams"])
+
+
+def test_cli_names_unknown_source(spark, cfg, capsys):
+    code = main(["ingest", "nosuch", "--set", f"home={cfg.home}",
+                 "--set", f"catalog.database={cfg.catalog.database}"])
+    assert code == 2
+    assert "unknown source 'nosuch'" in capsys.readouterr().err
+
+
+def test_cli_names_bad_config_value(capsys):
+    assert main(["tables", "--set", "spark.shuffle_partitions=lots"]) == 2
+    assert "spark.shuffle_partitions='lots'" in capsys.readouterr().err
+
+
+def test_submit_command_carries_delta_and_interpreter():
+    cfg = load_config(["home=/srv/lake", "spark.master=spark://h:7077"], environ={})
+    cmd = submit_command(cfg, "ingest", ["wine"])
+    assert cmd[cmd.index("--master") + 1] == "spark://h:7077"
+    assert "delta" in (cmd[cmd.index("--jars") + 1] if "--jars" in cmd
+                       else cmd[cmd.index("--packages") + 1])
+    assert f"spark.pyspark.python={sys.executable}" in cmd
+    assert "spark.sql.warehouse.dir=/srv/lake/warehouse" in cmd
+    assert cmd[-2:] == [cmd[-2], "wine"] and cmd[-2].endswith("jobs/ingest.py")
+    with pytest.raises(ConfigError, match="unknown job 'nope'"):
+        submit_command(cfg, "nope")
+
+
+@pytest.mark.slow
+def test_spark_submit_runs_ingest_job(spark, tmp_path):
+    """A real spark-submit in its own process, with its own home (Derby allows one JVM)."""
+    home = tmp_path / "home"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lakehouse.cli", "submit", "--set", f"home={home}",
+         "--set", "spark.master=local[1]", "--set", "spark.ui_enabled=false",
+         "ingest", "wine", "--batch", "s1"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # spark-submit's Python runner sends the job's stderr to its stdout.
+    assert "wine: read 178 records from 1 file(s)" in proc.stdout + proc.stderr
+    table_dir = home / "warehouse" / "lakeforge.db" / "bronze_wine"
+    df = spark.read.format("delta").load(str(table_dir))
+    assert df.count() == 178
+    assert {r._ingest_batch for r in df.select("_ingest_batch").distinct().collect()} == {"s1"}
