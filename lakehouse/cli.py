@@ -54,6 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default=None, help="only this ingest batch (default: all)")
     _add_common(p)
 
+    p = sub.add_parser("features", help="build gold feature tables from silver")
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="feature sets: breast_cancer, wine, flights, fashion_mnist")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="train a model family with Horovod on a gold table")
+    p.add_argument("family", help="model family: mlp, cnn")
+    p.add_argument("--dataset", required=True, help="gold feature table, e.g. breast_cancer")
+    p.add_argument("--version", type=int, default=None,
+                   help="Delta version of the table (default: current, recorded)")
+    p.add_argument("--run-id", default=None,
+                   help="run id; starting the same run again resumes from its checkpoint")
+    p.add_argument("--name", default=None, help="model name (default DATASET_FAMILY)")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training parameter, e.g. --param epochs=3 (repeatable)")
+    _add_common(p)
+
     p = sub.add_parser("maintain", help="OPTIMIZE and VACUUM the registry's tables")
     p.add_argument("tables", nargs="*", metavar="TABLE", help="registry keys, e.g. silver.flights")
     _add_common(p)
@@ -109,6 +126,40 @@ def _cmd_curate(spark, cfg: Config, args: argparse.Namespace) -> None:
     curate(spark, cfg, args.sources, args.batch)
 
 
+def _cmd_features(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.features import build_features
+
+    for name in args.names:
+        build_features(spark, cfg, name, partitions=max(4, 2 * cfg.train.num_proc))
+
+
+def _parse_params(items: Sequence[str]) -> dict:
+    import yaml
+
+    from lakehouse.errors import ConfigError
+
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--param {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
+def _cmd_train(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.catalog import format_table
+    from models.runner import train
+
+    result = train(spark, cfg, args.family, args.dataset, args.version, args.run_id,
+                   _parse_params(args.params), args.name)
+    m = result.model
+    print(format_table(["model", "version", "table", "table version", "metric", "value"],
+                       [(m.name, m.version, m.training_table, m.training_version, k, v)
+                        for k, v in sorted(m.metrics.items())]))
+    print(f"artifact: {m.artifact}")
+
+
 def _cmd_maintain(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.maintain import maintain
 
@@ -162,6 +213,7 @@ def _cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable] = {
     "ingest": _cmd_ingest, "curate": _cmd_curate, "maintain": _cmd_maintain,
+    "features": _cmd_features, "train": _cmd_train,
     "tables": _cmd_tables, "sql": _cmd_sql, "demo": _cmd_demo,
 }
 

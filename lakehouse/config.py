@@ -78,6 +78,16 @@ class MaintainConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Horovod training settings."""
+
+    num_proc: int = 2
+    start_timeout: int = 600
+    seed: int = 7
+    verbose: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``home`` is the one data directory."""
 
@@ -87,6 +97,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
     def warehouse_dir(self) -> Path:

@@ -82,6 +82,11 @@ def check_schema(actual: StructType, expected: StructType, full_name: str) -> No
         )
 
 
+def table_location(spark: SparkSession, full_name: str) -> str:
+    """The storage location of a Delta table (a ``file:`` or object-store URI)."""
+    return DeltaTable.forName(spark, full_name).detail().first()["location"]
+
+
 def current_version(spark: SparkSession, full_name: str) -> int:
     """The table's latest Delta version.
 
@@ -93,29 +98,24 @@ def current_version(spark: SparkSession, full_name: str) -> int:
     return DeltaTable.forName(spark, full_name).history(1).collect()[0]["version"]
 
 
-def append_once(df: DataFrame, full_name: str, app_id: str) -> bool:
+def append_once(df: DataFrame, full_name: str, app_id: str) -> None:
     """Append ``df`` unless a write with this ``app_id`` was already committed.
 
     Uses Delta's idempotent writes (``txnAppId``/``txnVersion``): the commit
-    records the id, and a second write with the same id is skipped by Delta.
+    records the id atomically with the rows, and a later write with the same id is
+    skipped by Delta, so a retried or concurrent run cannot add the rows twice.
 
     Args:
         df: rows to append.
         full_name: target table.
         app_id: identifies this logical write (e.g. ``ingest/flights/batch-7``).
-
-    Returns:
-        True if rows were committed now, False if the write had already happened.
     """
-    spark = df.sparkSession
-    before = current_version(spark, full_name)
     with_retries(
         lambda: df.write.format("delta").mode("append")
         .option("txnAppId", app_id).option("txnVersion", 0)
         .saveAsTable(full_name),
         what=f"append to {full_name}",
     )
-    return current_version(spark, full_name) != before
 
 
 def with_retries(action: Callable[[], T], what: str, attempts: int = 5) -> T:

@@ -112,7 +112,7 @@ def ingest_source(spark: SparkSession, cfg: Config, source: Source, batch: str) 
     bronze_spec = table(f"bronze.{source.dataset}")
     bronze = delta.ensure_table(spark, bronze_spec, db)
     quarantine = delta.ensure_table(spark, table("ops.quarantine"), db)
-    if _batch_present(spark, bronze, source.name, batch):
+    if _batch_present(spark, bronze, quarantine, source.name, batch):
         result = IngestResult(source.name, bronze, batch, 0, 0, 0, 0, skipped=True)
         log.info(result.summary())
         return result
@@ -132,14 +132,14 @@ def ingest_source(spark: SparkSession, cfg: Config, source: Source, batch: str) 
         )
         bad = quarantine_rows(parsed.filter(F.col(ERROR).isNotNull()), source.name, bronze,
                               "ingest", batch, now)
-        wrote = delta.append_once(good, bronze, f"lakeforge/ingest/{source.name}/{batch}")
+        delta.append_once(good, bronze, f"lakeforge/ingest/{source.name}/{batch}")
         if counts.get(False, 0):
             delta.append_once(bad, quarantine, f"lakeforge/ingest/{source.name}/{batch}/quarantine")
     finally:
         parsed.unpersist()
     n_good, n_bad = counts.get(True, 0), counts.get(False, 0)
     result = IngestResult(source.name, bronze, batch, n_files, n_good + n_bad, n_good, n_bad,
-                          skipped=not wrote and n_good > 0)
+                          skipped=False)
     log.info(result.summary())
     return result
 
@@ -157,8 +157,16 @@ def quarantine_rows(
     )
 
 
-def _batch_present(spark: SparkSession, full_name: str, source: str, batch: str) -> bool:
-    rows = (spark.table(full_name)
-            .filter((F.col("_source") == source) & (F.col("_ingest_batch") == batch))
-            .select(*LINEAGE_NAMES[:1]).limit(1).collect())
-    return bool(rows)
+def _batch_present(
+    spark: SparkSession, bronze: str, quarantine: str, source: str, batch: str
+) -> bool:
+    """Whether a batch of a source already left rows in bronze or quarantine."""
+    in_bronze = (spark.table(bronze)
+                 .filter((F.col("_source") == source) & (F.col("_ingest_batch") == batch))
+                 .select(LINEAGE_NAMES[0]).limit(1).collect())
+    if in_bronze:
+        return True
+    return bool(spark.table(quarantine)
+                .filter((F.col("source") == source) & (F.col("batch") == batch)
+                        & (F.col("stage") == "ingest"))
+                .select("batch").limit(1).collect())

@@ -35,6 +35,10 @@ BRONZE_LINEAGE = (
 )
 LINEAGE_NAMES = tuple(f.name for f in BRONZE_LINEAGE)
 
+# Bronze is read by batch and source: file statistics on the lineage columns are what
+# skips files, and collecting them for every data column would only slow ingest.
+BRONZE_PROPERTIES = {"delta.dataSkippingStatsColumns": "_ingest_batch,_source,_ingested_at,_record"}
+
 # Gold tables read by Petastorm must be plain Parquet snapshots (DESIGN.md section 2).
 TRAINING_TABLE_PROPERTIES = {
     "delta.enableDeletionVectors": "false",
@@ -63,11 +67,12 @@ class TableSpec:
     partition_by: tuple[str, ...] = ()
     properties: dict[str, str] = field(default_factory=dict)
     comment: str = ""
+    catalog_name: str = ""
 
     @property
     def table_name(self) -> str:
-        """Name inside the database."""
-        return f"{self.layer}_{self.name}"
+        """Name inside the database (``layer_name`` unless ``catalog_name`` is given)."""
+        return self.catalog_name or f"{self.layer}_{self.name}"
 
     def full_name(self, database: str) -> str:
         """Catalog name, ``database.layer_name``."""
@@ -155,6 +160,19 @@ _QUARANTINE = (
     _f("quarantined_at", TimestampType(), False),
 )
 
+_MODELS = (
+    _f("name", StringType(), False),
+    _f("version", IntegerType(), False),
+    _f("family", StringType(), False),
+    _f("params", StringType()),
+    _f("metrics", StringType()),
+    _f("training_table", StringType(), False),
+    _f("training_version", LongType(), False),
+    _f("run_id", StringType(), False),
+    _f("artifact", StringType(), False),
+    _f("created_at", TimestampType(), False),
+)
+
 _DATASETS: dict[str, tuple[tuple[StructField, ...], tuple[str, ...], str]] = {
     "breast_cancer": (_TABULAR, ("row_id",), "Wisconsin breast cancer, 30 features, 2 classes"),
     "wine": (_TABULAR, ("row_id",), "UCI wine, 13 features, 3 classes"),
@@ -172,7 +190,8 @@ def _registry() -> dict[str, TableSpec]:
     specs: dict[str, TableSpec] = {}
     for name, (fields, keys, comment) in _DATASETS.items():
         specs[f"bronze.{name}"] = TableSpec(
-            "bronze", name, fields, keys, comment=f"{comment} (as read)"
+            "bronze", name, fields, keys, comment=f"{comment} (as read)",
+            properties=BRONZE_PROPERTIES,
         )
         specs[f"silver.{name}"] = TableSpec(
             "silver", name, fields, keys, comment=f"{comment} (typed, validated, deduplicated)"
@@ -180,6 +199,10 @@ def _registry() -> dict[str, TableSpec]:
     specs["ops.quarantine"] = TableSpec(
         "ops", "quarantine", _QUARANTINE, ("source", "stage", "batch", "source_file", "record"),
         comment="records that could not be used, with the reason and the raw text",
+    )
+    specs["ops.models"] = TableSpec(
+        "ops", "models", _MODELS, ("name", "version"), catalog_name="models",
+        comment="trained models: params, metrics, training table and its Delta version",
     )
     return specs
 

@@ -1,0 +1,1 @@
+"""Model families, the Horovod-on-Spark training runner and the model store."""

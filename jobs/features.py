@@ -1,0 +1,10 @@
+"""spark-submit entry point: build gold feature tables from silver.
+
+Usage: spark-submit [spark options] jobs/features.py --help
+"""
+
+import sys
+
+from lakehouse.cli import main
+
+sys.exit(main(["features", *sys.argv[1:]]))

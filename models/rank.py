@@ -1,0 +1,210 @@
+"""Executor side of training: what each Horovod rank runs.
+
+Everything here receives plain, picklable values (:class:`RankSpec`) and imports
+TensorFlow, Horovod and Petastorm inside the function. Each rank reads its own
+shard of the pinned snapshot's Parquet files through Petastorm; gradients are
+averaged with Horovod (Gloo on CPU, NCCL on GPUs when built with it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CKPT_PATTERN = re.compile(r"epoch-(\d+)\.weights\.h5$")
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """Everything a rank needs, as plain values."""
+
+    family: str
+    params: dict[str, Any]
+    files: dict[str, list[str]]          # split -> Parquet file URLs of the pinned snapshot
+    rows: dict[str, int]                 # split -> rows
+    n_features: int
+    n_classes: int
+    checkpoint_dir: str
+    artifact_dir: str
+    mean: list[float] | None = None
+    variance: list[float] | None = None
+    seed: int = 7
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def last_checkpoint(checkpoint_dir: str) -> tuple[int, str | None]:
+    """The highest completed epoch with a checkpoint, and its file (0, None if none)."""
+    best, path = 0, None
+    if os.path.isdir(checkpoint_dir):
+        for name in os.listdir(checkpoint_dir):
+            if (m := CKPT_PATTERN.search(name)) and int(m.group(1)) > best:
+                best, path = int(m.group(1)), os.path.join(checkpoint_dir, name)
+    return best, path
+
+
+def _dataset(files: list[str], batch_size: int, shard: int | None, shards: int | None,
+             epochs: int | None, shuffle: bool, seed: int):
+    """A tf.data pipeline of (features, label) batches from Petastorm."""
+    import tensorflow as tf
+    from petastorm import make_batch_reader
+    from petastorm.tf_utils import make_petastorm_dataset
+
+    reader = make_batch_reader(
+        files, schema_fields=["features", "label"], cur_shard=shard, shard_count=shards,
+        num_epochs=epochs, shuffle_row_groups=shuffle, seed=seed, workers_count=2,
+        reader_pool_type="thread")
+    ds = make_petastorm_dataset(reader).map(
+        lambda b: (tf.cast(b.features, tf.float32), tf.cast(b.label, tf.int32))).unbatch()
+    if shuffle:
+        ds = ds.shuffle(4096, seed=seed)
+    return reader, ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _compile(model, spec: RankSpec, hvd) -> None:
+    import tensorflow as tf
+
+    lr = float(spec.params["learning_rate"]) * hvd.size()
+    opt = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(lr))
+    if spec.params.get("task", "classification") == "regression":
+        model.compile(opt, loss="mse", metrics=["mae"], experimental_run_tf_function=False)
+    else:
+        model.compile(opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                      experimental_run_tf_function=False)
+
+
+def _pin_gpu() -> bool:
+    """One GPU per rank (by local rank) with memory growth; mixed precision on GPU."""
+    import horovod.tensorflow.keras as hvd
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return False
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    return True
+
+
+class _Progress:
+    """Keras callback factory: one log line per epoch on rank 0."""
+
+    @staticmethod
+    def make(size: int, total_epochs: int):
+        import tensorflow as tf
+
+        class Progress(tf.keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.monotonic()
+
+            def on_epoch_end(self, epoch, logs=None):
+                shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
+                print(f"[lakeforge train] epoch {epoch + 1}/{total_epochs} ({size} ranks, "
+                      f"{time.monotonic() - self.start:.1f}s): {shown}", flush=True)
+
+        return Progress()
+
+
+def weights_digest(model) -> str:
+    """A short hash of all weights (equal on every rank after synchronous training)."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_rank(spec: RankSpec) -> dict[str, Any]:
+    """Train on this rank's shard; rank 0 checkpoints, evaluates and saves the model.
+
+    Returns:
+        ``rank``, ``size``, ``gpu``, ``weights`` digest, ``epochs_run``,
+        ``initial_epoch``, ``steps_per_epoch``, ``history`` and, on rank 0, the test
+        ``predictions`` (probabilities) and ``labels``.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import horovod.tensorflow.keras as hvd
+    import tensorflow as tf
+
+    from models.family import get_family
+
+    hvd.init()
+    gpu = _pin_gpu()
+    tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
+    family = get_family(spec.family)
+    mean = np.asarray(spec.mean, dtype=np.float32) if spec.mean is not None else None
+    var = np.asarray(spec.variance, dtype=np.float32) if spec.variance is not None else None
+    model = family.build(spec.params, spec.n_features, spec.n_classes, mean, var)
+    _compile(model, spec, hvd)
+
+    initial_epoch, ckpt = last_checkpoint(spec.checkpoint_dir)
+    if ckpt is not None:
+        model.load_weights(ckpt)   # every rank reads the same file; broadcast keeps them equal
+    batch, epochs = int(spec.params["batch_size"]), int(spec.params["epochs"])
+    steps = max(1, spec.rows["train"] // (batch * hvd.size()))
+    val_steps = max(1, spec.rows.get("val", 0) // (batch * hvd.size()))
+    callbacks = [
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        hvd.callbacks.MetricAverageCallback(),
+        tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(spec.params["patience"]),
+                                         restore_best_weights=True),
+    ]
+    if hvd.rank() == 0:
+        Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        callbacks.append(tf.keras.callbacks.ModelCheckpoint(
+            os.path.join(spec.checkpoint_dir, "epoch-{epoch:03d}.weights.h5"),
+            save_weights_only=True))
+        callbacks.append(_Progress.make(hvd.size(), epochs))
+
+    history: dict[str, list[float]] = {}
+    if initial_epoch < epochs:
+        train_reader, train_ds = _dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
+                                          None, True, spec.seed + hvd.rank())
+        val_reader, val_ds = _dataset(spec.files.get("val") or spec.files["train"], batch,
+                                      hvd.rank(), hvd.size(), None, False, spec.seed)
+        try:
+            fit = model.fit(train_ds, steps_per_epoch=steps, epochs=epochs,
+                            initial_epoch=initial_epoch, validation_data=val_ds,
+                            validation_steps=val_steps, callbacks=callbacks, verbose=0)
+            history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+        finally:
+            train_reader.stop(), val_reader.stop()
+            train_reader.join(), val_reader.join()
+
+    result: dict[str, Any] = {
+        "rank": hvd.rank(), "size": hvd.size(), "gpu": gpu, "weights": weights_digest(model),
+        "initial_epoch": initial_epoch, "epochs_run": len(history.get("loss", [])),
+        "steps_per_epoch": steps, "history": history,
+    }
+    if hvd.rank() == 0:
+        result.update(_evaluate(model, spec, batch))
+        Path(spec.artifact_dir).mkdir(parents=True, exist_ok=True)
+        model.save(os.path.join(spec.artifact_dir, "model.keras"))
+        with open(os.path.join(spec.artifact_dir, "history.json"), "w") as fh:
+            json.dump(history, fh)
+    return result
+
+
+def _evaluate(model, spec: RankSpec, batch: int) -> dict[str, Any]:
+    """Predict the whole test split (rank 0, unsharded)."""
+    files = spec.files.get("test") or []
+    if not files:
+        return {"predictions": None, "labels": None}
+    reader, ds = _dataset(files, batch, None, None, 1, False, spec.seed)
+    preds, labels = [], []
+    try:
+        for x, y in ds:
+            preds.append(model(x, training=False).numpy())
+            labels.append(y.numpy())
+    finally:
+        reader.stop(), reader.join()
+    return {"predictions": np.concatenate(preds).tolist(),
+            "labels": np.concatenate(labels).tolist()}

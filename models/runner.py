@@ -1,0 +1,168 @@
+"""Driver side of training: pin a gold table version, run Horovod ranks, store the model.
+
+The runner resolves the Parquet files of one Delta snapshot of a gold table (so a
+run reads exactly that version, whatever is appended later), fits the scaling on
+the training split with Spark aggregates (no rows reach the driver), runs
+:func:`models.rank.train_rank` on ``num_proc`` ranks through ``horovod.spark.run``,
+then registers the model with its test metrics and plots in the model store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, FloatType, IntegerType
+
+from lakehouse import delta
+from lakehouse.config import Config
+from lakehouse.errors import SchemaMismatchError, TableNotFoundError
+from lakehouse.features import gold_spec
+from models.evaluate import classification_metrics, confusion, plot_confusion, plot_history
+from models.family import get_family
+from models.rank import RankSpec, train_rank
+from models.store import ModelRecord, ModelStore
+
+log = logging.getLogger(__name__)
+EXPECTED = {"features": ArrayType(FloatType(), False), "label": IntegerType()}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished training run."""
+
+    model: ModelRecord
+    history: dict[str, list[float]]
+    ranks: list[dict[str, Any]]
+    seconds: float
+
+
+def check_features(df: DataFrame, table: str) -> None:
+    """Stop with SchemaMismatchError if ``features``/``label`` are missing or mistyped."""
+    types = {f.name: f.dataType for f in df.schema.fields}
+    for column, expected in EXPECTED.items():
+        actual = types.get(column)
+        if actual is None:
+            raise SchemaMismatchError(f"table {table}: feature column {column!r} is missing")
+        same = (actual == expected or
+                (isinstance(actual, ArrayType) and actual.elementType == FloatType()
+                 and isinstance(expected, ArrayType)))
+        if not same:
+            raise SchemaMismatchError(
+                f"table {table}: column {column!r} is {actual.simpleString()}, "
+                f"expected {expected.simpleString()}")
+
+
+def snapshot_files(df: DataFrame) -> dict[str, list[str]]:
+    """Parquet files of a pinned snapshot per split (partition-pruned file lists)."""
+    files = {}
+    for split in ("train", "val", "test"):
+        uris = df.filter(F.col("split") == split).inputFiles()
+        files[split] = sorted(u.replace("file:/", "file:///", 1) if u.startswith("file:/")
+                              and not u.startswith("file:///") else u for u in uris)
+    return files
+
+
+def scaling(df: DataFrame, n_features: int) -> tuple[list[float], list[float]]:
+    """Per-feature mean and variance over the training split (Spark aggregates)."""
+    exploded = df.filter(F.col("split") == "train").select(F.posexplode("features"))
+    stats = exploded.groupBy("pos").agg(F.avg("col").alias("m"), F.var_pop("col").alias("v"))
+    rows = {r["pos"]: (r["m"], r["v"]) for r in stats.collect()}
+    mean = [float(rows.get(i, (0.0, 1.0))[0]) for i in range(n_features)]
+    var = [float(rows.get(i, (0.0, 1.0))[1] or 0.0) for i in range(n_features)]
+    return mean, var
+
+
+def default_run_id(name: str, family: str, table: str, version: int,
+                   params: dict[str, Any]) -> str:
+    """A run id derived from what is trained on what, so a re-run resumes it."""
+    digest = hashlib.sha256(repr((family, table, version, sorted(params.items()))).encode())
+    return f"{name}-v{version}-{digest.hexdigest()[:8]}"
+
+
+def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
+          version: int | None = None, run_id: str | None = None,
+          params: dict[str, Any] | None = None, name: str | None = None) -> TrainResult:
+    """Train a model family on a gold feature table with Horovod ranks.
+
+    Args:
+        spark: the session.
+        cfg: configuration (``train.num_proc``, model store under ``cfg.home``).
+        family_name: ``mlp`` or ``cnn``.
+        dataset: gold feature table name (``breast_cancer``, ``flights``, ...).
+        version: Delta version to train on (default: the current one, recorded).
+        run_id: training run id; a run started again with the same id resumes
+            from its last checkpoint (default: derived from family, table, version
+            and params).
+        params: overrides of the family's default parameters.
+        name: model name (default ``<dataset>_<family>``).
+
+    Returns:
+        The registered model, the history and each rank's report.
+    """
+    start = time.monotonic()
+    family = get_family(family_name)
+    merged = {**family.defaults, **(params or {})}
+    table = gold_spec(dataset).full_name(cfg.catalog.database)
+    if not delta.table_exists(spark, table):
+        raise TableNotFoundError(f"training table {table} does not exist; build features first")
+    version = delta.current_version(spark, table) if version is None else int(version)
+    df = delta.read_version(spark, table, version)
+    check_features(df, table)
+    rows = {r["split"]: r["n"] for r in df.groupBy("split").agg(F.count("*").alias("n")).collect()}
+    if not rows.get("train"):
+        raise TableNotFoundError(f"training table {table} v{version} has no training rows")
+    first = df.select(F.size("features").alias("n")).first()
+    n_features = int(first["n"])
+    n_classes = int(df.agg(F.max("label")).first()[0]) + 1
+    mean, var = scaling(df, n_features) if family.normalise else (None, None)
+    name = name or f"{dataset}_{family_name}"
+    run_id = run_id or default_run_id(name, family_name, table, version, merged)
+    store = ModelStore(spark, cfg)
+    staged = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.home))
+    spec = RankSpec(
+        family=family_name, params=merged, files=snapshot_files(df), rows=rows,
+        n_features=n_features, n_classes=n_classes,
+        checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id), artifact_dir=str(staged),
+        mean=mean, variance=var, seed=cfg.train.seed)
+    log.info("training %s (%s) on %s v%d: %s rows, %d features, %d classes, %d ranks, run %s",
+             name, family_name, table, version, rows, n_features, n_classes,
+             cfg.train.num_proc, run_id)
+    ranks = run_ranks(spec, cfg)
+    rank0 = next(r for r in ranks if r["rank"] == 0)
+    metrics = _metrics(rank0, staged, name, n_classes)
+    record = store.register(name, family_name, staged, merged, metrics, table, version, run_id)
+    seconds = time.monotonic() - start
+    log.info("registered %s v%d in %.0fs: %s", name, record.version, seconds,
+             ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    return TrainResult(record, rank0["history"], ranks, seconds)
+
+
+def run_ranks(spec: RankSpec, cfg: Config) -> list[dict[str, Any]]:
+    """Run ``train_rank`` on ``cfg.train.num_proc`` Horovod ranks inside Spark tasks."""
+    import horovod.spark
+
+    return horovod.spark.run(train_rank, args=(spec,), num_proc=cfg.train.num_proc,
+                             start_timeout=cfg.train.start_timeout, use_gloo=True,
+                             verbose=cfg.train.verbose)
+
+
+def _metrics(rank0: dict[str, Any], staged: Path, name: str, n_classes: int) -> dict[str, float]:
+    history = rank0["history"]
+    metrics: dict[str, float] = {"epochs": float(rank0["initial_epoch"] + rank0["epochs_run"])}
+    if history:
+        plot_history(history, staged / "training_curves.png", f"{name}: training")
+    if rank0.get("predictions") is not None:
+        probs, labels = np.asarray(rank0["predictions"]), np.asarray(rank0["labels"])
+        metrics.update(classification_metrics(probs, labels))
+        plot_confusion(confusion(probs, labels), staged / "confusion_matrix.png",
+                       f"{name}: test confusion matrix")
+    return metrics

@@ -1,0 +1,153 @@
+"""The model store: versioned artifacts plus the ``<database>.models`` Delta table.
+
+Artifacts live under ``LAKEFORGE_HOME/models/<name>/v<version>``; the table holds
+name, version, family, params, metrics, training table and its Delta version, run
+id, artifact path and created_at.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse import delta
+from lakehouse.config import Config
+from lakehouse.errors import LakeforgeError
+from lakehouse.tables import table
+
+MODEL_FILE = "model.keras"
+META_FILE = "meta.json"
+
+
+class ModelNotFoundError(LakeforgeError):
+    """No model with that name and version, or its artifact cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One row of the models table."""
+
+    name: str
+    version: int
+    family: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    training_table: str
+    training_version: int
+    run_id: str
+    artifact: str
+    created_at: dt.datetime
+
+    def row(self) -> tuple:
+        """The record as a models-table row (params and metrics as JSON objects)."""
+        return (self.name, self.version, self.family, json.dumps(self.params, sort_keys=True),
+                json.dumps(self.metrics, sort_keys=True), self.training_table,
+                self.training_version, self.run_id, self.artifact, self.created_at)
+
+
+class ModelStore:
+    """Register, look up and load models."""
+
+    def __init__(self, spark: SparkSession, cfg: Config) -> None:
+        self.spark, self.cfg = spark, cfg
+        self.spec = table("ops.models")
+        self.table = delta.ensure_table(spark, self.spec, cfg.catalog.database)
+        self.root = cfg.model_dir
+
+    def find_run(self, name: str, run_id: str) -> ModelRecord | None:
+        """The model a run already registered, if any (re-runs do not register twice)."""
+        rows = (self.spark.table(self.table)
+                .filter((F.col("name") == name) & (F.col("run_id") == run_id)).collect())
+        return _record(rows[0]) if rows else None
+
+    def register(self, name: str, family: str, staged: Path, params: dict[str, Any],
+                 metrics: dict[str, float], training_table: str, training_version: int,
+                 run_id: str) -> ModelRecord:
+        """Move a staged artifact folder into the store and add its models-table row.
+
+        Args:
+            name: model name.
+            family: model family.
+            staged: folder holding ``model.keras`` and companions.
+            params: training parameters.
+            metrics: test metrics.
+            training_table: gold table trained from.
+            training_version: its Delta version.
+            run_id: the training run; a run registers one model only.
+
+        Returns:
+            The new record (or the one this run registered before).
+        """
+        existing = self.find_run(name, run_id)
+        if existing is not None:
+            return existing
+        latest = self.spark.table(self.table).filter(F.col("name") == name).agg(F.max("version"))
+        version = (latest.first()[0] or 0) + 1
+        target = self.root / name / f"v{version}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(staged, target)
+        record = ModelRecord(name, version, family, params, metrics, training_table,
+                             training_version, run_id, str(target),
+                             dt.datetime.now(dt.UTC).replace(tzinfo=None))
+        (target / META_FILE).write_text(json.dumps(
+            {**{k: v for k, v in record.__dict__.items() if k != "created_at"},
+             "created_at": record.created_at.isoformat()}, indent=2, default=str))
+        rows = self.spark.createDataFrame([record.row()], self.spec.schema)
+        delta.append_once(rows, self.table, f"lakeforge/models/{name}/{run_id}")
+        return record
+
+    def get(self, name: str, version: int | str = "latest") -> ModelRecord:
+        """Look up a model by name and version (an int, or ``latest``).
+
+        Raises:
+            ModelNotFoundError: naming the model and the versions that exist.
+        """
+        rows = self.spark.table(self.table).filter(F.col("name") == name)
+        versions = sorted(r["version"] for r in rows.select("version").collect())
+        if not versions:
+            raise ModelNotFoundError(f"no model named {name!r} in {self.table}")
+        wanted = versions[-1] if version == "latest" else int(version)
+        if wanted not in versions:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version}; versions: "
+                f"{', '.join(map(str, versions))}")
+        return _record(rows.filter(F.col("version") == wanted).first())
+
+    def load(self, name: str, version: int | str = "latest"):
+        """Load a model's Keras network; returns ``(model, record)``.
+
+        Raises:
+            ModelNotFoundError: if the record is missing or the artifact cannot be
+                loaded (the path and the reason are in the message).
+        """
+        record = self.get(name, version)
+        return load_artifact(record.artifact), record
+
+
+def load_artifact(artifact: str):
+    """Load ``model.keras`` from an artifact folder (works on executors too)."""
+    import tensorflow as tf
+
+    path = Path(artifact) / MODEL_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"model artifact {path} does not exist")
+    try:
+        return tf.keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise ModelNotFoundError(f"model artifact {path} cannot be loaded: {exc}") from exc
+
+
+def _record(row) -> ModelRecord:
+    return ModelRecord(row["name"], row["version"], row["family"], json.loads(row["params"]),
+                       json.loads(row["metrics"]), row["training_table"],
+                       row["training_version"], row["run_id"], row["artifact"],
+                       row["created_at"])
