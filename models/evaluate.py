@@ -24,7 +24,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
     n_classes = probs.shape[1]
     out = {
         "accuracy": float((probs.argmax(axis=1) == labels).mean()),
-        "log_loss": float(log_loss(labels, np.clip(probs, 1e-7, 1), labels=range(n_classes))),
+        "log_loss": float(log_loss(labels, _normalised(probs), labels=range(n_classes))),
         "test_rows": float(len(labels)),
     }
     present = np.unique(labels)
@@ -32,9 +32,14 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
         if n_classes == 2:
             out["roc_auc"] = float(roc_auc_score(labels, probs[:, 1]))
         elif len(present) == n_classes:
-            norm = probs / probs.sum(axis=1, keepdims=True)
-            out["roc_auc"] = float(roc_auc_score(labels, norm, multi_class="ovr"))
+            out["roc_auc"] = float(roc_auc_score(labels, _normalised(probs), multi_class="ovr"))
     return out
+
+
+def _normalised(probs: np.ndarray) -> np.ndarray:
+    """Probabilities clipped away from 0 and rescaled to sum to one per row."""
+    clipped = np.clip(probs, 1e-7, 1.0)
+    return clipped / clipped.sum(axis=1, keepdims=True)
 
 
 def confusion(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,11 @@ class _Progress:
         return Progress()
 
 
-def weights_digest(model) -> str:
-    """A short hash of all weights (equal on every rank after synchronous training)."""
+def weights_digest(weights) -> str:
+    """A short hash of a list of weights (arrays or variables)."""
     h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
+    for w in weights:
+        h.update(np.ascontiguousarray(np.asarray(w)).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -131,9 +132,12 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         ``predictions`` (probabilities) and ``labels``.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning)   # petastorm on pyarrow 12
+    import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
     import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")
     from models.family import get_family
 
     hvd.init()
@@ -179,8 +183,13 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
             train_reader.stop(), val_reader.stop()
             train_reader.join(), val_reader.join()
 
+    # Gradients are averaged, so trainable weights agree on every rank; batch-norm
+    # moving statistics are per rank, so rank 0's state is broadcast to all at the end.
+    trainable = weights_digest(model.trainable_weights)
+    hvd_tf.broadcast_variables(model.variables, root_rank=0)
     result: dict[str, Any] = {
-        "rank": hvd.rank(), "size": hvd.size(), "gpu": gpu, "weights": weights_digest(model),
+        "rank": hvd.rank(), "size": hvd.size(), "gpu": gpu, "trainable_weights": trainable,
+        "weights": weights_digest(model.get_weights()),
         "initial_epoch": initial_epoch, "epochs_run": len(history.get("loss", [])),
         "steps_per_epoch": steps, "history": history,
     }
