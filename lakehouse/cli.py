@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the pipeline end to end on the real data")
     p.add_argument("--batch", default="demo", help="batch id (default: demo)")
+    p.add_argument("--no-train", dest="train", action="store_false",
+                   help="only ingest and curate")
     _add_common(p)
 
     p = sub.add_parser("ingest", help="read raw sources into bronze Delta tables")
@@ -182,7 +184,7 @@ def _cmd_sql(spark, cfg: Config, args: argparse.Namespace) -> None:
 def _cmd_demo(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.demo import run_demo
 
-    run_demo(spark, cfg, args.batch)
+    run_demo(spark, cfg, args.batch, train=args.train)
 
 
 def _cmd_sources(cfg: Config) -> None:

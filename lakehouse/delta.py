@@ -71,9 +71,11 @@ def check_schema(actual: StructType, expected: StructType, full_name: str) -> No
                 f"the table has {', '.join(have)}"
             )
         if have[name] != dtype:
+            actual, wanted = have[name].simpleString(), dtype.simpleString()
+            if actual == wanted:  # differs only in whether elements/fields may be null
+                actual, wanted = have[name].json(), dtype.json()
             raise SchemaMismatchError(
-                f"table {full_name}: column {name!r} is {have[name].simpleString()}, "
-                f"expected {dtype.simpleString()}"
+                f"table {full_name}: column {name!r} is {actual}, expected {wanted}"
             )
     extra = [n for n in have if n not in want]
     if extra:

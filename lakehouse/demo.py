@@ -4,35 +4,73 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
 from lakehouse.catalog import format_table, list_tables
 from lakehouse.config import Config
 from lakehouse.curate import curate
+from lakehouse.features import build_features
 from lakehouse.ingest import ingest
 from lakehouse.sources import SOURCES
 
 log = logging.getLogger(__name__)
 
+# (family, feature set, parameter overrides): short runs that still learn something.
+DEMO_MODELS: tuple[tuple[str, str, dict], ...] = (
+    ("mlp", "breast_cancer", {"epochs": 15, "batch_size": 32}),
+    ("mlp", "flights", {"epochs": 3, "batch_size": 512, "hidden": [64, 32]}),
+    ("cnn", "fashion_mnist", {"epochs": 2}),
+)
 
-def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo") -> None:
-    """Ingest and curate every real source, then print the table list.
+
+def _step(n: int, total: int, what: str, fn: Callable[[], object]) -> object:
+    start = time.monotonic()
+    log.info("[%d/%d] %s ...", n, total, what)
+    out = fn()
+    log.info("[%d/%d] %s done in %.0f s", n, total, what, time.monotonic() - start)
+    return out
+
+
+def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool = True) -> None:
+    """Ingest and curate every real source, build features, train the models, report.
 
     Args:
         spark: the session.
         cfg: configuration.
-        batch: batch id; re-running with the same id changes nothing.
+        batch: batch id; re-running with the same id changes no table.
+        train: whether to build features and train (``--no-train`` skips it).
     """
+    from models.runner import train as train_model
+
     start = time.monotonic()
     names = list(SOURCES)
-    for step, (what, fn) in enumerate((("ingest", ingest), ("curate", curate)), start=1):
-        log.info("[%d/2] %s %d sources (batch %s)", step, what, len(names), batch)
-        for i, name in enumerate(names, start=1):
-            log.info("  %s %d/%d: %s", what, i, len(names), name)
-            fn(spark, cfg, [name], batch)
+    feature_sets = sorted({d for _, d, _ in DEMO_MODELS})
+    total = 2 + (1 + len(DEMO_MODELS) if train else 0)
+    _step(1, total, f"ingest {len(names)} sources (batch {batch})",
+          lambda: [ingest(spark, cfg, [n], batch) for n in names])
+    _step(2, total, f"curate {len(names)} sources",
+          lambda: [curate(spark, cfg, [n], batch) for n in names])
+    results = []
+    if train:
+        parts = max(4, 2 * cfg.train.num_proc)
+        _step(3, total, f"build features {', '.join(feature_sets)}",
+              lambda: [build_features(spark, cfg, f, partitions=parts) for f in feature_sets])
+        for i, (family, dataset, params) in enumerate(DEMO_MODELS, start=4):
+            results.append(_step(i, total, f"train {family} on {dataset}",
+                                 lambda f=family, d=dataset, p=params:
+                                 train_model(spark, cfg, f, d, params=p)))
     infos = list_tables(spark, cfg)
     print()
     print(format_table(["table", "rows", "version"], [(t.name, t.rows, t.version) for t in infos]))
+    if results:
+        print()
+        print(format_table(
+            ["model", "version", "trained on", "accuracy", "roc_auc", "epochs", "artifact"],
+            [(m.name, m.version, f"{m.training_table} v{m.training_version}",
+              m.metrics.get("accuracy"), m.metrics.get("roc_auc"),
+              int(m.metrics.get("epochs", 0)), m.artifact) for m in (r.model for r in results)]))
     print(f"\nwarehouse: {cfg.warehouse_dir}")
+    print(f"models:    {cfg.model_dir}")
     print(f"demo finished in {time.monotonic() - start:.0f} s")

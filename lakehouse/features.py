@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 GOLD_FIELDS = (
     _f("row_id", LongType(), False),
     _f("split", StringType(), False),
-    _f("features", ArrayType(FloatType(), False)),
+    _f("features", ArrayType(FloatType())),
     _f("label", IntegerType()),
 )
 
@@ -68,7 +68,7 @@ def _tabular(dataset: str) -> Callable[[SparkSession, Config], tuple[DataFrame, 
         silver = spark.table(table(f"silver.{dataset}").full_name(cfg.catalog.database))
         df = silver.select(
             F.col("row_id"), assign_split(F.col("row_id")).alias("split"),
-            F.col("features").cast(ArrayType(FloatType(), False)).alias("features"),
+            F.col("features").cast(ArrayType(FloatType())).alias("features"),
             F.col("label"))
         first = silver.select(F.size("features").alias("n")).first()
         n = first["n"] if first else 0
@@ -127,7 +127,7 @@ def _fashion_mnist(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[st
     split = F.when(F.col("split") == "test", "test").otherwise(
         F.when(F.pmod(F.xxhash64("image_id"), F.lit(100)) < 10, "val").otherwise("train"))
     df = silver.select(row_id.alias("row_id"), split.alias("split"),
-                       pixels.cast(ArrayType(FloatType(), False)).alias("features"),
+                       pixels.cast(ArrayType(FloatType())).alias("features"),
                        F.col("label"))
     return df, [f"p{i}" for i in range(784)], 10
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -169,16 +170,19 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         callbacks.append(_Progress.make(hvd.size(), epochs))
 
     history: dict[str, list[float]] = {}
+    fit_seconds = 0.0
     if initial_epoch < epochs:
         train_reader, train_ds = _dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
                                           None, True, spec.seed + hvd.rank())
         val_reader, val_ds = _dataset(spec.files.get("val") or spec.files["train"], batch,
                                       hvd.rank(), hvd.size(), None, False, spec.seed)
+        fit_start = time.monotonic()
         try:
             fit = model.fit(train_ds, steps_per_epoch=steps, epochs=epochs,
                             initial_epoch=initial_epoch, validation_data=val_ds,
                             validation_steps=val_steps, callbacks=callbacks, verbose=0)
             history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+            fit_seconds = time.monotonic() - fit_start
         finally:
             train_reader.stop(), val_reader.stop()
             train_reader.join(), val_reader.join()
@@ -191,7 +195,9 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         "rank": hvd.rank(), "size": hvd.size(), "gpu": gpu, "trainable_weights": trainable,
         "weights": weights_digest(model.get_weights()),
         "initial_epoch": initial_epoch, "epochs_run": len(history.get("loss", [])),
-        "steps_per_epoch": steps, "history": history,
+        "steps_per_epoch": steps, "history": history, "fit_seconds": fit_seconds,
+        "train_samples": steps * batch * len(history.get("loss", [])),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if hvd.rank() == 0:
         result.update(_evaluate(model, spec, batch))

@@ -32,7 +32,7 @@ from models.rank import RankSpec, train_rank
 from models.store import ModelRecord, ModelStore
 
 log = logging.getLogger(__name__)
-EXPECTED = {"features": ArrayType(FloatType(), False), "label": IntegerType()}
+EXPECTED = {"features": ArrayType(FloatType()), "label": IntegerType()}
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def build(params: dict[str, Any], n_features: int, n_classes: int,
     x = layers.Reshape(shape)(inputs)
     for filters in params["filters"]:
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
         x = layers.MaxPooling2D()(x)
     x = layers.Dropout(params["dropout"])(x)

@@ -31,7 +31,7 @@ def build(params: dict[str, Any], n_features: int, n_classes: int,
         x = layers.Normalization(mean=mean, variance=np.maximum(variance, 1e-12))(x)
     for units in params["hidden"]:
         x = layers.Dense(units, use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
         x = layers.Dropout(params["dropout"])(x)
     if params.get("task", "classification") == "regression":
