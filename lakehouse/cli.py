@@ -104,16 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool) -> None:
-    """Timestamped logs on stderr; Spark's own Python loggers kept quiet."""
+    """Timestamped logs on stderr: lakeforge's at INFO (DEBUG with -v), others' warnings."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("py4j", "pyspark"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for ours in ("lakeforge", "lakehouse", "models"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _cmd_ingest(spark, cfg: Config, args: argparse.Namespace) -> None:

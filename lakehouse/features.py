@@ -132,6 +132,14 @@ def _fashion_mnist(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[st
     return df, [f"p{i}" for i in range(784)], 10
 
 
+CLASS_NAMES: dict[str, list[str]] = {
+    "breast_cancer": ["malignant", "benign"],
+    "wine": ["class_0", "class_1", "class_2"],
+    "flights": ["on time", "delayed"],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+}
+
 BUILDERS: dict[str, Callable[[SparkSession, Config], tuple[DataFrame, list[str], int]]] = {
     "breast_cancer": _tabular("breast_cancer"),
     "wine": _tabular("wine"),

@@ -59,7 +59,7 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str,
     import matplotlib.pyplot as plt
 
     n = matrix.shape[0]
-    names = class_names or [str(i) for i in range(n)]
+    names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.55 * n), dpi=110)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), names, rotation=45, ha="right")
@@ -84,6 +84,7 @@ def plot_history(history: dict[str, Any], path: Path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metrics = [k for k in history if not k.startswith("val_")]
     fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.5 * max(1, len(metrics)), 3.4),
@@ -94,6 +95,7 @@ def plot_history(history: dict[str, Any], path: Path, title: str) -> Path:
         if f"val_{name}" in history:
             ax.plot(epochs, history[f"val_{name}"], marker="o", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend()

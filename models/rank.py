@@ -64,10 +64,14 @@ def _dataset(files: list[str], batch_size: int, shard: int | None, shards: int |
         num_epochs=epochs, shuffle_row_groups=shuffle, seed=seed, workers_count=2,
         reader_pool_type="thread")
     ds = make_petastorm_dataset(reader).map(
-        lambda b: (tf.cast(b.features, tf.float32), tf.cast(b.label, tf.int32))).unbatch()
-    if shuffle:
-        ds = ds.shuffle(4096, seed=seed)
-    return reader, ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        lambda b: (tf.cast(b.features, tf.float32), tf.cast(b.label, tf.int32)))
+    if shuffle:  # row groups arrive shuffled; shuffle rows within each as well
+        def permute(x, y):
+            order = tf.random.shuffle(tf.range(tf.shape(y)[0]), seed=seed)
+            return tf.gather(x, order), tf.gather(y, order)
+
+        ds = ds.map(permute)
+    return reader, ds.rebatch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _compile(model, spec: RankSpec, hvd) -> None:

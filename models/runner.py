@@ -25,7 +25,7 @@ from pyspark.sql.types import ArrayType, FloatType, IntegerType
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import SchemaMismatchError, TableNotFoundError
-from lakehouse.features import gold_spec
+from lakehouse.features import CLASS_NAMES, gold_spec
 from models.evaluate import classification_metrics, confusion, plot_confusion, plot_history
 from models.family import get_family
 from models.rank import RankSpec, train_rank
@@ -138,7 +138,7 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
              cfg.train.num_proc, run_id)
     ranks = run_ranks(spec, cfg)
     rank0 = next(r for r in ranks if r["rank"] == 0)
-    metrics = _metrics(rank0, staged, name, n_classes)
+    metrics = _metrics(rank0, staged, name, CLASS_NAMES.get(dataset))
     record = store.register(name, family_name, staged, merged, metrics, table, version, run_id)
     seconds = time.monotonic() - start
     log.info("registered %s v%d in %.0fs: %s", name, record.version, seconds,
@@ -155,7 +155,8 @@ def run_ranks(spec: RankSpec, cfg: Config) -> list[dict[str, Any]]:
                              verbose=cfg.train.verbose)
 
 
-def _metrics(rank0: dict[str, Any], staged: Path, name: str, n_classes: int) -> dict[str, float]:
+def _metrics(rank0: dict[str, Any], staged: Path, name: str,
+             class_names: list[str] | None) -> dict[str, float]:
     history = rank0["history"]
     metrics: dict[str, float] = {"epochs": float(rank0["initial_epoch"] + rank0["epochs_run"])}
     if history:
@@ -164,5 +165,5 @@ def _metrics(rank0: dict[str, Any], staged: Path, name: str, n_classes: int) -> 
         probs, labels = np.asarray(rank0["predictions"]), np.asarray(rank0["labels"])
         metrics.update(classification_metrics(probs, labels))
         plot_confusion(confusion(probs, labels), staged / "confusion_matrix.png",
-                       f"{name}: test confusion matrix")
+                       f"{name}: test confusion matrix", class_names)
     return metrics
