@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import delta.exceptions as dx
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
@@ -17,6 +18,14 @@ from lakehouse.tables import TableSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Conflicts a commit can lose to a concurrent writer; the operation is safe to retry
+# (appends carry txnAppId, merges are keyed).
+COMMIT_CONFLICTS = (
+    dx.ConcurrentAppendException, dx.ConcurrentDeleteReadException,
+    dx.ConcurrentDeleteDeleteException, dx.ConcurrentTransactionException,
+    dx.ConcurrentWriteException, dx.MetadataChangedException,
+    dx.DeltaConcurrentModificationException,
+)
 
 
 def table_exists(spark: SparkSession, full_name: str) -> bool:
@@ -120,7 +129,8 @@ def append_once(df: DataFrame, full_name: str, app_id: str) -> None:
     )
 
 
-def with_retries(action: Callable[[], T], what: str, attempts: int = 5) -> T:
+def with_retries(action: Callable[[], T], what: str, attempts: int = 5,
+                 backoff: float = 0.5) -> T:
     """Run a Delta commit, retrying on concurrent-commit conflicts with backoff.
 
     Raises:
@@ -129,14 +139,11 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 5) -> T:
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except Exception as exc:  # Delta raises JVM exceptions wrapped by py4j/pyspark
-            if "Concurrent" not in type(exc).__name__ and "ConcurrentAppend" not in str(exc) \
-                    and "ConcurrentModification" not in str(exc):
-                raise
+        except COMMIT_CONFLICTS as exc:
             if attempt == attempts:
                 raise CommitConflictError(f"{what}: lost {attempts} commit conflicts") from exc
             log.warning("%s: commit conflict (attempt %d), retrying", what, attempt)
-            time.sleep(0.5 * 2**attempt)
+            time.sleep(backoff * 2**attempt)
     raise AssertionError("unreachable")
 
 

@@ -59,3 +59,4 @@ def test_project_config_loads():
     cfg = load_config(environ={})
     assert cfg.catalog.database == "lakeforge"
     assert cfg.maintain.vacuum_retention_hours >= 168
+
