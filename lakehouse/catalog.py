@@ -92,3 +92,39 @@ def run_sql(spark: SparkSession, cfg: Config, query: str, limit: int = 50) -> st
     body = format_table(df.columns, [tuple(r) for r in shown]) if df.columns else "OK"
     more = f" (first {limit} shown)" if len(rows) > limit else ""
     return f"{body}\n({len(shown)} row{'s' if len(shown) != 1 else ''}{more})"
+
+
+def create_views(spark: SparkSession, cfg: Config) -> list[str]:
+    """(Re)create the SQL views over models and predictions that exist.
+
+    ``models_latest`` holds each model's newest version; ``predictions_<family>_latest``
+    holds, per model, the newest model version's predictions on the newest input
+    version it scored, with that model's metrics and training lineage.
+
+    Returns:
+        The views' full names.
+    """
+    db = cfg.catalog.database
+    tables = {r["tableName"] for r in spark.sql(f"SHOW TABLES IN {db}").collect()}
+    views = []
+    if "models" in tables:
+        spark.sql(f"""
+            CREATE OR REPLACE VIEW {db}.models_latest AS
+            SELECT m.* FROM {db}.models m
+            JOIN (SELECT name, max(version) AS version FROM {db}.models GROUP BY name) l
+              ON m.name = l.name AND m.version = l.version""")
+        views.append(f"{db}.models_latest")
+    for name in sorted(t for t in tables if t.startswith("predictions_")
+                       and not t.endswith("_latest")):
+        spark.sql(f"""
+            CREATE OR REPLACE VIEW {db}.{name}_latest AS
+            SELECT p.*, m.metrics AS model_metrics, m.training_table, m.training_version
+            FROM {db}.{name} p
+            JOIN {db}.models_latest m ON p.model_name = m.name AND p.model_version = m.version
+            JOIN (SELECT model_name, model_version, input_table,
+                         max(input_version) AS input_version
+                  FROM {db}.{name} GROUP BY model_name, model_version, input_table) n
+              ON p.model_name = n.model_name AND p.model_version = n.model_version
+             AND p.input_table = n.input_table AND p.input_version = n.input_version""")
+        views.append(f"{db}.{name}_latest")
+    return views

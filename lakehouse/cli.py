@@ -73,6 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a training parameter, e.g. --param epochs=3 (repeatable)")
     _add_common(p)
 
+    p = sub.add_parser("score", help="score a table with a stored model into predictions_FAMILY")
+    p.add_argument("family", help="model family: mlp, cnn")
+    p.add_argument("--model", required=True, help="model name, e.g. flights_mlp")
+    p.add_argument("--model-version", default="latest", help="version number or latest")
+    p.add_argument("--input", default=None,
+                   help="input table (default: the model's training table)")
+    p.add_argument("--input-version", type=int, default=None,
+                   help="Delta version of the input (default: current)")
+    p.add_argument("--run-id", default=None,
+                   help="idempotency key (default: model version + input version)")
+    _add_common(p)
+
+    p = sub.add_parser("sql-server", help="serve the catalog over JDBC (Spark Thrift server)")
+    p.add_argument("--port", type=int, default=10000, help="port (default 10000)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    _add_common(p)
+
     p = sub.add_parser("maintain", help="OPTIMIZE and VACUUM the registry's tables")
     p.add_argument("tables", nargs="*", metavar="TABLE", help="registry keys, e.g. silver.flights")
     _add_common(p)
@@ -162,6 +179,29 @@ def _cmd_train(spark, cfg: Config, args: argparse.Namespace) -> None:
     print(f"artifact: {m.artifact}")
 
 
+def _cmd_score(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.catalog import create_views
+    from models.scoring import score
+
+    version = args.model_version if args.model_version == "latest" else int(args.model_version)
+    result = score(spark, cfg, args.family, args.model, version, args.input,
+                   args.input_version, args.run_id)
+    create_views(spark, cfg)
+    state = "already scored; nothing written" if result.skipped else f"{result.rows:,} rows"
+    print(f"{result.table}: run {result.run_id}: {state}")
+
+
+def _cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
+    import subprocess
+
+    from lakehouse.submit import submit_env, thrift_command
+
+    log.info("Thrift server on jdbc:hive2://%s:%d/ (stop with Ctrl-C); try: %s",
+             args.host, args.port, f"beeline -u jdbc:hive2://{args.host}:{args.port}/")
+    return subprocess.run(thrift_command(cfg, args.port, args.host), env=submit_env(cfg),
+                          check=False).returncode
+
+
 def _cmd_maintain(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.maintain import maintain
 
@@ -215,7 +255,7 @@ def _cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable] = {
     "ingest": _cmd_ingest, "curate": _cmd_curate, "maintain": _cmd_maintain,
-    "features": _cmd_features, "train": _cmd_train,
+    "features": _cmd_features, "train": _cmd_train, "score": _cmd_score,
     "tables": _cmd_tables, "sql": _cmd_sql, "demo": _cmd_demo,
 }
 
@@ -240,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "submit":
             return _cmd_submit(cfg, args)
+        if args.command == "sql-server":
+            return _cmd_sql_server(cfg, args)
         from lakehouse.session import build_spark
 
         spark = build_spark(cfg)

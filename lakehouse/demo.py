@@ -8,11 +8,12 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
-from lakehouse.catalog import format_table, list_tables
+from lakehouse.catalog import create_views, format_table, list_tables, run_sql
 from lakehouse.config import Config
 from lakehouse.curate import curate
 from lakehouse.features import build_features
 from lakehouse.ingest import ingest
+from lakehouse.report import write_report
 from lakehouse.sources import SOURCES
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,18 @@ DEMO_MODELS: tuple[tuple[str, str, dict], ...] = (
     ("mlp", "breast_cancer", {"epochs": 15, "batch_size": 32}),
     ("mlp", "flights", {"epochs": 3, "batch_size": 512, "hidden": [64, 32]}),
     ("cnn", "fashion_mnist", {"epochs": 2}),
+)
+
+
+DEMO_QUERIES = (
+    "SELECT model_name, model_version, count(*) AS rows, round(avg(probability), 3) AS confidence"
+    " FROM predictions_mlp_latest GROUP BY 1, 2 ORDER BY 1",
+    "SELECT f.origin, count(*) AS flights, round(avg(p.probabilities[1]), 3) AS p_delayed,"
+    " round(avg(CAST(f.arr_delay > 15 AS INT)), 3) AS delayed FROM predictions_mlp_latest p"
+    " JOIN silver_flights f ON p.row_id = f.row_id WHERE p.model_name = 'flights_mlp'"
+    " GROUP BY 1 ORDER BY 1",
+    "SELECT name, version, training_table, training_version,"
+    " get_json_object(metrics, '$.accuracy') AS accuracy FROM models_latest ORDER BY name",
 )
 
 
@@ -43,11 +56,12 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
         train: whether to build features and train (``--no-train`` skips it).
     """
     from models.runner import train as train_model
+    from models.scoring import score
 
     start = time.monotonic()
     names = list(SOURCES)
     feature_sets = sorted({d for _, d, _ in DEMO_MODELS})
-    total = 2 + (1 + len(DEMO_MODELS) if train else 0)
+    total = 2 + (2 + len(DEMO_MODELS) if train else 0)
     _step(1, total, f"ingest {len(names)} sources (batch {batch})",
           lambda: [ingest(spark, cfg, [n], batch) for n in names])
     _step(2, total, f"curate {len(names)} sources",
@@ -61,6 +75,10 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
             results.append(_step(i, total, f"train {family} on {dataset}",
                                  lambda f=family, d=dataset, p=params:
                                  train_model(spark, cfg, f, d, params=p)))
+    if results:
+        _step(total, total, "score the gold tables with every model",
+              lambda: [score(spark, cfg, r.model.family, r.model.name) for r in results])
+        create_views(spark, cfg)
     infos = list_tables(spark, cfg)
     print()
     print(format_table(["table", "rows", "version"], [(t.name, t.rows, t.version) for t in infos]))
@@ -71,6 +89,12 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
             [(m.name, m.version, f"{m.training_table} v{m.training_version}",
               m.metrics.get("accuracy"), m.metrics.get("roc_auc"),
               int(m.metrics.get("epochs", 0)), m.artifact) for m in (r.model for r in results)]))
+    queries = [(q, run_sql(spark, cfg, q)) for q in DEMO_QUERIES] if results else []
+    for sql, result in queries:
+        print(f"\n{sql}\n{result}")
+    if results:
+        page = write_report(cfg, [r.model for r in results], queries)
+        print(f"\nreport:    {page}")
     print(f"\nwarehouse: {cfg.warehouse_dir}")
     print(f"models:    {cfg.model_dir}")
     print(f"demo finished in {time.monotonic() - start:.0f} s")

@@ -16,7 +16,7 @@ import pyspark
 
 from lakehouse.config import PROJECT_ROOT, Config
 from lakehouse.errors import ConfigError
-from lakehouse.session import executor_python, spark_conf
+from lakehouse.session import delta_jars, executor_python, spark_conf
 
 JOBS_DIR = PROJECT_ROOT / "jobs"
 
@@ -46,9 +46,22 @@ def submit_command(cfg: Config, job: str, job_args: Sequence[str] = ()) -> list[
     Returns:
         The command as a list of arguments.
     """
+    return [*submit_options(cfg, job), str(job_path(job)), *job_args]
+
+
+def submit_options(cfg: Config, name: str) -> list[str]:
+    """spark-submit and its options (master, Delta jars, every lakeforge setting).
+
+    Args:
+        cfg: configuration.
+        name: suffix of the application name.
+
+    Returns:
+        The command up to (not including) the application.
+    """
     conf = spark_conf(cfg)
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", cfg.spark.master,
-           "--name", f"{cfg.spark.app_name}-{job}"]
+           "--name", f"{cfg.spark.app_name}-{name}"]
     if "spark.jars" in conf:
         cmd += ["--jars", conf.pop("spark.jars")]
     if "spark.jars.packages" in conf:
@@ -56,7 +69,7 @@ def submit_command(cfg: Config, job: str, job_args: Sequence[str] = ()) -> list[
     cmd += ["--driver-memory", conf.pop("spark.driver.memory")]
     for key, value in conf.items():
         cmd += ["--conf", f"{key}={value}"]
-    return [*cmd, str(job_path(job)), *job_args]
+    return cmd
 
 
 def submit_env(cfg: Config) -> dict[str, str]:
@@ -83,3 +96,33 @@ def run_job(cfg: Config, job: str, job_args: Sequence[str] = (), **kwargs) -> in
     """
     cmd = submit_command(cfg, job, job_args)
     return subprocess.run(cmd, env=submit_env(cfg), check=False, **kwargs).returncode
+
+
+THRIFT_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
+
+
+def thrift_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]:
+    """spark-submit line of the Spark Thrift (JDBC/ODBC) server on this catalog.
+
+    Args:
+        cfg: configuration (the same warehouse, metastore and Delta settings as jobs).
+        port: TCP port to listen on.
+        host: address to bind (loopback by default).
+
+    Returns:
+        The command as a list of arguments.
+    """
+    cmd = submit_options(cfg, "sql-server")
+    # Hive sessions resolve the catalog plugin through the system class loader, which
+    # --jars does not reach: Delta's jars must be on the driver class path too.
+    jars = delta_jars(cfg.spark)
+    classpath = ["--driver-class-path", ":".join(str(j) for j in jars)] if jars else []
+    return [cmd[0], "--class", THRIFT_CLASS, *classpath, *cmd[1:], "spark-internal",
+            "--hiveconf", f"hive.server2.thrift.port={port}",
+            "--hiveconf", f"hive.server2.thrift.bind.host={host}"]
+
+
+def beeline_command(port: int, query: str, host: str = "127.0.0.1") -> list[str]:
+    """A beeline (shipped with pyspark) call that runs one query and prints CSV."""
+    return [str(spark_home() / "bin" / "beeline"), "-u", f"jdbc:hive2://{host}:{port}/",
+            "--silent=true", "--outputformat=csv2", "-e", query]

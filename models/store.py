@@ -1,6 +1,6 @@
 """The model store: versioned artifacts plus the ``<database>.models`` Delta table.
 
-Artifacts live under ``LAKEFORGE_HOME/models/<name>/v<version>``; the table holds
+Artifacts live under ``LAKEFORGE_HOME/models/<database>/<name>/v<version>``; the table holds
 name, version, family, params, metrics, training table and its Delta version, run
 id, artifact path and created_at.
 """
@@ -59,7 +59,7 @@ class ModelStore:
         self.spark, self.cfg = spark, cfg
         self.spec = table("ops.models")
         self.table = delta.ensure_table(spark, self.spec, cfg.catalog.database)
-        self.root = cfg.model_dir
+        self.root = cfg.model_dir / cfg.catalog.database
 
     def find_run(self, name: str, run_id: str) -> ModelRecord | None:
         """The model a run already registered, if any (re-runs do not register twice)."""

@@ -1,0 +1,204 @@
+"""Batch scoring into Delta, SQL views over predictions, and JDBC through the Thrift server."""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse import delta
+from lakehouse.catalog import create_views, run_sql
+from lakehouse.curate import curate
+from lakehouse.errors import SchemaMismatchError
+from lakehouse.features import build_features
+from lakehouse.ingest import ingest
+from lakehouse.submit import beeline_command, submit_env, thrift_command
+from models.mlp import FAMILY
+from models.scoring import score
+from models.store import ModelNotFoundError, ModelStore
+
+
+def _register(spark, cfg, table, tmp_path, run_id, seed):
+    """A real (small) Keras MLP fitted in-process on the gold train split, then stored."""
+    import tensorflow as tf
+
+    train = spark.table(table).filter("split = 'train'").select("features", "label").toPandas()
+    x, y = np.stack(train.features.to_numpy()), train.label.to_numpy()
+    tf.keras.utils.set_random_seed(seed)
+    model = FAMILY.build({**FAMILY.defaults, "hidden": [8]}, x.shape[1], 3,
+                         x.mean(axis=0), x.var(axis=0))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, verbose=0)
+    staged = tmp_path / run_id
+    staged.mkdir()
+    model.save(staged / "model.keras")
+    return ModelStore(spark, cfg).register("wine_mlp", "mlp", staged, {"hidden": [8]}, {},
+                                           table, delta.current_version(spark, table), run_id)
+
+
+@pytest.fixture
+def wine_model(spark, cfg, tmp_path):
+    ingest(spark, cfg, ["wine"], "b1")
+    curate(spark, cfg, ["wine"])
+    gold = build_features(spark, cfg, "wine", partitions=4)
+    return gold, _register(spark, cfg, gold.table, tmp_path, "r1", seed=1)
+
+
+def test_scores_every_row_with_lineage(spark, cfg, wine_model):
+    gold, model = wine_model
+    result = score(spark, cfg, "mlp", "wine_mlp")
+    preds = spark.table(result.table).filter(F.col("run_id") == result.run_id)
+    assert result.rows == 178 and preds.select("row_id").distinct().count() == 178
+    first = preds.orderBy("row_id").first()
+    assert (first.model_name, first.model_version, first.input_table, first.input_version) == \
+        ("wine_mlp", 1, gold.table, gold.version)
+    assert result.run_id == f"wine_mlp-v1@{gold.table}-v{gold.version}"
+    rows = preds.orderBy("row_id").select("row_id", "prediction", "probability",
+                                          "probabilities").toPandas()
+    probs = np.stack(rows.probabilities.to_numpy())
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (probs.argmax(axis=1) == rows.prediction.to_numpy()).all()
+    assert np.allclose(probs.max(axis=1), rows.probability.to_numpy())
+    # The same network in this process gives the same probabilities.
+    keras_model, _ = ModelStore(spark, cfg).load("wine_mlp")
+    feats = spark.table(gold.table).orderBy("row_id").select("features").toPandas()
+    local = keras_model.predict(np.stack(feats.features.to_numpy()), verbose=0)
+    assert np.allclose(local, probs, atol=1e-5)
+
+
+def test_model_loads_once_per_worker_not_per_batch(spark, cfg, wine_model):
+    gold, _ = wine_model
+    many = f"{cfg.catalog.database}.wine_many_files"
+    spark.table(gold.table).repartition(8).write.format("delta").saveAsTable(many)
+    spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))   # one task per file
+    try:
+        tasks = spark.table(many).rdd.getNumPartitions()
+        result = score(spark, cfg, "mlp", "wine_mlp", input_table=many)
+    finally:
+        spark.conf.unset("spark.sql.files.openCostInBytes")
+    assert tasks == 8 and result.rows == 178
+    assert 1 <= result.model_loads <= spark.sparkContext.defaultParallelism < tasks
+
+
+def test_rescoring_is_idempotent_and_new_versions_add_rows(spark, cfg, wine_model, tmp_path):
+    gold, _ = wine_model
+    first = score(spark, cfg, "mlp", "wine_mlp")
+    version = delta.current_version(spark, first.table)
+    again = score(spark, cfg, "mlp", "wine_mlp")
+    assert again.skipped and delta.current_version(spark, first.table) == version
+    _register(spark, cfg, gold.table, tmp_path, "r2", seed=2)
+    second = score(spark, cfg, "mlp", "wine_mlp")
+    counts = {r.model_version: r["count"] for r in
+              spark.table(first.table).groupBy("model_version").count().collect()}
+    assert counts == {1: 178, 2: 178} and not second.skipped
+
+
+def test_failed_run_leaves_table_unchanged(spark, cfg, wine_model):
+    gold, _ = wine_model
+    score(spark, cfg, "mlp", "wine_mlp")
+    target = f"{cfg.catalog.database}.predictions_mlp"
+    version = delta.current_version(spark, target)
+    broken = f"{cfg.catalog.database}.wine_broken"
+    (spark.table(gold.table).withColumn(
+        "features", F.when(F.col("row_id") == 100, F.slice("features", 1, 5))
+        .otherwise(F.col("features")))
+     .repartition(4).write.format("delta").saveAsTable(broken))
+    with pytest.raises(Exception, match="(?s)Python worker|PythonException|shape"):
+        score(spark, cfg, "mlp", "wine_mlp", input_table=broken)
+    assert delta.current_version(spark, target) == version
+    assert spark.table(target).filter(F.col("input_table") == broken).count() == 0
+
+
+def test_concurrent_scoring_runs_both_land(spark, cfg, wine_model, tmp_path):
+    gold, _ = wine_model
+    _register(spark, cfg, gold.table, tmp_path, "r2", seed=2)
+    score(spark, cfg, "mlp", "wine_mlp", model_version=1, run_id="warm")   # creates the table
+    errors = []
+
+    def run(version):
+        try:
+            score(spark, cfg, "mlp", "wine_mlp", model_version=version)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    table = spark.table(f"{cfg.catalog.database}.predictions_mlp").filter("run_id != 'warm'")
+    assert table.count() == 2 * 178
+    assert table.select("model_version", "row_id").distinct().count() == 2 * 178
+
+
+def test_views_and_sql_over_predictions(spark, cfg, wine_model, tmp_path):
+    gold, _ = wine_model
+    score(spark, cfg, "mlp", "wine_mlp")
+    _register(spark, cfg, gold.table, tmp_path, "r2", seed=2)
+    score(spark, cfg, "mlp", "wine_mlp")
+    assert sorted(create_views(spark, cfg)) == [f"{cfg.catalog.database}.models_latest",
+                                                f"{cfg.catalog.database}.predictions_mlp_latest"]
+    out = run_sql(spark, cfg, "SELECT model_version, count(*) AS n FROM predictions_mlp_latest "
+                              "GROUP BY model_version")
+    assert out.splitlines()[2:] == ["            2  178", "(1 row)"]
+
+
+def test_scoring_errors_name_the_problem(spark, cfg, wine_model):
+    gold, _ = wine_model
+    with pytest.raises(ModelNotFoundError, match="model 'wine_mlp' has no version 7; versions: 1"):
+        score(spark, cfg, "mlp", "wine_mlp", model_version=7)
+    nofeat = f"{cfg.catalog.database}.wine_nofeat"
+    spark.table(gold.table).drop("features").write.format("delta").saveAsTable(nofeat)
+    with pytest.raises(SchemaMismatchError, match="column 'features' is missing"):
+        score(spark, cfg, "mlp", "wine_mlp", input_table=nofeat)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_beeline_queries_tables_through_thrift_server(tmp_path):
+    """A real Thrift server on a free loopback port, queried with pyspark's beeline."""
+    from lakehouse.config import load_config
+
+    home = tmp_path / "home"
+    overrides = [f"home={home}", "spark.master=local[1]", "spark.ui_enabled=false"]
+    job = subprocess.run([sys.executable, "-m", "lakehouse.cli", "submit",
+                          *[a for o in overrides for a in ("--set", o)], "ingest", "wine"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
+    cfg = load_config(overrides, environ={})
+    port = _free_port()
+    log = Path(tmp_path / "thrift.log").open("w")
+    server = subprocess.Popen(thrift_command(cfg, port), env=submit_env(cfg), stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None, Path(tmp_path / "thrift.log").read_text()[-3000:]
+            time.sleep(2)
+        out = subprocess.run(
+            beeline_command(port, "SELECT label_name, count(*) AS n FROM lakeforge.bronze_wine "
+                                  "GROUP BY label_name ORDER BY label_name"),
+            capture_output=True, text=True, timeout=300, check=False, env=submit_env(cfg))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    assert out.returncode == 0, out.stderr[-2000:]
+    # beeline echoes its prompt ("0: jdbc:hive2://...>"), the CSV header follows it.
+    rows = [line for line in out.stdout.splitlines() if line.startswith("class_")]
+    assert "label_name,n" in out.stdout
+    assert rows == ["class_0,59", "class_1,71", "class_2,48"]
