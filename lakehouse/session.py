@@ -83,6 +83,7 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         "spark.pyspark.python": executor_python(sc),
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.sql.session.timeZone": "UTC",
+        "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
         "spark.checkpoint.dir": str(cfg.checkpoint_dir / "spark"),
     }
     jars = delta_jars(sc)

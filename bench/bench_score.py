@@ -1,0 +1,96 @@
+"""Scoring benchmark: lakeforge's scorer against a per-row Python UDF and one-process
+pandas predict, with the same model (flights_mlp from `make demo`) on its gold table.
+
+The scorer and pandas score every row; the per-row UDF, at a few hundred rows/s, a
+sample of the same rows (``--udf-rows``); ratios compare rows/s. The scorer and the
+UDF write to Spark's `noop` sink, so their figures are the scoring pass; the
+scorer's full run (Delta read and commit included) is shown too.
+
+    make bench-score                      # needs `make demo` (or a trained flights_mlp)
+    .venv/bin/python bench/bench_score.py --udf-rows 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import time
+import uuid
+
+import numpy as np
+from pyspark.sql import functions as F
+from pyspark.sql.types import IntegerType
+
+from lakehouse.catalog import format_table
+from lakehouse.cli import setup_logging
+from lakehouse.config import load_config
+from lakehouse.session import build_spark
+from models.scoring import _OUT, cached_model, score, score_batches
+from models.store import ModelStore
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="flights_mlp")
+    parser.add_argument("--udf-rows", type=int, default=5000, help="rows for the per-row UDF")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    setup_logging(verbose=False)
+    cfg = load_config(["spark.ui_enabled=false", *args.overrides])
+    spark = build_spark(cfg)
+    keras_model, record = ModelStore(spark, cfg).load(args.model)
+    full = spark.table(record.training_table).select("row_id", "features").persist()
+    n = full.count()
+    sample = full.limit(args.udf_rows).repartition(2).persist()
+    n_udf = sample.count()
+
+    scorer = functools.partial(score_batches, artifact=record.artifact, loads=None)
+    full.mapInPandas(scorer, schema=_OUT).write.format("noop").mode("overwrite").save()  # warm
+    ours = timed(lambda: full.mapInPandas(scorer, schema=_OUT)
+                 .write.format("noop").mode("overwrite").save())
+
+    artifact = record.artifact
+
+    @F.udf(IntegerType())
+    def per_row(features):
+        model = cached_model(artifact)
+        return int(np.argmax(model.predict_on_batch(np.asarray([features], np.float32))[0]))
+
+    udf_s = timed(lambda: sample.select(per_row("features")).write.format("noop")
+                  .mode("overwrite").save())
+
+    pdf = full.toPandas()
+    x = np.stack(pdf.features.to_numpy()).astype(np.float32)
+    pandas_s = timed(lambda: keras_model.predict(x, batch_size=20000, verbose=0))
+
+    total = n
+    run = timed(lambda: score(spark, cfg, record.family, args.model,
+                              run_id=f"bench-{uuid.uuid4().hex[:8]}"))
+    rates = {"ours": n / ours, "udf": n_udf / udf_s, "pandas": n / pandas_s}
+    print(f"\nscoring {args.model} v{record.version}: {n:,} rows ({n_udf:,} for the per-row "
+          f"UDF); {spark.sparkContext.defaultParallelism} cores\n")
+    print(format_table(
+        ["scorer", "rows", "seconds", "rows/s", "vs per-row UDF", "vs pandas"],
+        [("lakeforge mapInPandas, model cached per worker", n, round(ours, 2),
+          int(rates["ours"]), round(rates["ours"] / rates["udf"], 1),
+          round(rates["ours"] / rates["pandas"], 2)),
+         ("per-row Python UDF", n_udf, round(udf_s, 2), int(rates["udf"]), 1.0,
+          round(rates["udf"] / rates["pandas"], 4)),
+         ("one-process pandas + Keras predict", n, round(pandas_s, 2), int(rates["pandas"]),
+          round(rates["pandas"] / rates["udf"], 1), 1.0)]))
+    print(f"\nfull run on all {total:,} rows of {record.training_table} "
+          f"(read, score, Delta commit): {run:.1f} s, {int(total / run):,} rows/s")
+    print("targets: >= 20x the per-row UDF, >= 0.5x one-process pandas")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
