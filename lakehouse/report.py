@@ -30,7 +30,7 @@ def write_report(cfg: Config, models: Sequence, queries: Sequence[tuple[str, str
             target = folder / f"{m.name}_v{m.version}_{png.name}"
             shutil.copyfile(png, target)
             pngs.append(f'<img src="{html.escape(target.name)}" alt="{html.escape(png.stem)}">')
-        metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.metrics.items()))
+        metrics = ", ".join(f"{k} {_number(v)}" for k, v in sorted(m.metrics.items()))
         sections.append(
             f"<h2>{html.escape(m.name)} v{m.version} ({html.escape(m.family)})</h2>"
             f"<p>trained on {html.escape(m.training_table)} v{m.training_version}, "
@@ -45,3 +45,8 @@ def write_report(cfg: Config, models: Sequence, queries: Sequence[tuple[str, str
         "padding:0.6em;overflow-x:auto}</style><h1>lakeforge demo report</h1>"
         + "".join(sections))
     return page
+
+
+def _number(value: float) -> str:
+    """Whole numbers with thousands separators, others to four significant digits."""
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:.4g}"
