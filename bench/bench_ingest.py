@@ -15,25 +15,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from functools import reduce
 
+from common import session, timed
 from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.catalog import format_table
 from lakehouse.config import load_config
 from lakehouse.ingest import ingest_source, parse_source
-from lakehouse.session import build_spark
 from lakehouse.sources import get_source
 from lakehouse.sources.base import ERROR
 from lakehouse.tables import table
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -44,8 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     home = tempfile.mkdtemp(prefix="lakeforge-bench-")
-    cfg = load_config([f"home={home}", "spark.ui_enabled=false", *args.overrides])
-    spark = build_spark(cfg)
+    cfg, spark = session([f"home={home}", *args.overrides])
     source, spec = get_source("flights"), table("bronze.flights")
     parsed, _ = parse_source(spark, cfg, source)
     one = parsed.filter(F.col(ERROR).isNull()).select(

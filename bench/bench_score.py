@@ -14,26 +14,16 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import time
 import uuid
 
 import numpy as np
+from common import session, timed
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType
 
 from lakehouse.catalog import format_table
-from lakehouse.cli import setup_logging
-from lakehouse.config import load_config
-from lakehouse.session import build_spark
 from models.scoring import _OUT, arrow_batch_rows, cached_model, score, score_batches
 from models.store import ModelStore
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -42,10 +32,7 @@ def main() -> None:
     parser.add_argument("--udf-rows", type=int, default=5000, help="rows for the per-row UDF")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    setup_logging(verbose=False)
-    cfg = load_config(["spark.ui_enabled=false", *args.overrides])
-    spark = build_spark(cfg)
+    cfg, spark = session(args.overrides)
     keras_model, record = ModelStore(spark, cfg).load(args.model)
     full = spark.table(record.training_table).select("row_id", "features").persist()
     n = full.count()

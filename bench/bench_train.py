@@ -14,20 +14,17 @@ peak RSS of the Python driver, the Spark JVM and each rank.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import time
 import uuid
 
 import numpy as np
+from common import session
 
 from lakehouse.catalog import format_table
-from lakehouse.cli import setup_logging
-from lakehouse.config import load_config
 from lakehouse.curate import curate
 from lakehouse.features import build_features
 from lakehouse.ingest import ingest
-from lakehouse.session import build_spark
 from models.evaluate import classification_metrics
 from models.runner import train
 
@@ -60,7 +57,7 @@ def prepare(spark, cfg, source: str) -> None:
         return
     ingest(spark, cfg, [source], "bench")
     curate(spark, cfg, [source])
-    build_features(spark, cfg, source, partitions=max(4, 2 * cfg.train.num_proc))
+    build_features(spark, cfg, source)
 
 
 def split_arrays(spark, table: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -168,10 +165,7 @@ def main() -> None:
     parser.add_argument("--cnn-epochs", type=int, default=5)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    setup_logging(verbose=False)
-    cfg = load_config(["spark.ui_enabled=false", *args.overrides])
-    spark = build_spark(cfg)
+    cfg, spark = session(args.overrides)
     memory = []
     if args.only in (None, "mlp"):
         memory += bench_mlp(spark, cfg, args.mlp_epochs)

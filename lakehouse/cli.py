@@ -150,7 +150,7 @@ def _cmd_features(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.features import build_features
 
     for name in args.names:
-        build_features(spark, cfg, name, partitions=max(4, 2 * cfg.train.num_proc))
+        build_features(spark, cfg, name)
 
 
 def _parse_params(items: Sequence[str]) -> dict:

@@ -68,9 +68,8 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
           lambda: [curate(spark, cfg, [n], batch) for n in names])
     results = []
     if train:
-        parts = max(4, 2 * cfg.train.num_proc)
         _step(3, total, f"build features {', '.join(feature_sets)}",
-              lambda: [build_features(spark, cfg, f, partitions=parts) for f in feature_sets])
+              lambda: [build_features(spark, cfg, f) for f in feature_sets])
         for i, (family, dataset, params) in enumerate(DEMO_MODELS, start=4):
             results.append(_step(i, total, f"train {family} on {dataset}",
                                  lambda f=family, d=dataset, p=params:

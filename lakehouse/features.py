@@ -11,6 +11,7 @@ stored inside the model.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from lakehouse.errors import SourceError
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register, table
 
 log = logging.getLogger(__name__)
+TAU = 2 * math.pi
 
 GOLD_FIELDS = (
     _f("row_id", LongType(), False),
@@ -92,9 +94,9 @@ def _flights(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[str], in
     arr = F.floor(F.col("sched_arr_time") / 100) + (F.col("sched_arr_time") % 100) / 60
     numeric = {
         "dep_hour": dep / 24, "arr_hour": arr / 24,
-        "dep_sin": F.sin(2 * 3.14159265 * dep / 24), "dep_cos": F.cos(2 * 3.14159265 * dep / 24),
-        "month_sin": F.sin(2 * 3.14159265 * F.col("month") / 12),
-        "month_cos": F.cos(2 * 3.14159265 * F.col("month") / 12),
+        "dep_sin": F.sin(TAU * dep / 24), "dep_cos": F.cos(TAU * dep / 24),
+        "month_sin": F.sin(TAU * F.col("month") / 12),
+        "month_cos": F.cos(TAU * F.col("month") / 12),
         "day_of_week": (F.dayofweek(date) - 1) / 6, "day_of_month": F.col("day") / 31,
         "log_distance": F.log1p("distance") / 8,
     }
@@ -103,7 +105,7 @@ def _flights(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[str], in
     columns = [c.cast("float") for c in numeric.values()]
     columns += [F.when(c, 1.0).otherwise(0.0).cast("float") for c in onehot.values()]
     labelled = silver.filter(F.col("arr_delay").isNotNull())
-    skipped = silver.count() - labelled.count()
+    skipped = silver.filter(F.col("arr_delay").isNull()).count()
     log.info("flights: %d cancelled or diverted flights have no arrival delay; left out", skipped)
     df = labelled.select(
         F.col("row_id"), assign_split(F.col("row_id")).alias("split"),
@@ -148,20 +150,23 @@ BUILDERS: dict[str, Callable[[SparkSession, Config], tuple[DataFrame, list[str],
 }
 
 
-def build_features(spark: SparkSession, cfg: Config, name: str, partitions: int = 4) -> FeatureSet:
+def build_features(spark: SparkSession, cfg: Config, name: str,
+                   partitions: int | None = None) -> FeatureSet:
     """Build (or keep, if already built from the same silver version) a gold table.
 
     Args:
         spark: the session.
         cfg: configuration.
         name: feature set name (``breast_cancer``, ``wine``, ``flights``, ``fashion_mnist``).
-        partitions: Parquet files per split, at least the number of Horovod ranks.
+        partitions: Parquet files per split (default: twice the Horovod ranks, at least
+            4, so every rank gets a shard).
 
     Returns:
         The gold table with its current version and shape.
     """
     if name not in BUILDERS:
         raise SourceError(f"no feature builder {name!r}; known: {', '.join(BUILDERS)}")
+    partitions = partitions or max(4, 2 * cfg.train.num_proc)
     db = cfg.catalog.database
     silver = table(f"silver.{name}").full_name(db)
     silver_version = delta.current_version(spark, silver)

@@ -101,23 +101,20 @@ def _pin_gpu() -> bool:
     return True
 
 
-class _Progress:
-    """Keras callback factory: one log line per epoch on rank 0."""
+def _progress(size: int, total_epochs: int):
+    """A Keras callback printing one line per epoch (used on rank 0)."""
+    import tensorflow as tf
 
-    @staticmethod
-    def make(size: int, total_epochs: int):
-        import tensorflow as tf
+    class Progress(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.monotonic()
 
-        class Progress(tf.keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.start = time.monotonic()
+        def on_epoch_end(self, epoch, logs=None):
+            shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
+            print(f"[lakeforge train] epoch {epoch + 1}/{total_epochs} ({size} ranks, "
+                  f"{time.monotonic() - self.start:.1f}s): {shown}", flush=True)
 
-            def on_epoch_end(self, epoch, logs=None):
-                shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
-                print(f"[lakeforge train] epoch {epoch + 1}/{total_epochs} ({size} ranks, "
-                      f"{time.monotonic() - self.start:.1f}s): {shown}", flush=True)
-
-        return Progress()
+    return Progress()
 
 
 def weights_digest(weights) -> str:
@@ -171,7 +168,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
             os.path.join(spec.checkpoint_dir, "epoch-{epoch:03d}.weights.h5"),
             save_weights_only=True))
-        callbacks.append(_Progress.make(hvd.size(), epochs))
+        callbacks.append(_progress(hvd.size(), epochs))
 
     history: dict[str, list[float]] = {}
     fit_seconds = 0.0

@@ -117,12 +117,13 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     version = delta.current_version(spark, table) if version is None else int(version)
     df = delta.read_version(spark, table, version)
     check_features(df, table)
-    rows = {r["split"]: r["n"] for r in df.groupBy("split").agg(F.count("*").alias("n")).collect()}
+    shape = df.groupBy("split").agg(F.count("*").alias("n"), F.max("label").alias("top"),
+                                    F.max(F.size("features")).alias("width")).collect()
+    rows = {r["split"]: r["n"] for r in shape}
     if not rows.get("train"):
         raise TableNotFoundError(f"training table {table} v{version} has no training rows")
-    first = df.select(F.size("features").alias("n")).first()
-    n_features = int(first["n"])
-    n_classes = int(df.agg(F.max("label")).first()[0]) + 1
+    n_features = max(r["width"] for r in shape)
+    n_classes = max(r["top"] for r in shape) + 1
     mean, var = scaling(df, n_features) if family.normalise else (None, None)
     name = name or f"{dataset}_{family_name}"
     run_id = run_id or default_run_id(name, family_name, table, version, merged)

@@ -72,6 +72,9 @@ class ModelStore:
                  run_id: str) -> ModelRecord:
         """Move a staged artifact folder into the store and add its models-table row.
 
+        The staged folder is consumed: moved into the store, or deleted when this run
+        had already registered its model.
+
         Args:
             name: model name.
             family: model family.
@@ -87,6 +90,7 @@ class ModelStore:
         """
         existing = self.find_run(name, run_id)
         if existing is not None:
+            shutil.rmtree(staged, ignore_errors=True)
             return existing
         latest = self.spark.table(self.table).filter(F.col("name") == name).agg(F.max("version"))
         version = (latest.first()[0] or 0) + 1
@@ -94,7 +98,7 @@ class ModelStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(staged, target)
+        shutil.move(staged, target)
         record = ModelRecord(name, version, family, params, metrics, training_table,
                              training_version, run_id, str(target),
                              dt.datetime.now(dt.UTC).replace(tzinfo=None))
