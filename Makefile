@@ -43,5 +43,14 @@ bench-mlp: setup    ## the MLP part of bench-train
 bench-cnn: setup    ## the CNN part of bench-train
 	$(PY) bench/bench_train.py --only cnn $(ARGS)
 
+bench-word2vec: setup  ## word2vec vs gensim and MLlib: words/s, WordSim/SimLex Spearman, analogies
+	$(PY) bench/bench_word2vec.py $(ARGS)
+
+bench-deepar: setup  ## DeepAR vs seasonal naive and ETS: ND, NRMSE, weighted quantile loss
+	$(PY) bench/bench_deepar.py $(ARGS)
+
+bench-rcf: setup    ## RCF vs rrcf and IsolationForest: ROC-AUC, PR-AUC, points/s
+	$(PY) bench/bench_rcf.py $(ARGS)
+
 clean:          ## remove the local data directory (tables, metastore, models)
 	rm -rf data spark-warehouse metastore_db derby.log

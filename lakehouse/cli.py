@@ -59,11 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("features", help="build gold feature tables from silver")
     p.add_argument("names", nargs="+", metavar="NAME",
-                   help="feature sets: breast_cancer, wine, flights, fashion_mnist")
+                   help="feature sets: breast_cancer, wine, flights, fashion_mnist (MLP/CNN); "
+                        "corpus (word2vec); us_employment, visnights (DeepAR); "
+                        "mitdb, kdd_tsad_135 (RCF)")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                   help="feature parameter, e.g. --param shingle_size=8 (repeatable)")
     _add_common(p)
 
     p = sub.add_parser("train", help="train a model family with Horovod on a gold table")
-    p.add_argument("family", help="model family: mlp, cnn")
+    p.add_argument("family", help="model family: mlp, cnn, word2vec, deepar, rcf")
     p.add_argument("--dataset", required=True, help="gold feature table, e.g. breast_cancer")
     p.add_argument("--version", type=int, default=None,
                    help="Delta version of the table (default: current, recorded)")
@@ -75,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("score", help="score a table with a stored model into predictions_FAMILY")
-    p.add_argument("family", help="model family: mlp, cnn")
+    p.add_argument("family", help="model family: mlp, cnn, word2vec, deepar, rcf")
     p.add_argument("--model", required=True, help="model name, e.g. flights_mlp")
     p.add_argument("--model-version", default="latest", help="version number or latest")
     p.add_argument("--input", default=None,
@@ -150,7 +154,7 @@ def _cmd_features(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.features import build_features
 
     for name in args.names:
-        build_features(spark, cfg, name)
+        build_features(spark, cfg, name, params=_parse_params(args.params))
 
 
 def _parse_params(items: Sequence[str]) -> dict:

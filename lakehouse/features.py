@@ -151,7 +151,8 @@ BUILDERS: dict[str, Callable[[SparkSession, Config], tuple[DataFrame, list[str],
 
 
 def build_features(spark: SparkSession, cfg: Config, name: str,
-                   partitions: int | None = None) -> FeatureSet:
+                   partitions: int | None = None,
+                   params: dict | None = None) -> FeatureSet:
     """Build (or keep, if already built from the same silver version) a gold table.
 
     Args:
@@ -160,12 +161,20 @@ def build_features(spark: SparkSession, cfg: Config, name: str,
         name: feature set name (``breast_cancer``, ``wine``, ``flights``, ``fashion_mnist``).
         partitions: Parquet files per split (default: twice the Horovod ranks, at least
             4, so every rank gets a shard).
+        params: feature parameters of families with their own gold tables (word2vec,
+            DeepAR, RCF), e.g. ``shingle_size``.
 
     Returns:
         The gold table with its current version and shape.
     """
     if name not in BUILDERS:
-        raise SourceError(f"no feature builder {name!r}; known: {', '.join(BUILDERS)}")
+        from models.family import FAMILY_NAMES, family_for_dataset, get_family
+
+        family = family_for_dataset(name)
+        if family is None:
+            known = [*BUILDERS, *(d for f in FAMILY_NAMES for d in get_family(f).datasets)]
+            raise SourceError(f"no feature builder {name!r}; known: {', '.join(known)}")
+        return family.features(spark, cfg, name, params or {})
     partitions = partitions or max(4, 2 * cfg.train.num_proc)
     db = cfg.catalog.database
     silver = table(f"silver.{name}").full_name(db)

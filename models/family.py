@@ -9,7 +9,7 @@ from typing import Any
 
 from lakehouse.errors import ConfigError
 
-FAMILY_NAMES = ("mlp", "cnn")
+FAMILY_NAMES = ("mlp", "cnn", "rcf")
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,39 @@ class Family:
         defaults: default training parameters.
         normalise: whether the runner fits per-feature mean/variance on the
             training split and hands them to ``build``.
+        trainer: for families that are not Keras classifiers over ``features``:
+            ``trainer(spark, cfg, dataset, version, run_id, params, name)`` ->
+            :class:`models.runner.TrainResult`, replacing the shared Keras path.
+        scorer: ``scorer(spark, cfg, record, df, loads)`` -> DataFrame with the
+            columns ``prediction_fields`` (``df``: the pinned input; ``loads``: an
+            accumulator to add 1 to per model load on an executor); the shared
+            scorer adds lineage and writes exactly once. Default: the classifier.
+        features: ``features(spark, cfg, dataset, params)`` ->
+            :class:`lakehouse.features.FeatureSet`, building the family's gold table.
+        datasets: the feature sets ``features`` builds (``lakeforge features NAME``).
+        prediction_fields: StructFields of ``predictions_<name>`` before lineage.
+        prediction_keys: columns that identify a prediction within one run.
     """
 
     name: str
-    build: Callable[..., Any]
+    build: Callable[..., Any] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     normalise: bool = True
+    trainer: Callable[..., Any] | None = None
+    scorer: Callable[..., Any] | None = None
+    features: Callable[..., Any] | None = None
+    datasets: tuple[str, ...] = ()
+    prediction_fields: tuple[Any, ...] = ()
+    prediction_keys: tuple[str, ...] = ("row_id",)
+
+
+def family_for_dataset(dataset: str) -> Family | None:
+    """The family whose own feature builder makes ``dataset``, if any."""
+    for name in FAMILY_NAMES:
+        family = get_family(name)
+        if dataset in family.datasets:
+            return family
+    return None
 
 
 def get_family(name: str) -> Family:

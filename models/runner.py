@@ -24,7 +24,7 @@ from pyspark.sql.types import ArrayType, FloatType, IntegerType
 
 from lakehouse import delta
 from lakehouse.config import Config
-from lakehouse.errors import SchemaMismatchError, TableNotFoundError
+from lakehouse.errors import ConfigError, SchemaMismatchError, TableNotFoundError
 from lakehouse.features import CLASS_NAMES, gold_spec
 from models.evaluate import classification_metrics, confusion, plot_confusion, plot_history
 from models.family import get_family
@@ -96,7 +96,7 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     Args:
         spark: the session.
         cfg: configuration (``train.num_proc``, model store under ``cfg.home``).
-        family_name: ``mlp`` or ``cnn``.
+        family_name: ``mlp``, ``cnn``, ``word2vec``, ``deepar`` or ``rcf``.
         dataset: gold feature table name (``breast_cancer``, ``flights``, ...).
         version: Delta version to train on (default: the current one, recorded).
         run_id: training run id; a run started again with the same id resumes
@@ -110,12 +110,15 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     """
     start = time.monotonic()
     family = get_family(family_name)
+    unknown = sorted(set(params or {}) - set(family.defaults))
+    if unknown:
+        raise ConfigError(f"{family_name}: unknown parameter(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(family.defaults))}")
     merged = {**family.defaults, **(params or {})}
+    if family.trainer is not None:
+        return family.trainer(spark, cfg, dataset, version, run_id, merged, name)
     table = gold_spec(dataset).full_name(cfg.catalog.database)
-    if not delta.table_exists(spark, table):
-        raise TableNotFoundError(f"training table {table} does not exist; build features first")
-    version = delta.current_version(spark, table) if version is None else int(version)
-    df = delta.read_version(spark, table, version)
+    df, version = pin_table(spark, table, version)
     check_features(df, table)
     shape = df.groupBy("split").agg(F.count("*").alias("n"), F.max("label").alias("top"),
                                     F.max(F.size("features")).alias("width")).collect()
@@ -147,11 +150,26 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     return TrainResult(record, rank0["history"], ranks, seconds)
 
 
-def run_ranks(spec: RankSpec, cfg: Config) -> list[dict[str, Any]]:
-    """Run ``train_rank`` on ``cfg.train.num_proc`` Horovod ranks inside Spark tasks."""
+def pin_table(spark: SparkSession, table: str, version: int | None) -> tuple[DataFrame, int]:
+    """A training table read at one Delta version (default: the current one).
+
+    Raises:
+        TableNotFoundError: the table does not exist (build its features first).
+    """
+    if not delta.table_exists(spark, table):
+        raise TableNotFoundError(f"training table {table} does not exist; build features first")
+    version = delta.current_version(spark, table) if version is None else int(version)
+    return delta.read_version(spark, table, version), version
+
+
+def run_ranks(spec: Any, cfg: Config, fn: Any = None) -> list[dict[str, Any]]:
+    """Run ``fn(spec)`` (default ``train_rank``) on ``cfg.train.num_proc`` Horovod ranks.
+
+    Each rank is a Spark task; the list holds every rank's return value.
+    """
     import horovod.spark
 
-    return horovod.spark.run(train_rank, args=(spec,), num_proc=cfg.train.num_proc,
+    return horovod.spark.run(fn or train_rank, args=(spec,), num_proc=cfg.train.num_proc,
                              start_timeout=cfg.train.start_timeout, use_gloo=True,
                              verbose=cfg.train.verbose)
 

@@ -73,9 +73,14 @@ class ScoreResult:
 
 def predictions_spec(family: str) -> TableSpec:
     """The registry entry of ``predictions_<family>`` (registered on first use)."""
+    from models.family import get_family
+
+    fam = get_family(family)
+    fields, keys = ((fam.prediction_fields, fam.prediction_keys) if fam.scorer is not None
+                    else (CLASSIFIER_FIELDS, ("row_id",)))
     return register(TableSpec(
-        "predictions", family, (*CLASSIFIER_FIELDS, *LINEAGE),
-        ("model_name", "model_version", "input_table", "input_version", "row_id"),
+        "predictions", family, (*fields, *LINEAGE),
+        ("model_name", "model_version", "input_table", "input_version", *keys),
         partition_by=("model_name",), catalog_name=f"predictions_{family}",
         comment=f"{family} predictions with model and input lineage",
     ))
@@ -151,11 +156,11 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
     Args:
         spark: the session.
         cfg: configuration.
-        family: model family (``mlp``, ``cnn``).
+        family: model family (``mlp``, ``cnn``, ``word2vec``, ``deepar``, ``rcf``).
         model_name: stored model name.
         model_version: version number or ``latest``.
-        input_table: table with ``row_id`` and ``features`` (default: the model's
-            training table).
+        input_table: table to score (default: the model's training table); for the
+            classifier families it needs ``row_id`` and ``features``.
         input_version: Delta version of the input (default: current).
         run_id: idempotency key (default: model version + input version).
 
@@ -163,7 +168,10 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
         The predictions table, run id, rows written, whether the run was already
         done, and how many times executors loaded the model.
     """
+    from models.family import get_family
+
     start = time.monotonic()
+    fam = get_family(family)
     store = ModelStore(spark, cfg)
     record = store.get(model_name, model_version)
     if record.family != family:
@@ -172,10 +180,11 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
     table = input_table or record.training_table
     version = delta.current_version(spark, table) if input_version is None else input_version
     df = delta.read_version(spark, table, version)
-    for column in ("row_id", "features"):
-        if column not in df.columns:
-            raise SchemaMismatchError(f"input table {table}: column {column!r} is missing; "
-                                      f"model {model_name} needs row_id and features")
+    if fam.scorer is None:
+        for column in ("row_id", "features"):
+            if column not in df.columns:
+                raise SchemaMismatchError(f"input table {table}: column {column!r} is missing; "
+                                          f"model {model_name} needs row_id and features")
     run_id = run_id or default_run_id(model_name, record.version, table, version)
     target = delta.ensure_table(spark, predictions_spec(family), cfg.catalog.database)
     if spark.table(target).filter(F.col("run_id") == run_id).limit(1).count():
@@ -183,17 +192,24 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
         return ScoreResult(target, run_id, 0, True, 0, time.monotonic() - start)
 
     loads = spark.sparkContext.accumulator(0)
-    scorer = functools.partial(score_batches, artifact=record.artifact, loads=loads)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    out = df.select("row_id", "features").mapInArrow(scorer, schema=_OUT).select(
+    if fam.scorer is not None:
+        predictions = fam.scorer(spark, cfg, record, df, loads)
+        batch_rows = None
+    else:
+        scorer = functools.partial(score_batches, artifact=record.artifact, loads=loads)
+        predictions = df.select("row_id", "features").mapInArrow(scorer, schema=_OUT)
+        first = df.select(F.size("features").alias("n")).first()
+        batch_rows = arrow_batch_rows(first["n"] if first else 1)
+    out = predictions.select(
         "*", F.lit(model_name).alias("model_name"),
         F.lit(record.version).cast("int").alias("model_version"),
         F.lit(table).alias("input_table"), F.lit(version).cast("long").alias("input_version"),
         F.lit(run_id).alias("run_id"), F.lit(now).cast("timestamp").alias("scored_at"))
-    first = df.select(F.size("features").alias("n")).first()
     batch_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     previous = spark.conf.get(batch_key)
-    spark.conf.set(batch_key, str(arrow_batch_rows(first["n"] if first else 1)))
+    if batch_rows:
+        spark.conf.set(batch_key, str(batch_rows))
     try:
         delta.append_once(out, target, f"lakeforge/score/{run_id}")
     finally:

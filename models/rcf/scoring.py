@@ -1,0 +1,84 @@
+"""Scoring adapter: per point its anomaly score and a flag at the model's threshold."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DoubleType,
+    FloatType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from lakehouse.config import Config
+from lakehouse.errors import SchemaMismatchError
+from lakehouse.tables import _f
+from models.store import ModelRecord
+
+PREDICTION_FIELDS = (
+    _f("stream_id", StringType(), False), _f("t", LongType(), False),
+    _f("score", DoubleType()), _f("is_anomaly", BooleanType()), _f("threshold", DoubleType()),
+)
+_OUT = StructType([StructField(f.name, f.dataType, True) for f in PREDICTION_FIELDS])
+
+# Executor-side cache: artifact folder (+ mtime) -> (forest, threshold), one per process.
+_FORESTS: dict[str, Any] = {}
+
+
+def cached_forest(artifact: str, loads=None) -> tuple[Any, float]:
+    """The forest and threshold stored at ``artifact``, loaded at most once per process."""
+    from models.rcf.forest import FOREST_FILE, load_forest
+    from models.rcf.train import META
+
+    path = os.path.join(artifact, FOREST_FILE)
+    key = f"{path}@{os.path.getmtime(path) if os.path.exists(path) else 0}"
+    if key not in _FORESTS:
+        meta = json.loads((Path(artifact) / META).read_text())
+        _FORESTS[key] = (load_forest(artifact), float(meta["threshold"]))
+        if loads is not None:
+            loads.add(1)
+    return _FORESTS[key]
+
+
+def score_frames(frames: Iterator[pd.DataFrame], artifact: str,
+                 loads) -> Iterator[pd.DataFrame]:
+    """Executor side: CoDisp of every shingle of each Arrow batch (``mapInPandas``)."""
+    from models.rcf.forest import codisp
+
+    forest, threshold = cached_forest(artifact, loads)
+    for frame in frames:
+        if frame.empty:
+            continue
+        score = codisp(forest, np.stack(frame["shingle"].to_numpy()))   # deterministic
+        yield pd.DataFrame({"stream_id": frame["stream_id"], "t": frame["t"], "score": score,
+                            "is_anomaly": score > threshold, "threshold": threshold})
+
+
+def score_rcf(spark: SparkSession, cfg: Config, record: ModelRecord, df: DataFrame,
+              loads) -> DataFrame:
+    """Predictions of an RCF model over a shingles table (``Family.scorer``)."""
+    types = dict(df.dtypes)
+    for column in ("stream_id", "t", "shingle"):
+        if column not in types:
+            raise SchemaMismatchError(f"input of {record.name}: column {column!r} is missing; "
+                                      f"RCF scores a shingles table (stream_id, t, shingle)")
+    width = int(record.params["shingle_size"])
+    numeric = (ArrayType(DoubleType()).simpleString(), ArrayType(FloatType()).simpleString())
+    if types["shingle"] not in numeric:
+        raise SchemaMismatchError(f"input of {record.name}: column 'shingle' is "
+                                  f"{types['shingle']}, expected array<double> of {width} values")
+    fn = functools.partial(score_frames, artifact=record.artifact, loads=loads)
+    return df.select("stream_id", "t", "shingle").mapInPandas(fn, schema=_OUT)

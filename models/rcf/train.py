@@ -1,0 +1,192 @@
+"""Training a Random Cut Forest across Horovod ranks.
+
+Each rank reads its shard of the fitting split's shingles through Petastorm, keeps
+one reservoir sample per tree it owns (its share of ``num_trees``), builds those
+trees (vectorised, :mod:`models.rcf.forest`) and the trees of all ranks are
+gathered into one forest on rank 0. Rank 0 then scores the fitting split (to set
+the anomaly threshold, mean + ``threshold_sigma`` standard deviations of those
+scores, stored with the model) and the evaluation split, whose scores and labels
+the driver turns into ROC-AUC / PR-AUC and a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse.config import Config
+from lakehouse.errors import ConfigError
+from models.rcf.shingles import shingles_spec
+from models.runner import TrainResult, default_run_id, pin_table, run_ranks, snapshot_files
+from models.store import ModelStore
+
+log = logging.getLogger(__name__)
+META = "rcf.json"
+
+
+@dataclass(frozen=True)
+class RcfSpec:
+    """What each rank needs, as plain values."""
+
+    fit_files: list[str]
+    eval_files: list[str]
+    params: dict[str, Any]
+    artifact_dir: str
+    seed: int
+
+
+def _shingles(files: list[str], shard: int | None, shards: int | None):
+    """(t, shingle, label) batches of a split's Parquet files, read with Petastorm."""
+    from petastorm import make_batch_reader
+
+    with make_batch_reader(files, schema_fields=["t", "shingle", "label"], cur_shard=shard,
+                           shard_count=shards, num_epochs=1, shuffle_row_groups=False,
+                           workers_count=1, reader_pool_type="dummy") as reader:
+        for batch in reader:
+            if len(batch.t):
+                yield (np.asarray(batch.t), np.stack(batch.shingle).astype(np.float64),
+                       np.asarray(batch.label))
+
+
+def _score_split(forest, files: list[str]) -> dict[str, np.ndarray]:
+    from models.rcf.forest import codisp
+
+    parts = list(_shingles(files, None, None))
+    if not parts:
+        return {k: np.empty(0) for k in ("t", "value", "score", "label")}
+    t, x, label = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.argsort(t)
+    return {"t": t[order], "value": x[order, -1], "label": label[order],
+            "score": codisp(forest, x[order])}
+
+
+def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
+    """Build this rank's trees from reservoir samples of its shard; rank 0 merges and scores.
+
+    Returns:
+        ``rank``, ``size``, ``trees``, ``points_seen``, ``build_seconds``,
+        ``peak_rss_mb``; on rank 0 also the threshold, the evaluation split's ``t``,
+        ``score`` and ``label`` lists and ``points_per_second`` of scoring.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning)   # petastorm on pyarrow 12
+    warnings.filterwarnings("ignore", message="schema_fields behavior")   # "t" vs "t_start"
+    import horovod.tensorflow as hvd
+
+    from models.rcf.forest import build_forest, merge, reservoir_samples
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    total = int(spec.params["num_trees"])
+    mine = total // size + (rank < total % size)
+    rng = np.random.default_rng([spec.seed, rank])
+    seen = [0]
+
+    def counted():
+        for _, x, _ in _shingles(spec.fit_files, rank, size):
+            seen[0] += len(x)
+            yield x
+
+    start = time.monotonic()
+    samples = reservoir_samples(counted(), mine, int(spec.params["num_samples_per_tree"]), rng)
+    forest = build_forest(samples, rng) if mine else None
+    build_seconds = time.monotonic() - start
+    forests = hvd.allgather_object(forest)
+    result: dict[str, Any] = {"rank": rank, "size": size, "trees": mine, "points_seen": seen[0],
+                              "build_seconds": build_seconds,
+                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                              / 1024}
+    if rank == 0:
+        result.update(_finish(merge([f for f in forests if f is not None]), spec))
+    return result
+
+
+def _finish(forest, spec: RcfSpec) -> dict[str, Any]:
+    """Rank 0: threshold from the fitting split, scores of the evaluation split, artifact."""
+    fit = _score_split(forest, spec.fit_files)
+    threshold = float(fit["score"].mean() + float(spec.params["threshold_sigma"])
+                      * fit["score"].std())
+    start = time.monotonic()
+    scored = _score_split(forest, spec.eval_files)
+    seconds = time.monotonic() - start
+    Path(spec.artifact_dir).mkdir(parents=True, exist_ok=True)
+    forest.save(spec.artifact_dir)
+    (Path(spec.artifact_dir) / META).write_text(json.dumps(
+        {"threshold": threshold, "shingle_size": forest.dim, "num_trees": forest.n_trees,
+         "seed": spec.seed}))
+    return {"threshold": threshold, **{k: v.tolist() for k, v in scored.items()},
+            "n_trees": forest.n_trees, "points_per_second": len(scored["t"]) / max(seconds, 1e-9)}
+
+
+def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | None,
+              run_id: str | None, params: dict[str, Any], name: str | None) -> TrainResult:
+    """Train a forest on ``gold.shingles_<dataset>`` and register it (``Family.trainer``)."""
+    start = time.monotonic()
+    for key in ("num_trees", "num_samples_per_tree", "shingle_size"):
+        if int(params[key]) < 1:
+            raise ConfigError(f"rcf parameter {key} must be at least 1, got {params[key]}")
+    table = shingles_spec(dataset).full_name(cfg.catalog.database)
+    df, version = pin_table(spark, table, version)
+    widths = [r[0] for r in df.select(F.size("shingle")).distinct().collect()]
+    if widths and widths != [int(params["shingle_size"])]:
+        raise ConfigError(f"{table} v{version} holds shingles of size {widths}, but "
+                          f"shingle_size={params['shingle_size']}; rebuild the features with "
+                          f"--param shingle_size={params['shingle_size']}")
+    files = snapshot_files(df)
+    if not files["train"] and not files["test"]:
+        raise ConfigError(f"{table} v{version} has no shingles")
+    name = name or f"{dataset}_rcf"
+    run_id = run_id or default_run_id(name, "rcf", table, version, params)
+    store = ModelStore(spark, cfg)
+    done = store.find_run(name, run_id)
+    if done is not None:
+        log.info("run %s already registered %s v%d; nothing to train", run_id, name, done.version)
+        return TrainResult(done, {}, [], time.monotonic() - start)
+    staged = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.home))
+    spec = RcfSpec(files["train"] or files["test"], files["test"] or files["train"], params,
+                   str(staged), cfg.train.seed)
+    log.info("training %s (rcf, %d trees x %d samples, shingle %d) on %s v%d, %d ranks",
+             name, params["num_trees"], params["num_samples_per_tree"], params["shingle_size"],
+             table, version, cfg.train.num_proc)
+    ranks = run_ranks(spec, cfg, rcf_rank)
+    rank0 = next(r for r in ranks if r["rank"] == 0)
+    metrics = evaluate(rank0, staged, name)
+    record = store.register(name, "rcf", staged, params, metrics, table, version, run_id)
+    seconds = time.monotonic() - start
+    log.info("registered %s v%d in %.0fs: %s", name, record.version, seconds,
+             ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return TrainResult(record, {}, ranks, seconds)
+
+
+def evaluate(rank0: dict[str, Any], folder: Path, name: str) -> dict[str, float]:
+    """ROC-AUC and PR-AUC of the evaluation split's scores, and the anomaly plot."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from models.rcf.plot import plot_anomalies
+
+    score, label = np.asarray(rank0["score"]), np.asarray(rank0["label"], dtype=int)
+    threshold = rank0["threshold"]
+    flagged = score > threshold
+    metrics = {"threshold": threshold, "num_trees": float(rank0["n_trees"]),
+               "eval_points": float(len(score)), "flagged": float(flagged.sum()),
+               "points_per_second": float(rank0["points_per_second"])}
+    if 0 < label.sum() < len(label):
+        metrics["roc_auc"] = float(roc_auc_score(label, score))
+        metrics["pr_auc"] = float(average_precision_score(label, score))
+        metrics["recall_at_threshold"] = float(flagged[label == 1].mean())
+        metrics["precision_at_threshold"] = float(label[flagged].mean()) if flagged.any() else 0.0
+    plot_anomalies(np.asarray(rank0["t"]), np.asarray(rank0["value"]), score, label, threshold,
+                   folder / "anomaly_scores.png", f"{name}: anomaly scores")
+    return metrics

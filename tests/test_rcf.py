@@ -1,0 +1,149 @@
+"""Random Cut Forest: the vectorised forest, shingling in Spark, 2-rank training, scoring."""
+
+import numpy as np
+import pytest
+import rrcf
+from pyspark.sql import functions as F
+
+from lakehouse import delta
+from lakehouse.errors import ConfigError, SchemaMismatchError
+from lakehouse.features import build_features
+from lakehouse.tables import table
+from models.rcf.forest import build_forest, codisp, merge, reservoir_samples
+from models.runner import train
+from models.scoring import score
+
+STREAM = "mitdb"      # a stream name the RCF family builds features for; the values are synthetic
+SPIKE, SHIFT = 700, (1100, 1130)
+
+
+def _stream(n: int = 1500, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy sine with one spike and one level shift, labelled."""
+    rng = np.random.default_rng(seed)
+    value = np.sin(np.arange(n) / 15) + rng.normal(0, 0.05, n)
+    label = np.zeros(n, dtype=int)
+    if n > SHIFT[1]:
+        value[SPIKE] += 4
+        value[SHIFT[0]:SHIFT[1]] += 2
+        label[SPIKE] = 1
+        label[SHIFT[0]:SHIFT[1]] = 1
+    return value, label
+
+
+def _write_stream(spark, cfg, value, label, split="all", stream=STREAM):
+    spec = table("silver.streams")
+    target = delta.ensure_table(spark, spec, cfg.catalog.database)
+    rows = [(stream, split, int(t), float(v), int(y))
+            for t, (v, y) in enumerate(zip(value, label, strict=True))]
+    spark.createDataFrame(rows, spec.data_schema).write.format("delta").mode("append") \
+        .saveAsTable(target)
+
+
+def _shingle(values: np.ndarray, size: int) -> np.ndarray:
+    return np.lib.stride_tricks.sliding_window_view(values, size)
+
+
+def test_forest_structure_and_spike_scores_highest():
+    value, _ = _stream()
+    points = _shingle(value, 4)
+    rng = np.random.default_rng(0)
+    forest = build_forest(reservoir_samples(np.array_split(points, 7), 30, 128, rng), rng)
+    inner = np.flatnonzero(forest.left >= 0)
+    children = forest.left[inner]
+    assert (forest.count[children] + forest.count[children + 1] == forest.count[inner]).all()
+    assert (forest.lo[children] >= forest.lo[inner] - 1e-12).all()       # boxes nest
+    assert (forest.hi[children + 1] <= forest.hi[inner] + 1e-12).all()
+    assert (forest.count[:30] == 128).all()
+    scores = codisp(forest, points, rng)
+    spike_shingles = np.arange(SPIKE - 3, SPIKE + 1)         # every shingle holding the spike
+    assert scores[spike_shingles].min() > np.quantile(scores, 0.98)
+
+
+def test_scores_agree_with_rrcf_on_the_same_trees_samples():
+    value, _ = _stream()
+    points = _shingle(value, 4)
+    rng = np.random.default_rng(1)
+    samples = reservoir_samples([points], 30, 128, rng)
+    probe = points[SPIKE - 60:SHIFT[1]:4]        # normal stretches, the spike and the shift
+    ours = codisp(build_forest(samples, rng), probe, rng)
+    trees = [rrcf.RCTree(s) for s in samples]
+    theirs = []
+    for p in probe:
+        total = 0.0
+        for tree in trees:
+            tree.insert_point(p, index="q")
+            total += tree.codisp("q")
+            tree.forget_point("q")
+        theirs.append(total / len(trees))
+    assert np.corrcoef(ours, theirs)[0, 1] > 0.9
+    assert 0.7 < np.mean(ours) / np.mean(theirs) < 1.4
+
+
+def test_reservoir_is_uniform_and_merge_keeps_every_tree():
+    rng = np.random.default_rng(2)
+    stream = np.arange(1000, dtype=float)[:, None]
+    samples = reservoir_samples(np.array_split(stream, 13), 400, 50, rng)
+    assert samples.shape == (400, 50, 1)
+    assert all(len(np.unique(s)) == 50 for s in samples)        # without replacement
+    assert abs(samples.mean() - 499.5) < 15                      # early and late points alike
+    a, b = build_forest(samples[:3], rng), build_forest(samples[3:5], rng)
+    both = merge([a, b])
+    assert both.n_trees == 5 and (both.count[:5] == 50).all()
+    x = stream[::50]
+    assert np.allclose(codisp(both, x, np.random.default_rng(9)).shape, (20,))
+
+
+def test_shingles_windows_rebuild_and_errors(spark, cfg):
+    value, label = _stream(200)
+    _write_stream(spark, cfg, value, label)
+    built = build_features(spark, cfg, STREAM, params={"shingle_size": 5})
+    rows = spark.table(built.table).orderBy("t").collect()
+    assert len(rows) == 200 - 4 and built.n_features == 5
+    assert rows[0]["t"] == 4 and rows[0]["t_start"] == 0 and rows[0]["split"] == "test"
+    assert np.allclose(rows[0]["shingle"], value[:5])
+    assert np.allclose(rows[-1]["shingle"], value[-5:]) and rows[-1]["label"] == label[-1]
+    again = build_features(spark, cfg, STREAM, params={"shingle_size": 5})
+    assert again.version == built.version
+    resized = build_features(spark, cfg, STREAM, params={"shingle_size": 3})
+    assert resized.version > built.version and resized.rows == 198
+    with pytest.raises(ConfigError, match="shingle_size 500 is larger than stream 'mitdb'"):
+        build_features(spark, cfg, STREAM, params={"shingle_size": 500})
+    with pytest.raises(ConfigError, match="holds shingles of size \\[3\\]"):
+        train(spark, cfg, "rcf", STREAM, params={"shingle_size": 4})
+
+
+@pytest.mark.slow
+def test_two_ranks_train_score_and_flag_the_anomalies(spark, cfg):
+    value, label = _stream()
+    _write_stream(spark, cfg, value, label)
+    built = build_features(spark, cfg, STREAM, params={"shingle_size": 4})
+    params = {"num_trees": 30, "num_samples_per_tree": 128, "shingle_size": 4}
+    result = train(spark, cfg, "rcf", STREAM, params=params)
+    ranks = sorted(result.ranks, key=lambda r: r["rank"])
+    assert [(r["rank"], r["trees"]) for r in ranks] == [(0, 15), (1, 15)]
+    assert sum(r["points_seen"] for r in ranks) == built.rows      # shards cover the stream once
+    metrics = result.model.metrics
+    assert metrics["num_trees"] == 30 and metrics["eval_points"] == built.rows
+    assert metrics["roc_auc"] > 0.8 and metrics["pr_auc"] > 0.3     # rrcf: 0.86 here
+
+    scored = score(spark, cfg, "rcf", result.model.name)
+    assert scored.rows == built.rows and 1 <= scored.model_loads <= 2
+    preds = spark.table(scored.table).filter(F.col("run_id") == scored.run_id)
+    assert preds.select("t").distinct().count() == built.rows
+    spike = preds.filter(F.col("t") == SPIKE).first()
+    assert spike["is_anomaly"] and spike["threshold"] == pytest.approx(metrics["threshold"])
+    flagged = {r["t"] for r in preds.filter("is_anomaly").collect()}
+    assert len(flagged) < 0.1 * built.rows
+    assert score(spark, cfg, "rcf", result.model.name).skipped      # same model + input: no-op
+
+
+def test_scoring_rejects_non_numeric_shingles(spark, cfg, tmp_path):
+    from models.rcf.scoring import score_rcf
+    from models.store import ModelRecord
+
+    record = ModelRecord("s_rcf", 1, "rcf", {"shingle_size": 2}, {}, "x", 0, "r",
+                         str(tmp_path), None)
+    df = spark.createDataFrame([("s", 1, ["a", "b"])], "stream_id string, t long, "
+                                                        "shingle array<string>")
+    with pytest.raises(SchemaMismatchError, match="'shingle' is array<string>"):
+        score_rcf(spark, cfg, record, df, None)
