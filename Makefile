@@ -4,13 +4,22 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup demo test test-fast lint sql-server bench-ingest bench-score bench-train bench-mlp bench-cnn clean help
+.PHONY: setup airflow dist demo test test-fast lint sql-server bench-ingest bench-score bench-train bench-mlp bench-cnn bench-word2vec bench-deepar bench-rcf clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 setup:          ## virtualenv, pinned packages, Horovod build, Delta jars, Debian data
 	@bash scripts/setup.sh
+
+airflow:        ## Airflow 3 in .venv-airflow, metadata DB under LAKEFORGE_HOME (pipelines/dags)
+	@bash scripts/setup-airflow.sh
+
+dist: setup     ## wheel + dist/lakeforge.zip (code for spark-submit --py-files)
+	rm -rf dist
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w dist .
+	cp dist/lakeforge-*.whl dist/lakeforge.zip
+	@ls dist
 
 demo: setup     ## run the pipeline end to end on the real data (embedded defaults)
 	$(VENV)/bin/lakeforge demo $(ARGS)

@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="idempotency key (default: model version + input version)")
     _add_common(p)
 
+    p = sub.add_parser("run", help="run a pipeline from pipelines/pipelines.yml in-process: "
+                                   "ingest, curate, features, train, score")
+    p.add_argument("pipeline", help="pipeline name, e.g. breast_cancer_mlp")
+    p.add_argument("--batch", default=_today(), help="ingest batch id (default: today, UTC)")
+    p.add_argument("--definitions", default=None,
+                   help="pipeline definitions file (default: pipelines/pipelines.yml)")
+    _add_common(p)
+
     p = sub.add_parser("sql-server", help="serve the catalog over JDBC (Spark Thrift server)")
     p.add_argument("--port", type=int, default=10000, help="port (default 10000)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -116,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the job's own arguments (see `lakeforge JOB --help`)")
     p.add_argument("--print", dest="print_only", action="store_true",
                    help="print the spark-submit command instead of running it")
+    p.add_argument("--print-json", dest="print_json", action="store_true",
+                   help="print the command's parts as JSON (for schedulers) instead of running it")
+    p.add_argument("--master", default=None,
+                   help="Spark master, e.g. spark://host:7077 (same as --set spark.master=URL)")
+    p.add_argument("--py-files", dest="py_files", default=None, metavar="ZIP",
+                   help="code for the executors, e.g. dist/lakeforge.zip (see `make dist`)")
     _add_common(p)
 
     p = sub.add_parser("sql", help="run a SQL statement against the lakehouse")
@@ -247,21 +261,40 @@ def _cmd_sources(cfg: Config) -> None:
 
 
 def _cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
     import shlex
 
-    from lakehouse.submit import run_job, submit_command
+    from lakehouse.submit import run_job, submit_command, submit_settings
 
-    job_args = [*args.job_args, *(f"--set={o}" for o in args.overrides)]
-    if args.print_only:
-        print(shlex.join(submit_command(cfg, args.job, job_args)))
+    overrides = list(args.overrides)
+    if args.master:
+        cfg = dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, master=args.master))
+        overrides.append(f"spark.master={args.master}")
+    py_files = [args.py_files] if args.py_files else []
+    job_args = [*args.job_args, *(f"--set={o}" for o in overrides)]
+    if args.print_json:
+        print(json.dumps(submit_settings(cfg, args.job, py_files, args.conf_dir), indent=2))
         return 0
-    return run_job(cfg, args.job, job_args)
+    if args.print_only:
+        print(shlex.join(submit_command(cfg, args.job, job_args, py_files)))
+        return 0
+    return run_job(cfg, args.job, job_args, py_files=py_files, conf_dir=args.conf_dir)
+
+
+def _cmd_run(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.catalog import format_table
+    from lakehouse.pipeline import run_pipeline
+
+    results = run_pipeline(spark, cfg, args.pipeline, args.batch, args.definitions)
+    print(format_table(["step", "command", "seconds"],
+                       [(r.name, f"lakeforge {r.command}", round(r.seconds, 1)) for r in results]))
 
 
 COMMANDS: dict[str, Callable] = {
     "ingest": _cmd_ingest, "curate": _cmd_curate, "maintain": _cmd_maintain,
     "features": _cmd_features, "train": _cmd_train, "score": _cmd_score,
-    "tables": _cmd_tables, "sql": _cmd_sql, "demo": _cmd_demo,
+    "tables": _cmd_tables, "sql": _cmd_sql, "demo": _cmd_demo, "run": _cmd_run,
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyspark
 
-from lakehouse.config import PROJECT_ROOT, Config
+from lakehouse.config import DEFAULT_CONF_DIR, ENV_PREFIX, PROJECT_ROOT, Config
 from lakehouse.errors import ConfigError
 from lakehouse.session import delta_jars, executor_python, spark_conf
 
@@ -35,26 +35,42 @@ def job_path(job: str) -> Path:
     return path
 
 
-def submit_command(cfg: Config, job: str, job_args: Sequence[str] = ()) -> list[str]:
+def submit_command(cfg: Config, job: str, job_args: Sequence[str] = (),
+                   py_files: Sequence[str] = ()) -> list[str]:
     """The spark-submit command line that runs ``jobs/<job>.py`` with this config.
 
     Args:
         cfg: configuration (master, Delta jars, warehouse, metastore, interpreter).
         job: job name (``ingest``, ``curate``, ...).
         job_args: arguments for the job itself.
+        py_files: code shipped to the executors (``dist/lakeforge.zip``), if any.
 
     Returns:
         The command as a list of arguments.
     """
-    return [*submit_options(cfg, job), str(job_path(job)), *job_args]
+    return [*submit_options(cfg, job, py_files), str(job_path(job)), *job_args]
 
 
-def submit_options(cfg: Config, name: str) -> list[str]:
+def checked_py_files(py_files: Sequence[str]) -> list[str]:
+    """Absolute paths of ``--py-files`` entries.
+
+    Raises:
+        ConfigError: naming a file that does not exist (build it with ``make dist``).
+    """
+    paths = [Path(p).expanduser().resolve() for p in py_files]
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"--py-files {path} does not exist; build it with `make dist`")
+    return [str(p) for p in paths]
+
+
+def submit_options(cfg: Config, name: str, py_files: Sequence[str] = ()) -> list[str]:
     """spark-submit and its options (master, Delta jars, every lakeforge setting).
 
     Args:
         cfg: configuration.
         name: suffix of the application name.
+        py_files: code shipped to the executors, if any.
 
     Returns:
         The command up to (not including) the application.
@@ -62,6 +78,8 @@ def submit_options(cfg: Config, name: str) -> list[str]:
     conf = spark_conf(cfg)
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", cfg.spark.master,
            "--name", f"{cfg.spark.app_name}-{name}"]
+    if py_files:
+        cmd += ["--py-files", ",".join(checked_py_files(py_files))]
     if "spark.jars" in conf:
         cmd += ["--jars", conf.pop("spark.jars")]
     if "spark.jars.packages" in conf:
@@ -72,30 +90,71 @@ def submit_options(cfg: Config, name: str) -> list[str]:
     return cmd
 
 
-def submit_env(cfg: Config) -> dict[str, str]:
-    """Environment for spark-submit: the project interpreter on driver and executors."""
-    env = dict(os.environ)
+def job_env(cfg: Config, conf_dir: str | Path | None = None) -> dict[str, str]:
+    """What spark-submit's environment must add: interpreter, Spark home, config, data.
+
+    The config folder and the data directory are passed as absolute paths, so a
+    driver that imports lakeforge from ``--py-files`` (where ``PROJECT_ROOT`` is the
+    zip) still reads this checkout's ``conf/`` and the same ``LAKEFORGE_HOME``.
+    """
     python = executor_python(cfg.spark)
-    env.update(PYSPARK_PYTHON=python, PYSPARK_DRIVER_PYTHON=python, SPARK_HOME=str(spark_home()))
+    conf = Path(conf_dir or os.environ.get(ENV_PREFIX + "CONF_DIR") or DEFAULT_CONF_DIR)
+    env = {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
+           "SPARK_HOME": str(spark_home()), ENV_PREFIX + "CONF_DIR": str(conf.resolve()),
+           ENV_PREFIX + "HOME": str(cfg.home)}
     if cfg.spark.master.startswith("local"):
-        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        env["SPARK_LOCAL_IP"] = os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
     return env
 
 
-def run_job(cfg: Config, job: str, job_args: Sequence[str] = (), **kwargs) -> int:
+def submit_env(cfg: Config, conf_dir: str | Path | None = None) -> dict[str, str]:
+    """Environment for spark-submit: the project interpreter on driver and executors."""
+    return {**os.environ, **job_env(cfg, conf_dir)}
+
+
+def submit_settings(cfg: Config, job: str, py_files: Sequence[str] = (),
+                    conf_dir: str | Path | None = None) -> dict[str, object]:
+    """Everything a scheduler needs to submit a job, as plain values (JSON-ready).
+
+    Airflow's SparkSubmitOperator takes these parts separately: the spark-submit
+    binary, the master, the application, ``--conf`` pairs (Delta's jars, the driver's
+    memory and ``--py-files`` included as ``spark.jars``, ``spark.driver.memory`` and
+    ``spark.submit.pyFiles``) and the environment.
+
+    Args:
+        cfg: configuration.
+        job: job name.
+        py_files: code shipped to the executors, if any.
+        conf_dir: config folder the job must read (default: this checkout's).
+
+    Returns:
+        ``spark_submit``, ``master``, ``name``, ``application``, ``conf``, ``env``.
+    """
+    conf = spark_conf(cfg)
+    if py_files:
+        conf["spark.submit.pyFiles"] = ",".join(checked_py_files(py_files))
+    return {"spark_submit": str(spark_home() / "bin" / "spark-submit"),
+            "master": cfg.spark.master, "name": f"{cfg.spark.app_name}-{job}",
+            "application": str(job_path(job)), "conf": conf, "env": job_env(cfg, conf_dir)}
+
+
+def run_job(cfg: Config, job: str, job_args: Sequence[str] = (), py_files: Sequence[str] = (),
+            conf_dir: str | Path | None = None, **kwargs) -> int:
     """Run a job through spark-submit and return its exit code.
 
     Args:
         cfg: configuration.
         job: job name.
         job_args: the job's arguments.
+        py_files: code shipped to the executors, if any.
+        conf_dir: config folder the job reads (default: this checkout's).
         **kwargs: passed to :func:`subprocess.run` (for example ``capture_output``).
 
     Returns:
         spark-submit's exit code.
     """
-    cmd = submit_command(cfg, job, job_args)
-    return subprocess.run(cmd, env=submit_env(cfg), check=False, **kwargs).returncode
+    cmd = submit_command(cfg, job, job_args, py_files)
+    return subprocess.run(cmd, env=submit_env(cfg, conf_dir), check=False, **kwargs).returncode
 
 
 THRIFT_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"

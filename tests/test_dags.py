@@ -1,0 +1,154 @@
+"""The Airflow DAGs, loaded and run by real Airflow in its own virtualenv.
+
+Airflow 3 lives in ``.venv-airflow`` (scripts/setup-airflow.sh), apart from the
+project's stack, so each check runs a short script with that interpreter: a real
+DagBag over ``pipelines/dags``, and ``dag.test()`` running real spark-submit jobs
+against a temporary LAKEFORGE_HOME with its own SQLite metadata DB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lakehouse.config import PROJECT_ROOT
+from pipelines.definitions import AIRFLOW_BATCH, STEP_NAMES, load_pipelines
+
+AIRFLOW_PYTHON = PROJECT_ROOT / ".venv-airflow" / "bin" / "python"
+DAGS = PROJECT_ROOT / "pipelines" / "dags"
+
+BAG_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(dag_folder=sys.argv[1])
+    dags = {d.dag_id: {
+        "schedule": d.schedule,
+        "tasks": {t.task_id: {"upstream": sorted(t.upstream_task_ids), "job": t.job,
+                              "args": t.application_args, "retries": t.retries,
+                              "spark_binary": t._spark_binary}
+                  for t in d.tasks}} for d in bag.dags.values()}
+    heavy = sorted(m for m in ("pyspark", "tensorflow", "horovod", "lakehouse.session")
+                   if m in sys.modules)
+    print("RESULT " + json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()},
+                                  "dags": dags, "heavy": heavy}))
+""")
+
+RUN_SCRIPT = textwrap.dedent("""
+    import datetime as dt, json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    dag = DagBag(dag_folder=sys.argv[1]).get_dag(sys.argv[2])
+    run = dag.test(logical_date=dt.datetime.fromisoformat(sys.argv[3]),
+                   run_conf=json.loads(sys.argv[4]))
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    print("RESULT " + json.dumps({"state": str(run.state), "tasks": states}))
+""")
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Airflow set up (venv once, a fresh metadata DB here), and the run's environment."""
+    root = tmp_path_factory.mktemp("airflow")
+    definitions = root / "pipelines.yml"
+    env = {**os.environ, "LAKEFORGE_HOME": str(root / "home"),
+           "AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_LAKEFORGE_PIPELINES": str(definitions),
+           "LAKEFORGE_SPARK__MASTER": "local[2]", "LAKEFORGE_SPARK__UI_ENABLED": "false",
+           "LAKEFORGE_SPARK__DRIVER_MEMORY": "1g", "LAKEFORGE_SPARK__SHUFFLE_PARTITIONS": "2"}
+    # The shipped definitions, with a short training run for breast_cancer_mlp.
+    data = yaml.safe_load((PROJECT_ROOT / "pipelines" / "pipelines.yml").read_text())
+    data["pipelines"]["breast_cancer_mlp"]["params"] = {"epochs": 3, "batch_size": 64}
+    definitions.write_text(yaml.safe_dump(data))
+    setup = subprocess.run(["bash", str(PROJECT_ROOT / "scripts" / "setup-airflow.sh")],
+                           env=env, capture_output=True, text=True, timeout=1800, check=False)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    return env
+
+
+def _airflow(env: dict[str, str], script: str, *args: str, timeout: int = 900) -> tuple[dict, str]:
+    proc = subprocess.run([str(AIRFLOW_PYTHON), "-c", script, *args], env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    output = proc.stdout + proc.stderr
+    results = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and results, output[-5000:]
+    return json.loads(results[-1][len("RESULT "):]), output
+
+
+def _run(env: dict[str, str], conf: dict | None = None,
+         day: str = "2026-11-20") -> tuple[dict, str]:
+    return _airflow(env, RUN_SCRIPT, str(DAGS), "breast_cancer_mlp", f"{day}T00:00:00+00:00",
+                    json.dumps(conf or {}))
+
+
+def test_every_dag_imports_and_follows_its_definition(airflow_env):
+    bag, _ = _airflow({**airflow_env, "AIRFLOW_LAKEFORGE_PIPELINES": ""}, BAG_SCRIPT, str(DAGS))
+    assert bag["errors"] == {}
+    assert bag["heavy"] == []          # the DAG file only wires: no Spark, TF or session
+    pipelines = load_pipelines()
+    assert sorted(bag["dags"]) == sorted(pipelines)
+    for name, pipeline in pipelines.items():
+        tasks = bag["dags"][name]["tasks"]
+        steps = pipeline.steps(AIRFLOW_BATCH)
+        assert list(STEP_NAMES) == [s.name for s in steps]
+        assert sorted(tasks) == sorted(STEP_NAMES), name
+        for previous, step in zip((None, *steps), steps, strict=False):
+            task = tasks[step.name]
+            assert task["upstream"] == ([previous.name] if previous else []), (name, step.name)
+            assert (task["job"], task["args"]) == (step.job, list(step.args)), (name, step.name)
+            assert task["retries"] == pipeline.retries
+            assert Path(task["spark_binary"]).name == "spark-submit"
+        assert bag["dags"][name]["schedule"] == pipeline.schedule, name
+    assert "--batch" in bag["dags"]["breast_cancer_mlp"]["tasks"]["ingest"]["args"]
+
+
+def test_bad_config_value_fails_the_first_task_and_names_it(airflow_env):
+    run, output = _run(airflow_env, {"set": ["spark.shuffle_partitions=lots"]})
+    assert run["state"] == "failed"
+    assert run["tasks"]["ingest"] == "failed"
+    assert {run["tasks"][t] for t in STEP_NAMES[1:]} == {"upstream_failed"}
+    assert "spark.shuffle_partitions='lots': expected an integer" in output
+
+
+@pytest.mark.slow
+def test_dag_runs_end_to_end_and_a_rerun_adds_nothing(airflow_env, spark):
+    warehouse = Path(airflow_env["LAKEFORGE_HOME"]) / "warehouse" / "lakeforge.db"
+
+    def counts() -> dict[str, int]:
+        return {t: spark.read.format("delta").load(str(warehouse / t)).count()
+                for t in ("bronze_breast_cancer", "silver_breast_cancer", "models",
+                          "predictions_mlp")}
+
+    run, output = _run(airflow_env)
+    assert run == {"state": "success", "tasks": dict.fromkeys(STEP_NAMES, "success")}, \
+        output[-5000:]
+    first = counts()
+    assert first == {"bronze_breast_cancer": 569, "silver_breast_cancer": 569, "models": 1,
+                     "predictions_mlp": 569}
+    predictions = spark.read.format("delta").load(str(warehouse / "predictions_mlp"))
+    lineage = predictions.select("model_name", "model_version", "input_table", "input_version",
+                                 "run_id").distinct().collect()
+    assert len(lineage) == 1
+    assert lineage[0]["model_name"] == "breast_cancer_mlp" and lineage[0]["model_version"] == 1
+    assert lineage[0]["input_table"] == "lakeforge.gold_breast_cancer"
+    assert predictions.filter("prediction IS NULL OR probability < 0.5").count() == 0
+    assert "batch 20261120" in output    # the data interval's date is the ingest batch
+
+    rerun, output = _run(airflow_env)   # the same DAG run (same data interval), cleared
+    assert rerun["state"] == "success", output[-5000:]
+    assert counts() == first
+
+
+@pytest.mark.slow
+def test_job_failing_on_its_input_fails_without_retries(airflow_env, tmp_path):
+    missing = tmp_path / "nothing-here.csv"
+    run, output = _run(airflow_env, {"set": [f"sources.paths={{breast_cancer: {missing}}}"]},
+                       day="2026-11-19")
+    # retries=2 in the definition: a retry would leave ingest up_for_retry, not failed
+    assert run["state"] == "failed" and run["tasks"]["ingest"] == "failed", output[-5000:]
+    assert "failed on its input or config" in output
+    assert str(missing) in output
