@@ -24,6 +24,8 @@ from lakehouse.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
 ENV_PREFIX = "LAKEFORGE_"
+# LAKEFORGE_* variables that are not config keys: where config lives, and set-up's own.
+ENV_NOT_CONFIG = frozenset({"CONF_DIR", "VENV", "CACHE", "PYTHON"})
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def load_config(
         for path in sorted((conf_dir / layer).glob("*.yml")):
             _deep_merge(merged, _read_yaml(path))
     for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONF_DIR":
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):] not in ENV_NOT_CONFIG:
             dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
             _set_dotted(merged, dotted, _parse_scalar(value), f"environment variable {key}")
     for item in overrides:

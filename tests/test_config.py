@@ -19,7 +19,8 @@ def test_layers_apply_in_order(tmp_path):
     conf = _conf_dir(tmp_path, "home: /x\nspark:\n  shuffle_partitions: 3\n  master: local[1]\n",
                      "spark:\n  shuffle_partitions: 5\n")
     cfg = load_config(["spark.app_name=cli"], conf_dir=conf,
-                      environ={"LAKEFORGE_SPARK__MASTER": "local[2]", "LAKEFORGE_HOME": "/y"})
+                      environ={"LAKEFORGE_SPARK__MASTER": "local[2]", "LAKEFORGE_HOME": "/y",
+                               "LAKEFORGE_PYTHON": "python3.11"})   # set-up's, not config
     assert cfg.spark.shuffle_partitions == 5          # local beats base
     assert cfg.spark.master == "local[2]"             # environment beats files
     assert cfg.spark.app_name == "cli"                # --set beats everything
