@@ -9,7 +9,7 @@ from typing import Any
 
 from lakehouse.errors import ConfigError
 
-FAMILY_NAMES = ("mlp", "cnn", "word2vec", "rcf")
+FAMILY_NAMES = ("mlp", "cnn", "word2vec", "deepar", "rcf")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,28 @@
+"""DeepAR family: one global autoregressive LSTM over a panel of series (probabilistic).
+
+Features (``lakeforge features us_employment``) cut windows per series into
+``gold_deepar_<panel>``; training (``lakeforge train deepar --dataset
+us_employment``) runs Horovod ranks over them and scores the held-out horizon
+against seasonal naive and ETS; scoring (``lakeforge score deepar --model
+us_employment_deepar``) forecasts past the end of every series into
+``predictions_deepar``.
+"""
+
+from models.deepar.forecast import PREDICTION_FIELDS, score_deepar
+from models.deepar.trainer import train_deepar
+from models.deepar.windows import build_windows
+from models.family import Family
+
+FAMILY = Family(
+    name="deepar",
+    defaults={"epochs": 30, "steps_per_epoch": 100, "batch_size": 64, "learning_rate": 0.001,
+              "hidden": 40, "layers": 2, "embedding_dim": 8, "dropout": 0.0,
+              "likelihood": "gaussian", "num_samples": 100},
+    normalise=False,
+    trainer=train_deepar,
+    scorer=score_deepar,
+    features=build_windows,
+    datasets=("us_employment", "visnights"),
+    prediction_fields=PREDICTION_FIELDS,
+    prediction_keys=("series_id", "step"),
+)

@@ -1,0 +1,211 @@
+"""The DeepAR network: an autoregressive LSTM with a Gaussian or negative binomial head.
+
+Inputs at each step are the previous value divided by the window's scale
+(``1 + mean |context|``), a one-hot season of the step
+(month of year or quarter), an embedding of the series and the log scale. The
+head gives the likelihood's two parameters from the LSTM output: for
+``gaussian`` mean and softplus standard deviation on the scaled values; for
+``negbin`` (counts) mean ``softplus * scale`` and shape ``softplus /
+sqrt(scale)`` on the raw values, as in the DeepAR paper. Training is teacher
+forced over the whole window; forecasts are ancestral samples, vectorised over
+series and sample paths. TensorFlow is imported inside the functions (they run in
+Horovod ranks and Spark executors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+WEIGHTS_FILE = "deepar.weights.h5"
+CONFIG_FILE = "deepar.json"
+LIKELIHOODS = ("gaussian", "negbin")
+QUANTILES = (0.1, 0.5, 0.9)
+N_NUMERIC = 1   # the previous scaled value
+
+
+def network_config(params: dict[str, Any], n_series: int, season_length: int,
+                   context_length: int, prediction_length: int,
+                   freq_months: int) -> dict[str, Any]:
+    """The plain-value description a network is rebuilt from (saved as ``deepar.json``)."""
+    return {"n_series": int(n_series), "season_length": int(season_length),
+            "context_length": int(context_length), "prediction_length": int(prediction_length),
+            "freq_months": int(freq_months), "hidden": int(params["hidden"]),
+            "layers": int(params["layers"]), "embedding_dim": int(params["embedding_dim"]),
+            "dropout": float(params["dropout"]), "likelihood": str(params["likelihood"]),
+            "num_samples": int(params["num_samples"])}
+
+
+def build(config: dict[str, Any]):
+    """A DeepAR network with its weights created (call it on a dummy batch first)."""
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+
+    class DeepAR(tf.keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="deepar")
+            self.embed = layers.Embedding(config["n_series"], config["embedding_dim"])
+            self.lstms = [layers.LSTM(config["hidden"], return_sequences=True,
+                                      return_state=True, dropout=config["dropout"])
+                          for _ in range(config["layers"])]
+            self.head = layers.Dense(2)
+
+        def call(self, inputs, states=None, training=False):
+            numeric, season, series_idx, log_scale = inputs
+            steps = tf.shape(numeric)[1]
+            emb = tf.tile(self.embed(series_idx)[:, None, :], [1, steps, 1])
+            scale_in = tf.tile(log_scale[:, None, None], [1, steps, 1]) / 10.0
+            x = tf.concat([numeric, tf.one_hot(season, config["season_length"]), emb,
+                           scale_in], axis=-1)
+            new_states = []
+            for i, lstm in enumerate(self.lstms):
+                x, h, c = lstm(x, initial_state=None if states is None else states[i],
+                               training=training)
+                new_states.append([h, c])
+            return self.head(x), new_states
+
+    net = DeepAR()
+    b = 2
+    net((tf.zeros((b, 3, N_NUMERIC)), tf.zeros((b, 3), tf.int32), tf.zeros((b,), tf.int32),
+         tf.zeros((b,))))
+    return net
+
+
+def seasons(season0, steps: int, season_length: int):
+    """Season index of each of ``steps`` periods from a window's first season."""
+    import tensorflow as tf
+
+    return (season0[:, None] + tf.range(steps)[None, :]) % season_length
+
+
+def lag_features(z, t0: int, steps: int):
+    """Numeric inputs for predicting positions ``t0 .. t0 + steps - 1`` of scaled ``z``.
+
+    The previous scaled value (DeepAR's autoregressive input), shape (rows, steps, 1).
+    """
+    import tensorflow as tf
+
+    t = tf.range(t0, t0 + steps)
+    return tf.gather(z, t - 1, axis=1)[..., None]
+
+
+def nll(out, target, scale, likelihood: str):
+    """Mean negative log-likelihood of raw ``target`` under the head's ``out``."""
+    import tensorflow as tf
+
+    if likelihood == "negbin":
+        mu, alpha = _negbin_params(out, scale[:, None])
+        r = 1.0 / alpha
+        logp = (tf.math.lgamma(target + r) - tf.math.lgamma(target + 1.0) - tf.math.lgamma(r)
+                + r * tf.math.log(r / (r + mu)) + target * tf.math.log(mu / (r + mu)))
+        return -tf.reduce_mean(logp)
+    z = target / scale[:, None]
+    mu, sigma = out[..., 0], tf.math.softplus(out[..., 1]) + 1e-4
+    logp = -0.5 * math.log(2 * math.pi) - tf.math.log(sigma) - 0.5 * tf.square((z - mu) / sigma)
+    return -tf.reduce_mean(logp)
+
+
+def _negbin_params(out, scale):
+    import tensorflow as tf
+
+    mu = (tf.math.softplus(out[..., 0]) + 1e-6) * scale
+    alpha = (tf.math.softplus(out[..., 1]) + 1e-6) / tf.sqrt(scale)
+    return mu, alpha
+
+
+def window_loss(net, target, season0, series_idx, scale, likelihood: str, season_length: int,
+                training: bool = True):
+    """Teacher-forced loss over a batch of windows (every step after the first)."""
+    import tensorflow as tf
+
+    steps = tf.shape(target)[1]
+    z = target / scale[:, None]
+    season = seasons(season0, steps, season_length)
+    numeric = lag_features(z, 1, steps - 1)
+    out, _ = net((numeric, season[:, 1:], series_idx, tf.math.log(scale)), training=training)
+    return nll(out, target[:, 1:], scale, likelihood)
+
+
+def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.ndarray,
+                 series_idx: np.ndarray, num_samples: int, seed: int = 0) -> np.ndarray:
+    """Ancestral samples of the next ``prediction_length`` values after each context.
+
+    Args:
+        net: the network from :func:`build` with trained weights.
+        config: its :func:`network_config`.
+        context: (series, context_length) raw values.
+        season0: (series,) season index of each context's first period.
+        series_idx: (series,) embedding index of each series.
+        num_samples: sample paths per series.
+        seed: random seed of the sampling.
+
+    Returns:
+        (series, num_samples, prediction_length) raw sample values.
+    """
+    import tensorflow as tf
+
+    tf.random.set_seed(seed)
+    ctx = tf.constant(np.asarray(context, dtype=np.float32))
+    n, c = ctx.shape
+    season_length = config["season_length"]
+    s0 = tf.constant(np.asarray(season0, dtype=np.int32))
+    idx = tf.constant(np.asarray(series_idx, dtype=np.int32))
+    scale = 1.0 + tf.reduce_mean(tf.abs(ctx), axis=1)
+    z = ctx / scale[:, None]
+    season = seasons(s0, c + config["prediction_length"], season_length)
+    warm = lag_features(z, 1, c - 1)
+    _, states = net((warm, season[:, 1:c], idx, tf.math.log(scale)))
+    rep = lambda t: tf.repeat(t, num_samples, axis=0)   # noqa: E731 - local shorthand
+    states = [[rep(h), rep(cell)] for h, cell in states]
+    idx_r, scale_r, season_r, path = rep(idx), rep(scale), rep(season), rep(z)
+    step = tf.function(lambda x, st: net(x, states=st), reduce_retracing=True)
+    draws = []
+    for k in range(config["prediction_length"]):
+        numeric = lag_features(path, c + k, 1)
+        out, states = step((numeric, season_r[:, c + k:c + k + 1], idx_r,
+                            tf.math.log(scale_r)), states)
+        raw = _draw(out[:, 0], scale_r, config["likelihood"])
+        draws.append(raw)
+        path = tf.concat([path, (raw / scale_r)[:, None]], axis=1)
+    paths = tf.stack(draws, axis=1).numpy()
+    return paths.reshape(n, num_samples, config["prediction_length"])
+
+
+def _draw(out, scale, likelihood: str):
+    import tensorflow as tf
+
+    if likelihood == "negbin":
+        mu, alpha = _negbin_params(out, scale)
+        r = 1.0 / alpha
+        lam = tf.random.gamma([], alpha=r, beta=r / mu)
+        return tf.cast(tf.random.poisson([], lam), tf.float32)
+    mu, sigma = out[:, 0], tf.math.softplus(out[:, 1]) + 1e-4
+    return (mu + sigma * tf.random.normal(tf.shape(mu))) * scale
+
+
+def summarise(paths: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean and the 0.1 / 0.5 / 0.9 quantiles over sample paths (axis 1)."""
+    q = np.quantile(paths, QUANTILES, axis=1)
+    return {"mean": paths.mean(axis=1), "q10": q[0], "q50": q[1], "q90": q[2]}
+
+
+def save(net, config: dict[str, Any], folder: str) -> None:
+    """Write the weights and the config into an artifact folder."""
+    os.makedirs(folder, exist_ok=True)
+    net.save_weights(os.path.join(folder, WEIGHTS_FILE))
+    with open(os.path.join(folder, CONFIG_FILE), "w") as fh:
+        json.dump(config, fh, indent=2)
+
+
+def load(folder: str):
+    """Rebuild a saved network; returns ``(net, config)``."""
+    with open(os.path.join(folder, CONFIG_FILE)) as fh:
+        config = json.load(fh)
+    net = build(config)
+    net.load_weights(os.path.join(folder, WEIGHTS_FILE))
+    return net, config

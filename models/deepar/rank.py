@@ -1,0 +1,192 @@
+"""Executor side of DeepAR training: what each Horovod rank runs.
+
+Each rank reads its own shard of the pinned snapshot's ``train`` files with
+Petastorm (``cur_shard=rank, shard_count=size``), shuffles windows, and takes
+``steps_per_epoch`` teacher-forced steps per epoch with
+``hvd.DistributedGradientTape`` (Gloo allreduce on CPU). Initial weights and the
+optimizer state are broadcast from rank 0 after the first step. Rank 0 writes a
+checkpoint per epoch (a restarted run resumes after its last one), then forecasts
+every ``test`` window from its context and saves weights + config.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.rank import RankSpec, _pin_gpu, last_checkpoint, weights_digest
+
+SHUFFLE_CAP = 100_000
+COLUMNS = ["row_id", "series_idx", "series_id", "season", "scale", "target"]
+
+
+def _train_dataset(files: list[str], batch: int, shard: int, shards: int, seed: int,
+                   buffer: int):
+    """Shuffled, endless batches of windows from this rank's Petastorm shard.
+
+    Consecutive rows of a file are often neighbouring windows of one series, so
+    the shuffle buffer holds up to the whole shard (``buffer`` windows; a window
+    is a few hundred bytes); correlated batches make the fit drift.
+    """
+    import tensorflow as tf
+    from petastorm import make_batch_reader
+    from petastorm.tf_utils import make_petastorm_dataset
+
+    reader = make_batch_reader(
+        files, schema_fields=["series_idx", "season", "scale", "target"], cur_shard=shard,
+        shard_count=shards, num_epochs=None, shuffle_row_groups=True, seed=seed,
+        workers_count=2, reader_pool_type="thread")
+    ds = make_petastorm_dataset(reader).map(lambda b: (
+        tf.cast(b.target, tf.float32), tf.cast(b.season, tf.int32),
+        tf.cast(b.series_idx, tf.int32), tf.cast(b.scale, tf.float32)))
+    ds = ds.unbatch().shuffle(buffer, seed=seed).batch(batch, drop_remainder=True)
+    return reader, ds.prefetch(tf.data.AUTOTUNE)
+
+
+def read_windows(files: list[str]) -> dict[str, np.ndarray]:
+    """Every window of ``files`` (unsharded, one pass), ordered by ``row_id``."""
+    from petastorm import make_batch_reader
+
+    parts: dict[str, list] = {c: [] for c in COLUMNS}
+    if not files:
+        return {c: np.array([]) for c in COLUMNS}
+    with make_batch_reader(files, schema_fields=COLUMNS, num_epochs=1,
+                           shuffle_row_groups=False, workers_count=1) as reader:
+        for batch in reader:
+            for c in COLUMNS:
+                parts[c].append(np.asarray(getattr(batch, c)))
+    out = {c: np.concatenate(v) for c, v in parts.items()}
+    out["series_id"] = np.array([s.decode() if isinstance(s, bytes) else str(s)
+                                 for s in out["series_id"]])
+    order = np.argsort(out["row_id"])
+    out = {c: v[order] for c, v in out.items()}
+    out["target"] = np.stack(out["target"]).astype(np.float32)
+    return out
+
+
+def _step_fn(net, opt, config: dict[str, Any], hvd):
+    import tensorflow as tf
+
+    from models.deepar.network import window_loss
+
+    @tf.function
+    def step(target, season, idx, scale):
+        with tf.GradientTape() as tape:
+            loss = window_loss(net, target, season, idx, scale, config["likelihood"],
+                               config["season_length"])
+        tape = hvd.DistributedGradientTape(tape)
+        grads = tape.gradient(loss, net.trainable_variables)
+        grads, _ = tf.clip_by_global_norm(grads, 10.0)
+        opt.apply_gradients(zip(grads, net.trainable_variables, strict=True))
+        return loss
+
+    return step
+
+
+def train_rank(spec: RankSpec) -> dict[str, Any]:
+    """Train on this rank's shard; rank 0 checkpoints, forecasts the test windows, saves.
+
+    Returns:
+        ``rank``, ``size``, ``gpu``, ``weights`` digest, ``initial_epoch``,
+        ``epochs_run``, ``steps_per_epoch``, ``history`` (``loss`` per epoch, averaged
+        over ranks), ``fit_seconds`` and, on rank 0, ``forecast`` (test windows with
+        their sampled mean and quantiles).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning)   # petastorm on pyarrow 12
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    from models.deepar import network
+
+    tf.get_logger().setLevel("ERROR")
+    hvd.init()
+    gpu = _pin_gpu()
+    tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
+    config, params = spec.extra["network"], spec.params
+    net = network.build(config)
+    initial_epoch, ckpt = last_checkpoint(spec.checkpoint_dir)
+    if ckpt is not None:
+        net.load_weights(ckpt)   # every rank reads the same file
+    opt = tf.keras.optimizers.Adam(float(params["learning_rate"]))
+    epochs, batch = int(params["epochs"]), int(params["batch_size"])
+    steps = int(params["steps_per_epoch"]) or max(1, spec.rows["train"] // (batch * hvd.size()))
+    history: dict[str, list[float]] = {"loss": []}
+    fit_start = time.monotonic()
+    if initial_epoch < epochs:
+        buffer = min(SHUFFLE_CAP, spec.rows["train"] // hvd.size() + 1)
+        reader, ds = _train_dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
+                                    spec.seed + hvd.rank(), buffer)
+        try:
+            history["loss"] = _fit(net, opt, config, ds, steps, initial_epoch, epochs, spec, hvd)
+        finally:
+            reader.stop()
+            reader.join()
+    fit_seconds = time.monotonic() - fit_start
+    hvd.broadcast_variables(net.variables, root_rank=0)
+    result: dict[str, Any] = {
+        "rank": hvd.rank(), "size": hvd.size(), "gpu": gpu,
+        "weights": weights_digest(net.get_weights()), "initial_epoch": initial_epoch,
+        "epochs_run": len(history["loss"]), "steps_per_epoch": steps, "history": history,
+        "fit_seconds": fit_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if hvd.rank() == 0:
+        result["forecast"] = forecast_windows(net, config, spec.files.get("test") or [],
+                                              spec.seed)
+        network.save(net, config, spec.artifact_dir)
+    return result
+
+
+def _fit(net, opt, config, ds, steps: int, initial_epoch: int, epochs: int, spec: RankSpec,
+         hvd) -> list[float]:
+    """The epoch loop; returns the rank-averaged mean loss of each epoch run."""
+    step = _step_fn(net, opt, config, hvd)
+    batches = iter(ds)
+    losses = []
+    if hvd.rank() == 0:
+        Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    for epoch in range(initial_epoch, epochs):
+        start, total = time.monotonic(), 0.0
+        for i in range(steps):
+            total += float(step(*next(batches)))
+            if epoch == initial_epoch and i == 0:   # same start everywhere
+                hvd.broadcast_variables(net.variables, root_rank=0)
+                hvd.broadcast_variables(opt.variables(), root_rank=0)
+        loss = float(hvd.allreduce(np.float32(total / steps), op=hvd.Average))
+        losses.append(loss)
+        if hvd.rank() == 0:
+            net.save_weights(os.path.join(spec.checkpoint_dir,
+                                          f"epoch-{epoch + 1:03d}.weights.h5"))
+            print(f"[lakeforge train] deepar epoch {epoch + 1}/{epochs} ({hvd.size()} ranks, "
+                  f"{steps} steps, {time.monotonic() - start:.1f}s): loss={loss:.4f}", flush=True)
+    return losses
+
+
+def forecast_windows(net, config: dict[str, Any], files: list[str],
+                     seed: int) -> dict[str, list]:
+    """Forecast each test window's last ``prediction_length`` values from its context.
+
+    Returns:
+        Plain lists: ``series_id``, ``series_idx``, ``season``, ``target`` (whole
+        window), and ``mean``, ``q10``, ``q50``, ``q90`` per future step.
+    """
+    from models.deepar.network import sample_paths, summarise
+
+    w = read_windows(files)
+    if not len(w["row_id"]):
+        return {}
+    c = config["context_length"]
+    paths = sample_paths(net, config, w["target"][:, :c], w["season"], w["series_idx"],
+                         config["num_samples"], seed)
+    out = {k: v.tolist() for k, v in summarise(paths).items()}
+    out.update({"series_id": w["series_id"].tolist(),
+                "series_idx": w["series_idx"].astype(int).tolist(),
+                "season": w["season"].astype(int).tolist(), "target": w["target"].tolist()})
+    return out

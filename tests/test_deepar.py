@@ -1,0 +1,167 @@
+"""DeepAR: windows from silver_series, 2-rank Horovod training, evaluation and scoring."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from lakehouse import delta
+from lakehouse.errors import ConfigError
+from lakehouse.features import build_features
+from lakehouse.tables import table
+from models.deepar import FAMILY
+from models.deepar.baselines import seasonal_naive
+from models.deepar.evaluate import forecast_metrics
+from models.deepar.windows import SeriesTooShortError
+from models.runner import snapshot_files, train
+from models.scoring import score
+
+PANEL = "us_employment"              # monthly calendar; the rows are synthetic
+WINDOW = {"context_length": 12, "prediction_length": 6}
+LENGTHS = {"S0": 60, "S1": 60, "S2": 60, "S3": 48, "S4": 60}     # S3 starts a year later
+FAST = {"epochs": 10, "steps_per_epoch": 30, "batch_size": 32, "learning_rate": 0.01,
+        "hidden": 24, "layers": 2, "embedding_dim": 4, "num_samples": 100}
+
+
+def month(i: int) -> dt.date:
+    return dt.date(2010 + i // 12, i % 12 + 1, 1)
+
+
+def synthetic(series_id: str, n: int, end: int = 60, seed: int = 0) -> list[tuple]:
+    """Level + yearly season + small noise; the last ``n`` of ``end`` months."""
+    rng = np.random.default_rng(seed)
+    k = int(series_id[1:]) if series_id[1:].isdigit() else 0
+    rows = []
+    for i in range(end - n, end):
+        value = 100 + 40 * k + 20 * np.sin(2 * np.pi * i / 12) + 0.2 * i + rng.normal(0, 1.0)
+        rows.append((PANEL, series_id, f"title {series_id}", month(i), float(value)))
+    return rows
+
+
+def write_silver(spark, cfg, rows: list[tuple]) -> str:
+    spec = table("silver.series")
+    name = delta.ensure_table(spark, spec, cfg.catalog.database)
+    spark.createDataFrame(rows, spec.schema).write.format("delta").mode("append") \
+        .saveAsTable(name)
+    return name
+
+
+@pytest.fixture
+def panel(spark, cfg):
+    rows = [r for i, (s, n) in enumerate(LENGTHS.items()) for r in synthetic(s, n, seed=i)]
+    rows = [r for r in rows if (r[1], r[3]) != ("S2", month(20))]     # one gap in S2
+    write_silver(spark, cfg, rows)
+    return build_features(spark, cfg, PANEL, params=dict(WINDOW))
+
+
+def months_of(day: dt.date) -> int:
+    return (day.year - 2010) * 12 + day.month - 1
+
+
+def test_windows_hold_out_the_horizon_and_rebuild_is_a_noop(spark, cfg, panel):
+    c, p = WINDOW["context_length"], WINDOW["prediction_length"]
+    gold = spark.table(panel.table).toPandas()
+    assert panel.n_features == c + p and set(gold.target.map(len)) == {c + p}
+    silver = spark.table(table("silver.series").full_name(cfg.catalog.database)).toPandas()
+    expected_train = 0
+    for sid in LENGTHS:
+        series = silver[silver.series_id == sid].sort_values("period")
+        by_month = dict(zip(series.period.map(months_of), series.value, strict=True))
+        last = max(by_month)
+        # Oracle: every run of c + p present months that ends before the held-out horizon.
+        starts = [m for m in by_month if all(m + k in by_month for k in range(c + p))
+                  and m + c + p - 1 <= last - p]
+        expected_train += len(starts)
+        rows = gold[gold.series_id == sid]
+        test = rows[rows.split == "test"].iloc[0]
+        np.testing.assert_allclose(test.target, series.value.to_numpy()[-(c + p):], rtol=1e-6)
+        assert test.start == month(60 - c - p) and test.season == (60 - c - p) % 12
+        train = rows[rows.split == "train"]
+        assert sorted(train.start.map(months_of)) == sorted(starts)
+        for _, w in train.iterrows():   # contiguous slices, none reaching into the horizon
+            m0 = months_of(w.start)
+            np.testing.assert_allclose(w.target, [by_month[m0 + k] for k in range(c + p)],
+                                       rtol=1e-6)
+            assert w.season == m0 % 12
+            np.testing.assert_allclose(w.scale, 1 + np.abs(w.target[:c]).mean(), rtol=1e-5)
+    per_split = gold.groupby("split").size().to_dict()
+    assert per_split == {"test": 5, "train": expected_train}
+    assert expected_train < sum(n - (c + p) - p + 1 for n in LENGTHS.values())  # the gap
+    assert sorted(gold.groupby("series_id").series_idx.first()) == list(range(5))
+    train_files = snapshot_files(spark.table(panel.table))["train"]
+    assert len(train_files) >= 2 * cfg.train.num_proc
+    again = FAMILY.features(spark, cfg, PANEL, dict(WINDOW))
+    assert again.version == panel.version                     # same silver version: no-op
+
+
+def test_series_shorter_than_a_window_is_a_clear_error(spark, cfg):
+    write_silver(spark, cfg, synthetic("S0", 60) + synthetic("S9", 15, seed=3))
+    with pytest.raises(SeriesTooShortError,
+                       match=r"S9 \(15 periods\) shorter than context_length 12 \+ "
+                             r"prediction_length 6 = 18"):
+        FAMILY.features(spark, cfg, PANEL, dict(WINDOW))
+    with pytest.raises(ConfigError, match="unknown parameter.*lag"):
+        FAMILY.features(spark, cfg, PANEL, {"lag": 3})
+
+
+def test_metrics_against_hand_computed_values():
+    actual = np.array([[10.0, 20.0]])
+    fc = {"mean": np.array([[12.0, 18.0]]), "q10": np.array([[8.0, 15.0]]),
+          "q50": np.array([[11.0, 20.0]]), "q90": np.array([[14.0, 25.0]])}
+    m = forecast_metrics(actual, fc, "x")
+    assert m["x_nd"] == pytest.approx(1 / 30)
+    assert m["x_nrmse"] == pytest.approx(2 / 15)
+    # pinball: q10 -> 0.1*2 + 0.1*5 = 0.7; q50 -> 0.5*1 = 0.5; q90 -> 0.1*4 + 0.1*5 = 0.9
+    assert m["x_wql"] == pytest.approx(np.mean([2 * 0.7, 2 * 0.5, 2 * 0.9]) / 30)
+    sn = seasonal_naive(np.array([1.0, 2, 3, 4, 2, 3, 4, 5]), 6, 4)
+    np.testing.assert_allclose(sn["mean"], [2, 3, 4, 5, 2, 3])
+    assert sn["q90"][4] - sn["q50"][4] == pytest.approx(np.sqrt(2) * (sn["q90"][0] - sn["q50"][0]))
+
+
+@pytest.mark.slow
+def test_two_ranks_train_forecast_register_and_score(spark, cfg, panel):
+    c, p = WINDOW["context_length"], WINDOW["prediction_length"]
+    result = train(spark, cfg, "deepar", PANEL, params=FAST)
+    ranks = sorted(result.ranks, key=lambda r: r["rank"])
+    assert [(r["rank"], r["size"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    loss = result.history["loss"]
+    assert len(loss) == FAST["epochs"] and loss[-1] < loss[0]
+
+    fc = ranks[0]["forecast"]
+    q10, q50, q90 = (np.asarray(fc[k]) for k in ("q10", "q50", "q90"))
+    assert q10.shape == (5, p) and (q10 <= q50).all() and (q50 <= q90).all()
+    target = np.asarray(fc["target"])
+    history, actual = target[:, :c], target[:, c:]
+    s0 = fc["series_id"].index("S0")
+    inside = (actual[s0] >= q10[s0]) & (actual[s0] <= q90[s0])
+    assert inside.mean() >= 4 / 6, (actual[s0], q10[s0], q90[s0])
+    constant = np.abs(actual - history.mean(axis=1, keepdims=True)).sum() / np.abs(actual).sum()
+    m = result.model.metrics
+    assert m["deepar_nd"] < 0.5 * constant, (m["deepar_nd"], constant)
+    for key in ("deepar_nrmse", "deepar_wql", "seasonal_naive_nd", "ets_nd", "ets_wql"):
+        assert np.isfinite(m[key]) and m[key] > 0
+    assert m["epochs"] == FAST["epochs"] and m["test_series"] == 5
+
+    row = spark.table(f"{cfg.catalog.database}.models").filter("name = 'us_employment_deepar'")
+    stored = row.collect()
+    assert len(stored) == 1 and json.loads(stored[0].metrics) == m
+    artifact = Path(stored[0].artifact)
+    assert (artifact / "forecast_fan.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((artifact / "deepar.json").read_text())["context_length"] == c
+
+    scored = score(spark, cfg, "deepar", "us_employment_deepar")
+    assert scored.rows == 5 * p and 1 <= scored.model_loads <= cfg.train.num_proc
+    out = spark.table(scored.table).filter(F.col("run_id") == scored.run_id).toPandas()
+    assert sorted(out.groupby("series_id").size().to_dict().items()) == \
+        [(s, p) for s in sorted(LENGTHS)]
+    s0_rows = out[out.series_id == "S0"].sort_values("step")
+    assert list(s0_rows.period) == [month(60 + k) for k in range(p)]   # after the last month
+    assert (s0_rows.q10 <= s0_rows.q50).all() and (s0_rows.q50 <= s0_rows.q90).all()
+    again = score(spark, cfg, "deepar", "us_employment_deepar")
+    assert again.skipped and spark.table(scored.table).count() == len(out)
