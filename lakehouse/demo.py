@@ -23,7 +23,17 @@ DEMO_MODELS: tuple[tuple[str, str, dict], ...] = (
     ("mlp", "breast_cancer", {"epochs": 15, "batch_size": 32}),
     ("mlp", "flights", {"epochs": 3, "batch_size": 512, "hidden": [64, 32]}),
     ("cnn", "fashion_mnist", {"epochs": 2}),
+    ("word2vec", "corpus", {}),
+    ("deepar", "us_employment", {"epochs": 10}),
+    ("rcf", "mitdb", {}),
+    ("rcf", "kdd_tsad_135", {}),
 )
+# Metrics shown per family in the demo's model table.
+HEADLINE = {
+    "mlp": ("accuracy", "roc_auc"), "cnn": ("accuracy", "roc_auc"),
+    "word2vec": ("wordsim353_spearman", "analogy_accuracy"),
+    "deepar": ("deepar_nd", "deepar_wql"), "rcf": ("roc_auc", "pr_auc"),
+}
 
 
 DEMO_QUERIES = (
@@ -33,8 +43,18 @@ DEMO_QUERIES = (
     " round(avg(CAST(f.arr_delay > 15 AS INT)), 3) AS delayed FROM predictions_mlp_latest p"
     " JOIN silver_flights f ON p.row_id = f.row_id WHERE p.model_name = 'flights_mlp'"
     " GROUP BY 1 ORDER BY 1",
-    "SELECT name, version, training_table, training_version,"
+    "SELECT name, version, family, training_table, training_version,"
     " get_json_object(metrics, '$.accuracy') AS accuracy FROM models_latest ORDER BY name",
+    # Today's anomalies: points flagged by the newest RCF models in runs scored today.
+    "SELECT model_name, stream_id, t, round(score, 1) AS score, round(threshold, 1) AS threshold"
+    " FROM predictions_rcf_latest WHERE is_anomaly AND to_date(scored_at) = current_date()"
+    " ORDER BY score DESC LIMIT 10",
+    # The latest forecasts: next three months per series with the 10-90 % band.
+    "SELECT series_id, period, round(q10) AS q10, round(q50) AS median, round(q90) AS q90,"
+    " round(get_json_object(model_metrics, '$.deepar_nd'), 3) AS model_nd"
+    " FROM predictions_deepar_latest WHERE step <= 3 ORDER BY series_id, step LIMIT 12",
+    "SELECT word, slice(neighbours, 1, 5) AS nearest FROM predictions_word2vec_latest"
+    " WHERE word IN ('king', 'water', 'god', 'paris', 'war') ORDER BY word",
 )
 
 
@@ -84,10 +104,10 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
     if results:
         print()
         print(format_table(
-            ["model", "version", "trained on", "accuracy", "roc_auc", "epochs", "artifact"],
-            [(m.name, m.version, f"{m.training_table} v{m.training_version}",
-              m.metrics.get("accuracy"), m.metrics.get("roc_auc"),
-              int(m.metrics.get("epochs", 0)), m.artifact) for m in (r.model for r in results)]))
+            ["model", "version", "family", "trained on", "metrics", "artifact"],
+            [(m.name, m.version, m.family, f"{m.training_table} v{m.training_version}",
+              ", ".join(f"{k} {m.metrics[k]:.3f}" for k in HEADLINE.get(m.family, ())
+                        if k in m.metrics), m.artifact) for m in (r.model for r in results)]))
     queries = [(q, run_sql(spark, cfg, q)) for q in DEMO_QUERIES] if results else []
     for sql, result in queries:
         print(f"\n{sql}\n{result}")
