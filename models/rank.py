@@ -42,12 +42,18 @@ class RankSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def last_checkpoint(checkpoint_dir: str) -> tuple[int, str | None]:
-    """The highest completed epoch with a checkpoint, and its file (0, None if none)."""
+def last_checkpoint(checkpoint_dir: str,
+                    pattern: re.Pattern = CKPT_PATTERN) -> tuple[int, str | None]:
+    """The highest completed epoch with a checkpoint, and its file (0, None if none).
+
+    Args:
+        checkpoint_dir: folder of a run's checkpoints.
+        pattern: file names of checkpoints, the epoch number as the first group.
+    """
     best, path = 0, None
     if os.path.isdir(checkpoint_dir):
         for name in os.listdir(checkpoint_dir):
-            if (m := CKPT_PATTERN.search(name)) and int(m.group(1)) > best:
+            if (m := pattern.search(name)) and int(m.group(1)) > best:
                 best, path = int(m.group(1)), os.path.join(checkpoint_dir, name)
     return best, path
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from models.rank import last_checkpoint
 from models.word2vec import pairs
 
 CKPT_PATTERN = re.compile(r"epoch-(\d+)\.npz$")
@@ -53,16 +54,6 @@ class Word2VecSpec:
     checkpoint_dir: str
     artifact_dir: str
     seed: int = 7
-
-
-def last_checkpoint(checkpoint_dir: str) -> tuple[int, str | None]:
-    """The highest completed epoch with a checkpoint, and its file (0, None if none)."""
-    best, path = 0, None
-    if os.path.isdir(checkpoint_dir):
-        for name in os.listdir(checkpoint_dir):
-            if (m := CKPT_PATTERN.search(name)) and int(m.group(1)) > best:
-                best, path = int(m.group(1)), os.path.join(checkpoint_dir, name)
-    return best, path
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -202,7 +193,7 @@ def train_word2vec_rank(spec: Word2VecSpec) -> dict[str, Any]:
     p, epochs = spec.params, int(spec.params["epochs"])
     counts = np.asarray(spec.counts, dtype=np.int64)
     ids, sent = read_shard(spec.files, hvd.rank(), hvd.size())
-    initial_epoch, ckpt = last_checkpoint(spec.checkpoint_dir)
+    initial_epoch, ckpt = last_checkpoint(spec.checkpoint_dir, CKPT_PATTERN)
     state = _State(tf, hvd, *_start_weights(ckpt, len(counts), int(p["dim"]), spec.seed))
     steps = make_steps(tf, state.w_in, state.w_out, noise_table(counts), int(p["negative"]),
                        spec.seed * 1009 + hvd.rank())
