@@ -24,7 +24,7 @@ from models.scoring import score
 PANEL = "us_employment"              # monthly calendar; the rows are synthetic
 WINDOW = {"context_length": 12, "prediction_length": 6}
 LENGTHS = {"S0": 60, "S1": 60, "S2": 60, "S3": 48, "S4": 60}     # S3 starts a year later
-FAST = {"epochs": 10, "steps_per_epoch": 30, "batch_size": 32, "learning_rate": 0.01,
+FAST = {"epochs": 10, "steps_per_epoch": 60, "batch_size": 32, "learning_rate": 0.01,
         "hidden": 24, "layers": 2, "embedding_dim": 4, "num_samples": 100}
 
 

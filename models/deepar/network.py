@@ -37,7 +37,8 @@ def network_config(params: dict[str, Any], n_series: int, season_length: int,
             "freq_months": int(freq_months), "hidden": int(params["hidden"]),
             "layers": int(params["layers"]), "embedding_dim": int(params["embedding_dim"]),
             "dropout": float(params["dropout"]), "likelihood": str(params["likelihood"]),
-            "num_samples": int(params["num_samples"])}
+            "num_samples": int(params["num_samples"]),
+            "context_loss": bool(params.get("context_loss", False))}
 
 
 def build(config: dict[str, Any]):
@@ -119,8 +120,15 @@ def _negbin_params(out, scale):
 
 
 def window_loss(net, target, season0, series_idx, scale, likelihood: str, season_length: int,
-                training: bool = True):
-    """Teacher-forced loss over a batch of windows (every step after the first)."""
+                training: bool = True, skip: int = 0):
+    """Teacher-forced loss over a batch of windows.
+
+    The network runs over every step after the first; the loss counts the steps
+    from ``skip + 1`` on. With ``skip = context_length - 1`` only the prediction
+    range is scored: the context only conditions the state, as at forecast time.
+    (Scored context steps teach a pull towards the window's own mean, because the
+    scale is that mean; forecasts then drift back towards it.)
+    """
     import tensorflow as tf
 
     steps = tf.shape(target)[1]
@@ -128,7 +136,7 @@ def window_loss(net, target, season0, series_idx, scale, likelihood: str, season
     season = seasons(season0, steps, season_length)
     numeric = lag_features(z, 1, steps - 1)
     out, _ = net((numeric, season[:, 1:], series_idx, tf.math.log(scale)), training=training)
-    return nll(out, target[:, 1:], scale, likelihood)
+    return nll(out[:, skip:], target[:, 1 + skip:], scale, likelihood)
 
 
 def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.ndarray,

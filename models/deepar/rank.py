@@ -75,11 +75,13 @@ def _step_fn(net, opt, config: dict[str, Any], hvd):
 
     from models.deepar.network import window_loss
 
+    skip = 0 if config.get("context_loss") else config["context_length"] - 1
+
     @tf.function
     def step(target, season, idx, scale):
         with tf.GradientTape() as tape:
             loss = window_loss(net, target, season, idx, scale, config["likelihood"],
-                               config["season_length"])
+                               config["season_length"], skip=skip)
         tape = hvd.DistributedGradientTape(tape)
         grads = tape.gradient(loss, net.trainable_variables)
         grads, _ = tf.clip_by_global_norm(grads, 10.0)
