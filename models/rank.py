@@ -92,6 +92,22 @@ def _compile(model, spec: RankSpec, hvd) -> None:
                       experimental_run_tf_function=False)
 
 
+def start_rank():
+    """What every rank does first: quiet TensorFlow and Petastorm, initialise Horovod.
+
+    Returns:
+        The ``horovod.tensorflow`` module, initialised.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning)   # petastorm on pyarrow 12
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    hvd.init()
+    return hvd
+
+
 def _pin_gpu() -> bool:
     """One GPU per rank (by local rank) with memory growth; mixed precision on GPU."""
     import horovod.tensorflow.keras as hvd
@@ -139,16 +155,12 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         ``initial_epoch``, ``steps_per_epoch``, ``history`` and, on rank 0, the test
         ``predictions`` (probabilities) and ``labels``.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.filterwarnings("ignore", category=FutureWarning)   # petastorm on pyarrow 12
-    import horovod.tensorflow as hvd_tf
+    hvd_tf = start_rank()
     import horovod.tensorflow.keras as hvd
     import tensorflow as tf
 
-    tf.get_logger().setLevel("ERROR")
     from models.family import get_family
 
-    hvd.init()
     gpu = _pin_gpu()
     tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
     family = get_family(spec.family)

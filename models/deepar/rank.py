@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 import resource
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.rank import RankSpec, _pin_gpu, last_checkpoint, weights_digest
+from models.rank import RankSpec, _pin_gpu, last_checkpoint, start_rank, weights_digest
 
 SHUFFLE_CAP = 100_000
 COLUMNS = ["row_id", "series_idx", "series_id", "season", "scale", "target"]
@@ -100,15 +99,11 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         over ranks), ``fit_seconds`` and, on rank 0, ``forecast`` (test windows with
         their sampled mean and quantiles).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.filterwarnings("ignore", category=FutureWarning)   # petastorm on pyarrow 12
-    import horovod.tensorflow as hvd
+    hvd = start_rank()
     import tensorflow as tf
 
     from models.deepar import network
 
-    tf.get_logger().setLevel("ERROR")
-    hvd.init()
     gpu = _pin_gpu()
     tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
     config, params = spec.extra["network"], spec.params

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import tempfile
 import time
@@ -80,14 +79,11 @@ def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
         ``peak_rss_mb``; on rank 0 also the threshold, the evaluation split's ``t``,
         ``score`` and ``label`` lists and ``points_per_second`` of scoring.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.filterwarnings("ignore", category=FutureWarning)   # petastorm on pyarrow 12
-    warnings.filterwarnings("ignore", message="schema_fields behavior")   # "t" vs "t_start"
-    import horovod.tensorflow as hvd
-
+    from models.rank import start_rank
     from models.rcf.forest import build_forest, merge, reservoir_samples
 
-    hvd.init()
+    hvd = start_rank()
+    warnings.filterwarnings("ignore", message="schema_fields behavior")   # "t" vs "t_start"
     rank, size = hvd.rank(), hvd.size()
     total = int(spec.params["num_trees"])
     mine = total // size + (rank < total % size)

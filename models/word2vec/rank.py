@@ -31,13 +31,12 @@ import math
 import os
 import re
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from models.rank import last_checkpoint
+from models.rank import last_checkpoint, start_rank
 from models.word2vec import pairs
 
 CKPT_PATTERN = re.compile(r"epoch-(\d+)\.npz$")
@@ -180,13 +179,9 @@ def train_word2vec_rank(spec: Word2VecSpec) -> dict[str, Any]:
         processed), ``pairs``, ``train_seconds``, ``history`` (``loss`` per epoch,
         averaged over the ranks' examples).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.filterwarnings("ignore", category=FutureWarning)   # petastorm on pyarrow 12
-    import horovod.tensorflow as hvd
+    hvd = start_rank()
     import tensorflow as tf
 
-    tf.get_logger().setLevel("ERROR")
-    hvd.init()
     threads = max(1, (os.cpu_count() or 1) // hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
