@@ -3,11 +3,18 @@ labelled real streams (mitdb, KDD-TSAD 135) and on real background streams with
 injected spikes and level shifts, all with the same trees, sample size and shingles.
 
 Every detector fits on a stream's training part (the whole stream when it has none)
-and scores its evaluation part. rrcf scores a point the way lakeforge does (insert
-into each tree, CoDisp, forget), which costs ~10 ms per point with 50 trees;
-``--stride N`` compares all three on every N-th point only (lakeforge and
-IsolationForest always score every point). The real streams are also trained through
-the full path (Spark shingles, 2 Horovod ranks, model store) as fresh runs.
+and scores its evaluation part. All three see the same shingles in the same
+representation (``--transform``, the family default: last value and first
+differences, standardised on the fitting part); lakeforge and IsolationForest are
+also shown on raw shingles, and the best peer row on either representation is the
+target. A shingle counts as anomalous when it holds a labelled point (a spike at
+``t`` lies in the shingles ending at ``t .. t + shingle - 1``), for every detector.
+
+rrcf scores a point the way lakeforge does (insert into each tree, CoDisp, forget),
+which costs ~10 ms per point with 50 trees; ``--stride N`` compares all detectors
+on every N-th point only (lakeforge and IsolationForest always score every point).
+The real streams are also trained through the full path (Spark shingles, 2 Horovod
+ranks, model store) as fresh runs.
 
     make bench-rcf                            # needs the demo's silver tables
     .venv/bin/python bench/bench_rcf.py --trees 50 --samples 256 --shingle 8 --stride 3
@@ -26,7 +33,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from lakehouse.catalog import format_table
 from lakehouse.features import build_features
+from models.rcf import FAMILY
 from models.rcf.forest import build_forest, codisp, reservoir_samples
+from models.rcf.shingles import window_labels
+from models.rcf.transform import TRANSFORMS, Moments, fit_scaling, shape_features
 from models.runner import train
 
 
@@ -38,7 +48,8 @@ def _real(spark, cfg, stream: str, shingle: int) -> dict[str, np.ndarray]:
     fit = parts.get("train", parts["test"])
     ev = parts["test"]
     return {"fit": np.stack(fit.shingle.to_numpy()), "x": np.stack(ev.shingle.to_numpy()),
-            "y": ev.label.to_numpy(), "table": built.table}
+            "y": window_labels(ev.t.to_numpy(), ev.label.to_numpy(), shingle),
+            "table": built.table}
 
 
 def _injected(values: np.ndarray, shingle: int, seed: int) -> dict[str, np.ndarray]:
@@ -54,7 +65,14 @@ def _injected(values: np.ndarray, shingle: int, seed: int) -> dict[str, np.ndarr
         v[t:t + 60] += 3 * sd
         y[t:t + 60] = 1
     x = np.lib.stride_tricks.sliding_window_view(v, shingle)
-    return {"fit": x[:half], "x": x[half:], "y": y[shingle - 1:][half:]}
+    held = np.lib.stride_tricks.sliding_window_view(y, shingle).max(axis=1)
+    return {"fit": x[:half], "x": x[half:], "y": held[half:]}
+
+
+def _represent(data, kind: str) -> dict[str, np.ndarray]:
+    """The stream's shingles in representation ``kind``, scaled on its fitting part."""
+    scaling = fit_scaling(kind, Moments.of(shape_features(data["fit"], kind)))
+    return {**data, "fit": scaling.apply(data["fit"]), "x": scaling.apply(data["x"])}
 
 
 def _ours(data, trees: int, samples: int, seed: int) -> tuple[np.ndarray, float]:
@@ -99,19 +117,37 @@ def _auc(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
 
 
 def compare(name: str, data, args) -> list[tuple]:
-    """One table block: the three detectors on one stream."""
-    ours, ours_pps = _ours(data, args.trees, args.samples, args.seed)
-    theirs, rrcf_pps = _rrcf(data, args.trees, args.samples, args.stride, args.seed)
-    iso, iso_pps = _iforest(data, args.trees, args.samples, args.seed)
+    """One table block: the three detectors on one stream, in ``args.transform`` and raw."""
+    shown = _represent(data, args.transform)
+    raw = _represent(data, "none")
+    theirs, rrcf_pps = _rrcf(shown, args.trees, args.samples, args.stride, args.seed)
     y, sub = data["y"], slice(None, None, args.stride)
+    runs = [("lakeforge RCF", args.transform, *_ours(shown, args.trees, args.samples, args.seed)),
+            ("rrcf", args.transform, None, rrcf_pps),
+            ("IsolationForest", args.transform,
+             *_iforest(shown, args.trees, args.samples, args.seed))]
+    if args.transform != "none":
+        runs += [("lakeforge RCF", "none", *_ours(raw, args.trees, args.samples, args.seed)),
+                 ("IsolationForest", "none", *_iforest(raw, args.trees, args.samples, args.seed))]
     rows = []
-    for method, scores, pps in (("lakeforge RCF", ours, ours_pps), ("rrcf", None, rrcf_pps),
-                                ("IsolationForest", iso, iso_pps)):
+    for method, kind, scores, pps in runs:
         roc, pr = _auc(y[sub], theirs if scores is None else scores[sub])
         full = _auc(y, scores)[0] if scores is not None else float("nan")
-        rows.append((name, method, len(y[sub]), int(y[sub].sum()), round(roc, 3), round(pr, 3),
-                     round(full, 3), f"{pps:,.0f}", f"{pps / rrcf_pps:.1f}x"))
+        rows.append((name, method, kind, len(y[sub]), int(y[sub].sum()), round(roc, 3),
+                     round(pr, 3), round(full, 3), f"{pps:,.0f}", f"{pps / rrcf_pps:.1f}x"))
     return rows
+
+
+def verdict(rows: list[tuple], transform: str) -> list[tuple]:
+    """Per stream: lakeforge (``transform``) against the best peer row on any representation."""
+    out = []
+    for stream in dict.fromkeys(r[0] for r in rows):
+        block = [r for r in rows if r[0] == stream]
+        ours = next(r for r in block if r[1] == "lakeforge RCF" and r[2] == transform)
+        best = max((r for r in block if r[1] != "lakeforge RCF"), key=lambda r: r[5])
+        out.append((stream, ours[5], f"{best[1]} ({best[2]})", best[5],
+                    "yes" if ours[5] >= best[5] else "no"))
+    return out
 
 
 def main() -> None:
@@ -122,6 +158,8 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=1,
                         help="rrcf scores every n-th point (1: all; it takes ~1 s per 100)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--transform", choices=TRANSFORMS, default=FAMILY.defaults["transform"],
+                        help="shingle representation every detector sees")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg, spark = session(args.overrides)
@@ -141,12 +179,14 @@ def main() -> None:
         print(f"scoring {name} ({len(data['x']):,} points) ...", flush=True)
         rows += compare(name, data, args)
     print(f"\n{args.trees} trees x {args.samples} samples, shingle {args.shingle}; AUCs on every "
-          f"{args.stride}-th point (all three), 'ROC-AUC all' on every point")
-    print(format_table(["stream", "detector", "points", "anomalies", "ROC-AUC", "PR-AUC",
-                        "ROC-AUC all", "points/s", "vs rrcf"], rows))
+          f"{args.stride}-th point (all detectors), 'ROC-AUC all' on every point")
+    print(format_table(["stream", "detector", "shingles", "points", "anomalies", "ROC-AUC",
+                        "PR-AUC", "ROC-AUC all", "points/s", "vs rrcf"], rows))
+    print(format_table(["stream", f"lakeforge ROC-AUC ({args.transform})", "best peer",
+                        "peer ROC-AUC", "met"], verdict(rows, args.transform)))
 
     params = {"num_trees": args.trees, "num_samples_per_tree": args.samples,
-              "shingle_size": args.shingle}
+              "shingle_size": args.shingle, "transform": args.transform}
     full = []
     for stream in ("mitdb", "kdd_tsad_135"):
         result = train(spark, cfg, "rcf", stream, params=params,

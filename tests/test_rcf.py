@@ -1,5 +1,8 @@
 """Random Cut Forest: the vectorised forest, shingling in Spark, 2-rank training, scoring."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rrcf
@@ -10,6 +13,13 @@ from lakehouse.errors import ConfigError, SchemaMismatchError
 from lakehouse.features import build_features
 from lakehouse.tables import table
 from models.rcf.forest import build_forest, codisp, merge, reservoir_samples
+from models.rcf.shingles import window_labels
+from models.rcf.transform import (
+    Moments,
+    fit_scaling,
+    scaling_from_json,
+    shape_features,
+)
 from models.runner import train
 from models.scoring import score
 
@@ -93,6 +103,50 @@ def test_reservoir_is_uniform_and_merge_keeps_every_tree():
     assert np.allclose(codisp(both, x, np.random.default_rng(9)).shape, (20,))
 
 
+def test_level_diff_scaling_is_lossless_merges_shards_and_round_trips():
+    rng = np.random.default_rng(4)
+    x = _shingle(np.cumsum(rng.normal(0, 1, 400)) + 50, 6)
+    kind = "level_diff"
+    shards = [Moments.of(shape_features(part, kind)) for part in np.array_split(x, 3)]
+    scaling = fit_scaling(kind, shards)
+    z = scaling.apply(x)
+    assert np.allclose(z.mean(axis=0), 0, atol=1e-9) and np.allclose(z.std(axis=0), 1)
+    assert np.allclose(scaling.mean, fit_scaling(kind, Moments.of(shape_features(x, kind))).mean)
+    feats = z * scaling.scale + scaling.mean                 # back to level + differences
+    rebuilt = feats[:, :1] - np.cumsum(feats[:, :0:-1], axis=1)[:, ::-1]
+    assert np.allclose(np.c_[rebuilt, feats[:, 0]], x)       # no information is lost
+    stored = scaling_from_json(json.loads(json.dumps(scaling.to_json())), 6)
+    assert np.allclose(stored.apply(x[:5]), z[:5])
+    assert np.allclose(scaling_from_json({"threshold": 1.0}, 6).apply(x[:5]), x[:5])  # old model
+    with pytest.raises(ValueError, match="unknown shingle transform 'fft'"):
+        fit_scaling("fft", shards)
+
+
+def test_level_diff_finds_jitter_inside_the_normal_range():
+    """A burst of jitter at usual levels: raw shingles spend their cuts on level."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    value = np.sin(np.arange(1500) / 15) + rng.normal(0, 0.05, 1500)
+    value[1000:1010] += 0.15 * (-1) ** np.arange(10)
+    points, t = _shingle(value, 4), np.arange(3, 1500)
+    held = window_labels(t, (t >= 1000) & (t < 1010), 4)
+    assert held.sum() == 13                                  # shingles ending 1000 .. 1012
+    pr = {}
+    for kind in ("none", "level_diff"):
+        rng = np.random.default_rng(0)
+        scaling = fit_scaling(kind, Moments.of(shape_features(points[:800], kind)))
+        forest = build_forest(reservoir_samples([scaling.apply(points[:800])], 30, 128, rng), rng)
+        pr[kind] = average_precision_score(held, codisp(forest, scaling.apply(points)))
+    assert pr["level_diff"] > 0.6 and pr["level_diff"] > pr["none"] + 0.2
+
+
+def test_window_labels_cover_every_shingle_holding_a_labelled_point():
+    t = np.array([3, 4, 5, 6, 7, 8, 20, 21, 22])
+    last = np.array([0, 1, 0, 0, 0, 1, 0, 1, 0])
+    assert window_labels(t, last, 3).tolist() == [0, 1, 1, 1, 0, 1, 0, 1, 1]   # no leak over gaps
+
+
 def test_shingles_windows_rebuild_and_errors(spark, cfg):
     value, label = _stream(200)
     _write_stream(spark, cfg, value, label)
@@ -110,6 +164,8 @@ def test_shingles_windows_rebuild_and_errors(spark, cfg):
         build_features(spark, cfg, STREAM, params={"shingle_size": 500})
     with pytest.raises(ConfigError, match="holds shingles of size \\[3\\]"):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 4})
+    with pytest.raises(ConfigError, match="transform must be one of level_diff, none, got 'fft'"):
+        train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "transform": "fft"})
 
 
 @pytest.mark.slow
@@ -130,6 +186,10 @@ def test_two_ranks_train_score_and_flag_the_anomalies(spark, cfg):
     assert scored.rows == built.rows and 1 <= scored.model_loads <= 2
     preds = spark.table(scored.table).filter(F.col("run_id") == scored.run_id)
     assert preds.select("t").distinct().count() == built.rows
+    meta = json.loads((Path(result.model.artifact) / "rcf.json").read_text())
+    assert meta["transform"] == "level_diff" and len(meta["scale"]) == 4
+    batch = dict(preds.select("t", "score").collect())       # same transform as at training
+    assert np.allclose([batch[t] for t in ranks[0]["t"]], ranks[0]["score"])
     spike = preds.filter(F.col("t") == SPIKE).first()
     assert spike["is_anomaly"] and spike["threshold"] == pytest.approx(metrics["threshold"])
     flagged = {r["t"] for r in preds.filter("is_anomaly").collect()}

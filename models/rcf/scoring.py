@@ -1,4 +1,8 @@
-"""Scoring adapter: per point its anomaly score and a flag at the model's threshold."""
+"""Scoring adapter: per point its anomaly score and a flag at the model's threshold.
+
+Shingles go through the model's stored transform (:mod:`models.rcf.transform`)
+before the forest scores them, exactly as at training.
+"""
 
 from __future__ import annotations
 
@@ -34,20 +38,22 @@ PREDICTION_FIELDS = (
 )
 _OUT = StructType([StructField(f.name, f.dataType, True) for f in PREDICTION_FIELDS])
 
-# Executor-side cache: artifact folder (+ mtime) -> (forest, threshold), one per process.
+# Executor-side cache: artifact folder (+ mtime) -> (forest, threshold, scaling), per process.
 _FORESTS: dict[str, Any] = {}
 
 
-def cached_forest(artifact: str, loads=None) -> tuple[Any, float]:
-    """The forest and threshold stored at ``artifact``, loaded at most once per process."""
+def cached_forest(artifact: str, loads=None) -> tuple[Any, float, Any]:
+    """The forest, threshold and shingle scaling stored at ``artifact``, loaded once per process."""
     from models.rcf.forest import FOREST_FILE, load_forest
     from models.rcf.train import META
+    from models.rcf.transform import scaling_from_json
 
     path = os.path.join(artifact, FOREST_FILE)
     key = f"{path}@{os.path.getmtime(path) if os.path.exists(path) else 0}"
     if key not in _FORESTS:
         meta = json.loads((Path(artifact) / META).read_text())
-        _FORESTS[key] = (load_forest(artifact), float(meta["threshold"]))
+        forest = load_forest(artifact)
+        _FORESTS[key] = (forest, float(meta["threshold"]), scaling_from_json(meta, forest.dim))
         if loads is not None:
             loads.add(1)
     return _FORESTS[key]
@@ -58,11 +64,11 @@ def score_frames(frames: Iterator[pd.DataFrame], artifact: str,
     """Executor side: CoDisp of every shingle of each Arrow batch (``mapInPandas``)."""
     from models.rcf.forest import codisp
 
-    forest, threshold = cached_forest(artifact, loads)
+    forest, threshold, scaling = cached_forest(artifact, loads)
     for frame in frames:
         if frame.empty:
             continue
-        score = codisp(forest, np.stack(frame["shingle"].to_numpy()))   # deterministic
+        score = codisp(forest, scaling.apply(np.stack(frame["shingle"].to_numpy())))
         yield pd.DataFrame({"stream_id": frame["stream_id"], "t": frame["t"], "score": score,
                             "is_anomaly": score > threshold, "threshold": threshold})
 

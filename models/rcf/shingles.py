@@ -2,7 +2,8 @@
 
 A shingle of size ``s`` ending at time ``t`` holds the stream's values at the
 ``s`` consecutive positions up to ``t``; each keeps its stream, split, start and
-end time and the label of its last point. The gold table
+end time and the label of its last point (:func:`window_labels` turns those into
+"the shingle holds a labelled point", what detectors are judged on). The gold table
 ``gold.shingles_<stream>`` is partitioned by split (``train`` from a stream's
 training part, ``test`` from its test part or the whole stream when it has no
 parts) so Horovod ranks can read shards of it through Petastorm.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, LongType, StringType
@@ -33,6 +35,27 @@ SHINGLE_FIELDS = (
     _f("shingle", ArrayType(DoubleType())),
     _f("label", IntegerType()),
 )
+
+
+def window_labels(t: np.ndarray, label: np.ndarray, size: int) -> np.ndarray:
+    """1 where a shingle holds a labelled point, from the labels of shingles' last points.
+
+    A spike at ``u`` lies in the ``size`` shingles ending at ``u .. u + size - 1``, and
+    a detector sees it in each of them, so each counts as anomalous. The label of
+    point ``u`` is that of the shingle ending at ``u``; points before a split's first
+    shingle have none and count as normal.
+
+    Args:
+        t: end times of one split's shingles, ascending.
+        label: label of each shingle's last point.
+        size: shingle size.
+
+    Returns:
+        (n,) int array of 0/1.
+    """
+    t, label = np.asarray(t), np.asarray(label)
+    last = np.maximum.accumulate(np.where(label > 0, np.arange(len(t)), -1))
+    return ((last >= 0) & (t[np.maximum(last, 0)] > t - size)).astype(int)
 
 
 def shingles_spec(stream: str) -> TableSpec:

@@ -1,12 +1,15 @@
 """Training a Random Cut Forest across Horovod ranks.
 
 Each rank reads its shard of the fitting split's shingles through Petastorm, keeps
-one reservoir sample per tree it owns (its share of ``num_trees``), builds those
-trees (vectorised, :mod:`models.rcf.forest`) and the trees of all ranks are
-gathered into one forest on rank 0. Rank 0 then scores the fitting split (to set
+one reservoir sample per tree it owns (its share of ``num_trees``) and the moments
+of the shingles' representation (``transform``, :mod:`models.rcf.transform`); the
+ranks merge their moments into one scaling, build their trees on the scaled samples
+(vectorised, :mod:`models.rcf.forest`) and the trees of all ranks are gathered into
+one forest on rank 0. Rank 0 then scores the fitting split (to set
 the anomaly threshold, mean + ``threshold_sigma`` standard deviations of those
 scores, stored with the model) and the evaluation split, whose scores and labels
-the driver turns into ROC-AUC / PR-AUC and a plot.
+the driver turns into ROC-AUC / PR-AUC (a shingle is anomalous when it holds a
+labelled point) and a plot.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError
-from models.rcf.shingles import shingles_spec
+from models.rcf.shingles import shingles_spec, window_labels
+from models.rcf.transform import TRANSFORMS
 from models.runner import TrainResult, default_run_id, pin_table, run_ranks, snapshot_files
 from models.store import ModelStore
 
@@ -59,7 +63,7 @@ def _shingles(files: list[str], shard: int | None, shards: int | None):
                        np.asarray(batch.label))
 
 
-def _score_split(forest, files: list[str]) -> dict[str, np.ndarray]:
+def _score_split(forest, scaling, files: list[str]) -> dict[str, np.ndarray]:
     from models.rcf.forest import codisp
 
     parts = list(_shingles(files, None, None))
@@ -68,19 +72,46 @@ def _score_split(forest, files: list[str]) -> dict[str, np.ndarray]:
     t, x, label = (np.concatenate(p) for p in zip(*parts, strict=True))
     order = np.argsort(t)
     return {"t": t[order], "value": x[order, -1], "label": label[order],
-            "score": codisp(forest, x[order])}
+            "score": codisp(forest, scaling.apply(x[order]))}
+
+
+def _scaled_samples(spec: RcfSpec, hvd, trees: int, rng: np.random.Generator):
+    """Reservoir samples of this rank, scaled by the transform fitted over every shard.
+
+    Returns:
+        (samples in the forest's space, the scaling, shingles this rank read).
+    """
+    from models.rcf.forest import reservoir_samples
+    from models.rcf.transform import Moments, fit_scaling, shape_features
+
+    kind, width = spec.params["transform"], int(spec.params["shingle_size"])
+    moments = [Moments(0, np.zeros(width), np.zeros(width))]
+
+    def counted():
+        for _, x, _ in _shingles(spec.fit_files, hvd.rank(), hvd.size()):
+            moments[0] += Moments.of(shape_features(x, kind))
+            yield x
+
+    samples = reservoir_samples(counted(), trees, int(spec.params["num_samples_per_tree"]), rng)
+    scaling = fit_scaling(kind, hvd.allgather_object(moments[0]))
+    scaled = scaling.apply(samples.reshape(-1, width)).reshape(samples.shape)
+    return scaled, scaling, moments[0].n
 
 
 def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
     """Build this rank's trees from reservoir samples of its shard; rank 0 merges and scores.
 
+    The samples are scaled by the transform fitted to the moments of every rank's
+    shard, so all trees live in the same space.
+
     Returns:
         ``rank``, ``size``, ``trees``, ``points_seen``, ``build_seconds``,
         ``peak_rss_mb``; on rank 0 also the threshold, the evaluation split's ``t``,
-        ``score`` and ``label`` lists and ``points_per_second`` of scoring.
+        ``score`` and ``label`` lists, ``shingle_size`` and ``points_per_second`` of
+        scoring.
     """
     from models.rank import start_rank
-    from models.rcf.forest import build_forest, merge, reservoir_samples
+    from models.rcf.forest import build_forest, merge
 
     hvd = start_rank()
     warnings.filterwarnings("ignore", message="schema_fields behavior")   # "t" vs "t_start"
@@ -88,51 +119,52 @@ def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
     total = int(spec.params["num_trees"])
     mine = total // size + (rank < total % size)
     rng = np.random.default_rng([spec.seed, rank])
-    seen = [0]
-
-    def counted():
-        for _, x, _ in _shingles(spec.fit_files, rank, size):
-            seen[0] += len(x)
-            yield x
-
     start = time.monotonic()
-    samples = reservoir_samples(counted(), mine, int(spec.params["num_samples_per_tree"]), rng)
+    samples, scaling, seen = _scaled_samples(spec, hvd, mine, rng)
     forest = build_forest(samples, rng) if mine else None
     build_seconds = time.monotonic() - start
     forests = hvd.allgather_object(forest)
-    result: dict[str, Any] = {"rank": rank, "size": size, "trees": mine, "points_seen": seen[0],
+    result: dict[str, Any] = {"rank": rank, "size": size, "trees": mine, "points_seen": seen,
                               "build_seconds": build_seconds,
                               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                               / 1024}
     if rank == 0:
-        result.update(_finish(merge([f for f in forests if f is not None]), spec))
+        result.update(_finish(merge([f for f in forests if f is not None]), scaling, spec))
     return result
 
 
-def _finish(forest, spec: RcfSpec) -> dict[str, Any]:
+def _finish(forest, scaling, spec: RcfSpec) -> dict[str, Any]:
     """Rank 0: threshold from the fitting split, scores of the evaluation split, artifact."""
-    fit = _score_split(forest, spec.fit_files)
+    fit = _score_split(forest, scaling, spec.fit_files)
     threshold = float(fit["score"].mean() + float(spec.params["threshold_sigma"])
                       * fit["score"].std())
     start = time.monotonic()
-    scored = _score_split(forest, spec.eval_files)
+    scored = _score_split(forest, scaling, spec.eval_files)
     seconds = time.monotonic() - start
     Path(spec.artifact_dir).mkdir(parents=True, exist_ok=True)
     forest.save(spec.artifact_dir)
     (Path(spec.artifact_dir) / META).write_text(json.dumps(
         {"threshold": threshold, "shingle_size": forest.dim, "num_trees": forest.n_trees,
-         "seed": spec.seed}))
+         "seed": spec.seed, **scaling.to_json()}))
     return {"threshold": threshold, **{k: v.tolist() for k, v in scored.items()},
+            "shingle_size": forest.dim,
             "n_trees": forest.n_trees, "points_per_second": len(scored["t"]) / max(seconds, 1e-9)}
+
+
+def _check_params(params: dict[str, Any]) -> None:
+    if params["transform"] not in TRANSFORMS:
+        raise ConfigError(f"rcf parameter transform must be one of {', '.join(TRANSFORMS)}, "
+                          f"got {params['transform']!r}")
+    for key in ("num_trees", "num_samples_per_tree", "shingle_size"):
+        if int(params[key]) < 1:
+            raise ConfigError(f"rcf parameter {key} must be at least 1, got {params[key]}")
 
 
 def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | None,
               run_id: str | None, params: dict[str, Any], name: str | None) -> TrainResult:
     """Train a forest on ``gold.shingles_<dataset>`` and register it (``Family.trainer``)."""
     start = time.monotonic()
-    for key in ("num_trees", "num_samples_per_tree", "shingle_size"):
-        if int(params[key]) < 1:
-            raise ConfigError(f"rcf parameter {key} must be at least 1, got {params[key]}")
+    _check_params(params)
     table = shingles_spec(dataset).full_name(cfg.catalog.database)
     df, version = pin_table(spark, table, version)
     widths = [r[0] for r in df.select(F.size("shingle")).distinct().collect()]
@@ -153,9 +185,9 @@ def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | Non
     staged = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.home))
     spec = RcfSpec(files["train"] or files["test"], files["test"] or files["train"], params,
                    str(staged), cfg.train.seed)
-    log.info("training %s (rcf, %d trees x %d samples, shingle %d) on %s v%d, %d ranks",
+    log.info("training %s (rcf, %d trees x %d samples, shingle %d, %s) on %s v%d, %d ranks",
              name, params["num_trees"], params["num_samples_per_tree"], params["shingle_size"],
-             table, version, cfg.train.num_proc)
+             params["transform"], table, version, cfg.train.num_proc)
     ranks = run_ranks(spec, cfg, rcf_rank)
     rank0 = next(r for r in ranks if r["rank"] == 0)
     metrics = evaluate(rank0, staged, name)
@@ -167,12 +199,17 @@ def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | Non
 
 
 def evaluate(rank0: dict[str, Any], folder: Path, name: str) -> dict[str, float]:
-    """ROC-AUC and PR-AUC of the evaluation split's scores, and the anomaly plot."""
+    """ROC-AUC and PR-AUC of the evaluation split's scores, and the anomaly plot.
+
+    A shingle counts as anomalous when it holds a labelled point (:func:`window_labels`);
+    the plot marks the labelled points themselves.
+    """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from models.rcf.plot import plot_anomalies
 
-    score, label = np.asarray(rank0["score"]), np.asarray(rank0["label"], dtype=int)
+    score, point_label = np.asarray(rank0["score"]), np.asarray(rank0["label"], dtype=int)
+    label = window_labels(np.asarray(rank0["t"]), point_label, int(rank0["shingle_size"]))
     threshold = rank0["threshold"]
     flagged = score > threshold
     metrics = {"threshold": threshold, "num_trees": float(rank0["n_trees"]),
@@ -183,6 +220,6 @@ def evaluate(rank0: dict[str, Any], folder: Path, name: str) -> dict[str, float]
         metrics["pr_auc"] = float(average_precision_score(label, score))
         metrics["recall_at_threshold"] = float(flagged[label == 1].mean())
         metrics["precision_at_threshold"] = float(label[flagged].mean()) if flagged.any() else 0.0
-    plot_anomalies(np.asarray(rank0["t"]), np.asarray(rank0["value"]), score, label, threshold,
-                   folder / "anomaly_scores.png", f"{name}: anomaly scores")
+    plot_anomalies(np.asarray(rank0["t"]), np.asarray(rank0["value"]), score, point_label,
+                   threshold, folder / "anomaly_scores.png", f"{name}: anomaly scores")
     return metrics
