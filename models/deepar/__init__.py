@@ -18,7 +18,7 @@ FAMILY = Family(
     defaults={"epochs": 30, "steps_per_epoch": 100, "batch_size": 64, "learning_rate": 0.001,
               "hidden": 40, "layers": 2, "embedding_dim": 8, "dropout": 0.0,
               "likelihood": "gaussian", "num_samples": 100,
-              "context_loss": False},
+              "context_loss": False, "seasonal_lags": 2, "lr_schedule": "cosine"},
     normalise=False,
     trainer=train_deepar,
     scorer=score_deepar,

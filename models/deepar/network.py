@@ -1,7 +1,8 @@
 """The DeepAR network: an autoregressive LSTM with a Gaussian or negative binomial head.
 
-Inputs at each step are the previous value divided by the window's scale
-(``1 + mean |context|``), a one-hot season of the step
+Inputs at each step are lagged values divided by the window's scale
+(``1 + mean |context|``): the previous value and the values one, two, ...
+seasons back (``seasonal_lags``), a one-hot season of the step
 (month of year or quarter), an embedding of the series and the log scale. The
 head gives the likelihood's two parameters from the LSTM output: for
 ``gaussian`` mean and softplus standard deviation on the scaled values; for
@@ -25,7 +26,6 @@ WEIGHTS_FILE = "deepar.weights.h5"
 CONFIG_FILE = "deepar.json"
 LIKELIHOODS = ("gaussian", "negbin")
 QUANTILES = (0.1, 0.5, 0.9)
-N_NUMERIC = 1   # the previous scaled value
 
 
 def network_config(params: dict[str, Any], n_series: int, season_length: int,
@@ -38,7 +38,14 @@ def network_config(params: dict[str, Any], n_series: int, season_length: int,
             "layers": int(params["layers"]), "embedding_dim": int(params["embedding_dim"]),
             "dropout": float(params["dropout"]), "likelihood": str(params["likelihood"]),
             "num_samples": int(params["num_samples"]),
-            "context_loss": bool(params.get("context_loss", False))}
+            "context_loss": bool(params.get("context_loss", False)),
+            "lags": lags(season_length, int(params.get("seasonal_lags", 0)))}
+
+
+def lags(season_length: int, seasonal_lags: int) -> list[int]:
+    """The lags fed to the network: 1 and each of ``seasonal_lags`` whole seasons back."""
+    return [1] + [k * season_length for k in range(1, seasonal_lags + 1)
+                  if k * season_length != 1]
 
 
 def build(config: dict[str, Any]):
@@ -72,8 +79,8 @@ def build(config: dict[str, Any]):
 
     net = DeepAR()
     b = 2
-    net((tf.zeros((b, 3, N_NUMERIC)), tf.zeros((b, 3), tf.int32), tf.zeros((b,), tf.int32),
-         tf.zeros((b,))))
+    net((tf.zeros((b, 3, len(config.get("lags", [1])))), tf.zeros((b, 3), tf.int32),
+         tf.zeros((b,), tf.int32), tf.zeros((b,))))
     return net
 
 
@@ -84,15 +91,23 @@ def seasons(season0, steps: int, season_length: int):
     return (season0[:, None] + tf.range(steps)[None, :]) % season_length
 
 
-def lag_features(z, t0: int, steps: int):
+def lag_features(z, t0: int, steps: int, lag_list=(1,)):
     """Numeric inputs for predicting positions ``t0 .. t0 + steps - 1`` of scaled ``z``.
 
-    The previous scaled value (DeepAR's autoregressive input), shape (rows, steps, 1).
+    The scaled value ``lag`` positions back for each lag (DeepAR's autoregressive
+    inputs), shape (rows, steps, len(lag_list)). A lag reaching before the window's
+    start reads 0; it only happens in context steps, whose loss is not scored unless
+    ``context_loss`` is set.
     """
     import tensorflow as tf
 
     t = tf.range(t0, t0 + steps)
-    return tf.gather(z, t - 1, axis=1)[..., None]
+    cols = []
+    for lag in lag_list:
+        back = t - lag
+        valid = tf.cast(back >= 0, z.dtype)
+        cols.append(tf.gather(z, tf.maximum(back, 0), axis=1) * valid[None, :])
+    return tf.stack(cols, axis=-1)
 
 
 def nll(out, target, scale, likelihood: str):
@@ -120,7 +135,7 @@ def _negbin_params(out, scale):
 
 
 def window_loss(net, target, season0, series_idx, scale, likelihood: str, season_length: int,
-                training: bool = True, skip: int = 0):
+                training: bool = True, skip: int = 0, lag_list=(1,)):
     """Teacher-forced loss over a batch of windows.
 
     The network runs over every step after the first; the loss counts the steps
@@ -134,7 +149,7 @@ def window_loss(net, target, season0, series_idx, scale, likelihood: str, season
     steps = tf.shape(target)[1]
     z = target / scale[:, None]
     season = seasons(season0, steps, season_length)
-    numeric = lag_features(z, 1, steps - 1)
+    numeric = lag_features(z, 1, steps - 1, lag_list)
     out, _ = net((numeric, season[:, 1:], series_idx, tf.math.log(scale)), training=training)
     return nll(out[:, skip:], target[:, 1 + skip:], scale, likelihood)
 
@@ -166,7 +181,8 @@ def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.n
     scale = 1.0 + tf.reduce_mean(tf.abs(ctx), axis=1)
     z = ctx / scale[:, None]
     season = seasons(s0, c + config["prediction_length"], season_length)
-    warm = lag_features(z, 1, c - 1)
+    lag_list = config.get("lags", [1])
+    warm = lag_features(z, 1, c - 1, lag_list)
     _, states = net((warm, season[:, 1:c], idx, tf.math.log(scale)))
     rep = lambda t: tf.repeat(t, num_samples, axis=0)   # noqa: E731 - local shorthand
     states = [[rep(h), rep(cell)] for h, cell in states]
@@ -174,7 +190,7 @@ def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.n
     step = tf.function(lambda x, st: net(x, states=st), reduce_retracing=True)
     draws = []
     for k in range(config["prediction_length"]):
-        numeric = lag_features(path, c + k, 1)
+        numeric = lag_features(path, c + k, 1, lag_list)
         out, states = step((numeric, season_r[:, c + k:c + k + 1], idx_r,
                             tf.math.log(scale_r)), states)
         raw = _draw(out[:, 0], scale_r, config["likelihood"])

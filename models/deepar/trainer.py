@@ -34,6 +34,7 @@ from models.runner import TrainResult, default_run_id, pin_table, run_ranks, sna
 from models.store import ModelStore
 
 log = logging.getLogger(__name__)
+LR_SCHEDULES = ("cosine", "constant")
 FORECAST_FILE = "test_forecasts.npz"
 
 
@@ -45,6 +46,12 @@ def check_params(params: dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "hidden", "layers", "embedding_dim", "num_samples"):
         if not isinstance(params[key], int) or params[key] < 1:
             raise ConfigError(f"deepar: {key} must be a positive integer, got {params[key]!r}")
+    if params["lr_schedule"] not in LR_SCHEDULES:
+        raise ConfigError(f"deepar: lr_schedule {params['lr_schedule']!r} is not one of "
+                          f"{', '.join(LR_SCHEDULES)}")
+    if not isinstance(params["seasonal_lags"], int) or params["seasonal_lags"] < 0:
+        raise ConfigError(f"deepar: seasonal_lags must be an integer >= 0, "
+                          f"got {params['seasonal_lags']!r}")
     if not float(params["learning_rate"]) > 0:
         raise ConfigError(f"deepar: learning_rate must be > 0, got {params['learning_rate']!r}")
 
@@ -96,6 +103,11 @@ def train_deepar(spark: SparkSession, cfg: Config, dataset: str, version: int | 
     shape = window_shape(df, f"{gold} v{version}")
     config = network_config(params, shape["n_series"], panel.season_length, shape["context"],
                             shape["prediction"], panel.freq_months)
+    if max(config["lags"]) > shape["context"]:
+        raise ConfigError(f"deepar: seasonal_lags {params['seasonal_lags']} reaches "
+                          f"{max(config['lags'])} periods back, beyond {gold}'s context_length "
+                          f"{shape['context']}; lower seasonal_lags or rebuild the windows with "
+                          f"a longer --param context_length")
     name = name or f"{dataset}_deepar"
     run_id = run_id or default_run_id(name, "deepar", gold, version, params)
     staged = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.home))
