@@ -85,6 +85,35 @@ def test_model_loads_once_per_worker_not_per_batch(spark, cfg, wine_model):
     assert 1 <= result.model_loads <= spark.sparkContext.defaultParallelism < tasks
 
 
+def _probe_worker(batches, artifact):
+    """Executor side: load the model as the scorer does, report the task's threads and GC."""
+    import gc
+
+    import pyarrow as pa
+
+    from models.scoring import cached_model, task_threads
+
+    for _ in batches:
+        pass
+    cached_model(artifact)
+    yield pa.RecordBatch.from_arrays(
+        [pa.array([task_threads()], pa.int64()), pa.array([gc.get_freeze_count() > 0])],
+        names=["threads", "frozen"])
+
+
+def test_workers_use_the_task_cores_and_freeze_the_loaded_model(spark, cfg, wine_model):
+    import functools
+
+    from models.scoring import task_threads
+
+    _, model = wine_model
+    probe = functools.partial(_probe_worker, artifact=model.artifact)
+    rows = spark.range(2, numPartitions=2).mapInArrow(probe, "threads long, frozen boolean")
+    cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    assert [tuple(r) for r in rows.collect()] == [(cpus, True), (cpus, True)]
+    assert task_threads() == 0   # the driver is no task: TF keeps its defaults there
+
+
 def test_rescoring_is_idempotent_and_new_versions_add_rows(spark, cfg, wine_model, tmp_path):
     gold, _ = wine_model
     first = score(spark, cfg, "mlp", "wine_mlp")
