@@ -134,6 +134,28 @@ def test_lag_features_read_values_whole_seasons_back():
     np.testing.assert_array_equal(lag_features(z, 24, 1, [24]).numpy()[0], [[100]])
 
 
+def test_cosine_schedule_decays_and_a_resumed_run_continues_it():
+    import tensorflow as tf
+
+    from models.deepar.network import build, network_config
+    from models.deepar.rank import optimizer
+
+    params = {**FAMILY.defaults, "learning_rate": 0.01}
+    net = build(network_config(params, 3, 12, 36, 24, 1))
+
+    def rate_of_next_step(opt) -> float:
+        """The rate the optimizer applies on its next step (Keras reports it after a step)."""
+        opt.apply_gradients([(tf.zeros_like(v), v) for v in net.trainable_variables])
+        return float(opt.learning_rate)
+
+    assert rate_of_next_step(optimizer(net, params, 100, 0)) == pytest.approx(0.01)
+    half = 0.01 * (0.01 + 0.99 * 0.5)                           # cosine half-way to 1 %
+    assert rate_of_next_step(optimizer(net, params, 100, 50)) == pytest.approx(half, rel=1e-4)
+    assert rate_of_next_step(optimizer(net, params, 100, 100)) == pytest.approx(1e-4, rel=1e-3)
+    constant = optimizer(net, {**params, "lr_schedule": "constant"}, 100, 50)
+    assert rate_of_next_step(constant) == pytest.approx(0.01)
+
+
 @pytest.mark.slow
 def test_two_ranks_train_forecast_register_and_score(spark, cfg, panel):
     c, p = WINDOW["context_length"], WINDOW["prediction_length"]

@@ -8,8 +8,9 @@ head gives the likelihood's two parameters from the LSTM output: for
 ``gaussian`` mean and softplus standard deviation on the scaled values; for
 ``negbin`` (counts) mean ``softplus * scale`` and shape ``softplus /
 sqrt(scale)`` on the raw values, as in the DeepAR paper. Training is teacher
-forced over the whole window; forecasts are ancestral samples, vectorised over
-series and sample paths. TensorFlow is imported inside the functions (they run in
+forced; the loss scores the prediction range (the whole window with
+``context_loss``); forecasts are ancestral samples, vectorised over series and
+sample paths. TensorFlow is imported inside the functions (they run in
 Horovod ranks and Spark executors).
 """
 
