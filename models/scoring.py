@@ -56,8 +56,8 @@ CLASSIFIER_FIELDS = (
 )
 _OUT = StructType([StructField(f.name, f.dataType, True) for f in CLASSIFIER_FIELDS])
 
-# Executor-side cache: artifact path -> loaded model, one per Python worker process.
-_MODELS: dict[str, Any] = {}
+# Executor-side cache: artifact file + mtime -> what was loaded from it, per Python worker.
+_LOADED: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -110,39 +110,50 @@ def task_threads() -> int:
     return int(context.cpus()) if context is not None else 0
 
 
-def cached_model(artifact: str, loads=None):
-    """The Keras model at ``artifact``, loaded at most once in this process.
+def load_once(artifact: str, filename: str, loader: Callable[[str], Any], loads=None) -> Any:
+    """``loader(artifact)``, called at most once in this process per version of the artifact.
 
-    The cache key includes the file's modification time, so an artifact folder that
-    was replaced is loaded again rather than served stale.
+    Every family's scorer keeps what it loads here (a Keras model, a forest, embeddings,
+    a DeepAR network). The cache key is ``filename`` inside ``artifact`` with its
+    modification time, so an artifact folder that was replaced is loaded again rather
+    than served stale. Inside a Spark task the heap is frozen after the load
+    (``gc.freeze``): PySpark's daemon runs a full ``gc.collect()`` after every task of a
+    reused worker, which would walk every loaded object (about 0.17 s per task with
+    TensorFlow on a small machine) although the cache lives as long as the worker.
+
+    Args:
+        artifact: the model's artifact folder.
+        filename: the file in it whose modification time versions the cache entry.
+        loader: loads from the folder.
+        loads: accumulator, +1 per load (None: not counted).
     """
+    path = os.path.join(artifact, filename)
+    key = f"{path}@{os.path.getmtime(path) if os.path.exists(path) else 0}"
+    if key not in _LOADED:
+        _LOADED[key] = loader(artifact)
+        if loads is not None:
+            loads.add(1)
+        if task_threads():
+            gc.collect()
+            gc.freeze()
+    return _LOADED[key]
+
+
+def cached_model(artifact: str, loads=None):
+    """The Keras model at ``artifact``, loaded at most once in this process."""
     return _cached(artifact, loads).model
 
 
 def _cached(artifact: str, loads) -> _Loaded:
-    path = os.path.join(artifact, MODEL_FILE)
-    key = f"{path}@{os.path.getmtime(path) if os.path.exists(path) else 0}"
-    loaded = _MODELS.get(key)
-    if loaded is None:
-        loaded = _MODELS[key] = _load(artifact)
-        if loads is not None:
-            loads.add(1)
-    return loaded
+    return load_once(artifact, MODEL_FILE, _load, loads)
 
 
 def _load(artifact: str) -> _Loaded:
-    """Load a model in a worker: TF threads capped to the task's cores, a compiled forward pass.
-
-    Inside a Spark task the loaded heap is then frozen (``gc.freeze``): PySpark's daemon
-    runs a full ``gc.collect()`` after every task of a reused worker, which walks every
-    TensorFlow and Keras object (about 0.17 s per task on a small machine) although the
-    cached model lives as long as the worker anyway.
-    """
+    """Load a model in a worker: TF threads capped to the task's cores, a compiled forward pass."""
     import tensorflow as tf
 
     threads = task_threads()
-    in_task = threads > 0
-    if in_task:
+    if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -152,9 +163,6 @@ def _load(artifact: str) -> _Loaded:
     width = int(model.input_shape[-1])
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
                           input_signature=[tf.TensorSpec([None, width], tf.float32)])
-    if in_task:
-        gc.collect()
-        gc.freeze()
     return _Loaded(model, forward, width)
 
 

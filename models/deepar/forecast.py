@@ -25,6 +25,7 @@ from pyspark.sql.types import DateType, FloatType, IntegerType, StringType
 from lakehouse.config import Config
 from lakehouse.errors import SchemaMismatchError
 from lakehouse.tables import _f
+from models.scoring import load_once
 
 PREDICTION_FIELDS = (
     _f("series_id", StringType(), False), _f("step", IntegerType(), False),
@@ -35,22 +36,13 @@ OUTPUT_SCHEMA = ("series_id string, step int, period date, mean float, q10 float
                  "q90 float")
 INPUT_COLUMNS = ("split", "series_id", "series_idx", "start", "season", "target")
 
-# Executor-side cache: artifact folder + weights mtime -> (network, config).
-_NETS: dict[str, Any] = {}
-
 
 def cached_network(artifact: str, loads=None):
     """The network of ``artifact``, loaded at most once in this process."""
     from models.deepar.network import WEIGHTS_FILE, load
 
-    path = os.path.join(artifact, WEIGHTS_FILE)
-    key = f"{path}@{os.path.getmtime(path) if os.path.exists(path) else 0}"
-    if key not in _NETS:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        _NETS[key] = load(artifact)
-        if loads is not None:
-            loads.add(1)
-    return _NETS[key]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return load_once(artifact, WEIGHTS_FILE, load, loads)
 
 
 def future_periods(start: pd.Series, last: np.ndarray, steps: int,

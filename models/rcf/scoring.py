@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from pyspark.sql.types import (
 from lakehouse.config import Config
 from lakehouse.errors import SchemaMismatchError
 from lakehouse.tables import _f
+from models.scoring import load_once
 from models.store import ModelRecord
 
 PREDICTION_FIELDS = (
@@ -38,25 +38,22 @@ PREDICTION_FIELDS = (
 )
 _OUT = StructType([StructField(f.name, f.dataType, True) for f in PREDICTION_FIELDS])
 
-# Executor-side cache: artifact folder (+ mtime) -> (forest, threshold, scaling), per process.
-_FORESTS: dict[str, Any] = {}
-
 
 def cached_forest(artifact: str, loads=None) -> tuple[Any, float, Any]:
     """The forest, threshold and shingle scaling stored at ``artifact``, loaded once per process."""
-    from models.rcf.forest import FOREST_FILE, load_forest
+    from models.rcf.forest import FOREST_FILE
+
+    return load_once(artifact, FOREST_FILE, _load_forest, loads)
+
+
+def _load_forest(artifact: str) -> tuple[Any, float, Any]:
+    from models.rcf.forest import load_forest
     from models.rcf.train import META
     from models.rcf.transform import scaling_from_json
 
-    path = os.path.join(artifact, FOREST_FILE)
-    key = f"{path}@{os.path.getmtime(path) if os.path.exists(path) else 0}"
-    if key not in _FORESTS:
-        meta = json.loads((Path(artifact) / META).read_text())
-        forest = load_forest(artifact)
-        _FORESTS[key] = (forest, float(meta["threshold"]), scaling_from_json(meta, forest.dim))
-        if loads is not None:
-            loads.add(1)
-    return _FORESTS[key]
+    meta = json.loads((Path(artifact) / META).read_text())
+    forest = load_forest(artifact)
+    return forest, float(meta["threshold"]), scaling_from_json(meta, forest.dim)
 
 
 def score_frames(frames: Iterator[pd.DataFrame], artifact: str,

@@ -24,6 +24,7 @@ from pyspark.sql.types import ArrayType, FloatType, StringType, StructType
 
 from lakehouse.config import Config
 from lakehouse.tables import _f
+from models.scoring import load_once
 from models.store import ModelRecord
 
 PREDICTION_FIELDS = (
@@ -34,23 +35,13 @@ PREDICTION_FIELDS = (
 )
 _OUT = StructType(list(PREDICTION_FIELDS))
 
-# Executor-side cache: artifact (with its file time) -> Embeddings, one per Python worker.
-_LOADED: dict[str, object] = {}
-
 
 def cached_embeddings(artifact: str, loads=None):
     """The artifact's :class:`Embeddings`, loaded at most once in this process."""
     from models.word2vec.evaluate import Embeddings
     from models.word2vec.rank import EMBEDDINGS_FILE
 
-    path = os.path.join(artifact, EMBEDDINGS_FILE)
-    key = f"{path}@{os.path.getmtime(path) if os.path.exists(path) else 0}"
-    emb = _LOADED.get(key)
-    if emb is None:
-        emb = _LOADED[key] = Embeddings.load(artifact)
-        if loads is not None:
-            loads.add(1)
-    return emb
+    return load_once(artifact, EMBEDDINGS_FILE, Embeddings.load, loads)
 
 
 def neighbour_batches(batches: Iterator[pd.DataFrame], artifact: str, k: int,
