@@ -18,6 +18,7 @@ ranks, model store) as fresh runs.
 
     make bench-rcf                            # needs the demo's silver tables
     .venv/bin/python bench/bench_rcf.py --trees 50 --samples 256 --shingle 8 --stride 3
+    .venv/bin/python bench/bench_rcf.py --transform none --max-depth 6   # density-like scores
 """
 
 from __future__ import annotations
@@ -75,10 +76,11 @@ def _represent(data, kind: str) -> dict[str, np.ndarray]:
     return {**data, "fit": scaling.apply(data["fit"]), "x": scaling.apply(data["x"])}
 
 
-def _ours(data, trees: int, samples: int, seed: int) -> tuple[np.ndarray, float]:
+def _ours(data, trees: int, samples: int, seed: int,
+          max_depth: int = 0) -> tuple[np.ndarray, float]:
     rng = np.random.default_rng(seed)
     forest = build_forest(reservoir_samples(np.array_split(data["fit"], 8), trees, samples,
-                                            rng), rng)
+                                            rng), rng, max_depth)
     start = time.perf_counter()
     scores = codisp(forest, data["x"])
     return scores, len(scores) / (time.perf_counter() - start)
@@ -122,12 +124,14 @@ def compare(name: str, data, args) -> list[tuple]:
     raw = _represent(data, "none")
     theirs, rrcf_pps = _rrcf(shown, args.trees, args.samples, args.stride, args.seed)
     y, sub = data["y"], slice(None, None, args.stride)
-    runs = [("lakeforge RCF", args.transform, *_ours(shown, args.trees, args.samples, args.seed)),
+    runs = [("lakeforge RCF", args.transform,
+             *_ours(shown, args.trees, args.samples, args.seed, args.max_depth)),
             ("rrcf", args.transform, None, rrcf_pps),
             ("IsolationForest", args.transform,
              *_iforest(shown, args.trees, args.samples, args.seed))]
     if args.transform != "none":
-        runs += [("lakeforge RCF", "none", *_ours(raw, args.trees, args.samples, args.seed)),
+        runs += [("lakeforge RCF", "none",
+                  *_ours(raw, args.trees, args.samples, args.seed, args.max_depth)),
                  ("IsolationForest", "none", *_iforest(raw, args.trees, args.samples, args.seed))]
     rows = []
     for method, kind, scores, pps in runs:
@@ -160,6 +164,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--transform", choices=TRANSFORMS, default=FAMILY.defaults["transform"],
                         help="shingle representation every detector sees")
+    parser.add_argument("--max-depth", type=int, default=FAMILY.defaults["max_depth"],
+                        help="lakeforge's tree depth limit (0: none, full trees)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg, spark = session(args.overrides)
@@ -178,7 +184,8 @@ def main() -> None:
     for name, data in streams.items():
         print(f"scoring {name} ({len(data['x']):,} points) ...", flush=True)
         rows += compare(name, data, args)
-    print(f"\n{args.trees} trees x {args.samples} samples, shingle {args.shingle}; AUCs on every "
+    print(f"\n{args.trees} trees x {args.samples} samples, shingle {args.shingle}, lakeforge max "
+          f"depth {args.max_depth or 'none'}; AUCs on every "
           f"{args.stride}-th point (all detectors), 'ROC-AUC all' on every point")
     print(format_table(["stream", "detector", "shingles", "points", "anomalies", "ROC-AUC",
                         "PR-AUC", "ROC-AUC all", "points/s", "vs rrcf"], rows))
@@ -186,7 +193,8 @@ def main() -> None:
                         "peer ROC-AUC", "met"], verdict(rows, args.transform)))
 
     params = {"num_trees": args.trees, "num_samples_per_tree": args.samples,
-              "shingle_size": args.shingle, "transform": args.transform}
+              "shingle_size": args.shingle, "transform": args.transform,
+              "max_depth": args.max_depth}
     full = []
     for stream in ("mitdb", "kdd_tsad_135"):
         result = train(spark, cfg, "rcf", stream, params=params,

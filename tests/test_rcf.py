@@ -89,6 +89,36 @@ def test_scores_agree_with_rrcf_on_the_same_trees_samples():
     assert 0.7 < np.mean(ours) / np.mean(theirs) < 1.4
 
 
+def _depths(forest) -> np.ndarray:
+    depth = np.zeros(len(forest.left), dtype=int)
+    for node in range(len(forest.left)):        # parents come before their children
+        if forest.left[node] >= 0:
+            depth[forest.left[node]:forest.left[node] + 2] = depth[node] + 1
+    return depth
+
+
+def test_depth_capped_trees_stop_at_the_cap_and_score_as_random_insertion_does():
+    value, _ = _stream()
+    points = _shingle(value, 4)
+    rng = np.random.default_rng(4)
+    samples = reservoir_samples([points], 20, 128, rng)
+    full, capped = build_forest(samples, rng), build_forest(samples, rng, max_depth=4)
+    assert _depths(full).max() > 4 and _depths(capped).max() == 4
+    leaves = capped.left < 0
+    assert capped.count[leaves].max() > 1                     # capped leaves hold several points
+    assert capped.count[leaves].sum() == 20 * 128             # and together every point
+    inner = np.flatnonzero(capped.left >= 0)
+    kids = capped.left[inner]
+    assert (capped.count[kids] + capped.count[kids + 1] == capped.count[inner]).all()
+    probe = points[::25]
+    expected = codisp(capped, probe)
+    drawn = np.mean([codisp(capped, probe, np.random.default_rng(k)) for k in range(300)], axis=0)
+    assert np.allclose(expected, drawn, rtol=0.1, atol=0.3)
+    assert expected[SPIKE // 25] > np.quantile(expected, 0.9)
+    unlimited = [build_forest(samples, np.random.default_rng(5), cap) for cap in (None, 0)]
+    assert np.array_equal(unlimited[0].left, unlimited[1].left)            # 0 means no limit
+
+
 def test_reservoir_is_uniform_and_merge_keeps_every_tree():
     rng = np.random.default_rng(2)
     stream = np.arange(1000, dtype=float)[:, None]
@@ -166,6 +196,11 @@ def test_shingles_windows_rebuild_and_errors(spark, cfg):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 4})
     with pytest.raises(ConfigError, match="transform must be one of level_diff, none, got 'fft'"):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "transform": "fft"})
+    with pytest.raises(ConfigError, match="max_depth must be a whole number 0 .no limit. or more"
+                                          ", got -1"):
+        train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "max_depth": -1})
+    with pytest.raises(ConfigError, match="num_trees must be a whole number at least 1, got 'x'"):
+        train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "num_trees": "x"})
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from models.rcf.train import train_rcf
 FAMILY = Family(
     name="rcf",
     defaults={"num_trees": 100, "num_samples_per_tree": 256, "shingle_size": 8,
-              "threshold_sigma": 3.0, "transform": "level_diff"},
+              "threshold_sigma": 3.0, "transform": "level_diff", "max_depth": 0},
     normalise=False,
     trainer=train_rcf,
     scorer=score_rcf,

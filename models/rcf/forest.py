@@ -15,6 +15,11 @@ With the new leaf beside node ``n``, the displacement ratios along its path are
 maximum of the latter from the root down is stored per node (``up``), so a
 point's CoDisp is ``max(count[n], up[n])`` and no tree is modified. All points of a
 batch descend all trees at once.
+
+Trees may be capped in depth (``max_depth``), like IsolationForest's height limit:
+a capped leaf holds several points, and a point falling inside its box joins it
+rather than being cut out, so the score becomes a coarser, density-like measure
+(what finds a stretch at a rare level rather than a rare shape).
 """
 
 from __future__ import annotations
@@ -125,12 +130,16 @@ def reservoir_samples(batches, n_trees: int, size: int, rng: np.random.Generator
     return reservoir[:, :min(size, seen)]
 
 
-def build_forest(samples: np.ndarray, rng: np.random.Generator) -> Forest:
+def build_forest(samples: np.ndarray, rng: np.random.Generator,
+                 max_depth: int | None = None) -> Forest:
     """Build one tree per sample set, all trees level by level.
 
     Args:
         samples: (n_trees, points, d) array; tree ``i`` is built on ``samples[i]``.
         rng: random generator for the cuts.
+        max_depth: stop cutting at this depth (the root is depth 0), leaving leaves
+            that hold several points, as IsolationForest's height limit does; ``None``
+            or 0 cuts until every leaf holds one distinct point (Guha et al.).
 
     Returns:
         The forest.
@@ -145,6 +154,7 @@ def build_forest(samples: np.ndarray, rng: np.random.Generator) -> Forest:
     node = np.repeat(np.arange(n_trees), size)
     active = np.arange(len(points))
     n_nodes, levels = n_trees, []
+    depth, limit = 0, max_depth or np.inf
     while active.size:
         active = active[np.argsort(node[active], kind="stable")]
         ids, starts, counts = np.unique(node[active], return_index=True, return_counts=True)
@@ -152,7 +162,7 @@ def build_forest(samples: np.ndarray, rng: np.random.Generator) -> Forest:
         hi[ids] = np.maximum.reduceat(points[active], starts)
         count[ids] = counts
         span = hi[ids] - lo[ids]
-        split = (counts > 1) & (span.sum(axis=1) > 0)        # else a leaf (maybe duplicates)
+        split = (counts > 1) & (span.sum(axis=1) > 0) & (depth < limit)    # else a leaf
         ids, span = ids[split], span[split]
         active = active[np.repeat(split, counts)]
         if not ids.size:
@@ -167,6 +177,7 @@ def build_forest(samples: np.ndarray, rng: np.random.Generator) -> Forest:
         at = np.searchsorted(ids, node[active])
         goes_right = points[active, dims[at]] > cuts[at]
         node[active] = left[ids][at] + goes_right
+        depth += 1
     up = np.zeros(n_nodes)     # parents come before children, so one pass per level
     for children in levels:
         sibling = _sibling(children, left, parent)
@@ -234,8 +245,10 @@ def _expected_chunk(forest: Forest, x: np.ndarray) -> np.ndarray:
         p = np.divide(outside, total, out=np.zeros_like(outside), where=total > 0)
         leaf = forest.left[nd] < 0
         here = np.maximum(forest.count[nd], forest.up[nd])
-        # At a leaf the point is separated for sure, or is a duplicate joining it.
-        gain = np.where(leaf, np.where(total > 0, here, forest.up[nd]), p * here)
+        # A leaf of one distinct point separates the point for sure (p = 1) or takes in
+        # a duplicate (p = 0); a depth-capped leaf's box takes in a point inside it.
+        # Taken in, the point displaces what its new parent's sibling holds: up[nd].
+        gain = np.where(leaf, p * here + (1 - p) * forest.up[nd], p * here)
         score[pending] += remain[pending] * gain
         remain[pending] *= 1 - p
         go = ~leaf

@@ -121,7 +121,7 @@ def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
     rng = np.random.default_rng([spec.seed, rank])
     start = time.monotonic()
     samples, scaling, seen = _scaled_samples(spec, hvd, mine, rng)
-    forest = build_forest(samples, rng) if mine else None
+    forest = build_forest(samples, rng, int(spec.params["max_depth"])) if mine else None
     build_seconds = time.monotonic() - start
     forests = hvd.allgather_object(forest)
     result: dict[str, Any] = {"rank": rank, "size": size, "trees": mine, "points_seen": seen,
@@ -155,9 +155,16 @@ def _check_params(params: dict[str, Any]) -> None:
     if params["transform"] not in TRANSFORMS:
         raise ConfigError(f"rcf parameter transform must be one of {', '.join(TRANSFORMS)}, "
                           f"got {params['transform']!r}")
-    for key in ("num_trees", "num_samples_per_tree", "shingle_size"):
-        if int(params[key]) < 1:
-            raise ConfigError(f"rcf parameter {key} must be at least 1, got {params[key]}")
+    least = {"num_trees": 1, "num_samples_per_tree": 1, "shingle_size": 1, "max_depth": 0}
+    for key, minimum in least.items():
+        try:
+            ok = int(params[key]) >= minimum and float(params[key]) == int(params[key])
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            what = "0 (no limit) or more" if key == "max_depth" else f"at least {minimum}"
+            raise ConfigError(f"rcf parameter {key} must be a whole number {what}, "
+                              f"got {params[key]!r}")
 
 
 def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | None,
@@ -185,9 +192,10 @@ def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | Non
     staged = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.home))
     spec = RcfSpec(files["train"] or files["test"], files["test"] or files["train"], params,
                    str(staged), cfg.train.seed)
-    log.info("training %s (rcf, %d trees x %d samples, shingle %d, %s) on %s v%d, %d ranks",
-             name, params["num_trees"], params["num_samples_per_tree"], params["shingle_size"],
-             params["transform"], table, version, cfg.train.num_proc)
+    log.info("training %s (rcf, %d trees x %d samples, shingle %d, %s, max depth %s) on %s v%d, "
+             "%d ranks", name, params["num_trees"], params["num_samples_per_tree"],
+             params["shingle_size"], params["transform"], params["max_depth"] or "none", table,
+             version, cfg.train.num_proc)
     ranks = run_ranks(spec, cfg, rcf_rank)
     rank0 = next(r for r in ranks if r["rank"] == 0)
     metrics = evaluate(rank0, staged, name)
