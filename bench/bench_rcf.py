@@ -3,22 +3,24 @@ labelled real streams (mitdb, KDD-TSAD 135) and on real background streams with
 injected spikes and level shifts, all with the same trees, sample size and shingles.
 
 Every detector fits on a stream's training part (the whole stream when it has none)
-and scores its evaluation part. All three see the same shingles in the same
-representation (``--transform``, the family default: last value and first
-differences, standardised on the fitting part); lakeforge and IsolationForest are
-also shown on raw shingles, and the best peer row on either representation is the
-target. A shingle counts as anomalous when it holds a labelled point (a spike at
-``t`` lies in the shingles ending at ``t .. t + shingle - 1``), for every detector.
+and scores its evaluation part. All three see the same shingles in each
+representation (the family's default ``level_diff``: last value and first
+differences, standardised on the fitting part; and raw shingles); lakeforge's row in
+``--transform`` is held against the best peer row on any representation. A shingle
+counts as anomalous when it holds a labelled point (a spike at ``t`` lies in the
+shingles ending at ``t .. t + shingle - 1``), for every detector.
 
 rrcf scores a point the way lakeforge does (insert into each tree, CoDisp, forget),
 which costs ~10 ms per point with 50 trees; ``--stride N`` compares all detectors
 on every N-th point only (lakeforge and IsolationForest always score every point).
 The real streams are also trained through the full path (Spark shingles, 2 Horovod
-ranks, model store) as fresh runs.
+ranks, model store) as fresh runs, registered as ``bench_<stream>_rcf`` so the
+models ``lakeforge score`` uses stay as they were.
 
     make bench-rcf                            # needs the demo's silver tables
     .venv/bin/python bench/bench_rcf.py --trees 50 --samples 256 --shingle 8 --stride 3
     .venv/bin/python bench/bench_rcf.py --transform none --max-depth 6   # density-like scores
+    .venv/bin/python bench/bench_rcf.py --seeds 4 --stride 4             # means over 4 seeds
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def _ours(data, trees: int, samples: int, seed: int,
 def _rrcf(data, trees: int, samples: int, stride: int, seed: int) -> tuple[np.ndarray, float]:
     rng = np.random.default_rng(seed)
     fit = data["fit"]
-    forest = [rrcf.RCTree(fit[rng.choice(len(fit), min(samples, len(fit)), replace=False)])
+    forest = [rrcf.RCTree(fit[rng.choice(len(fit), min(samples, len(fit)), replace=False)],
+                          random_state=int(rng.integers(2**31)))
               for _ in range(trees)]
     points = data["x"][::stride]
     start = time.perf_counter()
@@ -119,27 +122,36 @@ def _auc(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
 
 
 def compare(name: str, data, args) -> list[tuple]:
-    """One table block: the three detectors on one stream, in ``args.transform`` and raw."""
-    shown = _represent(data, args.transform)
-    raw = _represent(data, "none")
-    theirs, rrcf_pps = _rrcf(shown, args.trees, args.samples, args.stride, args.seed)
+    """One table block: the three detectors on one stream, in every representation.
+
+    Each detector runs with seeds ``args.seed .. args.seed + args.seeds - 1``; a row
+    holds the mean over them (and the ROC-AUC's standard deviation). ``args.transform``
+    comes first; its rrcf runs set the points/s every row is compared with.
+    """
     y, sub = data["y"], slice(None, None, args.stride)
-    runs = [("lakeforge RCF", args.transform,
-             *_ours(shown, args.trees, args.samples, args.seed, args.max_depth)),
-            ("rrcf", args.transform, None, rrcf_pps),
-            ("IsolationForest", args.transform,
-             *_iforest(shown, args.trees, args.samples, args.seed))]
-    if args.transform != "none":
-        runs += [("lakeforge RCF", "none",
-                  *_ours(raw, args.trees, args.samples, args.seed, args.max_depth)),
-                 ("IsolationForest", "none", *_iforest(raw, args.trees, args.samples, args.seed))]
+    kinds = list(dict.fromkeys((args.transform, *TRANSFORMS)))
+    found: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+    for seed in range(args.seed, args.seed + args.seeds):
+        for kind in kinds:
+            shown = _represent(data, kind)
+            runs = [("lakeforge RCF", _ours(shown, args.trees, args.samples, seed,
+                                            args.max_depth)),
+                    ("rrcf", _rrcf(shown, args.trees, args.samples, args.stride, seed)),
+                    ("IsolationForest", _iforest(shown, args.trees, args.samples, seed))]
+            for method, (scores, pps) in runs:
+                every = method != "rrcf" or args.stride == 1   # every point, or every n-th
+                roc, pr = _auc(y[sub], scores[sub] if every else scores)
+                full = _auc(y, scores)[0] if every else float("nan")
+                found.setdefault((method, kind), []).append((roc, pr, full, pps))
+    rrcf_pps = np.mean([r[3] for r in found[("rrcf", args.transform)]])
     rows = []
-    for method, kind, scores, pps in runs:
-        roc, pr = _auc(y[sub], theirs if scores is None else scores[sub])
-        full = _auc(y, scores)[0] if scores is not None else float("nan")
+    for (method, kind), runs in found.items():
+        roc, pr, full, pps = np.mean(runs, axis=0)
         rows.append((name, method, kind, len(y[sub]), int(y[sub].sum()), round(roc, 3),
-                     round(pr, 3), round(full, 3), f"{pps:,.0f}", f"{pps / rrcf_pps:.1f}x"))
-    return rows
+                     round(float(np.std([r[0] for r in runs])), 3), round(pr, 3),
+                     round(full, 3), f"{pps:,.0f}", f"{pps / rrcf_pps:.1f}x"))
+    order = {m: i for i, m in enumerate(("lakeforge RCF", "rrcf", "IsolationForest"))}
+    return sorted(rows, key=lambda r: (kinds.index(r[2]), order[r[1]]))
 
 
 def verdict(rows: list[tuple], transform: str) -> list[tuple]:
@@ -162,6 +174,8 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=1,
                         help="rrcf scores every n-th point (1: all; it takes ~1 s per 100)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run every detector with this many seeds from --seed; report means")
     parser.add_argument("--transform", choices=TRANSFORMS, default=FAMILY.defaults["transform"],
                         help="shingle representation every detector sees")
     parser.add_argument("--max-depth", type=int, default=FAMILY.defaults["max_depth"],
@@ -185,10 +199,10 @@ def main() -> None:
         print(f"scoring {name} ({len(data['x']):,} points) ...", flush=True)
         rows += compare(name, data, args)
     print(f"\n{args.trees} trees x {args.samples} samples, shingle {args.shingle}, lakeforge max "
-          f"depth {args.max_depth or 'none'}; AUCs on every "
-          f"{args.stride}-th point (all detectors), 'ROC-AUC all' on every point")
+          f"depth {args.max_depth or 'none'}; mean over {args.seeds} seed(s) from {args.seed}; "
+          f"AUCs on every {args.stride}-th point (all detectors), 'ROC-AUC all' on every point")
     print(format_table(["stream", "detector", "shingles", "points", "anomalies", "ROC-AUC",
-                        "PR-AUC", "ROC-AUC all", "points/s", "vs rrcf"], rows))
+                        "ROC sd", "PR-AUC", "ROC-AUC all", "points/s", "vs rrcf"], rows))
     print(format_table(["stream", f"lakeforge ROC-AUC ({args.transform})", "best peer",
                         "peer ROC-AUC", "met"], verdict(rows, args.transform)))
 
@@ -197,7 +211,7 @@ def main() -> None:
               "max_depth": args.max_depth}
     full = []
     for stream in ("mitdb", "kdd_tsad_135"):
-        result = train(spark, cfg, "rcf", stream, params=params,
+        result = train(spark, cfg, "rcf", stream, params=params, name=f"bench_{stream}_rcf",
                        run_id=f"bench-{stream}-{time.strftime('%Y%m%dT%H%M%S')}")
         m = result.model.metrics
         full.append((stream, result.model.version, f"{result.seconds:.1f}",
