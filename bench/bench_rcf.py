@@ -130,10 +130,10 @@ def compare(name: str, data, args) -> list[tuple]:
     """
     y, sub = data["y"], slice(None, None, args.stride)
     kinds = list(dict.fromkeys((args.transform, *TRANSFORMS)))
+    shown_as = {kind: _represent(data, kind) for kind in kinds}
     found: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     for seed in range(args.seed, args.seed + args.seeds):
-        for kind in kinds:
-            shown = _represent(data, kind)
+        for kind, shown in shown_as.items():
             runs = [("lakeforge RCF", _ours(shown, args.trees, args.samples, seed,
                                             args.max_depth)),
                     ("rrcf", _rrcf(shown, args.trees, args.samples, args.stride, seed)),

@@ -275,7 +275,8 @@ def _codisp_chunk(forest: Forest, x: np.ndarray, rng: np.random.Generator) -> np
         separated = (total > 0) & ((cuts <= lo[rows, dims]) | (cuts >= hi[rows, dims]))
         leaf = forest.left[nd] < 0
         done = separated | leaf
-        # Separated: a new leaf beside nd. A duplicate of a leaf joins it (counts + 1).
+        # Separated: a new leaf beside nd. Not separated at a leaf (a duplicate, or a point
+        # inside a depth-capped leaf's box): it joins the leaf and displaces up[nd].
         score[pending[done]] = np.where(separated[done],
                                         np.maximum(forest.count[nd[done]], forest.up[nd[done]]),
                                         forest.up[nd[done]])
