@@ -25,7 +25,7 @@ from common import session
 from lakehouse import delta
 from lakehouse.catalog import format_table
 from lakehouse.features import build_features
-from lakehouse.tables import table
+from lakehouse.tables import layer_table
 from models.deepar.baselines import HISTORY_SEASONS, ets, seasonal_naive
 from models.deepar.windows import PANELS
 from models.runner import train
@@ -36,7 +36,7 @@ METHODS = (("lakeforge DeepAR, Horovod 2 ranks", "deepar"), ("seasonal naive", "
 
 def peer_seconds(spark, cfg, panel: str, horizon: int, season: int) -> dict[str, float]:
     """Seconds to fit both peers on every series of the panel, one plain process."""
-    silver = spark.table(table("silver.series").full_name(cfg.catalog.database))
+    silver = spark.table(layer_table(cfg.catalog.database, "silver", "series"))
     pdf = (silver.filter(f"panel = '{panel}' AND value IS NOT NULL")
            .select("series_id", "period", "value").toPandas())
     histories = [g.sort_values("period").value.to_numpy()[:-horizon][-HISTORY_SEASONS * season:]
@@ -83,7 +83,7 @@ def bench_panel(spark, cfg, panel: str, params: dict) -> None:
 
 
 def _silver(cfg) -> str:
-    return table("silver.series").full_name(cfg.catalog.database)
+    return layer_table(cfg.catalog.database, "silver", "series")
 
 
 def main() -> None:

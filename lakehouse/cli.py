@@ -30,8 +30,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from lakehouse.sources import SOURCES
-
     parser = argparse.ArgumentParser(
         prog="lakeforge",
         description="Lakehouse ML pipeline: ingest and curate data into Delta Lake, "
@@ -39,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lakeforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    source_help = f"source names or 'all' ({', '.join(SOURCES)})"
+    source_help = "data set names from the catalog, or 'all' (`lakeforge catalog` lists them)"
 
     p = sub.add_parser("demo", help="run the pipeline end to end on the real data")
     p.add_argument("--batch", default="demo", help="batch id (default: demo)")
@@ -47,13 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only ingest and curate")
     _add_common(p)
 
-    p = sub.add_parser("ingest", help="read raw sources into bronze Delta tables")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help=source_help)
+    p = sub.add_parser("ingest", help="read a data set's new files into its bronze Delta table",
+                       description="Read the files of each data set that no batch has ingested "
+                                   "yet into bronze_TABLE; malformed records go to "
+                                   "ops_quarantine with the reason. Re-running a batch changes "
+                                   "nothing; a batch killed midway is finished by the next run.")
+    p.add_argument("sources", nargs="+", metavar="DATASET", help=source_help)
     p.add_argument("--batch", default=_today(), help="batch id (default: today, UTC)")
     _add_common(p)
 
-    p = sub.add_parser("curate", help="validate and merge bronze into silver tables")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help=source_help)
+    p = sub.add_parser("curate", help="apply quality rules and merge bronze into silver tables")
+    p.add_argument("sources", nargs="+", metavar="DATASET", help=source_help)
     p.add_argument("--batch", default=None, help="only this ingest batch (default: all)")
     _add_common(p)
 
@@ -103,14 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     _add_common(p)
 
-    p = sub.add_parser("maintain", help="OPTIMIZE and VACUUM the registry's tables")
-    p.add_argument("tables", nargs="*", metavar="TABLE", help="registry keys, e.g. silver.flights")
+    p = sub.add_parser("maintain", help="OPTIMIZE and VACUUM every table of the lakehouse")
+    p.add_argument("tables", nargs="*", metavar="TABLE",
+                   help="table names, e.g. silver_flights (default: all)")
     _add_common(p)
 
     p = sub.add_parser("tables", help="list tables with row counts and Delta versions")
     _add_common(p)
 
-    p = sub.add_parser("sources", help="list the raw data sources and their files")
+    p = sub.add_parser(
+        "catalog", help="list the data catalog; `catalog check` validates every entry",
+        description="Data sets are declared in YAML (conf/base/datasets.yml, conf/local/*.yml, "
+                    "catalog.dataset_dirs). `lakeforge catalog` lists them; `lakeforge catalog "
+                    "check [NAME ...]` checks DDL, SQL, paths and roles (exit code 2 on any "
+                    "problem); `lakeforge catalog parsers` lists the parser plug-ins.")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "check", "parsers"),
+                   help="list (default), check or parsers")
+    p.add_argument("names", nargs="*", metavar="DATASET", help="data sets (default: all)")
     _add_common(p)
 
     p = sub.add_parser(
@@ -246,18 +257,29 @@ def _cmd_demo(spark, cfg: Config, args: argparse.Namespace) -> None:
     run_demo(spark, cfg, args.batch, train=args.train)
 
 
-def _cmd_sources(cfg: Config) -> None:
+def _cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
     from lakehouse.catalog import format_table
-    from lakehouse.sources import SOURCES, source_files
+    from lakehouse.dataset_check import resolve_datasets
 
-    rows = []
-    for s in SOURCES.values():
-        try:
-            files = "; ".join(source_files(cfg, s))
-        except LakeforgeError as exc:
-            files = f"MISSING: {exc}"
-        rows.append((s.name, f"bronze_{s.dataset}", s.description, files))
-    print(format_table(["source", "table", "what", "files"], rows))
+    if args.action == "parsers":
+        from lakehouse.sources import PARSERS, parser_help
+
+        print(format_table(["parser", "reads"], [(n, parser_help(n)) for n in PARSERS]))
+        return 0
+    entries = resolve_datasets(cfg, args.names)
+    if args.action == "list":
+        rows = [(e.name, e.kind or "-", e.table_name, e.source.describe(),
+                 ", ".join(e.silver.keys), ", ".join(r.name for r in e.silver.rules) or "-")
+                for e in entries]
+        print(format_table(["data set", "kind", "table (bronze_/silver_)", "source", "keys",
+                            "rules"], rows))
+        return 0
+    from lakehouse.dataset_check import check_datasets
+    from lakehouse.session import build_spark
+
+    check_datasets(build_spark(cfg), cfg, [e.name for e in entries])
+    print(f"catalog ok: {len(entries)} data set(s) checked")
+    return 0
 
 
 def _cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
@@ -314,9 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         cfg = load_config(args.overrides, args.conf_dir)
-        if args.command == "sources":
-            _cmd_sources(cfg)
-            return 0
+        if args.command == "catalog":
+            return _cmd_catalog(cfg, args)
         if args.command == "submit":
             return _cmd_submit(cfg, args)
         if args.command == "sql-server":

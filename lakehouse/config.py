@@ -1,9 +1,11 @@
 """Typed configuration, loaded once at the entry point.
 
 Layers, later wins: ``conf/base/*.yml`` < ``conf/local/*.yml`` < ``LAKEFORGE_*``
-environment variables < ``--set key=value`` overrides. The result is a tree of
-frozen dataclasses; unknown keys and values of the wrong type stop with a
-:class:`~lakehouse.errors.ConfigError` that names the key.
+environment variables < ``--set key=value`` overrides, then the ``datasets`` of the
+folders in ``catalog.dataset_dirs``. The result is a tree of frozen dataclasses;
+unknown keys and values of the wrong type stop with a
+:class:`~lakehouse.errors.ConfigError` that names the key. The ``datasets`` section
+is the data catalog (:mod:`lakehouse.datasets`); all its problems are named at once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from lakehouse.datasets import Dataset, parse_datasets
 from lakehouse.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +51,10 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class CatalogConfig:
-    """Where tables live in the metastore."""
+    """Where tables live in the metastore, and more folders of data set entries."""
 
     database: str = "lakeforge"
+    dataset_dirs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,16 +63,6 @@ class IngestConfig:
 
     max_raw_chars: int = 20000
     batch_rows: int = 20000
-
-
-@dataclass(frozen=True)
-class SourcesConfig:
-    """Locations of raw data outside Python packages."""
-
-    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
-    bible_command: str = "bible"
-    bible_data: str = "/usr/lib/bible.data"
-    paths: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,7 +91,7 @@ class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
-    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    datasets: Mapping[str, Dataset] = field(default_factory=dict)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -165,8 +159,15 @@ def load_config(
             raise ConfigError(f"override {item!r} is not of the form key=value")
         dotted, value = item.split("=", 1)
         _set_dotted(merged, dotted.strip(), _parse_scalar(value), f"override {item!r}")
+    raw_datasets = merged.pop("datasets", None) or {}
     cfg = _build(Config, merged, "")
-    return dataclasses.replace(cfg, home=project_path(cfg.home).resolve())
+    for folder in cfg.catalog.dataset_dirs:
+        for path in sorted(project_path(folder).glob("*.yml")):
+            _deep_merge(raw_datasets, _read_yaml(path).get("datasets") or {})
+    datasets, problems = parse_datasets(raw_datasets)
+    if problems:
+        raise ConfigError("the data catalog has problems:\n  " + "\n  ".join(problems))
+    return dataclasses.replace(cfg, home=project_path(cfg.home).resolve(), datasets=datasets)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -176,7 +177,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
+    # Top-level ``x-...`` keys only hold YAML anchors for the rest of the file.
+    return {k: v for k, v in data.items() if not str(k).startswith("x-")}
 
 
 def _parse_scalar(text: str) -> Any:
@@ -232,7 +234,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config value {key}={value!r}: expected a mapping")
         return {str(k): str(v) for k, v in value.items()}
-    if origin in (list, tuple) or origin is types.UnionType:
+    if origin is tuple:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config value {key}={value!r}: expected a list")
+        return tuple(str(v) for v in value)
+    if origin is list or origin is types.UnionType:
         return value
     if hint is bool:
         if not isinstance(value, bool):

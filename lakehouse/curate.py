@@ -1,9 +1,11 @@
 """Silver curation: bronze -> typed, validated, deduplicated silver tables (Delta MERGE).
 
-Each dataset has validation rules (a SQL condition each row must meet, and the
-reason recorded when it does not). Rows that fail go to quarantine; the rest are
-deduplicated on the registry keys (latest ingest wins) and merged into silver.
-A source is curated once per bronze version: re-running changes nothing.
+Each data set's catalog entry gives an optional SQL select (renames, ``try_cast``,
+derived columns), the silver keys and named quality rules (:mod:`lakehouse.quality`).
+Rows that break a ``quarantine`` rule go to quarantine naming every rule they broke;
+the rest are deduplicated on the keys (latest ingest wins) and merged into silver.
+Counts per rule go to ``ops_quality``. A data set is curated once per bronze version:
+re-running changes nothing.
 """
 
 from __future__ import annotations
@@ -20,43 +22,18 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.config import Config
-from lakehouse.ingest import quarantine_rows, resolve_sources
-from lakehouse.sources import Source
+from lakehouse.dataset_check import check_datasets, dataset_tables
+from lakehouse.datasets import Dataset
+from lakehouse.errors import QualityError
+from lakehouse.quality import apply_rules, count_rules, quality_rows, quarantine_rows, raise_on_fail
 from lakehouse.sources.base import ERROR, RAW
-from lakehouse.tables import TableSpec, table
+from lakehouse.tables import LINEAGE_NAMES, TableSpec, table
 
 log = logging.getLogger(__name__)
 
-# dataset -> [(condition every row must meet, reason when it does not)]
-RULES: dict[str, list[tuple[str, str]]] = {
-    "breast_cancer": [("size(features) = 30", "expected 30 features"),
-                      ("label IN (0, 1)", "label must be 0 or 1")],
-    "wine": [("size(features) = 13", "expected 13 features"),
-             ("label IN (0, 1, 2)", "label must be 0, 1 or 2")],
-    "flights": [
-        ("year IS NOT NULL AND month BETWEEN 1 AND 12 AND day BETWEEN 1 AND 31",
-         "date (year, month, day) missing or out of range"),
-        ("sched_dep_time BETWEEN 0 AND 2359 AND sched_arr_time BETWEEN 0 AND 2359",
-         "scheduled times missing or not HHMM"),
-        ("carrier IS NOT NULL AND origin IS NOT NULL AND dest IS NOT NULL",
-         "carrier, origin or dest missing"),
-        ("distance > 0", "distance missing or not positive"),
-    ],
-    "fashion_mnist": [("length(pixels) = 784", "image is not 28x28 bytes"),
-                      ("label BETWEEN 0 AND 9", "label must be 0..9")],
-    "documents": [("text IS NOT NULL AND length(trim(text)) > 0", "document has no text")],
-    "word_analogies": [("a IS NOT NULL AND b IS NOT NULL AND c IS NOT NULL AND d IS NOT NULL",
-                        "analogy needs four words")],
-    "word_similarity": [("score BETWEEN 0 AND 10", "score missing or outside 0..10")],
-    "series": [("value IS NOT NULL AND NOT isnan(value)", "value missing")],
-    "streams": [("value IS NOT NULL AND NOT isnan(value)", "value missing"),
-                ("label IN (0, 1)", "label must be 0 or 1")],
-}
-
-
 @dataclass(frozen=True)
 class CurateResult:
-    """What one source's curation did."""
+    """What one data set's curation did."""
 
     source: str
     table: str
@@ -84,21 +61,27 @@ def curate(spark: SparkSession, cfg: Config, names: Sequence[str],
     Args:
         spark: the session.
         cfg: configuration.
-        names: source names, or ``["all"]``.
+        names: data set names, or ``["all"]``.
         batch: only this ingest batch (default: every batch in bronze).
 
     Returns:
-        One result per source.
+        One result per data set.
+
+    Raises:
+        CatalogError: when an entry cannot be used (checked before anything is written).
+        QualityError: when a rule with ``on_fail: fail`` is broken (nothing is written).
     """
-    return [curate_source(spark, cfg, s, batch) for s in resolve_sources(names)]
+    entries = check_datasets(spark, cfg, names)
+    return [curate_dataset(spark, cfg, e, batch) for e in entries]
 
 
-def validate(df: DataFrame, dataset: str) -> DataFrame:
-    """Add ``_error``: the reason of the first rule a row breaks, or null."""
-    reason = F.lit(None).cast("string")
-    for condition, why in reversed(RULES.get(dataset, [])):
-        reason = F.when(~F.coalesce(F.expr(condition), F.lit(False)), F.lit(why)).otherwise(reason)
-    return df.withColumn(ERROR, reason)
+def to_silver(rows: DataFrame, entry: Dataset, bronze: TableSpec) -> DataFrame:
+    """Bronze rows in the silver shape (the entry's select), with lineage and ``_raw``."""
+    carried = [*LINEAGE_NAMES, RAW]
+    with_raw = rows.withColumn(RAW, F.to_json(F.struct(*[f.name for f in bronze.fields])))
+    if not entry.silver.select:
+        return with_raw
+    return with_raw.selectExpr(*entry.silver.select, *carried)
 
 
 def latest_per_key(df: DataFrame, spec: TableSpec) -> DataFrame:
@@ -108,44 +91,70 @@ def latest_per_key(df: DataFrame, spec: TableSpec) -> DataFrame:
     return df.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
 
 
-def curate_source(spark: SparkSession, cfg: Config, source: Source,
-                  batch: str | None = None) -> CurateResult:
-    """Curate one source (see :func:`curate`)."""
+def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
+                   batch: str | None = None) -> CurateResult:
+    """Curate one data set (see :func:`curate`)."""
     db = cfg.catalog.database
-    bronze_spec, silver_spec = table(f"bronze.{source.dataset}"), table(f"silver.{source.dataset}")
+    bronze_spec, silver_spec = dataset_tables(spark, entry)
     bronze = bronze_spec.full_name(db)
     version = delta.current_version(spark, bronze)
     silver = delta.ensure_table(spark, silver_spec, db)
     quarantine = delta.ensure_table(spark, table("ops.quarantine"), db)
+    quality = delta.ensure_table(spark, table("ops.quality"), db)
 
-    rows = delta.read_version(spark, bronze, version).filter(F.col("_source") == source.name)
+    rows = delta.read_version(spark, bronze, version).filter(F.col("_source") == entry.name)
     if batch is not None:
         rows = rows.filter(F.col("_ingest_batch") == batch)
-    checked = validate(rows, source.dataset).persist()
+    rules = entry.silver.rules
+    checked = apply_rules(to_silver(rows, entry, bronze_spec), rules).persist()
     try:
-        counts = {r["ok"]: r["n"] for r in checked.groupBy(F.col(ERROR).isNull().alias("ok"))
-                  .agg(F.count("*").alias("n")).collect()}
-        app_id = f"lakeforge/curate/{source.name}/{batch or '*'}"
+        total, rule_counts = _count(checked, rules, entry.name, batch)
+        raise_on_fail(checked, rule_counts, entry.name, batch or "*")
+        n_bad = checked.filter(F.col(ERROR).isNotNull()).count() if rules else 0
+        n_good = total - n_bad
+        app_id = f"lakeforge/curate/{entry.name}/{batch or '*'}"
         with _txn(spark, app_id, version):
             before = delta.current_version(spark, silver)
             _merge(spark, silver, silver_spec,
                    latest_per_key(checked.filter(F.col(ERROR).isNull()), silver_spec))
             merged = delta.current_version(spark, silver) != before
         metrics = _last_metrics(spark, silver) if merged else {}
-        if merged and counts.get(False, 0):
-            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-            bad = checked.filter(F.col(ERROR).isNotNull()).withColumn(
-                RAW, F.to_json(F.struct(*[f.name for f in silver_spec.fields])))
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        if merged and n_bad:
             delta.append_once(
-                quarantine_rows(bad, source.name, silver, "curate", batch or "*", now),
+                quarantine_rows(checked.filter(F.col(ERROR).isNotNull()), entry.name, silver,
+                                "curate", batch or "*", now),
                 quarantine, f"{app_id}/v{version}/quarantine")
+        if merged and rule_counts:
+            delta.append_once(
+                quality_rows(spark, entry.name, silver, "curate", batch or "*",
+                             [c.row() for c in rule_counts], now),
+                quality, f"{app_id}/v{version}/quality")
     finally:
         checked.unpersist()
-    result = CurateResult(source.name, silver, version, counts.get(True, 0),
-                          counts.get(False, 0), metrics.get("numTargetRowsInserted", 0),
+    result = CurateResult(entry.name, silver, version, n_good, n_bad,
+                          metrics.get("numTargetRowsInserted", 0),
                           metrics.get("numTargetRowsUpdated", 0), skipped=not merged)
+    for c in rule_counts:
+        if c.warned:
+            log.warning("%s: rule %s (%s) warned on %s of %s rows", entry.name, c.rule, c.expr,
+                        f"{c.warned:,}", f"{c.checked:,}")
     log.info(result.summary())
     return result
+
+
+def _count(checked: DataFrame, rules, dataset: str, batch: str | None):
+    """Rows and rule counts; a bad cast in the entry's select surfaces here, named."""
+    try:
+        counts = count_rules(checked, rules)
+        return (counts[0].checked if counts else checked.count()), counts
+    except Exception as exc:  # noqa: BLE001 - Spark raises JVM errors of many classes
+        if "CAST_INVALID_INPUT" in str(exc) or "ARITHMETIC_OVERFLOW" in str(exc):
+            raise QualityError(
+                f"data set {dataset!r}, batch {batch or '*'}: silver.select failed on a value "
+                f"(ANSI mode: a bad CAST throws; use try_cast): {str(exc).splitlines()[0]}"
+            ) from exc
+        raise
 
 
 def _merge(spark: SparkSession, silver: str, spec: TableSpec, updates: DataFrame) -> None:

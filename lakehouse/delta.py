@@ -49,6 +49,7 @@ def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
     """
     full_name = spec.full_name(database)
     if table_exists(spark, full_name):
+        _add_new_columns(spark, spec, full_name)
         check_schema(spark.table(full_name).schema, spec.schema, full_name)
         return full_name
     builder = (
@@ -64,6 +65,20 @@ def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
     builder.execute()
     log.info("created table %s", full_name)
     return full_name
+
+
+def _add_new_columns(spark: SparkSession, spec: TableSpec, full_name: str) -> None:
+    """Add nullable columns the spec gained since the table was created (at the end)."""
+    have = {f.name for f in spark.table(full_name).schema.fields}
+    fields = list(spec.schema.fields)
+    names = [f.name for f in fields]
+    new = [f for f in fields if f.name not in have]
+    if not new or not all(f.nullable for f in new) \
+            or names[: len(names) - len(new)] != [n for n in names if n in have]:
+        return
+    columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new)
+    spark.sql(f"ALTER TABLE {full_name} ADD COLUMNS ({columns})")
+    log.info("%s: added column(s) %s", full_name, columns)
 
 
 def check_schema(actual: StructType, expected: StructType, full_name: str) -> None:

@@ -14,7 +14,6 @@ from lakehouse.curate import curate
 from lakehouse.features import build_features
 from lakehouse.ingest import ingest
 from lakehouse.report import write_report
-from lakehouse.sources import SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
     from models.scoring import score
 
     start = time.monotonic()
-    names = list(SOURCES)
+    names = list(cfg.datasets)
     feature_sets = sorted({d for _, d, _ in DEMO_MODELS})
     total = 2 + (2 + len(DEMO_MODELS) if train else 0)
     _step(1, total, f"ingest {len(names)} sources (batch {batch})",

@@ -25,3 +25,11 @@ class SchemaMismatchError(LakeforgeError):
 
 class CommitConflictError(LakeforgeError):
     """A Delta commit lost against a concurrent writer after all retries."""
+
+
+class CatalogError(LakeforgeError):
+    """A data catalog entry cannot be used (bad DDL, SQL, path or role); names them all."""
+
+
+class QualityError(LakeforgeError):
+    """A quality rule with ``on_fail: fail`` was broken; names the rule, batch and a row."""

@@ -24,7 +24,7 @@ from pyspark.sql.types import ArrayType, FloatType, IntegerType, LongType, Strin
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import SourceError
-from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register, table
+from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
 
 log = logging.getLogger(__name__)
 TAU = 2 * math.pi
@@ -67,7 +67,7 @@ def assign_split(key: Column, val_pct: int = 15, test_pct: int = 15) -> Column:
 
 def _tabular(dataset: str) -> Callable[[SparkSession, Config], tuple[DataFrame, list[str], int]]:
     def build(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[str], int]:
-        silver = spark.table(table(f"silver.{dataset}").full_name(cfg.catalog.database))
+        silver = spark.table(layer_table(cfg.catalog.database, "silver", dataset))
         df = silver.select(
             F.col("row_id"), assign_split(F.col("row_id")).alias("split"),
             F.col("features").cast(ArrayType(FloatType())).alias("features"),
@@ -86,7 +86,7 @@ def _flights(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[str], in
     Cancelled or diverted flights (no arrival delay) have no label and are left out;
     the build logs how many.
     """
-    silver = spark.table(table("silver.flights").full_name(cfg.catalog.database))
+    silver = spark.table(layer_table(cfg.catalog.database, "silver", "flights"))
     carriers = [r[0] for r in silver.select("carrier").distinct().orderBy("carrier").collect()]
     origins = [r[0] for r in silver.select("origin").distinct().orderBy("origin").collect()]
     date = F.make_date("year", "month", "day")
@@ -122,7 +122,7 @@ def _pixels_to_floats(pixels: pd.Series) -> pd.Series:
 
 def _fashion_mnist(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[str], int]:
     """28x28 grey images as 784 floats in [0, 1]; the original test split is kept."""
-    silver = spark.table(table("silver.fashion_mnist").full_name(cfg.catalog.database))
+    silver = spark.table(layer_table(cfg.catalog.database, "silver", "fashion_mnist"))
     pixels = _pixels_to_floats("pixels")
     offset = F.when(F.col("split") == "test", 1_000_000).otherwise(0)
     row_id = F.col("image_id").cast("long") + offset
@@ -134,13 +134,12 @@ def _fashion_mnist(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[st
     return df, [f"p{i}" for i in range(784)], 10
 
 
-CLASS_NAMES: dict[str, list[str]] = {
-    "breast_cancer": ["malignant", "benign"],
-    "wine": ["class_0", "class_1", "class_2"],
-    "flights": ["on time", "delayed"],
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Ankle boot"],
-}
+def class_names(cfg: Config, dataset: str) -> list[str] | None:
+    """A data set's class names, from its catalog entry's ``features.class_names``."""
+    entry = cfg.datasets.get(dataset)
+    names = entry.features.get("class_names") if entry is not None else None
+    return [str(n) for n in names] if names else None
+
 
 BUILDERS: dict[str, Callable[[SparkSession, Config], tuple[DataFrame, list[str], int]]] = {
     "breast_cancer": _tabular("breast_cancer"),
@@ -177,7 +176,7 @@ def build_features(spark: SparkSession, cfg: Config, name: str,
         return family.features(spark, cfg, name, params or {})
     partitions = partitions or max(4, 2 * cfg.train.num_proc)
     db = cfg.catalog.database
-    silver = table(f"silver.{name}").full_name(db)
+    silver = layer_table(db, "silver", name)
     silver_version = delta.current_version(spark, silver)
     spec = gold_spec(name)
     gold = delta.ensure_table(spark, spec, db)

@@ -1,9 +1,21 @@
-"""Bronze ingest: raw files -> bronze Delta tables, bad records -> quarantine.
+"""Bronze ingest: a data set's new files (or table version) -> bronze, bad records -> quarantine.
 
-Files are parsed on executors (one task per file) and handed to Spark as Arrow
-batches. Each record either lands in bronze with lineage columns or in the
-quarantine table with the reason and its raw text. A batch is written once:
-re-running the same source and batch id changes nothing.
+For each data set the job:
+
+1. finishes any batch that an earlier run claimed but did not complete (a run killed
+   midway), with the files that batch claimed;
+2. lists the source's files and claims the new ones for this batch in
+   ``ops_ingest_files`` (files claimed before whose size or time changed are reported,
+   not ingested again);
+3. reads them (Spark's own reader, or a parser plug-in on executors), splits rows that
+   were read from records that were not, and appends the rows to ``bronze_<table>``
+   and the records to ``ops_quarantine`` with the reason and raw text;
+4. records the counts in ``ops_quality`` (rule ``well_formed``), which marks the
+   batch complete.
+
+Every write of a batch carries a Delta ``txnAppId`` derived from the data set and the
+batch, so a re-run after a crash between two writes skips what was committed and
+writes the rest; re-running a completed batch writes nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -21,17 +33,22 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from lakehouse import delta
 from lakehouse.config import Config
-from lakehouse.sources import SOURCES, Source, get_source, source_files, source_options
+from lakehouse.dataset_check import check_datasets, dataset_tables
+from lakehouse.datasets import Dataset
+from lakehouse.landing import FileInfo, list_files, local_path
+from lakehouse.quality import quality_rows, quarantine_rows
+from lakehouse.sources import get_parser, parse_options
 from lakehouse.sources.base import ERROR, RAW, RECORD, ParseOptions
-from lakehouse.tables import LINEAGE_NAMES, table
+from lakehouse.sources.native import SOURCE_FILE, explain_column, read_files, read_table
+from lakehouse.tables import TableSpec, table
 
 log = logging.getLogger(__name__)
-SOURCE_FILE = "_source_file"
+WELL_FORMED = "well_formed"
 
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What one source's ingest did."""
+    """What one data set's ingest did."""
 
     source: str
     table: str
@@ -41,40 +58,163 @@ class IngestResult:
     bronze: int
     quarantined: int
     skipped: bool
+    changed: tuple[str, ...] = ()
+    resumed: tuple[str, ...] = field(default=())
 
     def summary(self) -> str:
         """One log line."""
         if self.skipped:
-            return f"{self.source}: batch {self.batch} already in {self.table}; nothing to do"
-        return (
-            f"{self.source}: read {self.read:,} records from {self.files} file(s) -> "
-            f"{self.table} {self.bronze:,}, quarantined {self.quarantined:,} (batch {self.batch})"
-        )
+            what = f"batch {self.batch} already ingested" if self.files else "no new files"
+            text = f"{self.source}: {what} into {self.table}; nothing to do"
+        else:
+            text = (f"{self.source}: read {self.read:,} records from {self.files} file(s) -> "
+                    f"{self.table} {self.bronze:,}, quarantined {self.quarantined:,} "
+                    f"(batch {self.batch})")
+        if self.resumed:
+            text += f"; finished interrupted batch(es) {', '.join(self.resumed)}"
+        if self.changed:
+            text += (f"; {len(self.changed)} file(s) changed after they were ingested and were "
+                     f"NOT ingested again: {', '.join(self.changed[:5])}")
+        return text
 
 
-def resolve_sources(names: Sequence[str]) -> list[Source]:
-    """Source names (or ``all``) to sources, failing on unknown names."""
-    if not names or list(names) == ["all"]:
-        return list(SOURCES.values())
-    return [get_source(n) for n in names]
-
-
-def ingest(
-    spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
-) -> list[IngestResult]:
-    """Ingest sources into bronze.
+def ingest(spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
+           ) -> list[IngestResult]:
+    """Ingest data sets into bronze.
 
     Args:
         spark: the session.
-        cfg: configuration.
-        names: source names, or ``["all"]``.
+        cfg: configuration (the data catalog included).
+        names: data set names, or ``["all"]``.
         batch: batch id recorded in ``_ingest_batch``; the unit of idempotency.
 
     Returns:
-        One result per source.
+        One result per data set.
+
+    Raises:
+        CatalogError: when an entry cannot be used (checked before anything is written).
     """
-    sources = resolve_sources(names)
-    return [ingest_source(spark, cfg, s, batch) for s in sources]
+    entries = check_datasets(spark, cfg, names)
+    return [ingest_dataset(spark, cfg, e, batch) for e in entries]
+
+
+def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str
+                   ) -> IngestResult:
+    """Ingest one data set for one batch (see the module docstring)."""
+    db = cfg.catalog.database
+    bronze_spec, _ = dataset_tables(spark, entry)
+    bronze = delta.ensure_table(spark, bronze_spec, db)
+    for key in ("ops.quarantine", "ops.ingest_files", "ops.quality"):
+        delta.ensure_table(spark, table(key), db)
+    claims = _claims(spark, cfg, entry.name)
+    done = _completed_batches(spark, cfg, entry.name)
+    resumed = []
+    for pending in sorted(set(claims.batch) - done - {batch}):
+        files = _claimed(claims, pending)
+        _load(spark, cfg, entry, bronze_spec, pending, files)
+        resumed.append(pending)
+    if batch in done:
+        result = IngestResult(entry.name, bronze, batch, len(_claimed(claims, batch)), 0, 0, 0,
+                              skipped=True, resumed=tuple(resumed))
+        log.info(result.summary())
+        return result
+    if batch in set(claims.batch):
+        files, changed = _claimed(claims, batch), ()
+    else:
+        files, changed = _new_files(spark, entry, claims)
+        if files:
+            _claim(spark, cfg, entry, batch, files)
+    if not files:
+        result = IngestResult(entry.name, bronze, batch, 0, 0, 0, 0, skipped=True,
+                              changed=changed, resumed=tuple(resumed))
+        log.info(result.summary())
+        return result
+    good, bad = _load(spark, cfg, entry, bronze_spec, batch, files)
+    result = IngestResult(entry.name, bronze, batch, len(files), good + bad, good, bad,
+                          skipped=False, changed=changed, resumed=tuple(resumed))
+    log.info(result.summary())
+    return result
+
+
+def _claims(spark: SparkSession, cfg: Config, dataset: str) -> pd.DataFrame:
+    files = table("ops.ingest_files").full_name(cfg.catalog.database)
+    rows = (spark.table(files).filter(F.col("dataset") == dataset)
+            .select("batch", "path", "size", "modified_at").collect())
+    return pd.DataFrame([r.asDict() for r in rows],
+                        columns=["batch", "path", "size", "modified_at"])
+
+
+def _claimed(claims: pd.DataFrame, batch: str) -> list[FileInfo]:
+    mine = claims[claims.batch == batch].sort_values("path")
+    return [FileInfo(r.path, int(r.size), r.modified_at) for r in mine.itertuples()]
+
+
+def _completed_batches(spark: SparkSession, cfg: Config, dataset: str) -> set[str]:
+    quality = table("ops.quality").full_name(cfg.catalog.database)
+    rows = (spark.table(quality)
+            .filter((F.col("dataset") == dataset) & (F.col("stage") == "ingest"))
+            .select("batch").distinct().collect())
+    return {r.batch for r in rows}
+
+
+def _new_files(spark: SparkSession, entry: Dataset, claims: pd.DataFrame
+               ) -> tuple[list[FileInfo], tuple[str, ...]]:
+    """Files no batch has claimed, and claimed files that changed since."""
+    if entry.source.kind == "table":
+        version = _table_version(spark, entry)
+        label = f"{entry.source.table or entry.source.delta}@v{version}"
+        current = [FileInfo(label, -1, None)]
+    else:
+        current = list_files(spark, entry)
+    seen = {r.path: (int(r.size), r.modified_at) for r in claims.itertuples()}
+    new = [f for f in current if f.path not in seen]
+    changed = tuple(f.path for f in current if f.path in seen
+                    and seen[f.path] != (f.size, f.modified_at))
+    for path in changed:
+        log.warning("%s: %s changed after it was ingested; it is not ingested again (land "
+                    "changed data under a new file name)", entry.name, path)
+    return new, changed
+
+
+def _table_version(spark: SparkSession, entry: Dataset) -> int:
+    spec = entry.source
+    if spec.version is not None:
+        return spec.version
+    where = f"delta.`{spec.delta}`" if spec.delta else spec.table
+    return int(spark.sql(f"DESCRIBE HISTORY {where} LIMIT 1").first()["version"])
+
+
+def _claim(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,
+           files: list[FileInfo]) -> None:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    spec = table("ops.ingest_files")
+    rows = [(entry.name, batch, f.path, f.size, f.modified_at, now) for f in files]
+    df = spark.createDataFrame(rows, spec.schema)
+    delta.append_once(df, spec.full_name(cfg.catalog.database),
+                      f"lakeforge/ingest/{entry.name}/{batch}/files")
+
+
+def read_dataset(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec,
+                 files: list[FileInfo]) -> DataFrame:
+    """The rows of some files of an entry: data columns plus status columns."""
+    fields = list(spec.fields)
+    source = entry.source
+    if source.kind == "table":
+        version = int(files[0].path.rsplit("@v", 1)[1])
+        return read_table(spark, source, fields, version)
+    if source.kind == "files":
+        return read_files(spark, source, fields, [f.path for f in files])
+    options = parse_options(fields, dict(source.options), cfg.ingest.batch_rows,
+                            cfg.ingest.max_raw_chars)
+    out_schema = StructType([
+        *[StructField(f.name, f.dataType, True) for f in fields],
+        StructField(RECORD, LongType()), StructField(ERROR, StringType()),
+        StructField(RAW, StringType()), StructField(SOURCE_FILE, StringType()),
+    ])
+    paths = [local_path(f.path) for f in files]
+    listing = spark.createDataFrame([(p,) for p in paths], "path string")
+    parser = functools.partial(_parse_files, parse=get_parser(source.parser), options=options)
+    return listing.repartition(len(paths)).mapInPandas(parser, schema=out_schema)
 
 
 def _parse_files(batches: Iterator[pd.DataFrame], parse, options: ParseOptions):
@@ -86,87 +226,39 @@ def _parse_files(batches: Iterator[pd.DataFrame], parse, options: ParseOptions):
                     yield frame.assign(**{SOURCE_FILE: path})
 
 
-def parse_source(spark: SparkSession, cfg: Config, source: Source) -> tuple[DataFrame, int]:
-    """Parse a source's files on executors into a DataFrame (bronze columns + status).
-
-    Returns:
-        The parsed rows (data columns, ``_record``, ``_error``, ``_raw``,
-        ``_source_file``) and the number of files.
-    """
-    files = source_files(cfg, source)
-    spec = table(f"bronze.{source.dataset}")
-    options = source_options(cfg, source, list(spec.fields))
-    out_schema = StructType([
-        *[StructField(f.name, f.dataType, True) for f in spec.fields],
-        StructField(RECORD, LongType()), StructField(ERROR, StringType()),
-        StructField(RAW, StringType()), StructField(SOURCE_FILE, StringType()),
-    ])
-    paths = spark.createDataFrame([(f,) for f in files], "path string").repartition(len(files))
-    parser = functools.partial(_parse_files, parse=source.parse, options=options)
-    return paths.mapInPandas(parser, schema=out_schema), len(files)
-
-
-def ingest_source(spark: SparkSession, cfg: Config, source: Source, batch: str) -> IngestResult:
-    """Ingest one source for one batch (see :func:`ingest`)."""
+def _load(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, batch: str,
+          files: list[FileInfo]) -> tuple[int, int]:
+    """Read a batch's files and write bronze, quarantine and quality, each exactly once."""
     db = cfg.catalog.database
-    bronze_spec = table(f"bronze.{source.dataset}")
-    bronze = delta.ensure_table(spark, bronze_spec, db)
-    quarantine = delta.ensure_table(spark, table("ops.quarantine"), db)
-    if _batch_present(spark, bronze, quarantine, source.name, batch):
-        result = IngestResult(source.name, bronze, batch, 0, 0, 0, 0, skipped=True)
-        log.info(result.summary())
-        return result
-
-    parsed, n_files = parse_source(spark, cfg, source)
-    parsed = parsed.persist()
+    bronze = spec.full_name(db)
+    app_id = f"lakeforge/ingest/{entry.name}/{batch}"
+    parsed = read_dataset(spark, cfg, entry, spec, files).persist()
     try:
         counts = {r["ok"]: r["n"] for r in
                   parsed.groupBy(F.col(ERROR).isNull().alias("ok")).agg(F.count("*").alias("n"))
                   .collect()}
+        n_good, n_bad = counts.get(True, 0), counts.get(False, 0)
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         good = parsed.filter(F.col(ERROR).isNull()).select(
-            *[F.col(f.name).cast(f.dataType) for f in bronze_spec.fields],
-            F.lit(batch).alias("_ingest_batch"), F.lit(source.name).alias("_source"),
-            F.col(SOURCE_FILE).alias("_source_file"), F.col(RECORD).alias("_record"),
-            F.lit(now).cast("timestamp").alias("_ingested_at"),
+            *[F.col(f.name).cast(f.dataType) for f in spec.fields],
+            F.lit(batch).alias("_ingest_batch"), F.lit(entry.name).alias("_source"),
+            F.regexp_replace(SOURCE_FILE, "^file:(//)?", "").alias("_source_file"),
+            F.col(RECORD).alias("_record"), F.lit(now).cast("timestamp").alias("_ingested_at"),
         )
-        bad = quarantine_rows(parsed.filter(F.col(ERROR).isNotNull()), source.name, bronze,
-                              "ingest", batch, now)
-        delta.append_once(good, bronze, f"lakeforge/ingest/{source.name}/{batch}")
-        if counts.get(False, 0):
-            delta.append_once(bad, quarantine, f"lakeforge/ingest/{source.name}/{batch}/quarantine")
+        delta.append_once(good, bronze, app_id)
+        if n_bad:
+            rejected = parsed.filter(F.col(ERROR).isNotNull())
+            if entry.source.kind == "files":
+                rejected = rejected.withColumn(ERROR, explain_column(entry.source, spec.fields))
+            rejected = rejected.withColumn("_rules", F.array(F.lit(WELL_FORMED)))
+            delta.append_once(quarantine_rows(rejected, entry.name, bronze, "ingest", batch, now),
+                              table("ops.quarantine").full_name(db), f"{app_id}/quarantine")
     finally:
         parsed.unpersist()
-    n_good, n_bad = counts.get(True, 0), counts.get(False, 0)
-    result = IngestResult(source.name, bronze, batch, n_files, n_good + n_bad, n_good, n_bad,
-                          skipped=False)
-    log.info(result.summary())
-    return result
-
-
-def quarantine_rows(
-    rejected: DataFrame, source: str, target: str, stage: str, batch: str, now: dt.datetime
-) -> DataFrame:
-    """Shape rejected rows (with ``_error``, ``_raw``, ``_record``, ``_source_file``)."""
-    return rejected.select(
-        F.lit(source).alias("source"), F.lit(target).alias("target_table"),
-        F.lit(stage).alias("stage"), F.lit(batch).alias("batch"),
-        F.col(SOURCE_FILE).alias("source_file"), F.col(RECORD).alias("record"),
-        F.col(ERROR).alias("reason"), F.col(RAW).alias("raw"),
-        F.lit(now).cast("timestamp").alias("quarantined_at"),
-    )
-
-
-def _batch_present(
-    spark: SparkSession, bronze: str, quarantine: str, source: str, batch: str
-) -> bool:
-    """Whether a batch of a source already left rows in bronze or quarantine."""
-    in_bronze = (spark.table(bronze)
-                 .filter((F.col("_source") == source) & (F.col("_ingest_batch") == batch))
-                 .select(LINEAGE_NAMES[0]).limit(1).collect())
-    if in_bronze:
-        return True
-    return bool(spark.table(quarantine)
-                .filter((F.col("source") == source) & (F.col("batch") == batch)
-                        & (F.col("stage") == "ingest"))
-                .select("batch").limit(1).collect())
+    stats = [(WELL_FORMED, "quarantine", "records read by the source's reader",
+              n_good + n_bad, n_good, 0, n_bad, 0)]
+    delta.append_once(quality_rows(spark, entry.name, bronze, "ingest", batch, stats, now),
+                      table("ops.quality").full_name(db), f"{app_id}/quality")
+    log.info("%s: batch %s: %d file(s), %s read = %s bronze + %s quarantined", entry.name,
+             batch, len(files), f"{n_good + n_bad:,}", f"{n_good:,}", f"{n_bad:,}")
+    return n_good, n_bad

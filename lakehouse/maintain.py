@@ -12,10 +12,23 @@ from pyspark.sql import SparkSession
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError
-from lakehouse.tables import REGISTRY, table
+from lakehouse.tables import REGISTRY, layer_table
 
 log = logging.getLogger(__name__)
 MIN_RETENTION_HOURS = 168
+
+
+def lakehouse_tables(spark: SparkSession, cfg: Config) -> list[str]:
+    """Every table of the lakehouse that exists: ops, catalog bronze/silver, gold, predictions."""
+    db = cfg.catalog.database
+    names = {spec.full_name(db) for spec in REGISTRY.values()}
+    for entry in cfg.datasets.values():
+        names.update(layer_table(db, layer, entry.table_name) for layer in ("bronze", "silver"))
+    for row in spark.sql(f"SHOW TABLES IN {db}").collect():
+        if not row["isTemporary"] and row["tableName"].startswith(("gold_", "predictions_")) \
+                and not row["tableName"].endswith("_latest"):
+            names.add(f"{db}.{row['tableName']}")
+    return sorted(n for n in names if delta.table_exists(spark, n))
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,9 @@ def maintain(spark: SparkSession, cfg: Config, keys: Sequence[str] = ()) -> list
     Args:
         spark: the session.
         cfg: configuration (``maintain.optimize``, ``maintain.vacuum_retention_hours``).
-        keys: registry keys (``silver.flights``); default every registered table.
+        keys: table names in the database (``silver_flights``); default every table of
+            the lakehouse: the operational ones, each catalog entry's bronze and silver,
+            and every gold and prediction table that exists.
 
     Returns:
         One result per table maintained.
@@ -50,8 +65,8 @@ def maintain(spark: SparkSession, cfg: Config, keys: Sequence[str] = ()) -> list
             f"{MIN_RETENTION_HOURS} so pinned table versions keep their files"
         )
     results = []
-    for key in keys or sorted(REGISTRY):
-        name = table(key).full_name(cfg.catalog.database)
+    db = cfg.catalog.database
+    for name in [f"{db}.{k}" for k in keys] or lakehouse_tables(spark, cfg):
         if not delta.table_exists(spark, name):
             continue
         dt = DeltaTable.forName(spark, name)

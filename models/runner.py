@@ -25,7 +25,7 @@ from pyspark.sql.types import ArrayType, FloatType, IntegerType
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SchemaMismatchError, TableNotFoundError
-from lakehouse.features import CLASS_NAMES, gold_spec
+from lakehouse.features import class_names, gold_spec
 from models.evaluate import classification_metrics, confusion, plot_confusion, plot_history
 from models.family import get_family
 from models.rank import RankSpec, train_rank
@@ -142,7 +142,7 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
              cfg.train.num_proc, run_id)
     ranks = run_ranks(spec, cfg)
     rank0 = next(r for r in ranks if r["rank"] == 0)
-    metrics = _metrics(rank0, staged, name, CLASS_NAMES.get(dataset))
+    metrics = _metrics(rank0, staged, name, class_names(cfg, dataset))
     record = store.register(name, family_name, staged, merged, metrics, table, version, run_id)
     seconds = time.monotonic() - start
     log.info("registered %s v%d in %.0fs: %s", name, record.version, seconds,

@@ -146,7 +146,7 @@ def test_dag_runs_end_to_end_and_a_rerun_adds_nothing(airflow_env, spark):
 @pytest.mark.slow
 def test_job_failing_on_its_input_fails_without_retries(airflow_env, tmp_path):
     missing = tmp_path / "nothing-here.csv"
-    run, output = _run(airflow_env, {"set": [f"sources.paths={{breast_cancer: {missing}}}"]},
+    run, output = _run(airflow_env, {"set": [f"datasets.breast_cancer.source.files={missing}"]},
                        day="2026-11-19")
     # retries=2 in the definition: a retry would leave ingest up_for_retry, not failed
     assert run["state"] == "failed" and run["tasks"]["ingest"] == "failed", output[-5000:]

@@ -15,9 +15,9 @@ STREAM = "data,label\n0.5,0\n0.6,0\nnot-a-number,0\n0.9,1\n0.4,maybe\n,0\n"
 
 @pytest.fixture
 def stream_cfg(cfg, tmp_path):
-    f = tmp_path / "stream.csv"
-    f.write_text(STREAM)
-    return with_paths(cfg, mitdb=f)
+    (tmp_path / "streams").mkdir()
+    (tmp_path / "streams" / "stream.csv").write_text(STREAM)
+    return with_paths(cfg, mitdb=tmp_path / "streams")
 
 
 def _q(spark, cfg):
@@ -49,17 +49,18 @@ def test_rerunning_a_batch_changes_nothing(spark, stream_cfg):
     versions = [current_version(spark, n) for n in names]
     [again] = ingest(spark, cfg, ["mitdb"], "b1")
     assert again.skipped
+    [nothing_new] = ingest(spark, cfg, ["mitdb"], "b2")     # a new batch, no new file
+    assert nothing_new.skipped and nothing_new.files == 0
     assert [current_version(spark, n) for n in names] == versions
     assert spark.table(names[0]).count() == 4 and spark.table(names[1]).count() == 2
-    ingest(spark, cfg, ["mitdb"], "b2")
-    assert spark.table(names[0]).count() == 8
 
 
-def test_curate_validates_dedups_and_is_idempotent(spark, stream_cfg):
+def test_curate_validates_dedups_and_is_idempotent(spark, stream_cfg, tmp_path):
     cfg = stream_cfg
     db = cfg.catalog.database
     ingest(spark, cfg, ["mitdb"], "b1")
-    ingest(spark, cfg, ["mitdb"], "b2")          # the same rows again
+    (tmp_path / "streams" / "again.csv").write_text(STREAM)   # the same rows, landed again
+    ingest(spark, cfg, ["mitdb"], "b2")
     [result] = curate(spark, cfg, ["mitdb"])
     silver = spark.table(f"{db}.silver_streams")
     # 8 bronze rows = 2 batches x 4; the row with a missing value is quarantined (twice,
@@ -67,7 +68,8 @@ def test_curate_validates_dedups_and_is_idempotent(spark, stream_cfg):
     assert (result.valid, result.rejected, result.inserted) == (6, 2, 3)
     assert sorted(r.t for r in silver.collect()) == [0, 1, 3]
     curated_q = _q(spark, cfg).filter("stage = 'curate'").collect()
-    assert [r.reason for r in curated_q] == ["value missing", "value missing"]
+    assert [r.reason for r in curated_q] == ["broke rule(s): value_present"] * 2
+    assert [r.rules for r in curated_q] == [["value_present"]] * 2
     assert '"t":5' in curated_q[0].raw
     version = current_version(spark, f"{db}.silver_streams")
     [again] = curate(spark, cfg, ["mitdb"])
@@ -105,7 +107,7 @@ def test_curate_before_ingest_names_missing_table(spark, cfg):
 
 
 def test_unknown_source_stops_before_writing(spark, cfg):
-    with pytest.raises(SourceError, match="unknown source 'winez'"):
+    with pytest.raises(SourceError, match="unknown data set 'winez'"):
         ingest(spark, cfg, ["winez"], "b1")
     assert spark.sql(f"SHOW TABLES IN {cfg.catalog.database}").count() == 0
 

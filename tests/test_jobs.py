@@ -17,14 +17,14 @@ from tests.helpers import with_paths
 
 
 def test_table_list_has_counts_and_versions(spark, cfg, tmp_path):
-    f = tmp_path / "s.csv"
-    f.write_text("data,label\n1,0\n2,0\nx,0\n")
-    cfg = with_paths(cfg, mitdb=f)
-    ingest(spark, cfg, ["mitdb"], "b1")
-    ingest(spark, cfg, ["mitdb"], "b2")
+    cfg = with_paths(cfg, mitdb=tmp_path / "*.csv")
+    for batch in ("b1", "b2"):
+        (tmp_path / f"{batch}.csv").write_text("data,label\n1,0\n2,0\nx,0\n")
+        ingest(spark, cfg, ["mitdb"], batch)
     db = cfg.catalog.database
     infos = {t.name: (t.rows, t.version) for t in list_tables(spark, cfg)}
-    assert infos == {f"{db}.bronze_streams": (4, 2), f"{db}.ops_quarantine": (2, 2)}
+    assert infos == {f"{db}.bronze_streams": (4, 2), f"{db}.ops_quarantine": (2, 2),
+                     f"{db}.ops_ingest_files": (2, 2), f"{db}.ops_quality": (2, 2)}
     out = run_sql(spark, cfg, "SELECT _ingest_batch, count(*) AS n FROM bronze_streams "
                               "GROUP BY 1 ORDER BY 1")
     assert out.splitlines()[2:] == ["b1             2", "b2             2", "(2 rows)"]
@@ -37,24 +37,25 @@ def test_format_table_aligns_numbers_right():
 
 
 def test_maintain_compacts_and_refuses_short_retention(spark, cfg, tmp_path):
-    f = tmp_path / "s.csv"
-    f.write_text("data,label\n1,0\n2,1\n")
-    cfg = with_paths(cfg, mitdb=f)
+    cfg = with_paths(cfg, mitdb=tmp_path / "*.csv")
     for batch in ("b1", "b2"):
+        (tmp_path / f"{batch}.csv").write_text("data,label\n1,0\n2,1\n")
         ingest(spark, cfg, ["mitdb"], batch)
-    [result] = maintain(spark, cfg, ["bronze.streams"])
+    [result] = maintain(spark, cfg, ["bronze_streams"])
     assert result.files_removed_by_optimize == 2 and result.files_added_by_optimize == 1
+    covered = {r.table.split(".")[1] for r in maintain(spark, cfg)}
+    assert covered == {"bronze_streams", "ops_quarantine", "ops_ingest_files", "ops_quality"}
     assert spark.table(f"{cfg.catalog.database}.bronze_streams").count() == 4
     short = dataclasses.replace(cfg, maintain=MaintainConfig(vacuum_retention_hours=1))
     with pytest.raises(ConfigError, match="maintain.vacuum_retention_hours=1"):
-        maintain(spark, short, ["bronze.streams"])
+        maintain(spark, short, ["bronze_streams"])
 
 
 def test_cli_names_unknown_source(spark, cfg, capsys):
     code = main(["ingest", "nosuch", "--set", f"home={cfg.home}",
                  "--set", f"catalog.database={cfg.catalog.database}"])
     assert code == 2
-    assert "unknown source 'nosuch'" in capsys.readouterr().err
+    assert "unknown data set 'nosuch'" in capsys.readouterr().err
 
 
 def test_cli_names_bad_config_value(capsys):

@@ -9,7 +9,7 @@ import pytest
 
 from lakehouse.curate import curate
 from lakehouse.ingest import ingest
-from lakehouse.sources import SOURCES, source_files
+from lakehouse.landing import source_patterns
 from tests.helpers import with_paths
 
 
@@ -37,15 +37,15 @@ def _slice_idx(src: str, dst, items: int) -> None:
 def sliced(cfg, tmp_path):
     """Config whose big sources point at small slices of the real files."""
     flights = tmp_path / "flights.pkl.compress"
-    _slice_pickle(source_files(cfg, SOURCES["flights"])[0], flights, 2000)
+    _slice_pickle(source_patterns(cfg.datasets["flights"])[0], flights, 2000)
     employment = tmp_path / "us_employment.pkl.compress"
-    _slice_pickle(source_files(cfg, SOURCES["us_employment"])[0], employment, 3000)
+    _slice_pickle(source_patterns(cfg.datasets["us_employment"])[0], employment, 3000)
     fashion = tmp_path / "fashion"
     fashion.mkdir()
     for split in ("train", "t10k"):
         for kind in ("images-idx3", "labels-idx1"):
             name = f"{split}-{kind}-ubyte.gz"
-            _slice_idx(f"{cfg.sources.fashion_mnist_dir}/{name}", fashion / name, 50)
+            _slice_idx(f"/usr/share/datasets/fashion-mnist/{name}", fashion / name, 50)
     return with_paths(cfg, flights=flights, us_employment=employment,
                       fashion_mnist=fashion / "*-images-idx3-ubyte.gz")
 

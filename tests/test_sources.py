@@ -9,18 +9,30 @@ import pytest
 
 from lakehouse.config import load_config
 from lakehouse.errors import SourceError
-from lakehouse.sources import SOURCES, get_source, source_files, source_options
+from lakehouse.landing import source_patterns
+from lakehouse.sources import get_parser, parse_options
 from lakehouse.sources.base import ERROR, RAW, RECORD
-from lakehouse.tables import table
-from tests.helpers import with_paths
 
 CFG = load_config(["ingest.batch_rows=7"], environ={})
 
 
-def parse(name: str, path) -> pd.DataFrame:
-    source = get_source(name)
-    opts = source_options(CFG, source, list(table(f"bronze.{source.dataset}").fields))
-    return pd.concat(list(source.parse(str(path), opts)), ignore_index=True)
+@pytest.fixture(scope="module")
+def fields(spark):
+    """Each bundled entry's bronze columns, parsed from its DDL by Spark."""
+    from lakehouse.dataset_check import parse_ddl
+
+    return {name: parse_ddl(spark, e.source.schema) for name, e in CFG.datasets.items()}
+
+
+@pytest.fixture
+def parse(fields):
+    def run(name: str, path) -> pd.DataFrame:
+        entry = CFG.datasets[name]
+        opts = parse_options(fields[name], dict(entry.source.options), 7, 20000)
+        frames = get_parser(entry.source.parser)(str(path), opts)
+        return pd.concat(list(frames), ignore_index=True)
+
+    return run
 
 
 def good(df):
@@ -31,7 +43,7 @@ def bad(df):
     return df[df[ERROR].notna()]
 
 
-def test_sklearn_csv_rejects_bad_rows_with_reasons(tmp_path):
+def test_sklearn_csv_rejects_bad_rows_with_reasons(parse, tmp_path):
     f = tmp_path / "t.csv"
     f.write_text("4,2,no,yes\n1.0,2.0,0\n1.0,x,1\n1.0,2.0\n3.0,4.0,7\n5.5,6.5,1\n")
     df = parse("breast_cancer", f)
@@ -45,14 +57,14 @@ def test_sklearn_csv_rejects_bad_rows_with_reasons(tmp_path):
     assert bad(df).set_index(RECORD).loc[4, RAW] == "1.0,2.0"
 
 
-def test_empty_file_is_one_quarantined_record(tmp_path):
+def test_empty_file_is_one_quarantined_record(parse, tmp_path):
     f = tmp_path / "empty.csv"
     f.write_text("")
     df = parse("mitdb", f)
     assert len(df) == 1 and "empty file" in df[ERROR].iloc[0]
 
 
-def test_undecodable_line_is_rejected_not_dropped(tmp_path):
+def test_undecodable_line_is_rejected_not_dropped(parse, tmp_path):
     f = tmp_path / "s.csv"
     f.write_bytes(b"data,label\n0.5,0\n\xff\xfe,1\nabc,0\n0.7,1\n")
     df = parse("mitdb", f)
@@ -63,7 +75,7 @@ def test_undecodable_line_is_rejected_not_dropped(tmp_path):
     assert why[4] == "column 'value': 'abc' is not a valid double"
 
 
-def test_stream_header_must_be_known(tmp_path):
+def test_stream_header_must_be_known(parse, tmp_path):
     f = tmp_path / "s.csv"
     f.write_text("x,y\n1,0\n")
     df = parse("mitdb", f)
@@ -77,7 +89,7 @@ def _idx(path, magic, dims, payload, declared=None):
         fh.write(header + payload)
 
 
-def test_idx_truncated_images_are_quarantined(tmp_path):
+def test_idx_truncated_images_are_quarantined(parse, tmp_path):
     images = tmp_path / "train-images-idx3-ubyte.gz"
     labels = tmp_path / "train-labels-idx1-ubyte.gz"
     _idx(images, 2051, (5, 28, 28), bytes(range(256)) * 9, declared=5)
@@ -90,7 +102,7 @@ def test_idx_truncated_images_are_quarantined(tmp_path):
     assert "only 2 complete" in bad(df)[ERROR].iloc[0]
 
 
-def test_damaged_gzip_keeps_what_was_readable(tmp_path):
+def test_damaged_gzip_keeps_what_was_readable(parse, tmp_path):
     images = tmp_path / "train-images-idx3-ubyte.gz"
     labels = tmp_path / "train-labels-idx1-ubyte.gz"
     _idx(images, 2051, (3, 28, 28), bytes(784 * 3))
@@ -102,7 +114,7 @@ def test_damaged_gzip_keeps_what_was_readable(tmp_path):
     assert len(good(df)) < 3
 
 
-def test_not_an_idx_file(tmp_path):
+def test_not_an_idx_file(parse, tmp_path):
     images = tmp_path / "train-images-idx3-ubyte.gz"
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"")
     images.write_bytes(b"plain text, not gzip")
@@ -110,7 +122,7 @@ def test_not_an_idx_file(tmp_path):
     assert len(df) == 1 and "cannot read IDX" in df[ERROR].iloc[0]
 
 
-def test_truncated_wiki_dump_keeps_complete_pages(tmp_path):
+def test_truncated_wiki_dump_keeps_complete_pages(parse, tmp_path):
     page = "<page><title>T{0}</title><id>{0}</id><revision><text>body {0}</text></revision></page>"
     xml = "<mediawiki>" + "".join(page.format(i) for i in range(1, 4)) + "<page><title>cut"
     dump = tmp_path / "w.xml.bz2"
@@ -121,7 +133,7 @@ def test_truncated_wiki_dump_keeps_complete_pages(tmp_path):
     assert "unreadable after 3 pages" in bad(df)[ERROR].iloc[0]
 
 
-def test_analogies_sections_and_bad_lines(tmp_path):
+def test_analogies_sections_and_bad_lines(parse, tmp_path):
     f = tmp_path / "q.txt"
     f.write_text("a b c d\n: capitals\nAthens Greece Oslo Norway\nonly three words\n")
     df = parse("analogies", f)
@@ -130,7 +142,7 @@ def test_analogies_sections_and_bad_lines(tmp_path):
                                        "expected 4 fields, found 3"]
 
 
-def test_frames_reject_non_numeric_cells(tmp_path):
+def test_frames_reject_non_numeric_cells(parse, tmp_path):
     import lzma
     import pickle
 
@@ -153,19 +165,22 @@ def test_frames_reject_non_numeric_cells(tmp_path):
     ("wordsim353", 353), ("simlex999", 999), ("visnights", 1520), ("lee", 300),
     ("analogies", 19544),
 ])
-def test_real_source_parses_completely(name, expected):
-    source = SOURCES[name]
-    df = pd.concat([parse(name, f) for f in source_files(CFG, source)], ignore_index=True)
+def test_real_source_parses_completely(parse, name, expected):
+    files = source_patterns(CFG.datasets[name])
+    df = pd.concat([parse(name, f) for f in files], ignore_index=True)
     assert len(good(df)) == expected
     assert bad(df).empty
 
 
-def test_missing_source_file_is_named(tmp_path):
-    cfg = with_paths(CFG, mitdb=tmp_path / "nope.csv")
-    with pytest.raises(SourceError, match="mitdb.*no files match"):
-        source_files(cfg, SOURCES["mitdb"])
+def test_missing_package_is_named():
+    import dataclasses
+
+    entry = CFG.datasets["mitdb"]
+    gone = dataclasses.replace(entry, source=dataclasses.replace(entry.source, package="nopkg"))
+    with pytest.raises(SourceError, match="mitdb.*source.package 'nopkg' is not installed"):
+        source_patterns(gone)
 
 
-def test_unknown_source_lists_known_ones():
-    with pytest.raises(SourceError, match="unknown source 'nope'; known sources: breast_cancer"):
-        get_source("nope")
+def test_unknown_parser_lists_known_ones():
+    with pytest.raises(SourceError, match="unknown parser 'nope'; known parsers: sklearn_csv"):
+        get_parser("nope")

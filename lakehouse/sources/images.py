@@ -43,7 +43,7 @@ def _read_idx(path: str, magic: int) -> tuple[tuple[int, ...], bytes, str | None
 
 
 def parse_idx(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
-    """Parse one split (image file + label file) into one record per image.
+    """Parse an IDX image file and its label file (``*labels-idx1*``): a record per image.
 
     Complete images go to bronze; if a file is truncated or damaged, the images it
     declares but does not hold go to quarantine as one record naming the shortfall.

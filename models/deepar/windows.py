@@ -35,7 +35,7 @@ from pyspark.sql.window import Window
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, LakeforgeError
-from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register, table
+from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
 
 log = logging.getLogger(__name__)
 ROW_ID_STRIDE = 1_000_000   # row_id = series_idx * ROW_ID_STRIDE + window start
@@ -200,7 +200,7 @@ def build_windows(spark: SparkSession, cfg: Config, dataset: str,
     p = window_params(dataset, params)
     panel, context, prediction = panel_of(dataset), p["context_length"], p["prediction_length"]
     db = cfg.catalog.database
-    silver_table = table("silver.series").full_name(db)
+    silver_table = layer_table(db, "silver", "series")
     silver_version = delta.current_version(spark, silver_table)
     series = series_arrays(delta.read_version(spark, silver_table, silver_version), dataset,
                            panel.freq_months).cache()

@@ -22,7 +22,7 @@ from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SchemaMismatchError, SourceError
 from lakehouse.features import FeatureSet
-from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register, table
+from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def build_shingles(spark: SparkSession, cfg: Config, stream: str,
     if size < 1:
         raise ConfigError(f"shingle_size must be at least 1, got {size}")
     db = cfg.catalog.database
-    silver_name = table("silver.streams").full_name(db)
+    silver_name = layer_table(db, "silver", "streams")
     silver_version = delta.current_version(spark, silver_name)
     silver = delta.read_version(spark, silver_name, silver_version)
     kind = dict(silver.dtypes).get("value")

@@ -38,7 +38,7 @@ from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SourceError, TableNotFoundError
 from lakehouse.features import FeatureSet
-from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register, table
+from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
     """
     params = feature_params(params)
     db = cfg.catalog.database
-    silver = table("silver.documents").full_name(db)
+    silver = layer_table(db, "silver", "documents")
     silver_version = delta.current_version(spark, silver)
     vocab_table = delta.ensure_table(spark, VOCAB_SPEC, db)
     corpus_table = delta.ensure_table(spark, CORPUS_SPEC, db)

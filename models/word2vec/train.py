@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SourceError
-from lakehouse.tables import table
+from lakehouse.tables import layer_table
 from models.evaluate import plot_history
 from models.runner import TrainResult, default_run_id, pin_table, run_ranks, snapshot_files
 from models.store import ModelStore
@@ -111,7 +111,7 @@ def evaluate_model(spark: SparkSession, cfg: Config, emb: Embeddings) -> dict[st
     """
     db = cfg.catalog.database
     metrics: dict[str, float] = {"vocab_size": float(len(emb.words))}
-    sim_table = table("silver.word_similarity").full_name(db)
+    sim_table = layer_table(db, "silver", "word_similarity")
     if delta.table_exists(spark, sim_table):
         rows = spark.table(sim_table).select("dataset", "word1", "word2", "score").collect()
         for name in SIMILARITY_SETS:
@@ -123,7 +123,7 @@ def evaluate_model(spark: SparkSession, cfg: Config, emb: Embeddings) -> dict[st
                     metrics[f"{name}_spearman"] = rho
     else:
         log.info("%s does not exist: no similarity metrics", sim_table)
-    analogy_table = table("silver.word_analogies").full_name(db)
+    analogy_table = layer_table(db, "silver", "word_analogies")
     if delta.table_exists(spark, analogy_table):
         questions = [tuple(r) for r in spark.table(analogy_table).select("a", "b", "c", "d")
                      .where(F.col("d").isNotNull()).collect()]
