@@ -164,15 +164,37 @@ def setup_logging(verbose: bool) -> None:
 
 
 def _cmd_ingest(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.catalog import format_table
     from lakehouse.ingest import ingest
 
-    ingest(spark, cfg, args.sources, args.batch)
+    results = ingest(spark, cfg, args.sources, args.batch)
+    print(format_table(
+        ["data set", "batch", "files", "read", "bronze", "quarantined", "note"],
+        [(r.source, r.batch, r.files, r.read, r.bronze, r.quarantined, _ingest_note(r))
+         for r in results]))
+
+
+def _ingest_note(result) -> str:
+    notes = []
+    if result.skipped:
+        notes.append("batch already ingested" if result.files else "no new files")
+    if result.resumed:
+        notes.append(f"finished interrupted batch {', '.join(result.resumed)}")
+    if result.changed:
+        notes.append(f"{len(result.changed)} changed file(s) not ingested again (see log)")
+    return "; ".join(notes)
 
 
 def _cmd_curate(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.catalog import format_table
     from lakehouse.curate import curate
 
-    curate(spark, cfg, args.sources, args.batch)
+    results = curate(spark, cfg, args.sources, args.batch)
+    print(format_table(
+        ["data set", "silver table", "bronze version", "valid", "quarantined", "inserted",
+         "updated", "note"],
+        [(r.source, r.table, r.bronze_version, r.valid, r.rejected, r.inserted, r.updated,
+          "already curated" if r.skipped else "") for r in results]))
 
 
 def _cmd_features(spark, cfg: Config, args: argparse.Namespace) -> None:

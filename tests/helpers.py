@@ -24,3 +24,10 @@ def with_datasets(cfg: Config, entries: dict) -> Config:
     parsed, problems = parse_datasets(entries)
     assert not problems, problems
     return dataclasses.replace(cfg, datasets={**cfg.datasets, **parsed})
+
+
+def silver_spec(spark, cfg: Config, dataset: str):
+    """The silver table spec of a catalog entry (for tests that write silver rows)."""
+    from lakehouse.dataset_check import dataset_tables
+
+    return dataset_tables(spark, cfg.datasets[dataset])[1]

@@ -13,13 +13,14 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.errors import ConfigError
 from lakehouse.features import build_features
-from lakehouse.tables import table
+from lakehouse.tables import layer_table
 from models.deepar import FAMILY
 from models.deepar.baselines import seasonal_naive
 from models.deepar.evaluate import forecast_metrics
 from models.deepar.windows import SeriesTooShortError
 from models.runner import snapshot_files, train
 from models.scoring import score
+from tests.helpers import silver_spec
 
 PANEL = "us_employment"              # monthly calendar; the rows are synthetic
 WINDOW = {"context_length": 12, "prediction_length": 6}
@@ -44,7 +45,7 @@ def synthetic(series_id: str, n: int, end: int = 60, seed: int = 0) -> list[tupl
 
 
 def write_silver(spark, cfg, rows: list[tuple]) -> str:
-    spec = table("silver.series")
+    spec = silver_spec(spark, cfg, "us_employment")
     name = delta.ensure_table(spark, spec, cfg.catalog.database)
     spark.createDataFrame(rows, spec.schema).write.format("delta").mode("append") \
         .saveAsTable(name)
@@ -67,7 +68,7 @@ def test_windows_hold_out_the_horizon_and_rebuild_is_a_noop(spark, cfg, panel):
     c, p = WINDOW["context_length"], WINDOW["prediction_length"]
     gold = spark.table(panel.table).toPandas()
     assert panel.n_features == c + p and set(gold.target.map(len)) == {c + p}
-    silver = spark.table(table("silver.series").full_name(cfg.catalog.database)).toPandas()
+    silver = spark.table(layer_table(cfg.catalog.database, "silver", "series")).toPandas()
     expected_train = 0
     for sid in LENGTHS:
         series = silver[silver.series_id == sid].sort_values("period")

@@ -11,7 +11,6 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.errors import ConfigError, SchemaMismatchError
 from lakehouse.features import build_features
-from lakehouse.tables import table
 from models.rcf.forest import build_forest, codisp, merge, reservoir_samples
 from models.rcf.shingles import window_labels
 from models.rcf.transform import (
@@ -22,6 +21,7 @@ from models.rcf.transform import (
 )
 from models.runner import train
 from models.scoring import score
+from tests.helpers import silver_spec
 
 STREAM = "mitdb"      # a stream name the RCF family builds features for; the values are synthetic
 SPIKE, SHIFT = 700, (1100, 1130)
@@ -41,7 +41,7 @@ def _stream(n: int = 1500, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_stream(spark, cfg, value, label, split="all", stream=STREAM):
-    spec = table("silver.streams")
+    spec = silver_spec(spark, cfg, "mitdb")
     target = delta.ensure_table(spark, spec, cfg.catalog.database)
     rows = [(stream, split, int(t), float(v), int(y))
             for t, (v, y) in enumerate(zip(value, label, strict=True))]

@@ -12,11 +12,11 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.errors import SourceError
 from lakehouse.features import build_features
-from lakehouse.tables import table
 from models.runner import train
 from models.scoring import score
 from models.word2vec.evaluate import Embeddings
 from models.word2vec.pairs import cbow_windows, keep_probability, skipgram_pairs
+from tests.helpers import silver_spec
 
 TOPICS = {
     "animals": ["cat", "dog", "horse", "cow", "sheep", "goat", "mouse", "rabbit"],
@@ -44,7 +44,7 @@ def _documents(n_docs: int = 90, length: int = 60) -> list[tuple[str, str, str, 
 
 
 def _write_documents(spark, cfg, docs) -> None:
-    spec = table("silver.documents")
+    spec = silver_spec(spark, cfg, "enwiki")
     target = delta.ensure_table(spark, spec, cfg.catalog.database)
     spark.createDataFrame(docs, spec.schema).write.format("delta").mode("append") \
         .saveAsTable(target)
@@ -118,7 +118,7 @@ def test_windows_stay_inside_sentences():
 
 
 def _similarity_tables(spark, cfg) -> None:
-    sim = table("silver.word_similarity")
+    sim = silver_spec(spark, cfg, "wordsim353")
     rows = [("wordsim353", a, b, s) for a, b, s in [
         ("cat", "dog", 9.0), ("red", "blue", 8.5), ("saw", "drill", 8.0), ("cow", "goat", 8.2),
         ("cat", "red", 1.0), ("dog", "hammer", 0.5), ("blue", "rake", 1.5),
@@ -126,7 +126,7 @@ def _similarity_tables(spark, cfg) -> None:
     target = delta.ensure_table(spark, sim, cfg.catalog.database)
     spark.createDataFrame(rows, sim.schema).write.format("delta").mode("append") \
         .saveAsTable(target)
-    ana = table("silver.word_analogies")
+    ana = silver_spec(spark, cfg, "analogies")
     questions = [(1, "s", "cat", "dog", "red", "blue"), (2, "s", "Cat", "Dog", "Cow", "Goat"),
                  (3, "s", "cat", "unicorn", "red", "blue")]
     target = delta.ensure_table(spark, ana, cfg.catalog.database)
