@@ -119,9 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "catalog.dataset_dirs). `lakeforge catalog` lists them; `lakeforge catalog "
                     "check [NAME ...]` checks DDL, SQL, paths and roles (exit code 2 on any "
                     "problem); `lakeforge catalog parsers` lists the parser plug-ins.")
-    p.add_argument("action", nargs="?", default="list", choices=("list", "check", "parsers"),
-                   help="list (default), check or parsers")
-    p.add_argument("names", nargs="*", metavar="DATASET", help="data sets (default: all)")
+    p.add_argument("names", nargs="*", metavar="[list|check|parsers] DATASET",
+                   help="an action (list is the default) and data sets (default: all)")
     _add_common(p)
 
     p = sub.add_parser(
@@ -283,13 +282,16 @@ def _cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
     from lakehouse.catalog import format_table
     from lakehouse.dataset_check import resolve_datasets
 
-    if args.action == "parsers":
+    action, names = "list", list(args.names)
+    if names and names[0] in ("list", "check", "parsers"):
+        action, names = names[0], names[1:]
+    if action == "parsers":
         from lakehouse.sources import PARSERS, parser_help
 
         print(format_table(["parser", "reads"], [(n, parser_help(n)) for n in PARSERS]))
         return 0
-    entries = resolve_datasets(cfg, args.names)
-    if args.action == "list":
+    entries = resolve_datasets(cfg, names)
+    if action == "list":
         rows = [(e.name, e.kind or "-", e.table_name, e.source.describe(),
                  ", ".join(e.silver.keys), ", ".join(r.name for r in e.silver.rules) or "-")
                 for e in entries]
