@@ -109,7 +109,7 @@ def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str
     for key in ("ops.quarantine", "ops.ingest_files", "ops.quality"):
         delta.ensure_table(spark, table(key), db)
     claims = _claims(spark, cfg, entry.name)
-    done = _completed_batches(spark, cfg, entry.name)
+    done = _completed_batches(spark, cfg, entry.name) if len(claims) else set()
     resumed = []
     for pending in sorted(set(claims.batch) - done - {batch}):
         files = _claimed(claims, pending)
@@ -247,7 +247,7 @@ def _load(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, bat
     good = rows.filter(F.col(ERROR).isNull()).select(
         *[F.col(f.name).cast(f.dataType) for f in spec.fields],
         F.lit(batch).alias("_ingest_batch"), F.lit(entry.name).alias("_source"),
-        F.regexp_replace(SOURCE_FILE, "^file:(//)?", "").alias("_source_file"),
+        F.col(SOURCE_FILE).alias("_source_file"),
         F.col(RECORD).alias("_record"), F.lit(now).cast("timestamp").alias("_ingested_at"),
     )
     delta.append_once(good, bronze, app_id)
