@@ -36,6 +36,10 @@ HEADLINE = {
 
 
 DEMO_QUERIES = (
+    # Which quality rules caught most records, over every stage and batch.
+    "SELECT dataset, stage, rule, sum(checked) AS checked, sum(quarantined) AS quarantined"
+    " FROM ops_quality WHERE quarantined + warned + failed > 0 GROUP BY 1, 2, 3"
+    " ORDER BY quarantined DESC LIMIT 10",
     "SELECT model_name, model_version, count(*) AS rows, round(avg(probability), 3) AS confidence"
     " FROM predictions_mlp_latest GROUP BY 1, 2 ORDER BY 1",
     "SELECT f.origin, count(*) AS flights, round(avg(p.probabilities[1]), 3) AS p_delayed,"
