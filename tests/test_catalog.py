@@ -315,3 +315,53 @@ def test_crash_between_writes_finishes_the_batch_exactly_once(spark, cfg, tmp_pa
     batches = _t(spark, cfg, "ops_quality").select("batch").orderBy("batch").collect()
     assert [r.batch for r in batches] == ["b1", "b2"]
     assert bronze.groupBy("order_id").count().filter(F.col("count") > 1).count() == 0
+
+
+@pytest.mark.slow
+def test_ingest_killed_with_sigkill_is_finished_exactly_once_by_the_next_run(spark, tmp_path):
+    """A real `lakeforge ingest` process (own home: Derby admits one JVM) killed after it
+    claimed its files; the next run, with another batch id, finishes that batch."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    home, conf, landing = tmp_path / "home", tmp_path / "conf", tmp_path / "landing"
+    for folder in (conf / "base", conf / "local", landing):
+        folder.mkdir(parents=True)
+    (conf / "base" / "x.yml").write_text(
+        f"home: {home}\nspark: {{master: 'local[1]', ui_enabled: false}}\n")
+    (conf / "local" / "d.yml").write_text(json.dumps({"datasets": _orders(landing)}))
+    header = "order_id,placed_at,amount,status\n"
+    for f in range(3):
+        rows = "".join(f"{f * 100 + i},,{i},NEW\n" for i in range(50)) + f"{f}x,,1,NEW\n"
+        (landing / f"f{f}.csv").write_text(header + rows)
+
+    def run(batch: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "ingest", "orders",
+                                 "--batch", batch, "--conf-dir", str(conf)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    claim = home / "warehouse" / "lakeforge.db" / "ops_ingest_files" / "_delta_log" / \
+        "00000000000000000001.json"
+    first = run("k1")
+    deadline = time.monotonic() + 300
+    while not claim.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0, 1.0))                 # somewhere after the claim
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert claim.exists(), first.stdout.read().decode()[-3000:]
+    second = run("k2")
+    out = second.communicate(timeout=600)[0].decode()
+    assert second.returncode == 0, out[-3000:]
+    tables = home / "warehouse" / "lakeforge.db"
+    bronze = spark.read.format("delta").load(str(tables / "bronze_orders"))
+    quarantine = spark.read.format("delta").load(str(tables / "ops_quarantine"))
+    assert bronze.count() == 150 and bronze.select("order_id").distinct().count() == 150
+    assert {r._ingest_batch for r in bronze.select("_ingest_batch").distinct().collect()} \
+        == {"k1"}
+    assert quarantine.count() == 3 and {r.batch for r in quarantine.collect()} == {"k1"}
