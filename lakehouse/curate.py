@@ -81,7 +81,9 @@ def to_silver(rows: DataFrame, entry: Dataset, bronze: TableSpec) -> DataFrame:
     with_raw = rows.withColumn(RAW, F.to_json(F.struct(*[f.name for f in bronze.fields])))
     if not entry.silver.select:
         return with_raw
-    return with_raw.selectExpr(*entry.silver.select, *carried)
+    shaped = with_raw.selectExpr(*entry.silver.select)
+    missing = [c for c in carried if c not in shaped.columns]   # a "*" keeps them already
+    return with_raw.selectExpr(*entry.silver.select, *missing) if missing else shaped
 
 
 def latest_per_key(df: DataFrame, spec: TableSpec) -> DataFrame:

@@ -365,3 +365,20 @@ def test_ingest_killed_with_sigkill_is_finished_exactly_once_by_the_next_run(spa
     assert {r._ingest_batch for r in bronze.select("_ingest_batch").distinct().collect()} \
         == {"k1"}
     assert quarantine.count() == 3 and {r.batch for r in quarantine.collect()} == {"k1"}
+
+
+def test_select_star_keeps_every_column_and_latest_landing_wins(spark, cfg, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    header = "order_id,placed_at,amount,status\n"
+    (landing / "a.csv").write_text(header + "1,2026-11-01 10:00:00,10,NEW\n2,,5,NEW\n")
+    cfg = with_datasets(cfg, _orders(landing, select=["*", "amount * 2 AS doubled"]))
+    ingest(spark, cfg, ["orders"], "b1")
+    (landing / "b.csv").write_text(header + "1,2026-11-01 10:00:00,12,PAID\n")
+    ingest(spark, cfg, ["orders"], "b2")
+    [result] = curate(spark, cfg, ["orders"])
+    silver = _t(spark, cfg, "silver_orders")
+    assert silver.columns == ["order_id", "placed_at", "amount", "status", "doubled"]
+    assert sorted((r.order_id, r.amount, r.status, r.doubled) for r in silver.collect()) == [
+        (1, 12.0, "PAID", 24.0), (2, 5.0, "NEW", 10.0)]
+    assert (result.valid, result.inserted) == (3, 2)
