@@ -246,9 +246,10 @@ def _parse_entry(name: str, body: Any, where: str, problems: _Problems) -> Datas
 
 def _parse_source(raw: Any, where: str, problems: _Problems) -> SourceSpec:
     body = problems.mapping(raw, where, _SOURCE_KEYS)
-    options = problems.mapping(body.get("options"), f"{where}.options",
-                               tuple(body.get("options") or ()) if isinstance(
-                                   body.get("options"), Mapping) else ())
+    options = body.get("options") or {}
+    if not isinstance(options, Mapping):
+        problems.add(f"{where}.options", f"expected a mapping, got {options!r}")
+        options = {}
     version = body.get("version")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)
                                 or version < 0):

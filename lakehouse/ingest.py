@@ -25,7 +25,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -61,7 +61,7 @@ class IngestResult:
     quarantined: int
     skipped: bool
     changed: tuple[str, ...] = ()
-    resumed: tuple[str, ...] = field(default=())
+    resumed: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One log line."""

@@ -8,6 +8,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.cli import main
+from lakehouse.config import load_config
 from lakehouse.curate import curate
 from lakehouse.errors import CatalogError, ConfigError, QualityError
 from lakehouse.ingest import ingest
@@ -237,8 +238,6 @@ def test_catalog_check_names_dataset_key_and_value(spark, cfg, tmp_path):
 
 
 def test_catalog_structure_problems_are_all_named(tmp_path):
-    from lakehouse.config import load_config
-
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "d.yml").write_text("""
 datasets:
@@ -292,10 +291,8 @@ def test_crash_between_writes_finishes_the_batch_exactly_once(spark, cfg, tmp_pa
             f"order_id,placed_at,amount,status\n{day}1,,1,NEW\n{day}2,,x,NEW\n")
     cfg = with_datasets(cfg, _orders(landing))
     real_append = ingest_module.delta.append_once
-    calls = []
 
     def crash_on_quarantine(df, name, app_id):
-        calls.append(app_id)
         if app_id.endswith("/quarantine"):
             raise RuntimeError("killed")
         real_append(df, name, app_id)
