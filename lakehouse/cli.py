@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("family", help="model family: mlp, cnn, word2vec, deepar, rcf")
     p.add_argument("--dataset", required=True, help="gold feature table, e.g. breast_cancer")
     p.add_argument("--version", type=int, default=None,
-                   help="Delta version of the table (default: current, recorded)")
+                   help="Delta version of the table (default: the current rows, recorded as "
+                        "the table's data version)")
     p.add_argument("--run-id", default=None,
                    help="run id; starting the same run again resumes from its checkpoint")
     p.add_argument("--name", default=None, help="model name (default DATASET_FAMILY)")
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None,
                    help="input table (default: the model's training table)")
     p.add_argument("--input-version", type=int, default=None,
-                   help="Delta version of the input (default: current)")
+                   help="Delta version of the input (default: the current rows, keyed on "
+                        "the input's data version)")
     p.add_argument("--run-id", default=None,
                    help="idempotency key (default: model version + input version)")
     _add_common(p)
@@ -245,8 +247,10 @@ def _cmd_score(spark, cfg: Config, args: argparse.Namespace) -> None:
 def _cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
     import subprocess
 
+    from lakehouse.session import hold_lakehouse
     from lakehouse.submit import submit_env, thrift_command
 
+    hold_lakehouse(cfg)   # the server's JVM opens the metastore: one holder at a time
     log.info("Thrift server on jdbc:hive2://%s:%d/ (stop with Ctrl-C); try: %s",
              args.host, args.port, f"beeline -u jdbc:hive2://{args.host}:{args.port}/")
     return subprocess.run(thrift_command(cfg, args.port, args.host), env=submit_env(cfg),
@@ -254,9 +258,15 @@ def _cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_maintain(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.catalog import format_table
     from lakehouse.maintain import maintain
 
-    maintain(spark, cfg, args.tables)
+    results = maintain(spark, cfg, args.tables)
+    print(format_table(
+        ["table", "files compacted", "files written", "vacuumed", "note"],
+        [(r.table, r.files_removed_by_optimize, r.files_added_by_optimize, r.vacuumed,
+          "" if r.optimized else "training table: not compacted (one shard per rank)")
+         for r in results]))
 
 
 def _cmd_tables(spark, cfg: Config, args: argparse.Namespace) -> None:
@@ -371,7 +381,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark = build_spark(cfg)
         COMMANDS[args.command](spark, cfg, args)
     except LakeforgeError as exc:
-        log.error("%s", exc)
         print(f"lakeforge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     log.info("%s finished in %.1f s", args.command, time.monotonic() - start)

@@ -73,6 +73,34 @@ class MaintainConfig:
     optimize: bool = True
 
 
+METASTORE_KINDS = ("derby", "postgres")
+
+
+@dataclass(frozen=True)
+class MetastoreConfig:
+    """Where the catalog's table definitions live.
+
+    ``derby`` (the default) is embedded in the job's JVM: nothing to run, one process
+    at a time. ``postgres`` is a PostgreSQL database that many jobs, the Thrift server
+    and Airflow share; ``lakeforge metastore start`` runs one locally with its data
+    under ``home``.
+    """
+
+    kind: str = "derby"
+    host: str = "127.0.0.1"
+    port: int = 5433
+    database: str = "metastore"
+    user: str = "lakeforge"
+    password: str = "lakeforge"
+    jdbc_version: str = "42.7.7"
+    service_user: str = "postgres"
+
+    def __post_init__(self) -> None:
+        if self.kind not in METASTORE_KINDS:
+            raise ConfigError(f"config value metastore.kind={self.kind!r}: expected one of "
+                              f"{', '.join(METASTORE_KINDS)}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Horovod training settings."""
@@ -94,6 +122,7 @@ class Config:
     datasets: Mapping[str, Dataset] = field(default_factory=dict)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    metastore: MetastoreConfig = field(default_factory=MetastoreConfig)
 
     @property
     def warehouse_dir(self) -> Path:

@@ -4,8 +4,8 @@ Each data set's catalog entry gives an optional SQL select (renames, ``try_cast`
 derived columns), the silver keys and named quality rules (:mod:`lakehouse.quality`).
 Rows that break a ``quarantine`` rule go to quarantine naming every rule they broke;
 the rest are deduplicated on the keys (latest ingest wins) and merged into silver.
-Counts per rule go to ``ops_quality``. A data set is curated once per bronze version:
-re-running changes nothing.
+Counts per rule go to ``ops_quality``. A data set is curated once per bronze data
+version (maintenance of bronze is not a new version): re-running changes nothing.
 """
 
 from __future__ import annotations
@@ -95,54 +95,79 @@ def latest_per_key(df: DataFrame, spec: TableSpec) -> DataFrame:
 
 def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
                    batch: str | None = None) -> CurateResult:
-    """Curate one data set (see :func:`curate`)."""
+    """Curate one data set (see :func:`curate`).
+
+    Keyed on the bronze table's data version (:class:`lakehouse.delta.Snapshot`), so
+    maintenance of bronze causes no work. Writes nothing that is already there: silver
+    changes only by rows that differ, each quarantined record is written once per data
+    set, stage and ingest batch, and the rule counts once per bronze data version.
+    """
     db = cfg.catalog.database
     bronze_spec, silver_spec = dataset_tables(spark, entry)
-    bronze = bronze_spec.full_name(db)
-    version = delta.current_version(spark, bronze)
+    bronze = delta.snapshot(spark, bronze_spec.full_name(db))
     silver = delta.ensure_table(spark, silver_spec, db)
     quarantine = delta.ensure_table(spark, table("ops.quarantine"), db)
     quality = delta.ensure_table(spark, table("ops.quality"), db)
 
-    rows = delta.read_version(spark, bronze, version).filter(F.col("_source") == entry.name)
+    rows = delta.read_version(spark, bronze.table, bronze.version)
+    rows = rows.filter(F.col("_source") == entry.name)
     if batch is not None:
         rows = rows.filter(F.col("_ingest_batch") == batch)
     rules = entry.silver.rules
     checked = apply_rules(to_silver(rows, entry, bronze_spec), rules).persist()
+    app_id = f"lakeforge/curate/{entry.name}/{batch or '*'}"
     try:
         total, rule_counts = _count(checked, rules, entry.name, batch)
         raise_on_fail(checked, rule_counts, entry.name, batch or "*")
         n_bad = checked.filter(F.col(ERROR).isNotNull()).count() if rules else 0
         n_good = total - n_bad
-        app_id = f"lakeforge/curate/{entry.name}/{batch or '*'}"
-        with _txn(spark, app_id, version):
-            before = delta.current_version(spark, silver)
-            _merge(spark, silver, silver_spec,
-                   latest_per_key(checked.filter(F.col(ERROR).isNull()), silver_spec))
-            merged = delta.current_version(spark, silver) != before
+        updates = latest_per_key(checked.filter(F.col(ERROR).isNull()), silver_spec)
+        with _txn(spark, app_id, bronze.data_version):
+            merged = _merge(spark, silver, silver_spec, updates)
         metrics = _last_metrics(spark, silver) if merged else {}
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        if merged and n_bad:
-            delta.append_once(
-                quarantine_rows(checked.filter(F.col(ERROR).isNotNull()), entry.name, silver,
-                                "curate", batch or "*", now),
-                quarantine, f"{app_id}/v{version}/quarantine")
-        if merged and rule_counts:
-            delta.append_once(
-                quality_rows(spark, entry.name, silver, "curate", batch or "*",
-                             [c.row() for c in rule_counts], now),
-                quality, f"{app_id}/v{version}/quality")
+        wrote = merged
+        if n_bad:
+            wrote |= _quarantine_once(spark, quarantine, entry.name, quarantine_rows(
+                checked.filter(F.col(ERROR).isNotNull()), entry.name, silver, "curate",
+                F.col("_ingest_batch"), now), f"{app_id}/v{bronze.data_version}/quarantine")
+        if rule_counts and total:   # a batch with no rows in bronze checked nothing
+            wrote |= _append_counted(spark, quality, quality_rows(
+                spark, entry.name, silver, "curate", batch or "*",
+                [c.row() for c in rule_counts], now), f"{app_id}/v{bronze.data_version}/quality")
     finally:
         checked.unpersist()
-    result = CurateResult(entry.name, silver, version, n_good, n_bad,
+    result = CurateResult(entry.name, silver, bronze.data_version, n_good, n_bad,
                           metrics.get("numTargetRowsInserted", 0),
-                          metrics.get("numTargetRowsUpdated", 0), skipped=not merged)
+                          metrics.get("numTargetRowsUpdated", 0), skipped=not wrote)
     for c in rule_counts:
         if c.warned:
             log.warning("%s: rule %s (%s) warned on %s of %s rows", entry.name, c.rule, c.expr,
                         f"{c.warned:,}", f"{c.checked:,}")
     log.info(result.summary())
     return result
+
+
+def _quarantine_once(spark: SparkSession, quarantine: str, dataset: str, rows: DataFrame,
+                     app_id: str) -> bool:
+    """Append the quarantined records the table does not hold yet; whether any were new.
+
+    A record is known by data set, stage, ingest batch, file and record number, so a
+    re-curation of bronze (with a new batch in it) does not quarantine old records twice.
+    """
+    held = (spark.table(quarantine)
+            .filter((F.col("source") == dataset) & (F.col("stage") == "curate"))
+            .select("batch", "source_file", "record"))
+    on = [rows["batch"] == held["batch"], rows["source_file"].eqNullSafe(held["source_file"]),
+          rows["record"].eqNullSafe(held["record"])]
+    return _append_counted(spark, quarantine, rows.join(held, on, "left_anti"), app_id)
+
+
+def _append_counted(spark: SparkSession, target: str, rows: DataFrame, app_id: str) -> bool:
+    """:func:`delta.append_once`; whether it committed (an already-seen id or no rows do not)."""
+    before = delta.current_version(spark, target)
+    delta.append_once(rows, target, app_id)
+    return delta.current_version(spark, target) != before
 
 
 def _count(checked: DataFrame, rules, dataset: str, batch: str | None):
@@ -159,19 +184,34 @@ def _count(checked: DataFrame, rules, dataset: str, batch: str | None):
         raise
 
 
-def _merge(spark: SparkSession, silver: str, spec: TableSpec, updates: DataFrame) -> None:
+def _merge(spark: SparkSession, silver: str, spec: TableSpec, updates: DataFrame) -> bool:
+    """MERGE the rows that differ from silver; whether it committed.
+
+    Rows equal to what silver holds (same keys, same 64-bit hash of every column) are
+    dropped first, so a MERGE that would change nothing commits nothing (Delta would
+    rewrite every file it matched) and the files it does rewrite hold changed rows.
+    """
     data_cols = [f.name for f in spec.fields]
+    digest = F.xxhash64(*data_cols).alias("_digest")
+    source = updates.select(*data_cols, digest)
+    held = spark.table(silver).select(*spec.keys, digest)
+    same = [source[k].eqNullSafe(held[k]) for k in spec.keys]
+    changes = source.join(held, [*same, source["_digest"] == held["_digest"]],
+                          "left_anti").drop("_digest")
+    if changes.isEmpty():
+        return False
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in spec.keys)
-    changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in data_cols if c not in spec.keys)
     assignments = {f"`{c}`": f"s.`{c}`" for c in data_cols}
+    before = delta.current_version(spark, silver)
     delta.with_retries(
         lambda: DeltaTable.forName(spark, silver).alias("t")
-        .merge(updates.select(*data_cols).alias("s"), on)
-        .whenMatchedUpdate(condition=changed or None, set=assignments)
+        .merge(changes.alias("s"), on)
+        .whenMatchedUpdate(set=assignments)
         .whenNotMatchedInsert(values=assignments)
         .execute(),
         what=f"merge into {silver}",
     )
+    return delta.current_version(spark, silver) != before   # False: this txn was done
 
 
 def _last_metrics(spark: SparkSession, full_name: str) -> dict[str, int]:

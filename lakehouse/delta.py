@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import delta.exceptions as dx
 from delta.tables import DeltaTable
@@ -26,6 +27,23 @@ COMMIT_CONFLICTS = (
     dx.ConcurrentWriteException, dx.MetadataChangedException,
     dx.DeltaConcurrentModificationException,
 )
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is a lost Delta commit race.
+
+    Also when py4j left it unconverted: the Python ``DeltaTable`` API raises a raw
+    ``Py4JJavaError`` from ``merge().execute()``.
+    """
+    if isinstance(exc, COMMIT_CONFLICTS):
+        return True
+    java = getattr(exc, "java_exception", None)
+    if java is None:
+        return False
+    name = java.getClass().getName()
+    return name.startswith(("io.delta.exceptions.Concurrent",
+                            "org.apache.spark.sql.delta.Concurrent")) \
+        or name.endswith(("MetadataChangedException", "DeltaConcurrentModificationException"))
 
 
 def table_exists(spark: SparkSession, full_name: str) -> bool:
@@ -124,6 +142,113 @@ def current_version(spark: SparkSession, full_name: str) -> int:
     return DeltaTable.forName(spark, full_name).history(1).collect()[0]["version"]
 
 
+# Commits that never change a table's rows (maintenance and schema changes).
+NO_DATA_OPERATIONS = frozenset({
+    "CREATE TABLE", "OPTIMIZE", "VACUUM START", "VACUUM END", "ADD COLUMNS", "CHANGE COLUMN",
+    "REPLACE COLUMNS", "RENAME COLUMN", "DROP COLUMNS", "SET TBLPROPERTIES",
+    "UNSET TBLPROPERTIES", "ADD CONSTRAINT", "DROP CONSTRAINT", "UPGRADE PROTOCOL",
+    "REORG", "COMPUTE STATS", "ANALYZE STATS", "CLUSTER BY", "SET TABLE COMMENT",
+})
+# Operations whose commit changed rows only when one of these metrics is above zero (a
+# MERGE whose conditions matched nothing still rewrites the files it scanned).
+ROW_METRICS = {
+    "MERGE": ("numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted"),
+    "UPDATE": ("numUpdatedRows",),
+    "DELETE": ("numDeletedRows", "numRemovedFiles"),
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A table's latest version and the latest version that changed its rows.
+
+    ``data_version`` is the identity of the table's content: OPTIMIZE, VACUUM, schema
+    and property changes and MERGEs that changed no row commit new versions but leave
+    it alone, so work keyed on it is not redone after maintenance. Both versions hold
+    the same rows; read at ``version`` (older versions' files may be vacuumed).
+    """
+
+    table: str
+    version: int
+    data_version: int
+
+
+def changes_data(operation: str, parameters: Mapping[str, str] | None,
+                 metrics: Mapping[str, str] | None) -> bool:
+    """Whether a commit (one ``DESCRIBE HISTORY`` row) changed the table's rows.
+
+    Unknown operations count as changes: redoing work is safe, skipping it is not.
+    """
+    if operation in NO_DATA_OPERATIONS:
+        return False
+    metrics = metrics or {}
+    if operation == "WRITE" and (parameters or {}).get("mode") == "Append":
+        return int(metrics.get("numOutputRows", "1")) > 0
+    names = ROW_METRICS.get(operation)
+    if names is None:
+        return True
+    return any(int(metrics.get(n, "1")) > 0 for n in names)
+
+
+def data_version_of(history: Iterable[Any]) -> int | None:
+    """The newest version in ``history`` rows that changed data (None if none did)."""
+    changed = [int(r["version"]) for r in history
+               if changes_data(r["operation"], r["operationParameters"], r["operationMetrics"])]
+    return max(changed, default=None)
+
+
+def snapshot(spark: SparkSession, full_name: str) -> Snapshot:
+    """The table's :class:`Snapshot` (reads its recent history).
+
+    Raises:
+        TableNotFoundError: if the table does not exist.
+    """
+    if not table_exists(spark, full_name):
+        raise TableNotFoundError(f"table {full_name} does not exist; run ingest/curate first")
+    return history_snapshot(DeltaTable.forName(spark, full_name), full_name)
+
+
+def history_snapshot(table: DeltaTable, name: str) -> Snapshot:
+    """:func:`snapshot` of a Delta table handle (also one given by path)."""
+    columns = ("version", "operation", "operationParameters", "operationMetrics")
+    recent = table.history(50).select(*columns).collect()
+    version = max(int(r["version"]) for r in recent)
+    data = data_version_of(recent)
+    if data is None and len(recent) == 50:
+        recent = table.history().select(*columns).collect()
+        data = data_version_of(recent)
+    if data is None:  # no commit changed rows (an empty table): its first version stands
+        data = min(int(r["version"]) for r in recent)
+    return Snapshot(name, version, data)
+
+
+def read_data_version(spark: SparkSession, full_name: str, data_version: int) -> DataFrame:
+    """The table's rows as of a data version (see :class:`Snapshot`).
+
+    The current version when nothing changed the rows since (its files outlive VACUUM),
+    else ``VERSION AS OF data_version``.
+    """
+    pinned = snapshot(spark, full_name)
+    version = pinned.version if pinned.data_version == data_version else data_version
+    return read_version(spark, full_name, version)
+
+
+def check_files_exist(spark: SparkSession, df: DataFrame, what: str) -> None:
+    """Stop with a clear message when a pinned snapshot's data files were vacuumed.
+
+    Raises:
+        TableNotFoundError: naming the snapshot and the first missing file.
+    """
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    for uri in df.inputFiles():
+        path = jvm.org.apache.hadoop.fs.Path(uri)
+        if not path.getFileSystem(conf).exists(path):
+            raise TableNotFoundError(
+                f"{what}: its data files were removed by VACUUM (first missing: {uri}); "
+                f"this snapshot can no longer be read, train on the current version instead")
+
+
 def append_once(df: DataFrame, full_name: str, app_id: str) -> None:
     """Append ``df`` unless a write with this ``app_id`` was already committed.
 
@@ -154,7 +279,9 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 5,
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except COMMIT_CONFLICTS as exc:
+        except Exception as exc:
+            if not is_commit_conflict(exc):
+                raise
             if attempt == attempts:
                 raise CommitConflictError(f"{what}: lost {attempts} commit conflicts") from exc
             log.warning("%s: commit conflict (attempt %d), retrying", what, attempt)

@@ -31,5 +31,9 @@ class CatalogError(LakeforgeError):
     """A data catalog entry cannot be used (bad DDL, SQL, path or role); names them all."""
 
 
+class LakehouseBusyError(LakeforgeError):
+    """Another process holds a lakehouse whose embedded Derby metastore admits one."""
+
+
 class QualityError(LakeforgeError):
     """A quality rule with ``on_fail: fail`` was broken; names the rule, batch and a row."""

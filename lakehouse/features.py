@@ -177,7 +177,7 @@ def build_features(spark: SparkSession, cfg: Config, name: str,
     partitions = partitions or max(4, 2 * cfg.train.num_proc)
     db = cfg.catalog.database
     silver = layer_table(db, "silver", name)
-    silver_version = delta.current_version(spark, silver)
+    silver_version = delta.snapshot(spark, silver).data_version
     spec = gold_spec(name)
     gold = delta.ensure_table(spark, spec, db)
     df, feature_names, n_classes = BUILDERS[name](spark, cfg)
@@ -185,7 +185,7 @@ def build_features(spark: SparkSession, cfg: Config, name: str,
     (df.repartition(partitions, "split", "row_id").write.format("delta").mode("overwrite")
      .option("txnAppId", f"lakeforge/features/{name}").option("txnVersion", silver_version)
      .save(delta.table_location(spark, gold)))
-    version = delta.current_version(spark, gold)
+    version = delta.snapshot(spark, gold).data_version
     rows = spark.table(gold).count()
     log.info("%s: %s v%d holds %d rows x %d features (from %s v%d)",
              name, gold, version, rows, len(feature_names), silver, silver_version)

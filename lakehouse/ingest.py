@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.observation import Observation
@@ -182,8 +183,10 @@ def _table_version(spark: SparkSession, entry: Dataset) -> int:
     spec = entry.source
     if spec.version is not None:
         return spec.version
-    where = f"delta.`{spec.delta}`" if spec.delta else spec.table
-    return int(spark.sql(f"DESCRIBE HISTORY {where} LIMIT 1").first()["version"])
+    if spec.delta:
+        return delta.history_snapshot(DeltaTable.forPath(spark, spec.delta),
+                                      spec.delta).data_version
+    return delta.snapshot(spark, spec.table).data_version
 
 
 def _claim(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,

@@ -1,4 +1,20 @@
-"""Delta maintenance: OPTIMIZE (compaction) and VACUUM with a safe retention."""
+"""Delta maintenance: OPTIMIZE (compaction) and VACUUM with a safe retention.
+
+Maintenance never changes what the jobs consider done: they key their work on a
+table's data version (:class:`lakehouse.delta.Snapshot`), which OPTIMIZE and VACUUM
+leave alone, so a pipeline run after ``lakeforge maintain`` does nothing new.
+
+Training tables (``gold_*``) are vacuumed but not compacted: each build writes them
+whole, as at least two Parquet files per Horovod rank and split, so every rank gets a
+Petastorm shard; compaction would merge them into one file per split and leave ranks
+without rows. Everything else is compacted.
+
+VACUUM and reproducibility: a registered model records the data version it was trained
+on. Files of older versions are removed once they are older than the retention (at
+least 168 hours); the current rows are never removed. A model whose training snapshot
+is no longer the table's current data can be retrained from it only within the
+retention; after that ``lakeforge train --version N`` stops saying the files are gone.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +47,11 @@ def lakehouse_tables(spark: SparkSession, cfg: Config) -> list[str]:
     return sorted(n for n in names if delta.table_exists(spark, n))
 
 
+def is_training_table(full_name: str) -> bool:
+    """Whether Horovod ranks read the table as Petastorm shards (not to be compacted)."""
+    return full_name.rsplit(".", 1)[-1].startswith("gold_")
+
+
 @dataclass(frozen=True)
 class MaintainResult:
     """What maintenance did to one table."""
@@ -38,6 +59,7 @@ class MaintainResult:
     table: str
     files_removed_by_optimize: int
     files_added_by_optimize: int
+    optimized: bool
     vacuumed: bool
 
 
@@ -71,11 +93,13 @@ def maintain(spark: SparkSession, cfg: Config, keys: Sequence[str] = ()) -> list
             continue
         dt = DeltaTable.forName(spark, name)
         removed = added = 0
-        if cfg.maintain.optimize:
+        optimize = cfg.maintain.optimize and not is_training_table(name)
+        if optimize:
             metrics = dt.optimize().executeCompaction().collect()[0]["metrics"]
             removed, added = metrics["numFilesRemoved"], metrics["numFilesAdded"]
         dt.vacuum(float(hours))
-        log.info("%s: optimize removed %d files, added %d; vacuum retention %dh",
-                 name, removed, added, hours)
-        results.append(MaintainResult(name, removed, added, True))
+        log.info("%s: %s; vacuum retention %dh", name,
+                 f"optimize removed {removed} files, added {added}" if optimize
+                 else "not compacted", hours)
+        results.append(MaintainResult(name, removed, added, optimize, True))
     return results

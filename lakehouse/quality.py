@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse.datasets import Rule
@@ -98,12 +98,16 @@ def raise_on_fail(checked: DataFrame, counts: Sequence[RuleCount], dataset: str,
                 f"{sample[RAW] if sample else '?'}")
 
 
-def quarantine_rows(rejected: DataFrame, source: str, target: str, stage: str, batch: str,
-                    now: dt.datetime) -> DataFrame:
-    """Shape rejected rows (``_error``, ``_raw``, ``_record``, ``_source_file``, ``_rules``)."""
+def quarantine_rows(rejected: DataFrame, source: str, target: str, stage: str,
+                    batch: str | Column, now: dt.datetime) -> DataFrame:
+    """Shape rejected rows (``_error``, ``_raw``, ``_record``, ``_source_file``, ``_rules``).
+
+    ``batch`` is the ingest batch: a name, or a column holding each row's own.
+    """
     return rejected.select(
         F.lit(source).alias("source"), F.lit(target).alias("target_table"),
-        F.lit(stage).alias("stage"), F.lit(batch).alias("batch"),
+        F.lit(stage).alias("stage"),
+        (batch if isinstance(batch, Column) else F.lit(batch)).alias("batch"),
         F.regexp_replace(SOURCE_FILE, "^file:(//)?", "").alias("source_file"),
         F.col(RECORD).alias("record"),
         F.col(ERROR).alias("reason"), F.col(RAW).alias("raw"),

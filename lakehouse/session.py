@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import logging
 import os
 import sys
@@ -10,11 +12,14 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from lakehouse.config import Config, SparkConfig, project_path
+from lakehouse.errors import ConfigError, LakehouseBusyError
 
 log = logging.getLogger(__name__)
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+LOCK_FILE = "lakehouse.lock"
+_HELD: dict[Path, int] = {}   # lock file -> open descriptor, for the process's lifetime
 
 
 def delta_jars(spark_cfg: SparkConfig) -> list[Path]:
@@ -34,6 +39,40 @@ def delta_jars(spark_cfg: SparkConfig) -> list[Path]:
         repo / "delta-storage" / version / f"delta-storage-{version}.jar",
     ]
     return jars if all(j.is_file() for j in jars) else []
+
+
+def postgres_jar(cfg: Config) -> Path:
+    """The PostgreSQL JDBC driver in the local Maven repository (set-up fetches it)."""
+    version = cfg.metastore.jdbc_version
+    return (Path(os.path.expanduser(cfg.spark.maven_repo)) / "org" / "postgresql"
+            / "postgresql" / version / f"postgresql-{version}.jar")
+
+
+def metastore_conf(cfg: Config) -> dict[str, str]:
+    """Spark settings of the configured metastore (embedded Derby or PostgreSQL)."""
+    ms = cfg.metastore
+    if ms.kind == "derby":
+        return {
+            "spark.hadoop.javax.jdo.option.ConnectionURL":
+                f"jdbc:derby:;databaseName={cfg.metastore_dir};create=true",
+            "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+        }
+    jar = postgres_jar(cfg)
+    if not jar.is_file():
+        raise ConfigError(f"metastore.kind=postgres needs the JDBC driver {jar}; run "
+                          f"scripts/setup.sh (or set metastore.jdbc_version)")
+    return {
+        "spark.hadoop.javax.jdo.option.ConnectionURL":
+            f"jdbc:postgresql://{ms.host}:{ms.port}/{ms.database}",
+        "spark.hadoop.javax.jdo.option.ConnectionDriverName": "org.postgresql.Driver",
+        "spark.hadoop.javax.jdo.option.ConnectionUserName": ms.user,
+        "spark.hadoop.javax.jdo.option.ConnectionPassword": ms.password,
+        # The schema exists up front (`lakeforge metastore start`): creating it lazily
+        # from several connections deadlocks on PostgreSQL.
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "false",
+        # DataNucleus loads the driver from the JVM's class path, not from --jars.
+        "spark.driver.extraClassPath": str(jar),
+    }
 
 
 def delta_packages(spark_cfg: SparkConfig) -> str:
@@ -56,7 +95,6 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         Setting name to value; ``spark.*`` entries of ``cfg.spark.conf`` win.
     """
     sc = cfg.spark
-    metastore = cfg.metastore_dir
     java_options = [f"-Dderby.system.home={cfg.home}"]
     log4j = project_path(sc.log4j_config)
     if log4j.is_file():
@@ -66,9 +104,7 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
         "spark.sql.warehouse.dir": str(cfg.warehouse_dir),
         "spark.sql.catalogImplementation": "hive",
-        "spark.hadoop.javax.jdo.option.ConnectionURL":
-            f"jdbc:derby:;databaseName={metastore};create=true",
-        "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+        **metastore_conf(cfg),
         "spark.hadoop.hive.metastore.schema.verification": "false",
         "spark.driver.extraJavaOptions": " ".join(java_options),
         "spark.driver.memory": sc.driver_memory,
@@ -95,20 +131,66 @@ def spark_conf(cfg: Config) -> dict[str, str]:
     return conf
 
 
+def embedded_derby(cfg: Config) -> bool:
+    """Whether the config keeps the metastore in embedded Derby (one process at a time)."""
+    conf = spark_conf(cfg)
+    url = conf.get("spark.hadoop.javax.jdo.option.ConnectionURL", "")
+    return url.startswith("jdbc:derby:") and not conf.get("spark.hadoop.hive.metastore.uris")
+
+
+def hold_lakehouse(cfg: Config) -> None:
+    """Take the data directory for this process when its metastore is embedded Derby.
+
+    Derby admits one JVM per database; a second one waits on its lock and floods the log
+    with stack traces. The lock is taken before any JVM starts: a second lakeforge
+    process stops at once with one line naming the holder. The operating system drops
+    the lock when the holder exits, also when it is killed.
+
+    Raises:
+        LakehouseBusyError: another process holds the data directory.
+    """
+    if not embedded_derby(cfg):
+        return
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    path = cfg.home / LOCK_FILE
+    if path in _HELD:
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 1024).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise LakehouseBusyError(
+            f"lakehouse {cfg.home} is in use by {holder}; its embedded Derby metastore "
+            f"admits one process at a time: wait for that one to finish, or give the "
+            f"lakehouse a shared metastore (README: 'Many jobs at once')") from None
+    now = dt.datetime.now(dt.UTC)
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} ({command[:160]}; since {now:%Y-%m-%d %H:%M:%S} UTC)"
+             .encode())
+    _HELD[path] = fd
+
+
 def build_spark(cfg: Config) -> SparkSession:
     """Build (or return the running) SparkSession for this config.
 
-    The session has Delta's extensions and catalog, a Hive catalog on an embedded
-    Derby metastore and a warehouse under ``cfg.home``, and executors that run the
-    project's interpreter. The catalog database is created if missing.
+    The session has Delta's extensions and catalog, a Hive catalog on the configured
+    metastore (embedded Derby by default, or a shared PostgreSQL), a warehouse under
+    ``cfg.home``, and executors that run the project's interpreter. The catalog database
+    is created if missing.
 
     Args:
         cfg: the loaded configuration.
 
     Returns:
         The SparkSession.
+
+    Raises:
+        LakehouseBusyError: another process holds an embedded-Derby lakehouse.
     """
-    cfg.home.mkdir(parents=True, exist_ok=True)
+    hold_lakehouse(cfg)
     os.environ.setdefault("PYSPARK_PYTHON", executor_python(cfg.spark))
     if cfg.spark.master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

@@ -174,8 +174,10 @@ def thrift_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]
     cmd = submit_options(cfg, "sql-server")
     # Hive sessions resolve the catalog plugin through the system class loader, which
     # --jars does not reach: Delta's jars must be on the driver class path too.
-    jars = delta_jars(cfg.spark)
-    classpath = ["--driver-class-path", ":".join(str(j) for j in jars)] if jars else []
+    jars = [str(j) for j in delta_jars(cfg.spark)]
+    extra = spark_conf(cfg).get("spark.driver.extraClassPath")   # e.g. the JDBC driver
+    jars += [extra] if extra else []
+    classpath = ["--driver-class-path", ":".join(jars)] if jars else []
     return [cmd[0], "--class", THRIFT_CLASS, *classpath, *cmd[1:], "spark-internal",
             "--hiveconf", f"hive.server2.thrift.port={port}",
             "--hiveconf", f"hive.server2.thrift.bind.host={host}"]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
+import os
+import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,15 +125,18 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     shape = df.groupBy("split").agg(F.count("*").alias("n"), F.max("label").alias("top"),
                                     F.max(F.size("features")).alias("width")).collect()
     rows = {r["split"]: r["n"] for r in shape}
+    name = name or f"{dataset}_{family_name}"
+    run_id = run_id or default_run_id(name, family_name, table, version, merged)
+    done = registered_run(spark, cfg, name, run_id, start)
+    if done is not None:
+        return done
     if not rows.get("train"):
         raise TableNotFoundError(f"training table {table} v{version} has no training rows")
     n_features = max(r["width"] for r in shape)
     n_classes = max(r["top"] for r in shape) + 1
     mean, var = scaling(df, n_features) if family.normalise else (None, None)
-    name = name or f"{dataset}_{family_name}"
-    run_id = run_id or default_run_id(name, family_name, table, version, merged)
     store = ModelStore(spark, cfg)
-    staged = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.home))
+    staged = staging_dir(cfg, run_id)
     spec = RankSpec(
         family=family_name, params=merged, files=snapshot_files(df), rows=rows,
         n_features=n_features, n_classes=n_classes,
@@ -151,15 +156,74 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
 
 
 def pin_table(spark: SparkSession, table: str, version: int | None) -> tuple[DataFrame, int]:
-    """A training table read at one Delta version (default: the current one).
+    """A training table read at one Delta version, and the version recorded for it.
+
+    By default the current rows, recorded as the table's data version (the newest
+    commit that changed rows), so OPTIMIZE or VACUUM of the table is not a new training
+    input and does not start a new run.
 
     Raises:
         TableNotFoundError: the table does not exist (build its features first).
     """
     if not delta.table_exists(spark, table):
         raise TableNotFoundError(f"training table {table} does not exist; build features first")
-    version = delta.current_version(spark, table) if version is None else int(version)
-    return delta.read_version(spark, table, version), version
+    if version is not None:
+        df = delta.read_version(spark, table, int(version))
+        delta.check_files_exist(spark, df, f"training table {table} v{version}")
+        return df, int(version)
+    pinned = delta.snapshot(spark, table)
+    return delta.read_version(spark, table, pinned.version), pinned.data_version
+
+
+def staging_dir(cfg: Config, run_id: str) -> Path:
+    """A fresh folder for a run's artifact, under ``LAKEFORGE_HOME/staging/<run id>``.
+
+    The process that owns it is written beside it (``<run id>.owner``: host and pid)
+    before it exists; folders of processes that are gone (killed runs) are removed
+    here, so a killed training leaves nothing behind once any training starts again.
+    """
+    root = cfg.home / "staging"
+    root.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    for folder in root.iterdir():
+        if folder.suffix == ".owner" or folder.name == run_id:
+            continue
+        owner = root / f"{folder.name}.owner"
+        if not owner.exists() or _gone(owner.read_text(), host):
+            shutil.rmtree(folder, ignore_errors=True)
+            owner.unlink(missing_ok=True)
+    for owner in root.glob("*.owner"):
+        if not owner.with_suffix("").exists() and _gone(owner.read_text(), host):
+            owner.unlink(missing_ok=True)
+    path = root / run_id
+    (root / f"{run_id}.owner").write_text(f"{host} {os.getpid()}")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path
+
+
+def _gone(owner: str, host: str) -> bool:
+    """Whether an owner line (``host pid``) names a process of this host that has ended."""
+    try:
+        their_host, pid = owner.split()
+        if their_host != host:
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
+
+
+def registered_run(spark: SparkSession, cfg: Config, name: str, run_id: str,
+                   start: float) -> TrainResult | None:
+    """The result of a run that already registered its model (no Horovod job), or None."""
+    done = ModelStore(spark, cfg).find_run(name, run_id)
+    if done is None:
+        return None
+    log.info("run %s already registered %s v%d; nothing to train", run_id, name, done.version)
+    return TrainResult(done, {}, [], time.monotonic() - start)
 
 
 def run_ranks(spec: Any, cfg: Config, fn: Any = None) -> list[dict[str, Any]]:

@@ -241,8 +241,11 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
         raise ConfigError(f"model {model_name!r} v{record.version} is a {record.family} model, "
                           f"not {family}")
     table = input_table or record.training_table
-    version = delta.current_version(spark, table) if input_version is None else input_version
-    df = delta.read_version(spark, table, version)
+    if input_version is None:   # current rows, keyed on the data version (not maintenance)
+        pinned = delta.snapshot(spark, table)
+        df, version = delta.read_version(spark, table, pinned.version), pinned.data_version
+    else:
+        df, version = delta.read_version(spark, table, input_version), input_version
     if fam.scorer is None:
         for column in ("row_id", "features"):
             if column not in df.columns:

@@ -1,28 +1,38 @@
 """The model store: versioned artifacts plus the ``<database>.models`` Delta table.
 
-Artifacts live under ``LAKEFORGE_HOME/models/<database>/<name>/v<version>``; the table holds
+Artifacts live under ``LAKEFORGE_HOME/models/<database>/<name>/<run id>``; the table holds
 name, version, family, params, metrics, training table and its Delta version, run
 id, artifact path and created_at.
+
+A version is given by a MERGE that inserts ``(name, version)`` only if no row holds it:
+two trainings of one model registering at once both read the table, so Delta makes the
+second commit fail, and it retries with the next version. Versions stay unique and
+gapless, and an artifact folder belongs to one run, so no registration overwrites
+another's files.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.config import Config
-from lakehouse.errors import LakeforgeError
+from lakehouse.errors import CommitConflictError, LakeforgeError
 from lakehouse.tables import table
 
+log = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
+REGISTER_ATTEMPTS = 8
 META_FILE = "meta.json"
 
 
@@ -92,22 +102,40 @@ class ModelStore:
         if existing is not None:
             shutil.rmtree(staged, ignore_errors=True)
             return existing
-        latest = self.spark.table(self.table).filter(F.col("name") == name).agg(F.max("version"))
-        version = (latest.first()[0] or 0) + 1
-        target = self.root / name / f"v{version}"
+        target = self.root / name / run_id
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
+        if target.exists():   # left by a registration killed before its commit
             shutil.rmtree(target)
         shutil.move(staged, target)
-        record = ModelRecord(name, version, family, params, metrics, training_table,
-                             training_version, run_id, str(target),
-                             dt.datetime.now(dt.UTC).replace(tzinfo=None))
-        (target / META_FILE).write_text(json.dumps(
-            {**{k: v for k, v in record.__dict__.items() if k != "created_at"},
-             "created_at": record.created_at.isoformat()}, indent=2, default=str))
+        for attempt in range(1, REGISTER_ATTEMPTS + 1):
+            latest = (self.spark.table(self.table).filter(F.col("name") == name)
+                      .agg(F.max("version")).first()[0])
+            record = ModelRecord(name, (latest or 0) + 1, family, params, metrics,
+                                 training_table, training_version, run_id, str(target),
+                                 dt.datetime.now(dt.UTC).replace(tzinfo=None))
+            (target / META_FILE).write_text(json.dumps(
+                {**{k: v for k, v in record.__dict__.items() if k != "created_at"},
+                 "created_at": record.created_at.isoformat()}, indent=2, default=str))
+            try:
+                if self._insert(record):
+                    return record
+            except Exception as exc:
+                if not delta.is_commit_conflict(exc):
+                    raise
+            done = self.find_run(name, run_id)
+            if done is not None:
+                return done
+            log.info("%s v%d was registered concurrently (attempt %d); taking the next",
+                     name, record.version, attempt)
+        raise CommitConflictError(f"register {name}: lost {REGISTER_ATTEMPTS} version races")
+
+    def _insert(self, record: ModelRecord) -> bool:
+        """Insert the record's row unless its (name, version) exists; whether it did."""
         rows = self.spark.createDataFrame([record.row()], self.spec.schema)
-        delta.append_once(rows, self.table, f"lakeforge/models/{name}/{run_id}")
-        return record
+        (DeltaTable.forName(self.spark, self.table).alias("t")
+         .merge(rows.alias("s"), "t.name = s.name AND t.version = s.version")
+         .whenNotMatchedInsertAll().execute())
+        return self.find_run(record.name, record.run_id) is not None
 
     def get(self, name: str, version: int | str = "latest") -> ModelRecord:
         """Look up a model by name and version (an int, or ``latest``).

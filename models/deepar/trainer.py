@@ -10,7 +10,6 @@ ND / NRMSE / wQL of all three, the 10-90% coverage and a fan chart.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,15 @@ from models.deepar.rank import train_rank
 from models.deepar.windows import panel_of, window_spec
 from models.evaluate import plot_history
 from models.rank import RankSpec
-from models.runner import TrainResult, default_run_id, pin_table, run_ranks, snapshot_files
+from models.runner import (
+    TrainResult,
+    default_run_id,
+    pin_table,
+    registered_run,
+    run_ranks,
+    snapshot_files,
+    staging_dir,
+)
 from models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -110,7 +117,10 @@ def train_deepar(spark: SparkSession, cfg: Config, dataset: str, version: int | 
                           f"a longer --param context_length")
     name = name or f"{dataset}_deepar"
     run_id = run_id or default_run_id(name, "deepar", gold, version, params)
-    staged = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.home))
+    done = registered_run(spark, cfg, name, run_id, start)
+    if done is not None:
+        return done
+    staged = staging_dir(cfg, run_id)
     spec = RankSpec(family="deepar", params=params, files=snapshot_files(df),
                     rows=shape["rows"], n_features=shape["context"] + shape["prediction"],
                     n_classes=0, checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id),
@@ -121,8 +131,8 @@ def train_deepar(spark: SparkSession, cfg: Config, dataset: str, version: int | 
     ranks = run_ranks(spec, cfg, train_rank)
     rank0 = next(r for r in ranks if r["rank"] == 0)
     train_seconds = time.monotonic() - start
-    silver = delta.read_version(spark, layer_table(db, "silver", "series"),
-                                shape["source_version"])
+    silver = delta.read_data_version(spark, layer_table(db, "silver", "series"),
+                                     shape["source_version"])
     log.info("fitting seasonal naive and ETS per series on the same horizon")
     peers = baselines(silver, dataset, shape["prediction"], panel.season_length)
     metrics = evaluate_run(rank0, peers, staged, name, shape["context"])

@@ -201,8 +201,9 @@ def build_windows(spark: SparkSession, cfg: Config, dataset: str,
     panel, context, prediction = panel_of(dataset), p["context_length"], p["prediction_length"]
     db = cfg.catalog.database
     silver_table = layer_table(db, "silver", "series")
-    silver_version = delta.current_version(spark, silver_table)
-    series = series_arrays(delta.read_version(spark, silver_table, silver_version), dataset,
+    pinned = delta.snapshot(spark, silver_table)
+    silver_version = pinned.data_version
+    series = series_arrays(delta.read_version(spark, silver_table, pinned.version), dataset,
                            panel.freq_months).cache()
     try:
         if not series.limit(1).count():
@@ -216,9 +217,10 @@ def build_windows(spark: SparkSession, cfg: Config, dataset: str,
         rows.unpersist()
     finally:
         series.unpersist()
-    version = delta.current_version(spark, gold)
+    built = delta.snapshot(spark, gold)
+    version = built.data_version
     counts = {r["split"]: r["count"] for r in
-              delta.read_version(spark, gold, version).groupBy("split").count().collect()}
+              delta.read_version(spark, gold, built.version).groupBy("split").count().collect()}
     log.info("%s: %s v%d holds %s windows of %d+%d periods (from %s v%d)", dataset, gold,
              version, counts, context, prediction, silver_table, silver_version)
     return FeatureSet(f"deepar_{dataset}", gold, version, sum(counts.values()),

@@ -91,8 +91,9 @@ def build_shingles(spark: SparkSession, cfg: Config, stream: str,
         raise ConfigError(f"shingle_size must be at least 1, got {size}")
     db = cfg.catalog.database
     silver_name = layer_table(db, "silver", "streams")
-    silver_version = delta.current_version(spark, silver_name)
-    silver = delta.read_version(spark, silver_name, silver_version)
+    pinned = delta.snapshot(spark, silver_name)
+    silver_version = pinned.data_version
+    silver = delta.read_version(spark, silver_name, pinned.version)
     kind = dict(silver.dtypes).get("value")
     if kind not in ("double", "float", "int", "bigint"):
         raise SchemaMismatchError(f"{silver_name}.value is {kind}, expected a numeric type")
@@ -126,8 +127,9 @@ def build_shingles(spark: SparkSession, cfg: Config, stream: str,
     else:
         log.info("%s: shingle size changes from %d to %d; rewriting", gold, current["n"], size)
     writer.mode("overwrite").save(delta.table_location(spark, gold))
-    version = delta.current_version(spark, gold)
-    rows = delta.read_version(spark, gold, version).count()
+    built = delta.snapshot(spark, gold)
+    version = built.data_version
+    rows = delta.read_version(spark, gold, built.version).count()
     log.info("%s: %s v%d holds %d shingles of size %d (from %s v%d)",
              stream, gold, version, rows, size, silver_name, silver_version)
     return FeatureSet(stream, gold, version, rows, size, 0,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,7 +31,15 @@ from lakehouse.config import Config
 from lakehouse.errors import ConfigError
 from models.rcf.shingles import shingles_spec, window_labels
 from models.rcf.transform import TRANSFORMS
-from models.runner import TrainResult, default_run_id, pin_table, run_ranks, snapshot_files
+from models.runner import (
+    TrainResult,
+    default_run_id,
+    pin_table,
+    registered_run,
+    run_ranks,
+    snapshot_files,
+    staging_dir,
+)
 from models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -184,12 +191,11 @@ def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | Non
         raise ConfigError(f"{table} v{version} has no shingles")
     name = name or f"{dataset}_rcf"
     run_id = run_id or default_run_id(name, "rcf", table, version, params)
-    store = ModelStore(spark, cfg)
-    done = store.find_run(name, run_id)
+    done = registered_run(spark, cfg, name, run_id, start)
     if done is not None:
-        log.info("run %s already registered %s v%d; nothing to train", run_id, name, done.version)
-        return TrainResult(done, {}, [], time.monotonic() - start)
-    staged = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.home))
+        return done
+    store = ModelStore(spark, cfg)
+    staged = staging_dir(cfg, run_id)
     spec = RcfSpec(files["train"] or files["test"], files["test"] or files["train"], params,
                    str(staged), cfg.train.seed)
     log.info("training %s (rcf, %d trees x %d samples, shingle %d, %s, max depth %s) on %s v%d, "

@@ -138,17 +138,21 @@ def build_key(silver_version: int, params: dict[str, Any]) -> str:
 
 def commit_metadata(spark: SparkSession, full_name: str,
                     version: int | None = None) -> dict[str, Any]:
-    """The build metadata stored with a corpus commit (latest, or at ``version``).
+    """The build metadata stored with a corpus commit.
+
+    At ``version``, or else at the data version: the last build, whatever maintenance
+    committed after it.
 
     Raises:
         TableNotFoundError: the commit carries no word2vec build metadata.
     """
-    history = DeltaTable.forName(spark, full_name).history()
-    if version is not None:
-        history = history.filter(F.col("version") == int(version))
-    row = history.orderBy(F.desc("version")).select("version", "userMetadata").first()
+    latest = version is None
+    if latest:
+        version = delta.snapshot(spark, full_name).data_version
+    row = (DeltaTable.forName(spark, full_name).history()
+           .filter(F.col("version") == int(version)).select("userMetadata").first())
     if row is None or not row["userMetadata"]:
-        if version is None and row is not None:
+        if latest:
             return {}
         raise TableNotFoundError(f"{full_name} v{version}: no word2vec build metadata; "
                                  f"rebuild it with `lakeforge features corpus`")
@@ -177,7 +181,7 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
     params = feature_params(params)
     db = cfg.catalog.database
     silver = layer_table(db, "silver", "documents")
-    silver_version = delta.current_version(spark, silver)
+    silver_version = delta.snapshot(spark, silver).data_version
     vocab_table = delta.ensure_table(spark, VOCAB_SPEC, db)
     corpus_table = delta.ensure_table(spark, CORPUS_SPEC, db)
     key = build_key(silver_version, params)
@@ -185,7 +189,7 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
         log.info("%s is already built from %s v%d with %s; nothing to do",
                  corpus_table, silver, silver_version, key)
         return _feature_set(spark, dataset, corpus_table, vocab_table)
-    docs = delta.read_version(spark, silver, silver_version)
+    docs = spark.table(silver)   # the rows of silver_version (maintenance keeps them)
     if params["corpora"]:
         docs = docs.filter(F.col("corpus").isin(params["corpora"]))
     docs = docs.select("corpus", "doc_id", tokenise(F.col("text")).alias("tokens"))
@@ -227,8 +231,8 @@ def _write_vocab(spark: SparkSession, docs: DataFrame, vocab_table: str,
 
 def _feature_set(spark: SparkSession, dataset: str, corpus_table: str,
                  vocab_table: str) -> FeatureSet:
-    version = delta.current_version(spark, corpus_table)
+    version = delta.snapshot(spark, corpus_table).data_version
     meta = commit_metadata(spark, corpus_table, version)
     rows = spark.table(corpus_table).count()
-    words = delta.read_version(spark, vocab_table, meta["vocab_version"]).count()
+    words = delta.read_data_version(spark, vocab_table, meta["vocab_version"]).count()
     return FeatureSet(dataset, corpus_table, version, rows, words, 0, ())

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -28,7 +26,15 @@ from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SourceError
 from lakehouse.tables import layer_table
 from models.evaluate import plot_history
-from models.runner import TrainResult, default_run_id, pin_table, run_ranks, snapshot_files
+from models.runner import (
+    TrainResult,
+    default_run_id,
+    pin_table,
+    registered_run,
+    run_ranks,
+    snapshot_files,
+    staging_dir,
+)
 from models.store import ModelStore
 from models.word2vec.corpus import CORPUS_SPEC, VOCAB_SPEC, commit_metadata
 from models.word2vec.evaluate import (
@@ -80,7 +86,10 @@ def train_word2vec(spark: SparkSession, cfg: Config, dataset: str, version: int 
                           f"{cfg.train.num_proc} ranks; rebuild it with partitions >= num_proc")
     name = name or f"{dataset}_word2vec"
     run_id = run_id or default_run_id(name, "word2vec", corpus_table, version, params)
-    staged = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.home))
+    done = registered_run(spark, cfg, name, run_id, start)
+    if done is not None:
+        return done
+    staged = staging_dir(cfg, run_id)
     spec = Word2VecSpec(params=dict(params), files=files, counts=counts,
                         checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id),
                         artifact_dir=str(staged), seed=cfg.train.seed)
@@ -153,7 +162,7 @@ def _speed(ranks: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, flo
 def _vocabulary(spark: SparkSession, vocab_table: str,
                 meta: dict[str, Any]) -> tuple[list[str], list[int]]:
     """Words and counts by id of the vocabulary version a corpus was built with."""
-    vocab = delta.read_version(spark, vocab_table, meta["vocab_version"])
+    vocab = delta.read_data_version(spark, vocab_table, meta["vocab_version"])
     rows = vocab.orderBy("word_id").select("word_id", "word", "count").collect()
     if not rows:
         min_count = meta.get("params", {}).get("min_count")

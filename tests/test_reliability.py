@@ -1,0 +1,208 @@
+"""Re-runs and maintenance change nothing: work is keyed on data, not on table versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+from pyspark.sql import functions as F
+
+from lakehouse import delta
+from lakehouse.config import load_config
+from lakehouse.curate import curate
+from lakehouse.ingest import ingest
+from lakehouse.maintain import lakehouse_tables, maintain
+from lakehouse.pipeline import run_pipeline
+from lakehouse.session import hold_lakehouse
+from models.runner import staging_dir
+from models.store import ModelStore
+from tests.helpers import with_datasets
+
+ORDERS = "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, status STRING"
+HEADER = "order_id,placed_at,amount,status\n"
+RULES = [{"name": "amount_positive", "expr": "amount > 0", "on_fail": "quarantine"}]
+
+
+def _orders(folder: Path) -> dict:
+    return {"orders": {
+        "kind": "tabular", "roles": {"id": "order_id", "label": "status"},
+        "source": {"files": str(folder), "format": "csv", "options": {"header": True},
+                   "schema": ORDERS},
+        "silver": {"keys": ["order_id"], "rules": RULES},
+    }}
+
+
+def _landing(tmp_path: Path) -> Path:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "day1.csv").write_text(HEADER + "1,,10,NEW\n2,,-5,PAID\n3,,oops,NEW\n")
+    return landing
+
+
+def _state(spark, cfg) -> dict[str, tuple[int, int, int]]:
+    """Per table: latest version, rows and an order-independent content hash."""
+    state = {}
+    for name in lakehouse_tables(spark, cfg):
+        df = spark.table(name)
+        digest = df.select(F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))).first()[0]
+        state[name] = (delta.current_version(spark, name), df.count(), int(digest or 0))
+    return state
+
+
+def test_snapshot_data_version_ignores_maintenance_and_noop_commits(spark, cfg):
+    name = f"{cfg.catalog.database}.t"
+    spark.sql(f"CREATE TABLE {name} (k INT, v STRING) USING delta")
+    assert delta.snapshot(spark, name).data_version == 0          # empty: its first version
+    for rows in ([(1, "a")], [(2, "b")]):
+        spark.createDataFrame(rows, "k int, v string").write.format("delta").mode("append") \
+            .saveAsTable(name)
+    written = delta.current_version(spark, name)
+    spark.sql(f"OPTIMIZE {name}")
+    spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ('team' = 'ops')")
+    spark.sql(f"MERGE INTO {name} t USING (SELECT 1 AS k, 'a' AS v) s ON t.k = s.k "
+              f"WHEN MATCHED AND t.v <> s.v THEN UPDATE SET * "
+              f"WHEN NOT MATCHED THEN INSERT *")      # rewrites the file, changes no row
+    after = delta.snapshot(spark, name)
+    assert (after.data_version, after.version) == (written, written + 3)
+    spark.sql(f"MERGE INTO {name} t USING (SELECT 1 AS k, 'z' AS v) s ON t.k = s.k "
+              f"WHEN MATCHED THEN UPDATE SET *")
+    assert delta.snapshot(spark, name).data_version == written + 4
+
+
+HOLDER = """
+import sys, time
+from lakehouse.config import load_config
+from lakehouse.session import hold_lakehouse
+from models.runner import staging_dir
+from models.store import ModelStore
+hold_lakehouse(load_config([f"home={sys.argv[1]}"], environ={}))
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_process_on_a_derby_lakehouse_stops_with_one_line(tmp_path):
+    home = tmp_path / "home"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        second = subprocess.run(
+            [sys.executable, "-m", "lakehouse.cli", "tables", "--set", f"home={home}"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert second.returncode == 2
+    errors = [line for line in second.stderr.splitlines() if "lakeforge tables: error" in line]
+    assert len(errors) == 1 and f"in use by pid {holder.pid}" in errors[0]
+    assert "shared metastore" in errors[0]
+    assert len(second.stderr.splitlines()) == 1 and "Exception" not in second.stderr
+    hold_lakehouse(load_config([f"home={home}"], environ={}))   # a killed holder lets go
+
+
+def test_unknown_operations_count_as_data_changes():
+    assert delta.changes_data("RESTORE", {}, {})
+    assert delta.changes_data("WRITE", {"mode": "Overwrite"}, {"numOutputRows": "0"})
+    assert not delta.changes_data("WRITE", {"mode": "Append"}, {"numOutputRows": "0"})
+    assert not delta.changes_data("VACUUM END", {}, {})
+    assert delta.changes_data("MERGE", {}, {})                    # no metrics: assume it did
+
+
+def test_recurating_with_a_new_batch_quarantines_each_record_once(spark, cfg, tmp_path):
+    landing = _landing(tmp_path)
+    cfg = with_datasets(cfg, _orders(landing))
+    db = cfg.catalog.database
+    ingest(spark, cfg, ["orders"], "d1")
+    [first] = curate(spark, cfg, ["orders"])
+    assert (first.valid, first.rejected, first.skipped) == (1, 1, False)
+    silver_version = delta.current_version(spark, f"{db}.silver_orders")
+
+    # The same rows landed again under a new name: bronze grows, silver has nothing new.
+    (landing / "day1-copy.csv").write_text((landing / "day1.csv").read_text())
+    ingest(spark, cfg, ["orders"], "d2")
+    [again] = curate(spark, cfg, ["orders"])
+    assert (again.valid, again.rejected) == (2, 2) and again.inserted == 0
+    assert delta.current_version(spark, f"{db}.silver_orders") == silver_version
+    curated = spark.table(f"{db}.ops_quarantine").filter("stage = 'curate'")
+    assert sorted((r.batch, json.loads(r.raw)["order_id"]) for r in curated.collect()) == \
+        [("d1", 2), ("d2", 2)]
+
+    maintain(spark, cfg)
+    maintained = _state(spark, cfg)
+    [third] = curate(spark, cfg, ["orders"])
+    assert third.skipped and third.bronze_version == again.bronze_version
+    assert _state(spark, cfg) == maintained
+
+
+@pytest.mark.slow
+def test_maintain_then_rerun_writes_nothing_and_starts_no_training(spark, cfg, tmp_path,
+                                                                   monkeypatch, capsys):
+    cfg = with_datasets(cfg, _orders(_landing(tmp_path)))
+    definitions = tmp_path / "pipelines.yml"
+    definitions.write_text(yaml.safe_dump({"defaults": {}, "pipelines": {"wine_mlp": {
+        "sources": ["wine", "orders"], "features": "wine", "family": "mlp",
+        "params": {"epochs": 1, "batch_size": 32, "hidden": [8]}}}}))
+    run_pipeline(spark, cfg, "wine_mlp", "b1", definitions)
+    db = cfg.catalog.database
+    assert spark.table(f"{db}.ops_quarantine").count() == 2        # 'oops' and amount -5
+    assert spark.table(f"{db}.predictions_mlp").count() == 178
+
+    shown = {r["tableName"] for r in spark.sql(f"SHOW TABLES IN {db}").collect()
+             if not r["isTemporary"] and not r["tableName"].endswith("_latest")}
+    maintained = maintain(spark, cfg)
+    assert {r.table.split(".")[1] for r in maintained} == shown   # every table, once
+    gold = next(r for r in maintained if r.table.endswith("gold_wine"))
+    assert not gold.optimized                                     # shards stay one per rank
+    before = _state(spark, cfg)
+
+    def no_horovod(*args, **kwargs):
+        raise AssertionError("a re-run started a Horovod job")
+
+    monkeypatch.setattr("models.runner.run_ranks", no_horovod)
+    for batch in ("b2", "b1"):
+        run_pipeline(spark, cfg, "wine_mlp", batch, definitions)
+    assert _state(spark, cfg) == before
+    assert spark.table(f"{db}.models").count() == 1
+
+
+def test_staging_removes_folders_of_killed_runs_only(cfg, tmp_path):
+    root = cfg.home / "staging"
+    root.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    for run, pid in (("killed-run", dead.pid), ("live-run", os.getpid())):
+        (root / run).mkdir()
+        (root / run / "model.keras").write_text("partial")
+        (root / f"{run}.owner").write_text(f"{host} {pid}")
+    (root / "orphan").mkdir()                                  # no owner at all
+    staged = staging_dir(cfg, "new-run")
+    assert staged.is_dir() and not any(staged.iterdir())
+    assert sorted(p.name for p in root.iterdir()) == \
+        ["live-run", "live-run.owner", "new-run", "new-run.owner"]
+
+
+def test_concurrent_registrations_of_one_model_get_distinct_versions(spark, cfg, tmp_path):
+    store = ModelStore(spark, cfg)
+
+    def register(run: str) -> int:
+        staged = tmp_path / run
+        staged.mkdir()
+        (staged / "model.keras").write_text(run)
+        return store.register("m", "mlp", staged, {}, {}, "t", 1, run).version
+
+    with ThreadPoolExecutor(3) as pool:
+        versions = sorted(pool.map(register, ["r1", "r2", "r3"]))
+    assert versions == [1, 2, 3]
+    rows = spark.table(store.table).filter("name = 'm'").collect()
+    assert sorted(r.version for r in rows) == [1, 2, 3]
+    assert {(Path(r.artifact) / "model.keras").read_text() for r in rows} == {"r1", "r2", "r3"}
