@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint sql-server bench-ingest bench-score bench-train bench-mlp bench-cnn bench-word2vec bench-deepar bench-rcf clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore sql-server bench-ingest bench-score bench-train bench-mlp bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,6 +37,9 @@ lint: setup     ## ruff
 bench-ingest: setup  ## Delta vs plain Parquet write of nycflights13 (rows/s)
 	$(PY) bench/bench_ingest.py $(ARGS)
 
+metastore: setup    ## start the shared PostgreSQL metastore (LAKEFORGE_METASTORE__KIND=postgres)
+	$(VENV)/bin/lakeforge metastore start $(ARGS)
+
 sql-server: setup   ## Spark Thrift server (JDBC) on 127.0.0.1:10000 over the catalog
 	$(VENV)/bin/lakeforge sql-server $(ARGS)
 
@@ -60,6 +63,9 @@ bench-deepar: setup  ## DeepAR vs seasonal naive and ETS: ND, NRMSE, weighted qu
 
 bench-rcf: setup    ## RCF vs rrcf and IsolationForest: ROC-AUC, PR-AUC, points/s
 	$(PY) bench/bench_rcf.py $(ARGS)
+
+soak: setup         ## pipeline rounds with maintenance and random kills; prints what must be 0
+	$(PY) bench/soak.py $(ARGS)
 
 clean:          ## remove the local data directory (tables, metastore, models)
 	rm -rf data spark-warehouse metastore_db derby.log

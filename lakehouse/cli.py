@@ -112,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table names, e.g. silver_flights (default: all)")
     _add_common(p)
 
+    p = sub.add_parser(
+        "metastore", help="the shared PostgreSQL metastore: start, stop, status, init, register",
+        description="With metastore.kind=postgres (LAKEFORGE_METASTORE__KIND=postgres) many jobs "
+                    "share one lakehouse. `start` runs a local PostgreSQL on metastore.host:port "
+                    "with its data under home/postgres and creates the metastore schema; `init` "
+                    "only creates the schema (a PostgreSQL you run yourself); `register` adds "
+                    "every Delta table under the warehouse to the configured metastore (moving "
+                    "a lakehouse from Derby); `status` and `stop` do what they say.")
+    p.add_argument("action", choices=["start", "stop", "status", "init", "register"])
+    _add_common(p)
+
     p = sub.add_parser("tables", help="list tables with row counts and Delta versions")
     _add_common(p)
 
@@ -257,6 +268,34 @@ def _cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
                           check=False).returncode
 
 
+def _cmd_metastore(cfg: Config, args: argparse.Namespace) -> int:
+    from lakehouse import metastore
+
+    ms = cfg.metastore
+    where = f"{ms.host}:{ms.port}/{ms.database}"
+    if args.action == "start":
+        print(f"metastore running: {metastore.start(cfg)} (data in {metastore.data_dir(cfg)})")
+    elif args.action == "init":
+        created = metastore.init_schema(cfg)
+        print(f"metastore schema {'created' if created else 'already present'} in {where}")
+    elif args.action == "stop":
+        print("stopped" if metastore.stop(cfg) else "not running")
+    else:
+        up = metastore.running(cfg)
+        print(f"local PostgreSQL metastore {'running' if up else 'not running'} on {where} "
+              f"(metastore.kind={ms.kind})")
+        return 0 if up else 1
+    return 0
+
+
+def _cmd_register(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.metastore import register_tables
+
+    added = register_tables(spark, cfg)
+    print(f"registered {len(added)} table(s) in the {cfg.metastore.kind} metastore"
+          + "".join(f"\n  {name}" for name in added))
+
+
 def _cmd_maintain(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.catalog import format_table
     from lakehouse.maintain import maintain
@@ -351,6 +390,7 @@ COMMANDS: dict[str, Callable] = {
     "ingest": _cmd_ingest, "curate": _cmd_curate, "maintain": _cmd_maintain,
     "features": _cmd_features, "train": _cmd_train, "score": _cmd_score,
     "tables": _cmd_tables, "sql": _cmd_sql, "demo": _cmd_demo, "run": _cmd_run,
+    "metastore": _cmd_register,
 }
 
 
@@ -376,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_submit(cfg, args)
         if args.command == "sql-server":
             return _cmd_sql_server(cfg, args)
+        if args.command == "metastore" and args.action != "register":
+            return _cmd_metastore(cfg, args)
         from lakehouse.session import build_spark
 
         spark = build_spark(cfg)

@@ -70,6 +70,7 @@ def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
         _add_new_columns(spark, spec, full_name)
         check_schema(spark.table(full_name).schema, spec.schema, full_name)
         return full_name
+    _clear_failed_create(spark, database, spec.table_name)
     builder = (
         DeltaTable.createIfNotExists(spark)
         .tableName(full_name)
@@ -83,6 +84,37 @@ def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
     builder.execute()
     log.info("created table %s", full_name)
     return full_name
+
+
+def _clear_failed_create(spark: SparkSession, database: str, name: str) -> None:
+    """Remove what a process killed while creating a managed table left in its folder.
+
+    Spark refuses to create a managed table over a non-empty folder. A creation killed
+    before its first Delta commit, or after that commit but before the catalog knew the
+    table, leaves a folder with no rows in it: no commit, or only the empty first one.
+    Anything else is left alone (and the error names the folder).
+    """
+    jvm = spark.sparkContext._jvm
+    location = spark.catalog.getDatabase(database).locationUri
+    hpath = jvm.org.apache.hadoop.fs.Path
+    path = hpath(f"{location.rstrip('/')}/{name}")
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path):
+        return
+    first = hpath(path, "_delta_log/00000000000000000000.json")
+    if fs.exists(first):
+        if fs.exists(hpath(path, "_delta_log/00000000000000000001.json")):
+            return
+        stream = fs.open(first)
+        try:
+            text = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+        finally:
+            stream.close()
+        if '"add"' in text:
+            return
+    log.warning("%s.%s: removing %s, left by a creation that was killed", database, name,
+                path.toString())
+    fs.delete(path, True)
 
 
 def _add_new_columns(spark: SparkSession, spec: TableSpec, full_name: str) -> None:

@@ -3,7 +3,8 @@
 #   1. the Debian data packages and build tools,
 #   2. a virtualenv at .venv with the pinned stack (scripts/requirements*.txt),
 #   3. Horovod 0.28.1 built against TensorFlow with Gloo (wheel cached),
-#   4. Delta Lake's JVM jars in the local Maven repository.
+#   4. Delta Lake's JVM jars and the PostgreSQL JDBC driver (for the shared metastore)
+#      in the local Maven repository.
 # A second run with nothing changed only checks and takes seconds.
 set -euo pipefail
 
@@ -14,7 +15,8 @@ CACHE="${LAKEFORGE_CACHE:-$HOME/.cache/lakeforge}"
 PY="${LAKEFORGE_PYTHON:-python3.11}"
 HOROVOD_VERSION="0.28.1"
 DELTA_VERSION="$(sed -n 's/^delta-spark==//p' scripts/requirements.txt)"
-DEB_PACKAGES=(dataset-fashion-mnist bible-kjv-text bible-kjv)
+PG_JDBC_VERSION="$(sed -n 's/^ *jdbc_version: *"\(.*\)"/\1/p' conf/base/lakeforge.yml)"
+DEB_PACKAGES=(dataset-fashion-mnist bible-kjv-text bible-kjv postgresql)
 STAMP="$VENV/.lakeforge-setup"
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -95,6 +97,15 @@ delta_jars() {
   done
 }
 
+postgres_jdbc() {
+  local jar="$HOME/.m2/repository/org/postgresql/postgresql/$PG_JDBC_VERSION/postgresql-$PG_JDBC_VERSION.jar"
+  [ -f "$jar" ] && return 0
+  command -v mvn >/dev/null || die "mvn is needed to fetch the PostgreSQL JDBC driver"
+  say "fetching org.postgresql:postgresql:$PG_JDBC_VERSION into ~/.m2"
+  mvn -q dependency:get -Dartifact="org.postgresql:postgresql:$PG_JDBC_VERSION" >/dev/null \
+    || die "mvn dependency:get org.postgresql:postgresql:$PG_JDBC_VERSION failed"
+}
+
 project() {
   "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . || die "pip install -e . failed"
 }
@@ -112,6 +123,7 @@ main() {
   local start=$SECONDS
   debian_packages
   delta_jars
+  postgres_jdbc
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ]; then
     say "virtualenv up to date ($VENV)"
   else

@@ -206,3 +206,21 @@ def test_concurrent_registrations_of_one_model_get_distinct_versions(spark, cfg,
     rows = spark.table(store.table).filter("name = 'm'").collect()
     assert sorted(r.version for r in rows) == [1, 2, 3]
     assert {(Path(r.artifact) / "model.keras").read_text() for r in rows} == {"r1", "r2", "r3"}
+
+
+def test_tables_whose_creation_was_killed_are_created_on_the_next_run(spark, cfg):
+    from lakehouse.tables import table
+
+    db = cfg.catalog.database
+    folder = Path(spark.catalog.getDatabase(db).locationUri.removeprefix("file:"))
+    half = folder / "ops_quality" / "_delta_log"                 # killed before commit 0
+    half.mkdir(parents=True)
+    (half / "00000000000000000000.json.tmp").write_text("{")
+    assert delta.ensure_table(spark, table("ops.quality"), db) == f"{db}.ops_quality"
+    assert spark.table(f"{db}.ops_quality").count() == 0
+
+    spec = table("ops.quarantine")                              # killed after commit 0
+    rows = spark.createDataFrame([], spec.schema)
+    rows.write.format("delta").save(str(folder / "ops_quarantine"))
+    assert delta.ensure_table(spark, spec, db) == f"{db}.ops_quarantine"
+    assert delta.current_version(spark, f"{db}.ops_quarantine") == 0
