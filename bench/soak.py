@@ -161,7 +161,7 @@ def soak(lake: Lake, spark, rounds: int, kill_rate: float, rng: random.Random) -
         batch = f"day{day:03d}"
         proc = lake.pipeline("soak_0", batch)
         if rng.random() < kill_rate:
-            time.sleep(rng.uniform(5, 60))
+            time.sleep(rng.uniform(5, 40))
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 stats["kills"] += 1

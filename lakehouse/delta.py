@@ -19,6 +19,11 @@ from lakehouse.tables import TableSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CREATE_ATTEMPTS = 12   # waits 1 + 2 + ... + 11 s: past STALE_CREATE_SECONDS
+# What Spark and Delta say when another job created the table (or its folder) first.
+CREATE_RACES = ("DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION", "TABLE_OR_VIEW_ALREADY_EXISTS",
+                "LOCATION_ALREADY_EXISTS", "already exists")
+STALE_CREATE_SECONDS = 60
 # Conflicts a commit can lose to a concurrent writer; the operation is safe to retry
 # (appends carry txnAppId, merges are keyed).
 COMMIT_CONFLICTS = (
@@ -66,11 +71,27 @@ def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
         SchemaMismatchError: if the existing table's columns differ from the spec.
     """
     full_name = spec.full_name(database)
-    if table_exists(spark, full_name):
-        _add_new_columns(spark, spec, full_name)
-        check_schema(spark.table(full_name).schema, spec.schema, full_name)
-        return full_name
-    _clear_failed_create(spark, database, spec.table_name)
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        if table_exists(spark, full_name):
+            _add_new_columns(spark, spec, full_name)
+            check_schema(spark.table(full_name).schema, spec.schema, full_name)
+            return full_name
+        _clear_failed_create(spark, database, spec.table_name)
+        try:
+            _create(spark, spec, full_name)
+            log.info("created table %s", full_name)
+            return full_name
+        except AnalysisException as exc:
+            # Another job on a shared metastore is creating the same table right now.
+            if not any(race in str(exc) for race in CREATE_RACES) or attempt == CREATE_ATTEMPTS:
+                raise
+            log.info("%s is being created by another job; waiting (attempt %d)", full_name,
+                     attempt)
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+def _create(spark: SparkSession, spec: TableSpec, full_name: str) -> None:
     builder = (
         DeltaTable.createIfNotExists(spark)
         .tableName(full_name)
@@ -82,8 +103,6 @@ def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
     for key, value in spec.properties.items():
         builder = builder.property(key, value)
     builder.execute()
-    log.info("created table %s", full_name)
-    return full_name
 
 
 def _clear_failed_create(spark: SparkSession, database: str, name: str) -> None:
@@ -92,7 +111,10 @@ def _clear_failed_create(spark: SparkSession, database: str, name: str) -> None:
     Spark refuses to create a managed table over a non-empty folder. A creation killed
     before its first Delta commit, or after that commit but before the catalog knew the
     table, leaves a folder with no rows in it: no commit, or only the empty first one.
-    Anything else is left alone (and the error names the folder).
+    Anything else is left alone (and the error names the folder). On a shared metastore
+    the folder may also be another job's creation in progress: it is only taken for a
+    leftover once it has not changed for ``STALE_CREATE_SECONDS``; with embedded Derby
+    no other process can be creating it.
     """
     jvm = spark.sparkContext._jvm
     location = spark.catalog.getDatabase(database).locationUri
@@ -111,6 +133,14 @@ def _clear_failed_create(spark: SparkSession, database: str, name: str) -> None:
         finally:
             stream.close()
         if '"add"' in text:
+            return
+    shared = not spark.conf.get("spark.hadoop.javax.jdo.option.ConnectionURL", "") \
+        .startswith("jdbc:derby:")
+    if shared:
+        log_dir = hpath(path, "_delta_log")
+        changed = max(fs.getFileStatus(p).getModificationTime()
+                      for p in (path, log_dir) if fs.exists(p))
+        if time.time() - changed / 1000 < STALE_CREATE_SECONDS:
             return
     log.warning("%s.%s: removing %s, left by a creation that was killed", database, name,
                 path.toString())

@@ -206,7 +206,8 @@ def read_dataset(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSp
     source = entry.source
     if source.kind == "table":
         version = int(files[0].path.rsplit("@v", 1)[1])
-        return read_table(spark, source, fields, version)
+        latest = source.version is None and _table_version(spark, entry) == version
+        return read_table(spark, source, fields, version, latest=latest)
     if source.kind == "files":
         return read_files(spark, source, fields, [f.path for f in files])
     options = parse_options(fields, dict(source.options), cfg.ingest.batch_rows,

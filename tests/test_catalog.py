@@ -158,6 +158,9 @@ def test_existing_delta_table_read_at_a_version(spark, cfg, tmp_path):
     assert sorted(r.id for r in _t(spark, cfg, "bronze_up_latest").collect()) == [1, 2]
     [same] = ingest(spark, cfg, ["up_latest"], "b2")       # no new table version: nothing
     assert same.skipped
+    spark.sql(f"OPTIMIZE delta.`{path}`")                   # a version, but the same rows
+    [compacted] = ingest(spark, cfg, ["up_latest"], "b2b")
+    assert compacted.skipped
     spark.createDataFrame([(3, 7.0)], "id INT, x DOUBLE").write.format("delta") \
         .mode("append").save(path)
     [newer] = ingest(spark, cfg, ["up_latest"], "b3")

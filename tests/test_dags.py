@@ -8,10 +8,19 @@ against a temporary LAKEFORGE_HOME with its own SQLite metadata DB.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
+import sys
+import tempfile
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -152,3 +161,135 @@ def test_job_failing_on_its_input_fails_without_retries(airflow_env, tmp_path):
     assert run["state"] == "failed" and run["tasks"]["ingest"] == "failed", output[-5000:]
     assert "failed on its input or config" in output
     assert str(missing) in output
+
+
+class Scheduler:
+    """A real Airflow: API server, scheduler (LocalExecutor) and DAG processor, started
+    as their own process groups on free ports, with SQLite metadata under ``home``."""
+
+    COMPONENTS = ("api-server", "scheduler", "dag-processor")
+
+    def __init__(self, env: dict[str, str], home: Path, parallelism: int) -> None:
+        port = _free_port()
+        self.api = f"http://127.0.0.1:{port}"
+        self.env = {**env, "AIRFLOW_HOME": str(home),
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+                    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                    "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+                    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                    "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+                    "AIRFLOW__API__WORKERS": "1", "AIRFLOW__API__BASE_URL": self.api,
+                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
+                    "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
+                    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+                    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port())}
+        self.home, self.procs = home, []
+
+    def __enter__(self) -> Scheduler:
+        self.home.mkdir(parents=True, exist_ok=True)
+        airflow = str(AIRFLOW_PYTHON.parent / "airflow")
+        subprocess.run([airflow, "db", "migrate"], env=self.env, capture_output=True,
+                       check=True, timeout=600)
+        for name in self.COMPONENTS:
+            log = (self.home / f"{name}.log").open("w")
+            self.procs.append(subprocess.Popen([airflow, name], env=self.env, stdout=log,
+                                               stderr=subprocess.STDOUT, start_new_session=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.api + path, timeout=10) as response:
+            return json.load(response)
+
+    def wait_for_dags(self, dags: list[str], timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert all(p.poll() is None for p in self.procs), self.logs()
+            with contextlib.suppress(OSError, ValueError):
+                if all(self.get(f"/api/v2/dags/{d}")["is_paused"] is False for d in dags):
+                    return
+            time.sleep(2)
+        raise AssertionError(f"DAGs {dags} did not appear:\n{self.logs()}")
+
+    def trigger(self, dag: str, run_id: str) -> None:
+        subprocess.run([str(AIRFLOW_PYTHON.parent / "airflow"), "dags", "trigger", dag, "-r",
+                        run_id], env=self.env, capture_output=True, check=True, timeout=300)
+
+    def wait_for_runs(self, runs: dict[str, str], timeout: float = 1800) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = {d: self.get(f"/api/v2/dags/{d}/dagRuns/{r}") for d, r in runs.items()}
+            if all(s["state"] in ("success", "failed") for s in states.values()):
+                return states
+            time.sleep(5)
+        raise AssertionError(f"runs {runs} did not finish:\n{self.logs()}")
+
+    def task_times(self, dag: str, run_id: str) -> list[tuple[str, float, float]]:
+        rows = self.get(f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return [(r["task_id"], dt.datetime.fromisoformat(r["start_date"]).timestamp(),
+                 dt.datetime.fromisoformat(r["end_date"]).timestamp()) for r in rows]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}"
+                         for p in sorted(self.home.glob("*.log")))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(airflow_env, spark):
+    """Parallelism 2, LocalExecutor, two pipelines' DAG runs side by side on one lakehouse
+    whose catalog is the shared PostgreSQL metastore."""
+    root = Path(tempfile.mkdtemp(prefix="lakeforge-airflow-"))
+    root.chmod(0o755)   # PostgreSQL runs as its own user and must reach home/postgres
+    definitions = root / "pipelines.yml"
+    small = {"epochs": 2, "batch_size": 64, "hidden": [8]}
+    definitions.write_text(yaml.safe_dump({"defaults": {"schedule": None}, "pipelines": {
+        "wine_mlp": {"sources": ["wine"], "features": "wine", "family": "mlp",
+                     "params": small},
+        "breast_cancer_mlp": {"sources": ["breast_cancer"], "features": "breast_cancer",
+                              "family": "mlp", "params": small}}}))
+    lake = {**airflow_env, "LAKEFORGE_HOME": str(root / "home"),
+            "AIRFLOW_LAKEFORGE_PIPELINES": str(definitions),
+            "LAKEFORGE_METASTORE__KIND": "postgres",
+            "LAKEFORGE_METASTORE__PORT": str(_free_port())}
+    lakeforge = [sys.executable, "-m", "lakehouse.cli", "metastore"]
+    started = subprocess.run([*lakeforge, "start"], env=lake, capture_output=True, text=True,
+                             timeout=300, check=False)
+    assert started.returncode == 0, started.stdout + started.stderr
+    runs = {"wine_mlp": "both-1", "breast_cancer_mlp": "both-2"}
+    try:
+        with Scheduler(lake, root / "airflow", parallelism=2) as airflow:
+            airflow.wait_for_dags(list(runs))
+            for dag, run_id in runs.items():
+                airflow.trigger(dag, run_id)
+            states = airflow.wait_for_runs(runs)
+            assert {d: s["state"] for d, s in states.items()} == dict.fromkeys(runs, "success"), \
+                airflow.logs()
+            times = {d: airflow.task_times(d, r) for d, r in runs.items()}
+    finally:
+        subprocess.run([*lakeforge, "stop"], env=lake, capture_output=True, timeout=120,
+                       check=False)
+    (a, b) = times.values()
+    overlap = max(min(x[2], y[2]) - max(x[1], y[1]) for x in a for y in b)
+    assert overlap > 0, times                                  # the two ran side by side
+    warehouse = root / "home" / "warehouse" / "lakeforge.db"
+    predictions = spark.read.format("delta").load(str(warehouse / "predictions_mlp"))
+    per_model = {r["model_name"]: r["count"] for r in
+                 predictions.groupBy("model_name").count().collect()}
+    assert per_model == {"wine_mlp": 178, "breast_cancer_mlp": 569}
+    shutil.rmtree(root, ignore_errors=True)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from lakehouse.config import load_config
+from lakehouse.submit import beeline_command, submit_env
 
 ORDERS = "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, status STRING"
 SOURCES = ("north", "south", "east", "west")
@@ -40,6 +45,20 @@ def _ok(proc: subprocess.Popen, timeout: int = 1500) -> str:
     out = proc.communicate(timeout=timeout)[0]
     assert proc.returncode == 0, f"{proc.args}:\n{out[-4000:]}"
     return out
+
+
+def _beeline(env: dict[str, str], port: int, query: str, wait: float = 300) -> str:
+    """Run a query through the Thrift server once it listens (CSV output)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(2)
+    out = subprocess.run(beeline_command(port, query), capture_output=True, text=True,
+                         timeout=300, check=False, env=submit_env(load_config(environ=env)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +100,23 @@ def test_jobs_at_once_on_one_lakehouse_all_land_exactly(spark, lake):
     root = Path(lake["LAKEFORGE_HOME"]).parent
     _ok(_cli(lake, "run", "wine_mlp", "--batch", "b1", "--definitions",
              str(root / "pipelines.yml")))
+    port = _free_port()
+    server = subprocess.Popen(                                # the Thrift server alongside
+        [sys.executable, "-m", "lakehouse.cli", "sql-server", "--port", str(port)], env=lake,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     jobs = [_cli(lake, "ingest", name, "--batch", "b1") for name in SOURCES]
     jobs += [_cli(lake, "score", "mlp", "--model", "wine_mlp", "--run-id", run)
              for run in ("again-1", "again-2")]
     jobs.append(_cli(lake, "train", "mlp", "--dataset", "wine", "--name", "wine_mlp_2",
                      "--param", "epochs=1", "--param", "hidden=[8]"))
-    outputs = [_ok(job) for job in jobs]
+    try:
+        answer = _beeline(lake, port, "SELECT count(*) AS n FROM lakeforge.gold_wine")
+        outputs = [_ok(job) for job in jobs]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=120)
     assert not any("Another instance of Derby" in out for out in outputs)
+    assert "178" in answer.splitlines()                        # read while they wrote
 
     tables = Path(lake["LAKEFORGE_HOME"]) / "warehouse" / "lakeforge.db"
 

@@ -68,10 +68,14 @@ def read_files(spark: SparkSession, spec: SourceSpec, fields: Sequence[StructFie
 
 
 def read_table(spark: SparkSession, spec: SourceSpec, fields: Sequence[StructField],
-               version: int | None) -> DataFrame:
-    """Read an existing table (catalog name or Delta path), optionally at a version."""
+               version: int | None, latest: bool = False) -> DataFrame:
+    """Read an existing table (catalog name or Delta path), optionally at a version.
+
+    With ``latest``, the current rows are read and labelled with ``version`` (the
+    caller knows they are the same rows: its data version; older files may be vacuumed).
+    """
     reader = spark.read.format("delta")
-    if version is not None:
+    if version is not None and not latest:
         reader = reader.option("versionAsOf", version)
     df = reader.load(spec.delta) if spec.delta else reader.table(spec.table)
     check_columns(df.schema, fields, f"table {spec.table or spec.delta}")
