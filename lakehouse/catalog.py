@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +12,8 @@ from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from lakehouse.config import Config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,16 +112,14 @@ def create_views(spark: SparkSession, cfg: Config) -> list[str]:
     tables = {r["tableName"] for r in spark.sql(f"SHOW TABLES IN {db}").collect()}
     views = []
     if "models" in tables:
-        spark.sql(f"""
-            CREATE OR REPLACE VIEW {db}.models_latest AS
+        _replace_view(spark, f"{db}.models_latest", f"""
             SELECT m.* FROM {db}.models m
             JOIN (SELECT name, max(version) AS version FROM {db}.models GROUP BY name) l
               ON m.name = l.name AND m.version = l.version""")
         views.append(f"{db}.models_latest")
     for name in sorted(t for t in tables if t.startswith("predictions_")
                        and not t.endswith("_latest")):
-        spark.sql(f"""
-            CREATE OR REPLACE VIEW {db}.{name}_latest AS
+        _replace_view(spark, f"{db}.{name}_latest", f"""
             SELECT p.*, m.metrics AS model_metrics, m.training_table, m.training_version
             FROM {db}.{name} p
             JOIN {db}.models_latest m ON p.model_name = m.name AND p.model_version = m.version
@@ -128,3 +130,22 @@ def create_views(spark: SparkSession, cfg: Config) -> list[str]:
              AND p.input_table = n.input_table AND p.input_version = n.input_version""")
         views.append(f"{db}.{name}_latest")
     return views
+
+
+def _replace_view(spark: SparkSession, name: str, query: str, attempts: int = 5) -> None:
+    """CREATE OR REPLACE VIEW, tolerating another job replacing the same view at once.
+
+    On a shared metastore a replace is a drop and a create; two jobs doing it together
+    can fail one of them, though the view they both write is the same.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            spark.sql(f"CREATE OR REPLACE VIEW {name} AS {query}")
+            return
+        except Exception:  # noqa: BLE001 - the metastore's race surfaces as several JVM errors
+            if attempt == attempts:
+                if spark.catalog.tableExists(name):
+                    log.warning("view %s was being replaced by another job; keeping that one", name)
+                    return
+                raise
+            time.sleep(attempt)

@@ -171,12 +171,15 @@ def thrift_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]
     Returns:
         The command as a list of arguments.
     """
-    cmd = submit_options(cfg, "sql-server")
     # Hive sessions resolve the catalog plugin through the system class loader, which
-    # --jars does not reach: Delta's jars must be on the driver class path too.
-    jars = [str(j) for j in delta_jars(cfg.spark)]
-    extra = spark_conf(cfg).get("spark.driver.extraClassPath")   # e.g. the JDBC driver
-    jars += [extra] if extra else []
+    # --jars does not reach: Delta's jars must be on the driver class path too, with
+    # what the config puts there (the metastore's JDBC driver), in one setting.
+    extra = spark_conf(cfg).get("spark.driver.extraClassPath")
+    cmd = submit_options(cfg, "sql-server")
+    if extra:
+        at = cmd.index(f"spark.driver.extraClassPath={extra}")
+        del cmd[at - 1:at + 1]
+    jars = [str(j) for j in delta_jars(cfg.spark)] + ([extra] if extra else [])
     classpath = ["--driver-class-path", ":".join(jars)] if jars else []
     return [cmd[0], "--class", THRIFT_CLASS, *classpath, *cmd[1:], "spark-internal",
             "--hiveconf", f"hive.server2.thrift.port={port}",

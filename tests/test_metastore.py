@@ -47,17 +47,22 @@ def _ok(proc: subprocess.Popen, timeout: int = 1500) -> str:
     return out
 
 
-def _beeline(env: dict[str, str], port: int, query: str, wait: float = 300) -> str:
-    """Run a query through the Thrift server once it listens (CSV output)."""
+def _listening(port: int, server: subprocess.Popen, wait: float = 600) -> None:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
+        assert server.poll() is None, "the Thrift server stopped (see thrift.log)"
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
+                return
         time.sleep(2)
+    raise AssertionError(f"the Thrift server did not listen on {port} within {wait} s")
+
+
+def _beeline(env: dict[str, str], port: int, query: str) -> str:
+    """Run a query through the Thrift server (CSV output)."""
     out = subprocess.run(beeline_command(port, query), capture_output=True, text=True,
-                         timeout=300, check=False, env=submit_env(load_config(environ=env)))
-    assert out.returncode == 0, out.stderr[-2000:]
+                         timeout=600, check=False, env=submit_env(load_config(environ=env)))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out.stdout
 
 
@@ -100,23 +105,24 @@ def test_jobs_at_once_on_one_lakehouse_all_land_exactly(spark, lake):
     root = Path(lake["LAKEFORGE_HOME"]).parent
     _ok(_cli(lake, "run", "wine_mlp", "--batch", "b1", "--definitions",
              str(root / "pipelines.yml")))
-    port = _free_port()
+    port, server_log = _free_port(), root / "thrift.log"
     server = subprocess.Popen(                                # the Thrift server alongside
         [sys.executable, "-m", "lakehouse.cli", "sql-server", "--port", str(port)], env=lake,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    jobs = [_cli(lake, "ingest", name, "--batch", "b1") for name in SOURCES]
-    jobs += [_cli(lake, "score", "mlp", "--model", "wine_mlp", "--run-id", run)
-             for run in ("again-1", "again-2")]
-    jobs.append(_cli(lake, "train", "mlp", "--dataset", "wine", "--name", "wine_mlp_2",
-                     "--param", "epochs=1", "--param", "hidden=[8]"))
+        stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        _listening(port, server)
+        jobs = [_cli(lake, "ingest", name, "--batch", "b1") for name in SOURCES]
+        jobs += [_cli(lake, "score", "mlp", "--model", "wine_mlp", "--run-id", run)
+                 for run in ("again-1", "again-2")]
+        jobs.append(_cli(lake, "train", "mlp", "--dataset", "wine", "--name", "wine_mlp_2",
+                         "--param", "epochs=1", "--param", "hidden=[8]"))
         answer = _beeline(lake, port, "SELECT count(*) AS n FROM lakeforge.gold_wine")
         outputs = [_ok(job) for job in jobs]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=120)
+    assert "178" in answer.splitlines(), answer + server_log.read_text()[-3000:]  # mid-jobs
     assert not any("Another instance of Derby" in out for out in outputs)
-    assert "178" in answer.splitlines()                        # read while they wrote
 
     tables = Path(lake["LAKEFORGE_HOME"]) / "warehouse" / "lakeforge.db"
 

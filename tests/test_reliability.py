@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -175,6 +176,7 @@ def test_maintain_then_rerun_writes_nothing_and_starts_no_training(spark, cfg, t
 
 
 def test_staging_removes_folders_of_killed_runs_only(cfg, tmp_path):
+    cfg = dataclasses.replace(cfg, home=tmp_path / "home")     # no other test's runs
     root = cfg.home / "staging"
     root.mkdir(parents=True, exist_ok=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
