@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from pathlib import Path
 
 from lakehouse.config import Config
@@ -31,3 +32,22 @@ def silver_spec(spark, cfg: Config, dataset: str):
     from lakehouse.dataset_check import dataset_tables
 
     return dataset_tables(spark, cfg.datasets[dataset])[1]
+
+
+ORDERS_DDL = "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, status STRING"
+AMOUNT_POSITIVE = {"name": "amount_positive", "expr": "amount > 0", "on_fail": "quarantine"}
+
+
+def orders_entry(folder: Path | str, **silver) -> dict:
+    """A catalog entry (as written in YAML) of a CSV landing folder of orders."""
+    return {"kind": "tabular", "roles": {"id": "order_id", "label": "status"},
+            "source": {"files": str(folder), "format": "csv", "options": {"header": True},
+                       "schema": ORDERS_DDL},
+            "silver": {"keys": ["order_id"], **silver}}
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

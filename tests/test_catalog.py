@@ -12,18 +12,11 @@ from lakehouse.config import load_config
 from lakehouse.curate import curate
 from lakehouse.errors import CatalogError, ConfigError, QualityError
 from lakehouse.ingest import ingest
-from tests.helpers import with_datasets
-
-ORDERS = "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, status STRING"
+from tests.helpers import orders_entry, with_datasets
 
 
 def _orders(folder: Path, **silver) -> dict:
-    return {"orders": {
-        "kind": "tabular", "roles": {"id": "order_id", "label": "status"},
-        "source": {"files": str(folder), "format": "csv", "options": {"header": True},
-                   "schema": ORDERS},
-        "silver": {"keys": ["order_id"], **silver},
-    }}
+    return {"orders": orders_entry(folder, **silver)}
 
 
 def _t(spark, cfg, name):

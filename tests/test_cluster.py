@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +21,9 @@ import pytest
 from lakehouse.config import PROJECT_ROOT
 from lakehouse.submit import spark_home
 from pipelines.definitions import get_pipeline
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -57,7 +51,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work")}
     spark_class = str(spark_home() / "bin" / "spark-class")
-    port, ui = _free_port(), _free_port()
+    port, ui = free_port(), free_port()
     master = f"spark://127.0.0.1:{port}"
     procs: list[subprocess.Popen] = []
 
@@ -79,7 +73,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             work_dirs.append(work)
             proc, log = start(f"worker{i}", "org.apache.spark.deploy.worker.Worker",
                               "--host", "127.0.0.1", "--cores", "1", "--memory", "2g",
-                              "--webui-port", str(_free_port()), "--work-dir", str(work), master)
+                              "--webui-port", str(free_port()), "--work-dir", str(work), master)
             _wait_for(log, "Successfully registered with master", proc)
         yield Cluster(master, f"http://127.0.0.1:{ui}", work_dirs)
     finally:

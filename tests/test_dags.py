@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import yaml
 
 from lakehouse.config import PROJECT_ROOT
 from pipelines.definitions import AIRFLOW_BATCH, STEP_NAMES, load_pipelines
+from tests.helpers import free_port
 
 AIRFLOW_PYTHON = PROJECT_ROOT / ".venv-airflow" / "bin" / "python"
 DAGS = PROJECT_ROOT / "pipelines" / "dags"
@@ -170,7 +170,7 @@ class Scheduler:
     COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
     def __init__(self, env: dict[str, str], home: Path, parallelism: int) -> None:
-        port = _free_port()
+        port = free_port()
         self.api = f"http://127.0.0.1:{port}"
         self.env = {**env, "AIRFLOW_HOME": str(home),
                     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
@@ -182,8 +182,8 @@ class Scheduler:
                     "AIRFLOW__API__WORKERS": "1", "AIRFLOW__API__BASE_URL": self.api,
                     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
                     "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
-                    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-                    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port())}
+                    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
         self.home, self.procs = home, []
 
     def __enter__(self) -> Scheduler:
@@ -244,12 +244,6 @@ class Scheduler:
                          for p in sorted(self.home.glob("*.log")))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(airflow_env, spark):
     """Parallelism 2, LocalExecutor, two pipelines' DAG runs side by side on one lakehouse
@@ -266,7 +260,7 @@ def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(airflow_en
     lake = {**airflow_env, "LAKEFORGE_HOME": str(root / "home"),
             "AIRFLOW_LAKEFORGE_PIPELINES": str(definitions),
             "LAKEFORGE_METASTORE__KIND": "postgres",
-            "LAKEFORGE_METASTORE__PORT": str(_free_port())}
+            "LAKEFORGE_METASTORE__PORT": str(free_port())}
     lakeforge = [sys.executable, "-m", "lakehouse.cli", "metastore"]
     started = subprocess.run([*lakeforge, "start"], env=lake, capture_output=True, text=True,
                              timeout=300, check=False)

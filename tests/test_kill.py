@@ -22,9 +22,8 @@ from lakehouse import delta
 from lakehouse.maintain import lakehouse_tables
 from lakehouse.pipeline import run_pipeline
 from pipelines.definitions import get_pipeline
-from tests.helpers import with_datasets
+from tests.helpers import AMOUNT_POSITIVE, orders_entry, with_datasets
 
-ORDERS = "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, status STRING"
 # Columns that differ between two correct runs: when and where things happened (the two
 # runs use different databases and homes), and what a training that resumed from a
 # checkpoint learnt (its predictions, not their rows).
@@ -33,14 +32,7 @@ VOLATILE = {"artifact", "metrics", "probability", "probabilities", "predicted",
 
 
 def _orders(landing: Path) -> dict:
-    return {"orders": {
-        "kind": "tabular", "roles": {"id": "order_id", "label": "status"},
-        "source": {"files": str(landing), "format": "csv", "options": {"header": True},
-                   "schema": ORDERS},
-        "silver": {"keys": ["order_id"],
-                   "rules": [{"name": "amount_positive", "expr": "amount > 0",
-                              "on_fail": "quarantine"}]},
-    }}
+    return {"orders": orders_entry(landing, rules=[AMOUNT_POSITIVE])}
 
 
 def _fingerprint(spark, location: str) -> tuple[int, int]:

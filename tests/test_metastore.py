@@ -18,22 +18,9 @@ import yaml
 
 from lakehouse.config import load_config
 from lakehouse.submit import beeline_command, submit_env
+from tests.helpers import free_port, orders_entry
 
-ORDERS = "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, status STRING"
 SOURCES = ("north", "south", "east", "west")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(landing: Path) -> dict:
-    return {"kind": "tabular", "roles": {"id": "order_id", "label": "status"},
-            "source": {"files": str(landing), "format": "csv", "options": {"header": True},
-                       "schema": ORDERS},
-            "silver": {"keys": ["order_id"]}}
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.Popen:
@@ -83,7 +70,7 @@ def lake() -> dict[str, str]:
         landing.mkdir(parents=True)
         rows = "".join(f"{i * 1000 + n},,{n},NEW\n" for n in range(200 + 10 * i))
         (landing / "day1.csv").write_text("order_id,placed_at,amount,status\n" + rows)
-        datasets[name] = _entry(landing)
+        datasets[name] = orders_entry(landing)
     (entries / "regions.yml").write_text(json.dumps({"datasets": datasets}))
     (root / "pipelines.yml").write_text(yaml.safe_dump({"defaults": {}, "pipelines": {
         "wine_mlp": {"sources": ["wine"], "features": "wine", "family": "mlp",
@@ -93,7 +80,7 @@ def lake() -> dict[str, str]:
            "LAKEFORGE_SPARK__SHUFFLE_PARTITIONS": "2", "LAKEFORGE_SPARK__DRIVER_MEMORY": "1g",
            "LAKEFORGE_CATALOG__DATASET_DIRS": json.dumps([str(entries)]),
            "LAKEFORGE_METASTORE__KIND": "postgres",
-           "LAKEFORGE_METASTORE__PORT": str(_free_port())}
+           "LAKEFORGE_METASTORE__PORT": str(free_port())}
     _ok(_cli(env, "metastore", "start"), timeout=300)
     yield env
     _cli(env, "metastore", "stop").communicate(timeout=120)
@@ -105,7 +92,7 @@ def test_jobs_at_once_on_one_lakehouse_all_land_exactly(spark, lake):
     root = Path(lake["LAKEFORGE_HOME"]).parent
     _ok(_cli(lake, "run", "wine_mlp", "--batch", "b1", "--definitions",
              str(root / "pipelines.yml")))
-    port, server_log = _free_port(), root / "thrift.log"
+    port, server_log = free_port(), root / "thrift.log"
     server = subprocess.Popen(                                # the Thrift server alongside
         [sys.executable, "-m", "lakehouse.cli", "sql-server", "--port", str(port)], env=lake,
         stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -148,7 +135,7 @@ def test_a_derby_lakehouse_moves_to_postgres_with_register(spark, lake):
     root = Path(tempfile.mkdtemp(prefix="lakeforge-move-"))
     root.chmod(0o755)
     derby = {**lake, "LAKEFORGE_HOME": str(root / "home"), "LAKEFORGE_METASTORE__KIND": "derby",
-             "LAKEFORGE_METASTORE__PORT": str(_free_port())}
+             "LAKEFORGE_METASTORE__PORT": str(free_port())}
     postgres = {**derby, "LAKEFORGE_METASTORE__KIND": "postgres"}
     try:
         _ok(_cli(derby, "ingest", "north", "--batch", "b1"))

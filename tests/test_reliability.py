@@ -25,20 +25,13 @@ from lakehouse.pipeline import run_pipeline
 from lakehouse.session import hold_lakehouse
 from models.runner import staging_dir
 from models.store import ModelStore
-from tests.helpers import with_datasets
+from tests.helpers import AMOUNT_POSITIVE, orders_entry, with_datasets
 
-ORDERS = "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, status STRING"
 HEADER = "order_id,placed_at,amount,status\n"
-RULES = [{"name": "amount_positive", "expr": "amount > 0", "on_fail": "quarantine"}]
 
 
 def _orders(folder: Path) -> dict:
-    return {"orders": {
-        "kind": "tabular", "roles": {"id": "order_id", "label": "status"},
-        "source": {"files": str(folder), "format": "csv", "options": {"header": True},
-                   "schema": ORDERS},
-        "silver": {"keys": ["order_id"], "rules": RULES},
-    }}
+    return {"orders": orders_entry(folder, rules=[AMOUNT_POSITIVE])}
 
 
 def _landing(tmp_path: Path) -> Path:

@@ -21,6 +21,7 @@ from lakehouse.submit import beeline_command, submit_env, thrift_command
 from models.mlp import FAMILY
 from models.scoring import score
 from models.store import ModelNotFoundError, ModelStore
+from tests.helpers import free_port
 
 
 def _register(spark, cfg, table, tmp_path, run_id, seed):
@@ -188,12 +189,6 @@ def test_scoring_errors_name_the_problem(spark, cfg, wine_model):
         score(spark, cfg, "mlp", "wine_mlp", input_table=nofeat)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_beeline_queries_tables_through_thrift_server(tmp_path):
     """A real Thrift server on a free loopback port, queried with pyspark's beeline."""
@@ -206,7 +201,7 @@ def test_beeline_queries_tables_through_thrift_server(tmp_path):
                          capture_output=True, text=True, timeout=600, check=False)
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
     cfg = load_config(overrides, environ={})
-    port = _free_port()
+    port = free_port()
     log = Path(tmp_path / "thrift.log").open("w")
     server = subprocess.Popen(thrift_command(cfg, port), env=submit_env(cfg), stdout=log,
                               stderr=subprocess.STDOUT)
