@@ -24,10 +24,10 @@ from common import session
 
 from lakehouse import delta
 from lakehouse.catalog import format_table
-from lakehouse.features import build_features
 from lakehouse.tables import layer_table
 from models.deepar.baselines import HISTORY_SEASONS, ets, seasonal_naive
 from models.deepar.windows import PANELS
+from models.features import build_features
 from models.runner import train
 
 METHODS = (("lakeforge DeepAR, Horovod 2 ranks", "deepar"), ("seasonal naive", "seasonal_naive"),

@@ -35,7 +35,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from lakehouse.catalog import format_table
-from lakehouse.features import build_features
+from models.features import build_features
 from models.rcf import FAMILY
 from models.rcf.forest import build_forest, codisp, reservoir_samples
 from models.rcf.shingles import window_labels

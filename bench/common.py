@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from lakehouse.cli import setup_logging
+from jobs.cli import setup_logging
 from lakehouse.config import Config, load_config
 from lakehouse.session import build_spark
 

@@ -85,7 +85,7 @@ class Lake:
 
     def start(self, *args: str) -> subprocess.Popen:
         self.jobs += 1
-        return subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *args], env=self.env,
+        return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
 

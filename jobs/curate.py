@@ -5,6 +5,6 @@ Usage: spark-submit [spark options] jobs/curate.py --help
 
 import sys
 
-from lakehouse.cli import main
+from jobs.cli import main
 
 sys.exit(main(["curate", *sys.argv[1:]]))

@@ -5,6 +5,6 @@ Usage: spark-submit [spark options] jobs/maintain.py --help
 
 import sys
 
-from lakehouse.cli import main
+from jobs.cli import main
 
 sys.exit(main(["maintain", *sys.argv[1:]]))

@@ -5,6 +5,6 @@ Usage: spark-submit [spark options] jobs/train.py --help
 
 import sys
 
-from lakehouse.cli import main
+from jobs.cli import main
 
 sys.exit(main(["train", *sys.argv[1:]]))

@@ -149,31 +149,29 @@ BUILDERS: dict[str, Callable[[SparkSession, Config], tuple[DataFrame, list[str],
 }
 
 
-def build_features(spark: SparkSession, cfg: Config, name: str,
-                   partitions: int | None = None,
-                   params: dict | None = None) -> FeatureSet:
+def build_gold(spark: SparkSession, cfg: Config, name: str,
+               partitions: int | None = None) -> FeatureSet:
     """Build (or keep, if already built from the same silver version) a gold table.
+
+    The model families that make their own gold tables (word2vec's corpus, DeepAR's
+    windows, RCF's shingles) build them in ``models/``; ``models.features`` picks the
+    builder for a name.
 
     Args:
         spark: the session.
         cfg: configuration.
-        name: feature set name (``breast_cancer``, ``wine``, ``flights``, ``fashion_mnist``).
+        name: feature set name (one of :data:`BUILDERS`).
         partitions: Parquet files per split (default: twice the Horovod ranks, at least
             4, so every rank gets a shard).
-        params: feature parameters of families with their own gold tables (word2vec,
-            DeepAR, RCF), e.g. ``shingle_size``.
 
     Returns:
         The gold table with its current version and shape.
+
+    Raises:
+        SourceError: no builder of that name.
     """
     if name not in BUILDERS:
-        from models.family import FAMILY_NAMES, family_for_dataset, get_family
-
-        family = family_for_dataset(name)
-        if family is None:
-            known = [*BUILDERS, *(d for f in FAMILY_NAMES for d in get_family(f).datasets)]
-            raise SourceError(f"no feature builder {name!r}; known: {', '.join(known)}")
-        return family.features(spark, cfg, name, params or {})
+        raise SourceError(f"no feature builder {name!r}; known: {', '.join(BUILDERS)}")
     partitions = partitions or max(4, 2 * cfg.train.num_proc)
     db = cfg.catalog.database
     silver = layer_table(db, "silver", name)

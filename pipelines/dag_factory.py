@@ -71,7 +71,7 @@ class LakeforgeSubmitOperator(SparkSubmitOperator):
                 a retry would fail the same way.
             AirflowException: the project's interpreter could not run.
         """
-        cmd = [self.python, "-m", "lakehouse.cli", "submit", "--print-json",
+        cmd = [self.python, "-m", "jobs.cli", "submit", "--print-json",
                *(["--py-files", self.code_zip] if self.code_zip else []),
                *(f"--set={o}" for o in overrides), self.job]
         env = {**os.environ, **(self.env_vars or {})}

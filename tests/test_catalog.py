@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from jobs.cli import main
 from lakehouse import delta
-from lakehouse.cli import main
 from lakehouse.config import load_config
 from lakehouse.curate import curate
 from lakehouse.errors import CatalogError, ConfigError, QualityError
@@ -333,7 +333,7 @@ def test_ingest_killed_with_sigkill_is_finished_exactly_once_by_the_next_run(spa
         (landing / f"f{f}.csv").write_text(header + rows)
 
     def run(batch: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "lakehouse.cli", "ingest", "orders",
+        return subprocess.Popen([sys.executable, "-m", "jobs.cli", "ingest", "orders",
                                  "--batch", batch, "--conf-dir", str(conf)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -103,7 +103,7 @@ def test_pipeline_runs_on_a_standalone_cluster(cluster, dist_zip, tmp_path, spar
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     for step in pipeline.steps("c1"):
         proc = subprocess.run(
-            [sys.executable, "-m", "lakehouse.cli", "submit", "--master", cluster.master,
+            [sys.executable, "-m", "jobs.cli", "submit", "--master", cluster.master,
              "--py-files", str(dist_zip), "--set", f"home={home}",
              "--set", "spark.ui_enabled=false", "--set", "spark.driver_memory=1g",
              "--set", "spark.shuffle_partitions=2", step.job, *step.args],

@@ -261,7 +261,7 @@ def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(airflow_en
             "AIRFLOW_LAKEFORGE_PIPELINES": str(definitions),
             "LAKEFORGE_METASTORE__KIND": "postgres",
             "LAKEFORGE_METASTORE__PORT": str(free_port())}
-    lakeforge = [sys.executable, "-m", "lakehouse.cli", "metastore"]
+    lakeforge = [sys.executable, "-m", "jobs.cli", "metastore"]
     started = subprocess.run([*lakeforge, "start"], env=lake, capture_output=True, text=True,
                              timeout=300, check=False)
     assert started.returncode == 0, started.stdout + started.stderr

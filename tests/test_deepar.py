@@ -12,12 +12,12 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.errors import ConfigError
-from lakehouse.features import build_features
 from lakehouse.tables import layer_table
 from models.deepar import FAMILY
 from models.deepar.baselines import seasonal_naive
 from models.deepar.evaluate import forecast_metrics
 from models.deepar.windows import SeriesTooShortError
+from models.features import build_features
 from models.runner import snapshot_files, train
 from models.scoring import score
 from tests.helpers import silver_spec

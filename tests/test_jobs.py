@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from jobs.cli import main
 from lakehouse.catalog import format_table, list_tables, run_sql
-from lakehouse.cli import main
 from lakehouse.config import MaintainConfig, load_config
 from lakehouse.errors import ConfigError
 from lakehouse.ingest import ingest
@@ -81,7 +81,7 @@ def test_spark_submit_runs_ingest_job(spark, tmp_path):
     """A real spark-submit in its own process, with its own home (Derby allows one JVM)."""
     home = tmp_path / "home"
     proc = subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", "submit", "--set", f"home={home}",
+        [sys.executable, "-m", "jobs.cli", "submit", "--set", f"home={home}",
          "--set", "spark.master=local[1]", "--set", "spark.ui_enabled=false",
          "ingest", "wine", "--batch", "s1"],
         capture_output=True, text=True, timeout=600, check=False,

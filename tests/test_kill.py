@@ -18,9 +18,9 @@ import yaml
 from pyspark.sql import functions as F
 from pyspark.sql.types import TimestampType
 
+from jobs.pipeline import run_pipeline
 from lakehouse import delta
 from lakehouse.maintain import lakehouse_tables
-from lakehouse.pipeline import run_pipeline
 from pipelines.definitions import get_pipeline
 from tests.helpers import AMOUNT_POSITIVE, orders_entry, with_datasets
 
@@ -44,7 +44,7 @@ def _fingerprint(spark, location: str) -> tuple[int, int]:
 
 
 def _start(env: dict[str, str], job: str, args: tuple[str, ...]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lakehouse.cli", job, *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", job, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
 

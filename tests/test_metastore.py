@@ -24,7 +24,7 @@ SOURCES = ("north", "south", "east", "west")
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lakehouse.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -94,7 +94,7 @@ def test_jobs_at_once_on_one_lakehouse_all_land_exactly(spark, lake):
              str(root / "pipelines.yml")))
     port, server_log = free_port(), root / "thrift.log"
     server = subprocess.Popen(                                # the Thrift server alongside
-        [sys.executable, "-m", "lakehouse.cli", "sql-server", "--port", str(port)], env=lake,
+        [sys.executable, "-m", "jobs.cli", "sql-server", "--port", str(port)], env=lake,
         stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _listening(port, server)

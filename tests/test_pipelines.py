@@ -10,11 +10,11 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
-from lakehouse.cli import build_parser, main
+from jobs.cli import build_parser, main
+from jobs.pipeline import run_pipeline
 from lakehouse.config import load_config
 from lakehouse.errors import ConfigError
 from lakehouse.features import BUILDERS
-from lakehouse.pipeline import run_pipeline
 from lakehouse.submit import submit_command
 from pipelines.definitions import STEP_NAMES, get_pipeline, load_pipelines
 
@@ -59,8 +59,57 @@ def test_families_built_by_their_own_package_list_the_pipeline_features():
         assert p.features in get_family(p.family).datasets, p.name
 
 
+class _Called(Exception):
+    """Raised by a recording stand-in once the call it stands in for is recorded."""
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_in_process_steps_call_what_the_command_lines_call(monkeypatch, name):
+    """`lakeforge run` calls each library function with the arguments that the step's
+    command line (what Airflow submits) gives the same function through the CLI."""
+    import inspect
+
+    import jobs.cli as cli
+    import jobs.pipeline as runner
+
+    calls: list[tuple[str, dict]] = []
+
+    def recorder(fn):
+        def record(*args, **kwargs):
+            bound = inspect.signature(fn).bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = {k: v for k, v in bound.arguments.items() if k not in ("spark", "cfg")}
+            calls.append((fn.__name__, {k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in arguments.items()}))
+            raise _Called
+        return record
+
+    import lakehouse.curate
+    import lakehouse.ingest
+    import models.features
+    import models.runner
+    import models.scoring
+    for module, attr in [(lakehouse.ingest, "ingest"), (lakehouse.curate, "curate"),
+                         (models.features, "build_features"), (models.runner, "train"),
+                         (models.scoring, "score")]:
+        stand_in = recorder(getattr(module, attr))
+        monkeypatch.setattr(module, attr, stand_in)      # what the CLI imports when it runs
+        monkeypatch.setattr(runner, attr, stand_in)      # what the runner imported
+    pipeline = get_pipeline(name)
+    cfg = load_config(environ={})
+    parser = build_parser()
+    for step in pipeline.steps("b9"):
+        with pytest.raises(_Called):
+            runner.STEP_FUNCTIONS[step.name](None, cfg, pipeline, "b9")
+        with pytest.raises(_Called):
+            cli.COMMANDS[step.job](None, cfg, parser.parse_args([step.job, *step.args]))
+        in_process, command_line = calls[-2:]
+        assert in_process == command_line, step.name
+    assert [c[0] for c in calls[::2]] == ["ingest", "curate", "build_features", "train", "score"]
+
+
 def test_params_reach_the_job_as_the_values_written():
-    from lakehouse.cli import _parse_params
+    from jobs.cli import _parse_params
 
     p = get_pipeline("flights_mlp")
     train = build_parser().parse_args(["train", *p.steps("b")[3].args])

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.errors import ConfigError, SchemaMismatchError
-from lakehouse.features import build_features
+from models.features import build_features
 from models.rcf.forest import build_forest, codisp, merge, reservoir_samples
 from models.rcf.shingles import window_labels
 from models.rcf.transform import (

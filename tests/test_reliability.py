@@ -16,12 +16,12 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
+from jobs.pipeline import run_pipeline
 from lakehouse import delta
 from lakehouse.config import load_config
 from lakehouse.curate import curate
 from lakehouse.ingest import ingest
 from lakehouse.maintain import lakehouse_tables, maintain
-from lakehouse.pipeline import run_pipeline
 from lakehouse.session import hold_lakehouse
 from models.runner import staging_dir
 from models.store import ModelStore
@@ -90,7 +90,7 @@ def test_second_process_on_a_derby_lakehouse_stops_with_one_line(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "holding"
         second = subprocess.run(
-            [sys.executable, "-m", "lakehouse.cli", "tables", "--set", f"home={home}"],
+            [sys.executable, "-m", "jobs.cli", "tables", "--set", f"home={home}"],
             capture_output=True, text=True, timeout=120)
     finally:
         holder.send_signal(signal.SIGKILL)

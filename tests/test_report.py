@@ -1,7 +1,7 @@
 import datetime as dt
 
+from jobs.report import write_report
 from lakehouse.config import load_config
-from lakehouse.report import write_report
 from models.evaluate import confusion, plot_confusion
 from models.store import ModelRecord
 

@@ -15,9 +15,9 @@ from lakehouse import delta
 from lakehouse.catalog import create_views, run_sql
 from lakehouse.curate import curate
 from lakehouse.errors import SchemaMismatchError
-from lakehouse.features import build_features
 from lakehouse.ingest import ingest
 from lakehouse.submit import beeline_command, submit_env, thrift_command
+from models.features import build_features
 from models.mlp import FAMILY
 from models.scoring import score
 from models.store import ModelNotFoundError, ModelStore
@@ -196,7 +196,7 @@ def test_beeline_queries_tables_through_thrift_server(tmp_path):
 
     home = tmp_path / "home"
     overrides = [f"home={home}", "spark.master=local[1]", "spark.ui_enabled=false"]
-    job = subprocess.run([sys.executable, "-m", "lakehouse.cli", "submit",
+    job = subprocess.run([sys.executable, "-m", "jobs.cli", "submit",
                           *[a for o in overrides for a in ("--set", o)], "ingest", "wine"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]

@@ -10,8 +10,9 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.curate import curate
 from lakehouse.errors import SchemaMismatchError, TableNotFoundError
-from lakehouse.features import build_features, gold_spec
+from lakehouse.features import gold_spec
 from lakehouse.ingest import ingest
+from models.features import build_features
 from models.rank import RankSpec
 from models.runner import run_ranks, snapshot_files, train
 from models.store import ModelNotFoundError, ModelStore, load_artifact

@@ -35,6 +35,7 @@ from pyspark.sql.window import Window
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, LakeforgeError
+from lakehouse.features import FeatureSet
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,6 @@ def build_windows(spark: SparkSession, cfg: Config, dataset: str,
             last window spans a gap.
         TableNotFoundError: ``silver_series`` does not exist.
     """
-    from lakehouse.features import FeatureSet
-
     p = window_params(dataset, params)
     panel, context, prediction = panel_of(dataset), p["context_length"], p["prediction_length"]
     db = cfg.catalog.database

@@ -1,31 +1,59 @@
 """``lakeforge run PIPELINE``: a pipeline definition's steps, in one process.
 
-Each step is the same job, with the same arguments, that the pipeline's Airflow DAG
-submits with spark-submit (see :meth:`pipelines.definitions.Pipeline.steps`); here the
-steps share one SparkSession instead of starting a JVM each.
+The steps are the ones the pipeline's Airflow DAG submits with spark-submit (see
+:meth:`pipelines.definitions.Pipeline.steps`, the one place their order and command
+lines are written); here each step calls its library function directly with typed
+arguments taken from the same definition, and the steps share one SparkSession
+instead of starting a JVM each.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from lakehouse.catalog import create_views
 from lakehouse.config import Config
+from lakehouse.curate import curate
+from lakehouse.ingest import ingest
+from models.features import build_features
+from models.runner import train
+from models.scoring import score
+from pipelines.definitions import Pipeline, get_pipeline
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class StepResult:
-    """A finished step and how long it took."""
+    """A finished step, the command line it stands for, and how long it took."""
 
     name: str
     command: str
     seconds: float
+
+
+def _score(spark: SparkSession, cfg: Config, p: Pipeline, batch: str) -> object:
+    result = score(spark, cfg, p.family, p.model)
+    create_views(spark, cfg)
+    return result
+
+
+# What each step of a definition runs, by step name.
+STEP_FUNCTIONS: dict[str, Callable[[SparkSession, Config, Pipeline, str], object]] = {
+    "ingest": lambda spark, cfg, p, batch: ingest(spark, cfg, list(p.sources), batch),
+    "curate": lambda spark, cfg, p, batch: curate(spark, cfg, list(p.sources), batch),
+    "features": lambda spark, cfg, p, batch: build_features(spark, cfg, p.features,
+                                                            params=p.feature_params),
+    "train": lambda spark, cfg, p, batch: train(spark, cfg, p.family, p.features,
+                                                params=p.params, name=p.model),
+    "score": _score,
+}
 
 
 def run_pipeline(spark: SparkSession, cfg: Config, name: str, batch: str,
@@ -48,11 +76,7 @@ def run_pipeline(spark: SparkSession, cfg: Config, name: str, batch: str,
     Raises:
         ConfigError: unknown pipeline or malformed definition (named).
     """
-    from lakehouse.cli import COMMANDS, build_parser
-    from pipelines.definitions import get_pipeline
-
     pipeline = get_pipeline(name, definitions)
-    parser = build_parser()
     steps = pipeline.steps(batch)
     results: list[StepResult] = []
     start = time.monotonic()
@@ -60,7 +84,7 @@ def run_pipeline(spark: SparkSession, cfg: Config, name: str, batch: str,
         command = " ".join([step.job, *step.args])
         log.info("%s [%d/%d] %s: lakeforge %s", name, i, len(steps), step.name, command)
         began = time.monotonic()
-        COMMANDS[step.job](spark, cfg, parser.parse_args([step.job, *step.args]))
+        STEP_FUNCTIONS[step.name](spark, cfg, pipeline, batch)
         results.append(StepResult(step.name, command, time.monotonic() - began))
         log.info("%s [%d/%d] %s done in %.0f s", name, i, len(steps), step.name,
                  results[-1].seconds)

@@ -171,7 +171,7 @@ def setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for ours in ("lakeforge", "lakehouse", "models"):
+    for ours in ("lakeforge", "lakehouse", "models", "pipelines", "jobs"):
         logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -210,7 +210,7 @@ def _cmd_curate(spark, cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _cmd_features(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.features import build_features
+    from models.features import build_features
 
     for name in args.names:
         build_features(spark, cfg, name, params=_parse_params(args.params))
@@ -322,7 +322,7 @@ def _cmd_sql(spark, cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.demo import run_demo
+    from jobs.demo import run_demo
 
     run_demo(spark, cfg, args.batch, train=args.train)
 
@@ -378,8 +378,8 @@ def _cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_run(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from jobs.pipeline import run_pipeline
     from lakehouse.catalog import format_table
-    from lakehouse.pipeline import run_pipeline
 
     results = run_pipeline(spark, cfg, args.pipeline, args.batch, args.definitions)
     print(format_table(["step", "command", "seconds"],

@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
+from jobs.report import write_report
 from lakehouse.catalog import create_views, format_table, list_tables, run_sql
 from lakehouse.config import Config
 from lakehouse.curate import curate
-from lakehouse.features import build_features
 from lakehouse.ingest import ingest
-from lakehouse.report import write_report
+from models.features import build_features
 
 log = logging.getLogger(__name__)
 
