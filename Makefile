@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint metastore sql-server bench-ingest bench-score bench-train bench-mlp bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore sql-server bench-ingest bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,6 +51,9 @@ bench-train: setup  ## MLP vs MLlib and scikit-learn; CNN 2 ranks vs one process
 
 bench-mlp: setup    ## the MLP part of bench-train
 	$(PY) bench/bench_train.py --only mlp $(ARGS)
+
+bench-mlp-regression: setup  ## MLP regression on diamonds vs scikit-learn MLPRegressor
+	$(PY) bench/bench_train.py --only mlp-regression $(ARGS)
 
 bench-cnn: setup    ## the CNN part of bench-train
 	$(PY) bench/bench_train.py --only cnn $(ARGS)

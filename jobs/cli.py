@@ -61,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("features", help="build gold feature tables from silver")
     p.add_argument("names", nargs="+", metavar="NAME",
-                   help="feature sets: breast_cancer, wine, flights, fashion_mnist (MLP/CNN); "
-                        "corpus (word2vec); us_employment, visnights (DeepAR); "
-                        "mitdb, kdd_tsad_135 (RCF)")
+                   help="feature sets: every tabular data set that declares features: in "
+                        "the catalog (breast_cancer, wine, flights, diamonds, your own; MLP), "
+                        "fashion_mnist (CNN); corpus (word2vec); us_employment, visnights "
+                        "(DeepAR); mitdb, kdd_tsad_135 (RCF)")
     p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="feature parameter, e.g. --param shingle_size=8 (repeatable)")
     _add_common(p)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 DEMO_MODELS: tuple[tuple[str, str, dict], ...] = (
     ("mlp", "breast_cancer", {"epochs": 15, "batch_size": 32}),
     ("mlp", "flights", {"epochs": 3, "batch_size": 512, "hidden": [64, 32]}),
+    ("mlp", "diamonds", {"epochs": 8, "batch_size": 256, "hidden": [64, 32]}),
     ("cnn", "fashion_mnist", {"epochs": 2}),
     ("word2vec", "corpus", {}),
     ("deepar", "us_employment", {"epochs": 10}),
@@ -29,7 +30,7 @@ DEMO_MODELS: tuple[tuple[str, str, dict], ...] = (
 )
 # Metrics shown per family in the demo's model table.
 HEADLINE = {
-    "mlp": ("accuracy", "roc_auc"), "cnn": ("accuracy", "roc_auc"),
+    "mlp": ("accuracy", "roc_auc", "rmse", "r2"), "cnn": ("accuracy", "roc_auc"),
     "word2vec": ("wordsim353_spearman", "analogy_accuracy"),
     "deepar": ("deepar_nd", "deepar_wql"), "rcf": ("roc_auc", "pr_auc"),
 }
@@ -46,6 +47,11 @@ DEMO_QUERIES = (
     " round(avg(CAST(f.arr_delay > 15 AS INT)), 3) AS delayed FROM predictions_mlp_latest p"
     " JOIN silver_flights f ON p.row_id = f.row_id WHERE p.model_name = 'flights_mlp'"
     " GROUP BY 1 ORDER BY 1",
+    # The regression's predicted prices against the real ones, per cut.
+    "SELECT d.cut, count(*) AS stones, round(avg(d.price)) AS price,"
+    " round(avg(p.value)) AS predicted, round(avg(abs(p.value - d.price))) AS abs_error"
+    " FROM predictions_mlp_latest p JOIN silver_diamonds d ON p.row_id = d.row_id"
+    " WHERE p.model_name = 'diamonds_mlp' GROUP BY 1 ORDER BY 2 DESC",
     "SELECT name, version, family, training_table, training_version,"
     " get_json_object(metrics, '$.accuracy') AS accuracy FROM models_latest ORDER BY name",
     # Today's anomalies: points flagged by the newest RCF models in runs scored today.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyspark.errors import AnalysisException, ParseException
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     BinaryType,
@@ -24,11 +24,12 @@ from pyspark.sql.types import (
 
 from lakehouse.config import Config
 from lakehouse.datasets import Dataset
-from lakehouse.errors import CatalogError, LakeforgeError, SourceError
+from lakehouse.errors import CatalogError, ConfigError, LakeforgeError, SourceError
 from lakehouse.landing import list_files
 from lakehouse.sources import PARSERS
 from lakehouse.sources.native import TEXT_FIELDS
 from lakehouse.tables import TableSpec, dataset_specs
+from lakehouse.tabular import is_declared, parse_tabular
 
 BINARY_FIELDS = [
     StructField("path", StringType(), True),
@@ -147,6 +148,31 @@ def check_dataset(spark: SparkSession, entry: Dataset) -> list[str]:
         if column not in columns:
             problems.append(f"{where}.roles.{role}: {column!r} is not a silver column; "
                             f"columns: {', '.join(sorted(columns))}")
+    if is_declared(entry):
+        problems += _check_features(entry, empty)
+    return problems
+
+
+def _check_features(entry: Dataset, empty: DataFrame) -> list[str]:
+    """A declared tabular feature set: its keys, and its SQL over the silver columns."""
+    where = f"datasets.{entry.name}.features"
+    try:
+        spec = parse_tabular(entry)
+    except ConfigError as exc:
+        return str(exc).split("\n  ")[1:]
+    problems = []
+    checks = [("label", spec.label), *((f"numeric.{f.name}", f.expr) for f in spec.numeric),
+              *((f"categorical.{f.name}", f.expr) for f in spec.categorical)]
+    if spec.where:
+        checks.append(("where", f"CAST(({spec.where}) AS BOOLEAN)"))
+    if spec.split.by in ("column", "time"):
+        checks.append(("split.column", f"`{spec.split.column}`"))
+    for key, expr in checks:
+        try:
+            empty.select(F.expr(expr)).schema  # noqa: B018 - analyses
+        except (ParseException, AnalysisException) as exc:
+            problems.append(f"{where}.{key}: {expr!r} is not SQL over the silver columns: "
+                            f"{_first_line(exc)}")
     return problems
 
 

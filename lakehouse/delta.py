@@ -12,6 +12,7 @@ import delta.exceptions as dx
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from lakehouse.errors import CommitConflictError, SchemaMismatchError, TableNotFoundError
@@ -282,6 +283,18 @@ def history_snapshot(table: DeltaTable, name: str) -> Snapshot:
     if data is None:  # no commit changed rows (an empty table): its first version stands
         data = min(int(r["version"]) for r in recent)
     return Snapshot(name, version, data)
+
+
+def commit_metadata(spark: SparkSession, full_name: str, version: int) -> str | None:
+    """The ``userMetadata`` of the newest commit at or before ``version`` that has one.
+
+    Writers that describe their rows (a gold table's fitted feature transform) attach it
+    to the commit that wrote them, so it is read at exactly the version a model pins.
+    """
+    history = (DeltaTable.forName(spark, full_name).history()
+               .filter((F.col("version") <= int(version)) & F.col("userMetadata").isNotNull())
+               .orderBy(F.desc("version")).select("userMetadata").limit(1).collect())
+    return history[0]["userMetadata"] if history else None
 
 
 def read_data_version(spark: SparkSession, full_name: str, data_version: int) -> DataFrame:

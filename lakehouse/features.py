@@ -6,28 +6,34 @@ vectors and column mapping off, so a Delta snapshot's Parquet files are exactly
 its rows and Petastorm can read them per Horovod rank. Features are not scaled
 here: scaling is fitted on the training split when a model is trained and is
 stored inside the model.
+
+Tabular data sets declare their features in the catalog (:mod:`lakehouse.tabular`):
+fill-in values, category vocabularies and string classes are fitted on the training
+split and written with the table, in the commit that wrote its rows. Fashion-MNIST's
+images still have a builder of their own (:data:`BUILDERS`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, IntegerType, LongType, StringType
 
-from lakehouse import delta
+from lakehouse import delta, tabular
 from lakehouse.config import Config
+from lakehouse.datasets import Dataset
 from lakehouse.errors import SourceError
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
+from lakehouse.tabular import TabularTransform, is_declared, parse_tabular
 
 log = logging.getLogger(__name__)
-TAU = 2 * math.pi
 
 GOLD_FIELDS = (
     _f("row_id", LongType(), False),
@@ -50,68 +56,17 @@ class FeatureSet:
     feature_names: tuple[str, ...]
 
 
-def gold_spec(name: str) -> TableSpec:
-    """The registry entry of a gold feature table (registered on first use)."""
+def gold_spec(name: str, regression: bool = False) -> TableSpec:
+    """The registry entry of a gold feature table (registered on first use).
+
+    A regression's ``label`` is the target value (FLOAT), a classification's the class
+    index (INT).
+    """
+    fields = GOLD_FIELDS if not regression else (*GOLD_FIELDS[:3], _f("label", FloatType()))
     return register(TableSpec(
-        "gold", name, GOLD_FIELDS, ("row_id",), partition_by=("split",),
+        "gold", name, fields, ("row_id",), partition_by=("split",),
         properties=TRAINING_TABLE_PROPERTIES, comment=f"{name} features for training",
     ))
-
-
-def assign_split(key: Column, val_pct: int = 15, test_pct: int = 15) -> Column:
-    """A stable train/val/test split from a hash of the row key."""
-    bucket = F.pmod(F.xxhash64(key, F.lit("lakeforge-split")), F.lit(100))
-    return (F.when(bucket < test_pct, "test")
-            .when(bucket < test_pct + val_pct, "val").otherwise("train"))
-
-
-def _tabular(dataset: str) -> Callable[[SparkSession, Config], tuple[DataFrame, list[str], int]]:
-    def build(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[str], int]:
-        silver = spark.table(layer_table(cfg.catalog.database, "silver", dataset))
-        df = silver.select(
-            F.col("row_id"), assign_split(F.col("row_id")).alias("split"),
-            F.col("features").cast(ArrayType(FloatType())).alias("features"),
-            F.col("label"))
-        first = silver.select(F.size("features").alias("n")).first()
-        n = first["n"] if first else 0
-        n_classes = silver.agg(F.max("label")).first()[0] + 1 if first else 0
-        return df, [f"x{i}" for i in range(n)], n_classes
-
-    return build
-
-
-def _flights(spark: SparkSession, cfg: Config) -> tuple[DataFrame, list[str], int]:
-    """Arrival delay > 15 min from schedule, calendar, carrier, origin and distance.
-
-    Cancelled or diverted flights (no arrival delay) have no label and are left out;
-    the build logs how many.
-    """
-    silver = spark.table(layer_table(cfg.catalog.database, "silver", "flights"))
-    carriers = [r[0] for r in silver.select("carrier").distinct().orderBy("carrier").collect()]
-    origins = [r[0] for r in silver.select("origin").distinct().orderBy("origin").collect()]
-    date = F.make_date("year", "month", "day")
-    dep = F.floor(F.col("sched_dep_time") / 100) + (F.col("sched_dep_time") % 100) / 60
-    arr = F.floor(F.col("sched_arr_time") / 100) + (F.col("sched_arr_time") % 100) / 60
-    numeric = {
-        "dep_hour": dep / 24, "arr_hour": arr / 24,
-        "dep_sin": F.sin(TAU * dep / 24), "dep_cos": F.cos(TAU * dep / 24),
-        "month_sin": F.sin(TAU * F.col("month") / 12),
-        "month_cos": F.cos(TAU * F.col("month") / 12),
-        "day_of_week": (F.dayofweek(date) - 1) / 6, "day_of_month": F.col("day") / 31,
-        "log_distance": F.log1p("distance") / 8,
-    }
-    onehot = {f"carrier_{c}": F.col("carrier") == c for c in carriers}
-    onehot.update({f"origin_{o}": F.col("origin") == o for o in origins})
-    columns = [c.cast("float") for c in numeric.values()]
-    columns += [F.when(c, 1.0).otherwise(0.0).cast("float") for c in onehot.values()]
-    labelled = silver.filter(F.col("arr_delay").isNotNull())
-    skipped = silver.filter(F.col("arr_delay").isNull()).count()
-    log.info("flights: %d cancelled or diverted flights have no arrival delay; left out", skipped)
-    df = labelled.select(
-        F.col("row_id"), assign_split(F.col("row_id")).alias("split"),
-        F.array(*columns).alias("features"),
-        (F.col("arr_delay") > 15).cast("int").alias("label"))
-    return df, [*numeric, *onehot], 2
 
 
 @F.pandas_udf(ArrayType(FloatType()))
@@ -142,9 +97,6 @@ def class_names(cfg: Config, dataset: str) -> list[str] | None:
 
 
 BUILDERS: dict[str, Callable[[SparkSession, Config], tuple[DataFrame, list[str], int]]] = {
-    "breast_cancer": _tabular("breast_cancer"),
-    "wine": _tabular("wine"),
-    "flights": _flights,
     "fashion_mnist": _fashion_mnist,
 }
 
@@ -160,7 +112,8 @@ def build_gold(spark: SparkSession, cfg: Config, name: str,
     Args:
         spark: the session.
         cfg: configuration.
-        name: feature set name (one of :data:`BUILDERS`).
+        name: feature set name: a tabular data set whose catalog entry declares its
+            features (see :mod:`lakehouse.tabular`), or one of :data:`BUILDERS`.
         partitions: Parquet files per split (default: twice the Horovod ranks, at least
             4, so every rank gets a shard).
 
@@ -170,9 +123,11 @@ def build_gold(spark: SparkSession, cfg: Config, name: str,
     Raises:
         SourceError: no builder of that name.
     """
-    if name not in BUILDERS:
-        raise SourceError(f"no feature builder {name!r}; known: {', '.join(BUILDERS)}")
     partitions = partitions or max(4, 2 * cfg.train.num_proc)
+    if is_declared(cfg.datasets.get(name)):
+        return _build_declared(spark, cfg, cfg.datasets[name], partitions)
+    if name not in BUILDERS:
+        raise SourceError(f"no feature builder {name!r}; known: {', '.join(feature_sets(cfg))}")
     db = cfg.catalog.database
     silver = layer_table(db, "silver", name)
     silver_version = delta.snapshot(spark, silver).data_version
@@ -189,3 +144,67 @@ def build_gold(spark: SparkSession, cfg: Config, name: str,
              name, gold, version, rows, len(feature_names), silver, silver_version)
     return FeatureSet(name, gold, version, rows, len(feature_names), n_classes,
                       tuple(feature_names))
+
+
+def feature_sets(cfg: Config) -> list[str]:
+    """The feature sets built here: declared tabular data sets, then :data:`BUILDERS`."""
+    declared = [name for name, entry in cfg.datasets.items() if is_declared(entry)]
+    return [*declared, *(b for b in BUILDERS if b not in declared)]
+
+
+def transform_of(spark: SparkSession, table: str, version: int) -> TabularTransform | None:
+    """The fitted transform a declared gold table was written with, at ``version``."""
+    raw = delta.commit_metadata(spark, table, version)
+    if not raw:
+        return None
+    meta = json.loads(raw)
+    return TabularTransform.from_json(meta["transform"]) if "transform" in meta else None
+
+
+def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
+                    partitions: int) -> FeatureSet:
+    """A declared tabular feature set: fit on the training split, write, keep the transform.
+
+    Keyed on the silver table's data version and the declaration (kept in the write's
+    commit with the transform): the same rows with the same declaration are not built
+    again; a changed declaration is, even back to an earlier one.
+    """
+    spec = parse_tabular(entry)
+    db = cfg.catalog.database
+    silver = layer_table(db, "silver", entry.table_name)
+    pinned = delta.snapshot(spark, silver)
+    key = {"silver_version": pinned.data_version, "spec": spec.digest()}
+    gold = delta.ensure_table(spark, gold_spec(entry.name, spec.task == "regression"), db)
+    current = delta.snapshot(spark, gold)
+    raw = delta.commit_metadata(spark, gold, current.data_version)
+    if raw and json.loads(raw).get("key") == key:
+        transform = TabularTransform.from_json(json.loads(raw)["transform"])
+        log.info("%s: %s v%d is already built from %s v%d with this declaration",
+                 entry.name, gold, current.data_version, silver, pinned.data_version)
+    else:
+        rows = delta.read_version(spark, silver, pinned.version)
+        if entry.table_name != entry.name and "_source" in rows.columns:
+            rows = rows.filter(F.col("_source") == entry.name)
+        prepared = tabular.prepare(rows, spec)
+        transform = tabular.fit(prepared, spec)
+        out = tabular.apply(prepared, transform)
+        kept = out.filter(F.col("split").isNotNull() & F.col("label").isNotNull())
+        (kept.repartition(partitions, "split", "row_id").write.format("delta")
+         .mode("overwrite")
+         .option("userMetadata", json.dumps({"key": key, "transform": transform.to_json()}))
+         .save(delta.table_location(spark, gold)))
+        left_out = prepared.count() - kept.count()
+        if left_out:
+            log.info("%s: %d rows have no split or no label and are left out", entry.name,
+                     left_out)
+    version = delta.snapshot(spark, gold).data_version
+    table = delta.read_version(spark, gold, delta.snapshot(spark, gold).version)
+    shape = table.agg(F.count(F.lit(1)).alias("n"), F.max("label").alias("top")).first()
+    n_classes = transform.n_classes or (int(shape["top"]) + 1
+                                        if spec.task == "classification" and shape["top"]
+                                        is not None else 0)
+    names = transform.feature_names
+    log.info("%s: %s v%d holds %d rows x %d features (%s, from %s v%d)", entry.name, gold,
+             version, shape["n"], len(names), spec.task, silver, pinned.data_version)
+    return FeatureSet(entry.name, gold, version, shape["n"], len(names), n_classes,
+                      tuple(names))

@@ -36,6 +36,51 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
     return out
 
 
+def regression_metrics(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R² of predicted target values.
+
+    Args:
+        predicted: (n,) predictions.
+        actual: (n,) true values.
+
+    Returns:
+        Metric name to value (``r2`` is left out when the true values are constant).
+    """
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(-1)
+    actual = np.asarray(actual, dtype=np.float64).reshape(-1)
+    error = predicted - actual
+    out = {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error))),
+           "test_rows": float(len(actual))}
+    spread = float(np.sum((actual - actual.mean()) ** 2))
+    if spread > 0:
+        out["r2"] = 1.0 - float(np.sum(error ** 2)) / spread
+    return out
+
+
+def plot_predicted(predicted: np.ndarray, actual: np.ndarray, path: Path, title: str) -> Path:
+    """Write a predicted-against-true scatter PNG with the diagonal of perfect predictions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    predicted, actual = np.asarray(predicted).reshape(-1), np.asarray(actual).reshape(-1)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=110)
+    ax.scatter(actual, predicted, s=8, alpha=0.5)
+    low = float(min(actual.min(), predicted.min())) if len(actual) else 0.0
+    high = float(max(actual.max(), predicted.max())) if len(actual) else 1.0
+    ax.plot([low, high], [low, high], color="grey", linewidth=1, label="perfect")
+    ax.set_xlabel("true value")
+    ax.set_ylabel("predicted")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _normalised(probs: np.ndarray) -> np.ndarray:
     """Probabilities clipped away from 0 and rescaled to sum to one per row."""
     clipped = np.clip(probs, 1e-7, 1.0)

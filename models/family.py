@@ -35,6 +35,10 @@ class Family:
         datasets: the feature sets ``features`` builds (``lakeforge features NAME``).
         prediction_fields: StructFields of ``predictions_<name>`` before lineage.
         prediction_keys: columns that identify a prediction within one run.
+        tasks: what the family learns from a tabular feature set (``classification``,
+            ``regression``); training another task stops on the driver.
+        check: ``check(params, n_features)`` raising ConfigError when the parameters
+            do not fit the feature set (run on the driver before any rank starts).
     """
 
     name: str
@@ -47,6 +51,8 @@ class Family:
     datasets: tuple[str, ...] = ()
     prediction_fields: tuple[Any, ...] = ()
     prediction_keys: tuple[str, ...] = ("row_id",)
+    tasks: tuple[str, ...] = ("classification",)
+    check: Callable[[dict[str, Any], int], None] | None = None
 
 
 def family_for_dataset(dataset: str) -> Family | None:

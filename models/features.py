@@ -8,13 +8,13 @@ from pyspark.sql import SparkSession
 
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SourceError
-from lakehouse.features import BUILDERS, FeatureSet, build_gold
+from lakehouse.features import FeatureSet, build_gold, feature_sets
 from models.family import FAMILY_NAMES, family_for_dataset, get_family
 
 
-def feature_set_names() -> list[str]:
-    """Every feature set a builder knows, the lakehouse's first."""
-    return [*BUILDERS, *(d for f in FAMILY_NAMES for d in get_family(f).datasets)]
+def feature_set_names(cfg: Config) -> list[str]:
+    """Every feature set a builder knows: declared and the lakehouse's first."""
+    return [*feature_sets(cfg), *(d for f in FAMILY_NAMES for d in get_family(f).datasets)]
 
 
 def build_features(spark: SparkSession, cfg: Config, name: str, partitions: int | None = None,
@@ -24,7 +24,8 @@ def build_features(spark: SparkSession, cfg: Config, name: str, partitions: int 
     Args:
         spark: the session.
         cfg: configuration.
-        name: feature set (``lakeforge features --help`` lists them).
+        name: feature set: a tabular data set that declares ``features:`` in its
+            catalog entry, or one of the built-in builders (``lakeforge features --help``).
         partitions: Parquet files per split of a lakehouse-built table (default: twice
             the Horovod ranks, at least 4).
         params: parameters of a family's own builder, e.g. ``shingle_size`` for RCF.
@@ -39,8 +40,10 @@ def build_features(spark: SparkSession, cfg: Config, name: str, partitions: int 
     family = family_for_dataset(name)
     if family is not None:
         return family.features(spark, cfg, name, dict(params or {}))
-    if name not in BUILDERS:
-        raise SourceError(f"no feature builder {name!r}; known: {', '.join(feature_set_names())}")
+    if name not in feature_sets(cfg):
+        raise SourceError(f"no feature set {name!r}; known: {', '.join(feature_set_names(cfg))} "
+                          "(a tabular data set gets one by declaring features: in its catalog "
+                          "entry)")
     if params:
         raise ConfigError(f"feature set {name!r} takes no parameters; got {', '.join(params)}")
     return build_gold(spark, cfg, name, partitions)

@@ -59,8 +59,11 @@ def last_checkpoint(checkpoint_dir: str,
 
 
 def _dataset(files: list[str], batch_size: int, shard: int | None, shards: int | None,
-             epochs: int | None, shuffle: bool, seed: int):
-    """A tf.data pipeline of (features, label) batches from Petastorm."""
+             epochs: int | None, shuffle: bool, seed: int, regression: bool = False):
+    """A tf.data pipeline of (features, label) batches from Petastorm.
+
+    The label is a class index (int32), or the target value (float32) of a regression.
+    """
     import tensorflow as tf
     from petastorm import make_batch_reader
     from petastorm.tf_utils import make_petastorm_dataset
@@ -70,7 +73,9 @@ def _dataset(files: list[str], batch_size: int, shard: int | None, shards: int |
         num_epochs=epochs, shuffle_row_groups=shuffle, seed=seed, workers_count=2,
         reader_pool_type="thread")
     ds = make_petastorm_dataset(reader).map(
-        lambda b: (tf.cast(b.features, tf.float32), tf.cast(b.label, tf.int32)))
+        lambda b: (tf.cast(b.features, tf.float32),
+                   tf.reshape(tf.cast(b.label, tf.float32), [-1, 1]) if regression
+                   else tf.cast(b.label, tf.int32)))
     if shuffle:  # row groups arrive shuffled; shuffle rows within each as well
         def permute(x, y):
             order = tf.random.shuffle(tf.range(tf.shape(y)[0]), seed=seed)
@@ -80,12 +85,16 @@ def _dataset(files: list[str], batch_size: int, shard: int | None, shards: int |
     return reader, ds.rebatch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _regression(spec: RankSpec) -> bool:
+    return spec.params.get("task", "classification") == "regression"
+
+
 def _compile(model, spec: RankSpec, hvd) -> None:
     import tensorflow as tf
 
     lr = float(spec.params["learning_rate"]) * hvd.size()
     opt = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(lr))
-    if spec.params.get("task", "classification") == "regression":
+    if _regression(spec):
         model.compile(opt, loss="mse", metrics=["mae"], experimental_run_tf_function=False)
     else:
         model.compile(opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
@@ -166,7 +175,8 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     family = get_family(spec.family)
     mean = np.asarray(spec.mean, dtype=np.float32) if spec.mean is not None else None
     var = np.asarray(spec.variance, dtype=np.float32) if spec.variance is not None else None
-    model = family.build(spec.params, spec.n_features, spec.n_classes, mean, var)
+    model = family.build({**spec.params, **spec.extra}, spec.n_features, spec.n_classes,
+                         mean, var)
     _compile(model, spec, hvd)
 
     initial_epoch, ckpt = last_checkpoint(spec.checkpoint_dir)
@@ -192,9 +202,10 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     fit_seconds = 0.0
     if initial_epoch < epochs:
         train_reader, train_ds = _dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
-                                          None, True, spec.seed + hvd.rank())
+                                          None, True, spec.seed + hvd.rank(), _regression(spec))
         val_reader, val_ds = _dataset(spec.files.get("val") or spec.files["train"], batch,
-                                      hvd.rank(), hvd.size(), None, False, spec.seed)
+                                      hvd.rank(), hvd.size(), None, False, spec.seed,
+                                      _regression(spec))
         fit_start = time.monotonic()
         try:
             fit = model.fit(train_ds, steps_per_epoch=steps, epochs=epochs,
@@ -232,7 +243,7 @@ def _evaluate(model, spec: RankSpec, batch: int) -> dict[str, Any]:
     files = spec.files.get("test") or []
     if not files:
         return {"predictions": None, "labels": None}
-    reader, ds = _dataset(files, batch, None, None, 1, False, spec.seed)
+    reader, ds = _dataset(files, batch, None, None, 1, False, spec.seed, _regression(spec))
     preds, labels = [], []
     try:
         for x, y in ds:

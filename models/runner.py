@@ -27,11 +27,19 @@ from pyspark.sql.types import ArrayType, FloatType, IntegerType
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SchemaMismatchError, TableNotFoundError
-from lakehouse.features import class_names, gold_spec
-from models.evaluate import classification_metrics, confusion, plot_confusion, plot_history
+from lakehouse.features import class_names, transform_of
+from lakehouse.tables import layer_table
+from models.evaluate import (
+    classification_metrics,
+    confusion,
+    plot_confusion,
+    plot_history,
+    plot_predicted,
+    regression_metrics,
+)
 from models.family import get_family
 from models.rank import RankSpec, train_rank
-from models.store import ModelRecord, ModelStore
+from models.store import TRANSFORM_FILE, ModelRecord, ModelStore
 
 log = logging.getLogger(__name__)
 EXPECTED = {"features": ArrayType(FloatType()), "label": IntegerType()}
@@ -47,10 +55,11 @@ class TrainResult:
     seconds: float
 
 
-def check_features(df: DataFrame, table: str) -> None:
+def check_features(df: DataFrame, table: str, regression: bool = False) -> None:
     """Stop with SchemaMismatchError if ``features``/``label`` are missing or mistyped."""
     types = {f.name: f.dataType for f in df.schema.fields}
-    for column, expected in EXPECTED.items():
+    expected_types = {**EXPECTED, "label": FloatType()} if regression else EXPECTED
+    for column, expected in expected_types.items():
         actual = types.get(column)
         if actual is None:
             raise SchemaMismatchError(f"table {table}: feature column {column!r} is missing")
@@ -119,9 +128,19 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     merged = {**family.defaults, **(params or {})}
     if family.trainer is not None:
         return family.trainer(spark, cfg, dataset, version, run_id, merged, name)
-    table = gold_spec(dataset).full_name(cfg.catalog.database)
+    table = layer_table(cfg.catalog.database, "gold", dataset)
     df, version = pin_table(spark, table, version)
-    check_features(df, table)
+    transform = transform_of(spark, table, version)
+    task = transform.spec.task if transform is not None else "classification"
+    if task not in family.tasks:
+        raise ConfigError(f"{family_name} trains {' and '.join(family.tasks)} models; feature "
+                          f"set {dataset!r} is a {task}")
+    if "task" in family.defaults:
+        if params and params.get("task") not in (None, task):
+            raise ConfigError(f"{family_name}: task={params['task']!r}, but feature set "
+                              f"{dataset!r} is a {task} (features.task in its catalog entry)")
+        merged["task"] = task
+    check_features(df, table, regression=task == "regression")
     shape = df.groupBy("split").agg(F.count("*").alias("n"), F.max("label").alias("top"),
                                     F.max(F.size("features")).alias("width")).collect()
     rows = {r["split"]: r["n"] for r in shape}
@@ -133,21 +152,32 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     if not rows.get("train"):
         raise TableNotFoundError(f"training table {table} v{version} has no training rows")
     n_features = max(r["width"] for r in shape)
-    n_classes = max(r["top"] for r in shape) + 1
+    n_classes = 0 if task == "regression" else int(max(r["top"] for r in shape)) + 1
+    if family.check is not None:
+        family.check(merged, n_features)
     mean, var = scaling(df, n_features) if family.normalise else (None, None)
+    extra: dict[str, Any] = {}
+    if task == "regression":
+        target = df.filter(F.col("split") == "train").agg(
+            F.avg("label").alias("m"), F.stddev_pop("label").alias("s")).first()
+        extra = {"target_mean": float(target["m"]), "target_std": float(target["s"] or 1.0)}
     store = ModelStore(spark, cfg)
     staged = staging_dir(cfg, run_id)
     spec = RankSpec(
         family=family_name, params=merged, files=snapshot_files(df), rows=rows,
         n_features=n_features, n_classes=n_classes,
         checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id), artifact_dir=str(staged),
-        mean=mean, variance=var, seed=cfg.train.seed)
+        mean=mean, variance=var, seed=cfg.train.seed, extra=extra)
     log.info("training %s (%s) on %s v%d: %s rows, %d features, %d classes, %d ranks, run %s",
              name, family_name, table, version, rows, n_features, n_classes,
              cfg.train.num_proc, run_id)
+    if transform is not None:
+        (staged / TRANSFORM_FILE).write_text(transform.to_json())
     ranks = run_ranks(spec, cfg)
     rank0 = next(r for r in ranks if r["rank"] == 0)
-    metrics = _metrics(rank0, staged, name, class_names(cfg, dataset))
+    names = list(transform.classes) if transform is not None and transform.classes else \
+        class_names(cfg, dataset)
+    metrics = _metrics(rank0, staged, name, names, task)
     record = store.register(name, family_name, staged, merged, metrics, table, version, run_id)
     seconds = time.monotonic() - start
     log.info("registered %s v%d in %.0fs: %s", name, record.version, seconds,
@@ -239,12 +269,18 @@ def run_ranks(spec: Any, cfg: Config, fn: Any = None) -> list[dict[str, Any]]:
 
 
 def _metrics(rank0: dict[str, Any], staged: Path, name: str,
-             class_names: list[str] | None) -> dict[str, float]:
+             class_names: list[str] | None, task: str = "classification") -> dict[str, float]:
     history = rank0["history"]
     metrics: dict[str, float] = {"epochs": float(rank0["initial_epoch"] + rank0["epochs_run"])}
     if history:
         plot_history(history, staged / "training_curves.png", f"{name}: training")
-    if rank0.get("predictions") is not None:
+    if rank0.get("predictions") is not None and task == "regression":
+        predicted = np.asarray(rank0["predictions"]).reshape(-1)
+        actual = np.asarray(rank0["labels"]).reshape(-1)
+        metrics.update(regression_metrics(predicted, actual))
+        plot_predicted(predicted, actual, staged / "predicted_vs_actual.png",
+                       f"{name}: test predictions")
+    elif rank0.get("predictions") is not None:
         probs, labels = np.asarray(rank0["predictions"]), np.asarray(rank0["labels"])
         metrics.update(classification_metrics(probs, labels))
         plot_confusion(confusion(probs, labels), staged / "confusion_matrix.png",

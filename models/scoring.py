@@ -41,7 +41,8 @@ from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SchemaMismatchError
 from lakehouse.tables import TableSpec, _f, register
-from models.store import MODEL_FILE, ModelStore, load_artifact
+from lakehouse.tabular import TabularTransform, features_for_scoring
+from models.store import MODEL_FILE, TRANSFORM_FILE, ModelStore, load_artifact
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,11 @@ CLASSIFIER_FIELDS = (
     _f("row_id", LongType(), False), _f("prediction", IntegerType()),
     _f("probability", FloatType()), _f("probabilities", ArrayType(FloatType())),
 )
-_OUT = StructType([StructField(f.name, f.dataType, True) for f in CLASSIFIER_FIELDS])
+# Added after the first release, so after the lineage (existing tables gain it at the end):
+# the predicted value of a regression (prediction and probabilities are then NULL).
+REGRESSION_FIELDS = (_f("value", FloatType()),)
+_OUT = StructType([StructField(f.name, f.dataType, True)
+                   for f in (*CLASSIFIER_FIELDS, *REGRESSION_FIELDS)])
 
 # Executor-side cache: artifact file + mtime -> what was loaded from it, per Python worker.
 _LOADED: dict[str, Any] = {}
@@ -67,6 +72,7 @@ class _Loaded:
     model: Any
     forward: Callable[[np.ndarray], Any]
     width: int
+    regression: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,10 +92,11 @@ def predictions_spec(family: str) -> TableSpec:
     from models.family import get_family
 
     fam = get_family(family)
-    fields, keys = ((fam.prediction_fields, fam.prediction_keys) if fam.scorer is not None
-                    else (CLASSIFIER_FIELDS, ("row_id",)))
+    fields, keys, late = ((fam.prediction_fields, fam.prediction_keys, ())
+                          if fam.scorer is not None
+                          else (CLASSIFIER_FIELDS, ("row_id",), REGRESSION_FIELDS))
     return register(TableSpec(
-        "predictions", family, (*fields, *LINEAGE),
+        "predictions", family, (*fields, *LINEAGE, *late),
         ("model_name", "model_version", "input_table", "input_version", *keys),
         partition_by=("model_name",), catalog_name=f"predictions_{family}",
         comment=f"{family} predictions with model and input lineage",
@@ -163,7 +170,7 @@ def _load(artifact: str) -> _Loaded:
     width = int(model.input_shape[-1])
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
                           input_signature=[tf.TensorSpec([None, width], tf.float32)])
-    return _Loaded(model, forward, width)
+    return _Loaded(model, forward, width, regression=model.layers[-1].name == "value")
 
 
 def score_batches(batches: Iterator[pa.RecordBatch], artifact: str,
@@ -188,12 +195,19 @@ def score_batches(batches: Iterator[pa.RecordBatch], artifact: str,
                              f"{lengths[bad]}, the model expects {width}")
         x = np.asarray(features.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
         probs = np.asarray(loaded.forward(x.reshape(batch.num_rows, width)), dtype=np.float32)
+        if loaded.regression:
+            empty = pa.nulls(batch.num_rows)
+            yield pa.RecordBatch.from_arrays(
+                [row_ids, empty.cast(pa.int32()), empty.cast(pa.float32()),
+                 empty.cast(pa.list_(pa.float32())), pa.array(probs[:, 0])], names=names)
+            continue
         best = probs.argmax(axis=1)
         k = probs.shape[1]
         offsets = pa.array(np.arange(0, (len(best) + 1) * k, k, dtype=np.int32))
         yield pa.RecordBatch.from_arrays(
             [row_ids, pa.array(best.astype(np.int32)), pa.array(probs.max(axis=1)),
-             pa.ListArray.from_arrays(offsets, pa.array(probs.ravel()))], names=names)
+             pa.ListArray.from_arrays(offsets, pa.array(probs.ravel())),
+             pa.nulls(batch.num_rows, pa.float32())], names=names)
 
 
 def arrow_batch_rows(width: int, floats_per_batch: int = 1_000_000) -> int:
@@ -223,7 +237,9 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
         model_name: stored model name.
         model_version: version number or ``latest``.
         input_table: table to score (default: the model's training table); for the
-            classifier families it needs ``row_id`` and ``features``.
+            classifier families it needs ``row_id`` and ``features``, or, for a model
+            trained on a declared tabular feature set, the raw columns (the stored
+            transform computes the features, as in training).
         input_version: Delta version of the input (default: current).
         run_id: idempotency key (default: model version + input version).
 
@@ -246,6 +262,12 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
         df, version = delta.read_version(spark, table, pinned.version), pinned.data_version
     else:
         df, version = delta.read_version(spark, table, input_version), input_version
+    transform_file = os.path.join(record.artifact, TRANSFORM_FILE)
+    if fam.scorer is None and "features" not in df.columns and os.path.exists(transform_file):
+        # Raw rows (a silver-shaped table): the transform fitted at training makes features.
+        with open(transform_file) as fh:
+            transform = TabularTransform.from_json(fh.read())
+        df = features_for_scoring(df, transform)
     if fam.scorer is None:
         for column in ("row_id", "features"):
             if column not in df.columns:

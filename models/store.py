@@ -32,6 +32,7 @@ from lakehouse.tables import table
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
+TRANSFORM_FILE = "transform.json"   # a declared feature set's fitted transform
 REGISTER_ATTEMPTS = 8
 META_FILE = "meta.json"
 

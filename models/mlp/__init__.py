@@ -9,4 +9,5 @@ FAMILY = Family(
     defaults={"hidden": [64, 32], "dropout": 0.2, "learning_rate": 0.001, "batch_size": 64,
               "epochs": 20, "patience": 3, "task": "classification"},
     normalise=True,
+    tasks=("classification", "regression"),
 )

@@ -13,7 +13,9 @@ def build(params: dict[str, Any], n_features: int, n_classes: int,
 
     Args:
         params: ``hidden`` (units per layer), ``dropout``, ``task``
-            (``classification`` or ``regression``).
+            (``classification`` or ``regression``); a regression also gets the
+            training split's ``target_mean`` and ``target_std``: the head predicts the
+            standardised target and the model scales it back, so it outputs target units.
         n_features: input width.
         n_classes: classes (ignored for regression).
         mean: per-feature mean of the training split (scaling is part of the model).
@@ -28,14 +30,19 @@ def build(params: dict[str, Any], n_features: int, n_classes: int,
     inputs = tf.keras.Input((n_features,), name="features")
     x = inputs
     if mean is not None and variance is not None:
-        x = layers.Normalization(mean=mean, variance=np.maximum(variance, 1e-12))(x)
+        # A feature constant in training (a category's "other" slot when every category
+        # was seen) is centred, not divided by ~0: a new category at scoring stays 1.
+        x = layers.Normalization(mean=mean, variance=np.where(variance > 1e-12, variance, 1.0))(x)
     for units in params["hidden"]:
         x = layers.Dense(units, use_bias=False)(x)
         x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
         x = layers.Dropout(params["dropout"])(x)
     if params.get("task", "classification") == "regression":
-        outputs = layers.Dense(1, dtype="float32", name="value")(x)
+        scaled = layers.Dense(1, dtype="float32")(x)
+        outputs = layers.Rescaling(float(params.get("target_std", 1.0)),
+                                   float(params.get("target_mean", 0.0)), dtype="float32",
+                                   name="value")(scaled)
     else:
         outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(x)
     return tf.keras.Model(inputs, outputs, name="mlp")
