@@ -24,12 +24,12 @@ from pyspark.sql.types import (
 
 from lakehouse.config import Config
 from lakehouse.datasets import Dataset
+from lakehouse.declared import is_declared, parse_features
 from lakehouse.errors import CatalogError, ConfigError, LakeforgeError, SourceError
 from lakehouse.landing import list_files
 from lakehouse.sources import PARSERS
 from lakehouse.sources.native import TEXT_FIELDS
 from lakehouse.tables import TableSpec, dataset_specs
-from lakehouse.tabular import is_declared, parse_tabular
 
 BINARY_FIELDS = [
     StructField("path", StringType(), True),
@@ -157,7 +157,7 @@ def _check_features(entry: Dataset, empty: DataFrame) -> list[str]:
     """A declared tabular feature set: its keys, and its SQL over the silver columns."""
     where = f"datasets.{entry.name}.features"
     try:
-        spec = parse_tabular(entry)
+        spec = parse_features(entry)
     except ConfigError as exc:
         return str(exc).split("\n  ")[1:]
     problems = []

@@ -21,7 +21,7 @@ from lakehouse.session import delta_jars, executor_python, spark_conf
 JOBS_DIR = PROJECT_ROOT / "jobs"
 # The spark-submit entry points in jobs/ (the rest of jobs/ is the application: the
 # command line, the pipeline runner, the demo and its report).
-JOBS = ("ingest", "curate", "features", "train", "score", "maintain")
+JOBS = ("ingest", "curate", "features", "train", "score", "maintain", "run")
 
 
 def spark_home() -> Path:

@@ -140,6 +140,9 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
             raise ConfigError(f"{family_name}: task={params['task']!r}, but feature set "
                               f"{dataset!r} is a {task} (features.task in its catalog entry)")
         merged["task"] = task
+    if transform is not None and transform.spec.image is not None \
+            and "image_shape" in family.defaults and "image_shape" not in (params or {}):
+        merged["image_shape"] = transform.spec.image.shape   # as declared in the catalog
     check_features(df, table, regression=task == "regression")
     shape = df.groupBy("split").agg(F.count("*").alias("n"), F.max("label").alias("top"),
                                     F.max(F.size("features")).alias("width")).collect()

@@ -39,9 +39,9 @@ from pyspark.sql.types import (
 
 from lakehouse import delta
 from lakehouse.config import Config
+from lakehouse.declared import FeatureTransform, features_for_scoring
 from lakehouse.errors import ConfigError, SchemaMismatchError
 from lakehouse.tables import TableSpec, _f, register
-from lakehouse.tabular import TabularTransform, features_for_scoring
 from models.store import MODEL_FILE, TRANSFORM_FILE, ModelStore, load_artifact
 
 log = logging.getLogger(__name__)
@@ -266,8 +266,14 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
     if fam.scorer is None and "features" not in df.columns and os.path.exists(transform_file):
         # Raw rows (a silver-shaped table): the transform fitted at training makes features.
         with open(transform_file) as fh:
-            transform = TabularTransform.from_json(fh.read())
+            transform = FeatureTransform.from_json(fh.read())
         df = features_for_scoring(df, transform)
+        if transform.spec.image is not None:
+            unreadable = df.filter(F.col("features").isNull()).count()
+            if unreadable:
+                log.warning("%s: %d image(s) cannot be read as %s; they are not scored", table,
+                            unreadable, "x".join(map(str, transform.spec.image.shape)))
+            df = df.filter(F.col("features").isNotNull())
     if fam.scorer is None:
         for column in ("row_id", "features"):
             if column not in df.columns:

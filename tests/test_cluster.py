@@ -1,7 +1,8 @@
 """A pipeline on a real Spark standalone cluster: a master and two 1-core workers on
-127.0.0.1 started from the pyspark install, every step a spark-submit against it with
-the code shipped as ``--py-files dist/lakeforge.zip``, Horovod's two ranks on the two
-workers."""
+127.0.0.1 started from the pyspark install, the whole pipeline one spark-submit
+application (``lakeforge submit run``) with the code shipped as ``--py-files
+dist/lakeforge.zip``, Horovod's two ranks on the two workers. (Per-step spark-submit,
+as Airflow runs it, is tested in test_dags.)"""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lakehouse.config import PROJECT_ROOT
 from lakehouse.submit import spark_home
-from pipelines.definitions import get_pipeline
+from pipelines.definitions import STEP_NAMES
 from tests.helpers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -98,17 +100,21 @@ def dist_zip() -> Path:
 
 def test_pipeline_runs_on_a_standalone_cluster(cluster, dist_zip, tmp_path, spark):
     home = tmp_path / "home"
-    pipeline = dataclasses.replace(get_pipeline("breast_cancer_mlp"),
-                                   params={"epochs": 3, "batch_size": 64})
+    definitions = tmp_path / "pipelines.yml"
+    definitions.write_text(yaml.safe_dump({"pipelines": {"breast_cancer_mlp": {
+        "sources": ["breast_cancer"], "features": "breast_cancer", "family": "mlp",
+        "params": {"epochs": 3, "batch_size": 64}}}}))
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    for step in pipeline.steps("c1"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "submit", "--master", cluster.master,
-             "--py-files", str(dist_zip), "--set", f"home={home}",
-             "--set", "spark.ui_enabled=false", "--set", "spark.driver_memory=1g",
-             "--set", "spark.shuffle_partitions=2", step.job, *step.args],
-            env=env, capture_output=True, text=True, timeout=600, check=False)
-        assert proc.returncode == 0, f"{step.name}:\n{(proc.stdout + proc.stderr)[-4000:]}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "submit", "--master", cluster.master,
+         "--py-files", str(dist_zip), "--set", f"home={home}",
+         "--set", "spark.ui_enabled=false", "--set", "spark.driver_memory=1g",
+         "--set", "spark.shuffle_partitions=2", "run", "breast_cancer_mlp", "--batch", "c1",
+         "--definitions", str(definitions)],
+        env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    printed = [line.split()[0] for line in proc.stdout.splitlines() if line.split()]
+    assert [w for w in printed if w in STEP_NAMES] == list(STEP_NAMES)   # the step table
 
     warehouse = home / "warehouse" / "lakeforge.db"
     predictions = spark.read.format("delta").load(str(warehouse / "predictions_mlp"))
@@ -122,18 +128,17 @@ def test_pipeline_runs_on_a_standalone_cluster(cluster, dist_zip, tmp_path, spar
         ("breast_cancer_mlp", 1, "lakeforge.gold_breast_cancer")]
     assert json.loads(models[0]["metrics"])["accuracy"] > 0.8
 
-    # Every application ran on the cluster, the training one with an executor on each
-    # worker (one core each, so Horovod's two ranks were on different workers), and the
-    # executors fetched the code from --py-files.
+    # The application ran on the cluster with an executor on each worker (one core
+    # each, so Horovod's two ranks were on different workers), and the executors
+    # fetched the code from --py-files.
     with urllib.request.urlopen(f"{cluster.ui}/json/", timeout=10) as answer:
-        apps = sorted(json.load(answer)["completedapps"], key=lambda a: a["starttime"])
-    steps = [s.name for s in pipeline.steps("c1")]
-    assert len(apps) == len(steps)
-    train_app = apps[steps.index("train")]["id"]
+        apps = json.load(answer)["completedapps"]
+    assert len(apps) == 1
+    app = apps[0]["id"]
     for work in cluster.work_dirs:
-        executors = list((work / train_app).iterdir())
+        executors = list((work / app).iterdir())
         assert len(executors) == 1, work
         assert (executors[0] / dist_zip.name).is_file(), executors[0]
     rank_logs = "".join(p.read_text(errors="replace")
-                        for work in cluster.work_dirs for p in (work / train_app).glob("*/std*"))
+                        for work in cluster.work_dirs for p in (work / app).glob("*/std*"))
     assert "epoch 3/3 (2 ranks" in rank_logs

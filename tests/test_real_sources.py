@@ -38,6 +38,8 @@ def sliced(cfg, tmp_path):
     """Config whose big sources point at small slices of the real files."""
     flights = tmp_path / "flights.pkl.compress"
     _slice_pickle(source_patterns(cfg.datasets["flights"])[0], flights, 2000)
+    diamonds = tmp_path / "diamonds.pkl.compress"
+    _slice_pickle(source_patterns(cfg.datasets["diamonds"])[0], diamonds, 1000)
     employment = tmp_path / "us_employment.pkl.compress"
     _slice_pickle(source_patterns(cfg.datasets["us_employment"])[0], employment, 3000)
     fashion = tmp_path / "fashion"
@@ -46,12 +48,13 @@ def sliced(cfg, tmp_path):
         for kind in ("images-idx3", "labels-idx1"):
             name = f"{split}-{kind}-ubyte.gz"
             _slice_idx(f"/usr/share/datasets/fashion-mnist/{name}", fashion / name, 50)
-    return with_paths(cfg, flights=flights, us_employment=employment,
+    return with_paths(cfg, flights=flights, diamonds=diamonds, us_employment=employment,
                       fashion_mnist=fashion / "*-images-idx3-ubyte.gz")
 
 
 EXPECTED_BRONZE = {
-    "breast_cancer": 569, "wine": 178, "flights": 2000, "fashion_mnist": 100, "enwiki": 206,
+    "breast_cancer": 569, "wine": 178, "flights": 2000, "diamonds": 1000, "fashion_mnist": 100,
+    "enwiki": 206,
     "lee": 300, "bible": 1189, "analogies": 19544, "wordsim353": 353, "simlex999": 999,
     "us_employment": 3000, "visnights": 1520, "mitdb": 7500, "kdd_tsad_135": 8701,
 }
@@ -69,6 +72,8 @@ def test_all_real_sources_ingest_and_curate(spark, sliced):
     assert counts == {"enwiki": 206, "lee": 300, "bible": 1189}
     # Silver holds every valid row once; series values that are missing are quarantined.
     assert spark.table(f"{db}.silver_flights").count() == 2000
+    assert spark.table(f"{db}.silver_diamonds").count() == 1000
+    assert curated["diamonds"].rejected == 0
     assert spark.table(f"{db}.silver_fashion_mnist").count() == 100
     assert spark.table(f"{db}.silver_streams").count() == 7500 + 8701
     # WordSim-353 rates (money, cash) twice; silver keeps one row per pair (the last line).

@@ -15,10 +15,10 @@ from pyspark.sql import functions as F
 from lakehouse.curate import curate
 from lakehouse.dataset_check import check_datasets
 from lakehouse.datasets import parse_datasets
+from lakehouse.declared import OTHER, parse_features
 from lakehouse.errors import CatalogError, ConfigError
 from lakehouse.features import transform_of
 from lakehouse.ingest import ingest
-from lakehouse.tabular import OTHER, parse_tabular
 from models.features import build_features
 from models.runner import train
 from models.scoring import score
@@ -88,7 +88,7 @@ def test_bad_declarations_name_the_data_set_and_key(tmp_path, features, message)
     parsed, problems = parse_datasets({"shops": entry})
     assert not problems
     with pytest.raises(ConfigError, match=message) as err:
-        parse_tabular(parsed["shops"])
+        parse_features(parsed["shops"])
     assert "data set 'shops'" in str(err.value)
 
 

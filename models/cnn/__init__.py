@@ -1,4 +1,4 @@
-"""CNN family: a small conv net over 28x28 grey images."""
+"""CNN family: a small conv net over images of any size and channel count."""
 
 import math
 from typing import Any

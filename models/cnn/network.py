@@ -34,7 +34,7 @@ def build(params: dict[str, Any], n_features: int, n_classes: int,
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
-        x = layers.MaxPooling2D()(x)
+        x = layers.MaxPooling2D(padding="same")(x)   # small images keep at least 1x1
     x = layers.Dropout(params["dropout"])(x)
     x = layers.Flatten()(x)
     x = layers.Dense(params["dense"], activation="relu")(x)

@@ -1,7 +1,7 @@
-"""Declared tabular feature sets: parsed from the catalog, fitted on the training split.
+"""Declared feature sets of tabular and image data sets, fitted on the training split.
 
-A tabular data set's catalog entry says in ``features:`` how its silver rows become a
-training table; nothing about it is coded per data set::
+A tabular or image data set's catalog entry says in ``features:`` how its silver rows
+become a training table; nothing about it is coded per data set. Tabular::
 
     orders:
       kind: tabular
@@ -23,9 +23,26 @@ training table; nothing about it is coded per data set::
                                             #  val_from: "2024-06-01", test_from: "2024-07-01"}
         class_names: [kept, returned]       # optional, for plots
 
+Images (a column of bytes; every image becomes height x width x channels numbers in
+[0, 1], decoded on the executors)::
+
+    scans:
+      kind: image
+      roles: {id: scan_id, image: png}
+      features:
+        label: finding
+        image: {column: png, encoding: encoded, height: 32, width: 32, channels: 3}
+        # encoding: raw (uint8 bytes, row-major height x width x channels, exactly that
+        # many) or encoded (PNG, JPEG, ... read with Pillow, converted to the channels
+        # and resized to height x width); an image that cannot be read is left out
+        split: {by: column, column: part, val_pct: 10}   # 10 % of train rows to val
+
+Both kinds may give ``id:`` as SQL when the id role is not unique on its own (the
+default is the ``id`` role); predictions are keyed by it.
+
 What is learnt from data (each number's fill-in value, each category column's
 vocabulary, the class labels of a string label, the width of array columns) is fitted
-on the training split only and kept as a :class:`TabularTransform`. The transform is
+on the training split only and kept as a :class:`FeatureTransform`. The transform is
 written with the gold table (the commit's ``userMetadata``), copied into every model
 trained on it, and applied again when a model scores raw rows, so training and
 scoring compute the same features. A category not seen in training is all zeros in
@@ -36,14 +53,17 @@ an index); a missing number takes the fitted fill-in value.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, BooleanType, IntegralType, StringType
+from pyspark.sql.types import ArrayType, BooleanType, FloatType, IntegralType, StringType
 
 from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SchemaMismatchError
@@ -54,7 +74,12 @@ ENCODINGS = ("onehot", "index")
 SPLITS = ("hash", "column", "time")
 SPLIT_NAMES = ("train", "val", "test")
 OTHER = "__other__"
-_KEYS = ("label", "task", "where", "numeric", "impute", "categorical", "split", "class_names")
+_KEYS = ("label", "task", "where", "numeric", "impute", "categorical", "split", "class_names",
+         "id")
+_IMAGE_KEYS = ("label", "task", "where", "image", "split", "class_names", "id")
+_IMAGE_INPUT_KEYS = ("column", "encoding", "height", "width", "channels")
+IMAGE_ENCODINGS = ("raw", "encoded")
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _NUMERIC_KEYS = ("name", "expr", "impute")
 _CATEGORICAL_KEYS = ("name", "expr", "encode", "max_categories", "min_count")
 _SPLIT_KEYS = ("by", "key", "column", "val_pct", "test_pct", "val_from", "test_from")
@@ -81,8 +106,30 @@ class CategoricalFeature:
 
 
 @dataclass(frozen=True)
+class ImageInput:
+    """A column of images and the shape every image is given."""
+
+    column: str
+    encoding: str = "raw"
+    height: int = 0
+    width: int = 0
+    channels: int = 1
+
+    @property
+    def shape(self) -> list[int]:
+        """``[height, width, channels]``."""
+        return [self.height, self.width, self.channels]
+
+
+@dataclass(frozen=True)
 class Split:
-    """How rows are assigned to train / val / test."""
+    """How rows are assigned to train / val / test.
+
+    ``hash``: by a hash of ``key`` (the id), ``val_pct`` and ``test_pct`` percent (15
+    each by default). ``column``: a column holding train / val / test, with ``val_pct``
+    percent (default 0) of its train rows moved to val by the same hash. ``time``:
+    before ``val_from`` train, before ``test_from`` val, then test.
+    """
 
     by: str = "hash"
     key: str = ""
@@ -94,8 +141,8 @@ class Split:
 
 
 @dataclass(frozen=True)
-class TabularSpec:
-    """A tabular feature set as declared (nothing fitted yet)."""
+class FeatureSpec:
+    """A feature set as declared (nothing fitted yet): tabular columns, or an image column."""
 
     dataset: str
     id: str
@@ -106,6 +153,7 @@ class TabularSpec:
     categorical: tuple[CategoricalFeature, ...] = ()
     split: Split = field(default_factory=Split)
     class_names: tuple[str, ...] = ()
+    image: ImageInput | None = None
 
     def digest(self) -> str:
         """A short hash of the declaration: a changed declaration is a new feature set."""
@@ -113,19 +161,20 @@ class TabularSpec:
 
 
 @dataclass(frozen=True)
-class TabularTransform:
-    """A tabular feature set fitted on its training split.
+class FeatureTransform:
+    """A declared feature set fitted on its training split.
 
     Attributes:
         spec: the declaration.
-        widths: how many numbers each numeric feature gives (1, or an array's length).
+        widths: how many numbers each numeric feature gives (1, or an array's length);
+            for images, one width: height x width x channels.
         fill: the fill-in value of every number, in feature order.
         vocabularies: each categorical feature's categories, most frequent first.
         classes: the class labels of a string label, in class-index order (empty when
             the label is already a class index or the task is regression).
     """
 
-    spec: TabularSpec
+    spec: FeatureSpec
     widths: tuple[int, ...]
     fill: tuple[float, ...]
     vocabularies: tuple[tuple[str, ...], ...]
@@ -134,6 +183,8 @@ class TabularTransform:
     @property
     def feature_names(self) -> list[str]:
         """One name per number of the ``features`` vector."""
+        if self.spec.image is not None:
+            return [f"p{i}" for i in range(self.widths[0])]
         names = []
         for feature, width in zip(self.spec.numeric, self.widths, strict=True):
             names += [feature.name] if width == 1 else [f"{feature.name}[{i}]"
@@ -157,20 +208,28 @@ class TabularTransform:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> TabularTransform:
+    def from_json(cls, text: str) -> FeatureTransform:
         """Read a transform written by :meth:`to_json`."""
         raw = json.loads(text)
         spec = raw["spec"]
-        spec = TabularSpec(
+        spec = FeatureSpec(
             **{**spec, "numeric": tuple(NumericFeature(**n) for n in spec["numeric"]),
                "categorical": tuple(CategoricalFeature(**c) for c in spec["categorical"]),
-               "split": Split(**spec["split"]), "class_names": tuple(spec["class_names"])})
+               "split": Split(**spec["split"]), "class_names": tuple(spec["class_names"]),
+               "image": ImageInput(**spec["image"]) if spec.get("image") else None})
         return cls(spec=spec, widths=tuple(raw["widths"]), fill=tuple(raw["fill"]),
                    vocabularies=tuple(tuple(v) for v in raw["vocabularies"]),
                    classes=tuple(raw["classes"]))
 
     def features(self, df: DataFrame) -> Column:
-        """The ``features`` column (ARRAY<FLOAT>) of rows shaped like the silver table."""
+        """The ``features`` column (ARRAY<FLOAT>) of rows shaped like the silver table.
+
+        NULL for an image that cannot be decoded to the declared shape.
+        """
+        image = self.spec.image
+        if image is not None:
+            decode = _decoder(image.encoding, image.height, image.width, image.channels)
+            return decode(F.col(image.column)).alias("features")
         numbers = []
         values = iter(self.fill)
         for feature, width in zip(self.spec.numeric, self.widths, strict=True):
@@ -193,12 +252,13 @@ class TabularTransform:
 
 
 def is_declared(entry: Dataset | None) -> bool:
-    """Whether a catalog entry declares a tabular feature set (``kind: tabular`` + a label)."""
-    return entry is not None and entry.kind == "tabular" and "label" in entry.features
+    """Whether a catalog entry declares a feature set (tabular or image, with a label)."""
+    return (entry is not None and entry.kind in ("tabular", "image")
+            and "label" in entry.features)
 
 
-def parse_tabular(entry: Dataset) -> TabularSpec:
-    """The tabular feature set a catalog entry declares.
+def parse_features(entry: Dataset) -> FeatureSpec:
+    """The feature set a tabular or image catalog entry declares.
 
     Raises:
         ConfigError: every problem of the ``features`` block, each naming the data set,
@@ -206,16 +266,49 @@ def parse_tabular(entry: Dataset) -> TabularSpec:
     """
     where = f"datasets.{entry.name}.features"
     raw = entry.features
+    image_kind = entry.kind == "image"
+    known = _IMAGE_KEYS if image_kind else _KEYS
     problems: list[str] = []
     for key in raw:
-        if key not in _KEYS:
-            problems.append(f"{where}.{key}: unknown key; known keys here: {', '.join(_KEYS)}")
+        if key not in known:
+            problems.append(f"{where}.{key}: unknown key; known keys here: {', '.join(known)}")
     label = raw.get("label")
     if not isinstance(label, str) or not label.strip():
         problems.append(f"{where}.label: expected a column or SQL expression, got {label!r}")
     task = raw.get("task", "classification")
-    if task not in TASKS:
-        problems.append(f"{where}.task: {task!r} is not one of {', '.join(TASKS)}")
+    if task not in (("classification",) if image_kind else TASKS):
+        problems.append(f"{where}.task: {task!r} is not one of "
+                        f"{'classification' if image_kind else ', '.join(TASKS)}")
+    numeric: tuple[NumericFeature, ...] = ()
+    categorical: tuple[CategoricalFeature, ...] = ()
+    image = None
+    if image_kind:
+        image = _image(raw.get("image"), f"{where}.image", entry, problems)
+    else:
+        numeric, categorical = _columns(raw, where, problems)
+    split = _split(raw.get("split"), f"{where}.split", problems)
+    class_names = raw.get("class_names") or ()
+    if not isinstance(class_names, list | tuple):
+        problems.append(f"{where}.class_names: expected a list, got {class_names!r}")
+        class_names = ()
+    entity = raw.get("id") or entry.roles.get("id")
+    if not isinstance(entity, str) or not entity:
+        problems.append(f"datasets.{entry.name}.roles.id: a feature set needs an id column "
+                        "(or features.id as SQL); it keys the predictions")
+        entity = ""
+    if problems:
+        raise ConfigError(f"{entry.kind} features of data set "
+                          f"{entry.name!r}:\n  " + "\n  ".join(problems))
+    if not split.key:
+        split = replace(split, key=entity)
+    return FeatureSpec(dataset=entry.name, id=entity, label=label, task=task,
+                       where=str(raw.get("where") or ""), numeric=numeric,
+                       categorical=categorical, split=split,
+                       class_names=tuple(str(c) for c in class_names), image=image)
+
+
+def _columns(raw: Mapping[str, Any], where: str, problems: list[str]
+             ) -> tuple[tuple[NumericFeature, ...], tuple[CategoricalFeature, ...]]:
     default_impute = raw.get("impute", "mean")
     if default_impute not in IMPUTE:
         problems.append(f"{where}.impute: {default_impute!r} is not one of {', '.join(IMPUTE)}")
@@ -247,25 +340,36 @@ def parse_tabular(entry: Dataset) -> TabularSpec:
         problems.append(f"{where}: feature {name!r} is declared twice")
     if not names:
         problems.append(f"{where}: declare at least one numeric or categorical feature")
-    split = _split(raw.get("split"), f"{where}.split", problems)
-    class_names = raw.get("class_names") or ()
-    if not isinstance(class_names, list | tuple):
-        problems.append(f"{where}.class_names: expected a list, got {class_names!r}")
-        class_names = ()
-    entity = entry.roles.get("id")
-    if not isinstance(entity, str) or not entity:
-        problems.append(f"datasets.{entry.name}.roles.id: a tabular feature set needs an id "
-                        "column (it keys the predictions)")
-        entity = ""
-    if problems:
-        raise ConfigError("tabular features of data set "
-                          f"{entry.name!r}:\n  " + "\n  ".join(problems))
-    if split.by == "hash" and not split.key:
-        split = replace(split, key=entity)
-    return TabularSpec(dataset=entry.name, id=entity, label=label, task=task,
-                       where=str(raw.get("where") or ""), numeric=numeric,
-                       categorical=categorical, split=split,
-                       class_names=tuple(str(c) for c in class_names))
+    return numeric, categorical
+
+
+def _image(raw: Any, where: str, entry: Dataset, problems: list[str]) -> ImageInput | None:
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: expected a mapping with height, width and channels, "
+                        f"got {raw!r}")
+        return None
+    for key in raw:
+        if key not in _IMAGE_INPUT_KEYS:
+            problems.append(f"{where}.{key}: unknown key; known keys here: "
+                            f"{', '.join(_IMAGE_INPUT_KEYS)}")
+    column = raw.get("column") or entry.roles.get("image")
+    if not isinstance(column, str) or not column:
+        problems.append(f"{where}.column: missing; name the column of images (or the image "
+                        "role)")
+    encoding = raw.get("encoding", "raw")
+    if encoding not in IMAGE_ENCODINGS:
+        problems.append(f"{where}.encoding: {encoding!r} is not one of "
+                        f"{', '.join(IMAGE_ENCODINGS)}")
+    for key in ("height", "width"):
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{where}.{key}: expected a whole number of pixels, got {value!r}")
+    channels = raw.get("channels", 1)
+    if channels not in _MODES:
+        problems.append(f"{where}.channels: {channels!r} is not one of 1, 3, 4")
+    return ImageInput(column=str(column or ""), encoding=str(encoding),
+                      height=raw.get("height") or 0, width=raw.get("width") or 0,
+                      channels=channels)
 
 
 def _list(value: Any, where: str, problems: list[str]) -> list[Any]:
@@ -302,7 +406,11 @@ def _split(raw: Any, where: str, problems: list[str]) -> Split:
         if key not in _SPLIT_KEYS:
             problems.append(f"{where}.{key}: unknown key; known keys here: "
                             f"{', '.join(_SPLIT_KEYS)}")
-    split = Split(**{k: v for k, v in raw.items() if k in _SPLIT_KEYS})
+    given = {k: v for k, v in raw.items() if k in _SPLIT_KEYS}
+    if given.get("by") == "column":
+        given.setdefault("val_pct", 0)     # the column says; move none of its train rows
+        given["test_pct"] = 0
+    split = Split(**given)
     if split.by not in SPLITS:
         problems.append(f"{where}.by: {split.by!r} is not one of {', '.join(SPLITS)}")
     if split.by in ("column", "time") and not split.column:
@@ -321,26 +429,31 @@ def _split(raw: Any, where: str, problems: list[str]) -> Split:
 
 def split_column(split: Split) -> Column:
     """``train`` / ``val`` / ``test`` per row as the declaration says."""
+    bucket = F.pmod(F.xxhash64(F.expr(split.key), F.lit("lakeforge-split")), F.lit(100))
     if split.by == "column":
         value = F.lower(F.col(split.column).cast("string"))
-        return F.when(value.isin(*SPLIT_NAMES), value)
+        moved = F.when((value == "train") & (bucket < split.val_pct), "val").otherwise(value)
+        return F.when(value.isin(*SPLIT_NAMES), moved)
     if split.by == "time":
         at = F.col(split.column).cast("timestamp")
         return (F.when(at < F.lit(split.val_from).cast("timestamp"), "train")
                 .when(at < F.lit(split.test_from).cast("timestamp"), "val")
                 .when(at.isNotNull(), "test"))
-    bucket = F.pmod(F.xxhash64(F.col(split.key), F.lit("lakeforge-split")), F.lit(100))
     return (F.when(bucket < split.test_pct, "test")
             .when(bucket < split.test_pct + split.val_pct, "val").otherwise("train"))
 
 
-def row_id(df: DataFrame, column: str) -> Column:
-    """The prediction key: the id itself when it is a whole number, else its 64-bit hash."""
-    if column not in df.columns:
-        raise SchemaMismatchError(f"id column {column!r} is not among {', '.join(df.columns)}")
-    if isinstance(df.schema[column].dataType, IntegralType):
-        return F.col(column).cast("long").alias("row_id")
-    return F.xxhash64(F.col(column)).alias("row_id")
+def row_id(df: DataFrame, id_sql: str) -> Column:
+    """The prediction key: the id itself when it is a whole number, else its 64-bit hash.
+
+    Args:
+        df: the rows.
+        id_sql: the id column, or SQL over the columns.
+    """
+    value = F.expr(f"`{id_sql}`" if id_sql in df.columns else id_sql)
+    if isinstance(df.select(value).schema[0].dataType, IntegralType):
+        return value.cast("long").alias("row_id")
+    return F.xxhash64(value).alias("row_id")
 
 
 def _numbers(df: DataFrame, feature: NumericFeature, width: int) -> list[Column]:
@@ -351,6 +464,42 @@ def _numbers(df: DataFrame, feature: NumericFeature, width: int) -> list[Column]
     else:
         parts = [F.try_element_at(value, F.lit(i + 1)).cast("double") for i in range(width)]
     return [F.when(~F.isnan(p), p) for p in parts]
+
+
+def _decoder(encoding: str, height: int, width: int, channels: int) -> Any:
+    """A pandas UDF turning image bytes into height x width x channels floats in [0, 1]."""
+
+    @F.pandas_udf(ArrayType(FloatType()))
+    def decode(images: pd.Series) -> pd.Series:
+        return images.map(lambda b: decode_image(b, encoding, height, width, channels))
+
+    return decode
+
+
+def decode_image(data: bytes | None, encoding: str, height: int, width: int,
+                 channels: int) -> np.ndarray | None:
+    """One image as floats in [0, 1] (row-major, channels last), or None if unreadable.
+
+    ``raw`` bytes must hold exactly height x width x channels values; ``encoded`` ones
+    are read with Pillow, converted to the channels and resized to the shape.
+    """
+    if data is None:
+        return None
+    if encoding == "raw":
+        pixels = np.frombuffer(data, dtype=np.uint8)
+        if pixels.size != height * width * channels:
+            return None
+        return pixels.astype(np.float32) / 255.0
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            image = opened.convert(_MODES[channels])
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.float32).reshape(-1) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def _is_array(df: DataFrame, feature: NumericFeature) -> bool:
@@ -370,7 +519,7 @@ def _encoded(value: Column, encode: str, vocabulary: Sequence[str]) -> list[Colu
     return [*onehot, F.when(known, 0.0).otherwise(1.0)]
 
 
-def prepare(df: DataFrame, spec: TabularSpec) -> DataFrame:
+def prepare(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Silver rows with ``row_id`` and ``split``, filtered by ``where`` (nothing fitted yet)."""
     if spec.where:
         df = df.filter(F.expr(spec.where))
@@ -378,7 +527,7 @@ def prepare(df: DataFrame, spec: TabularSpec) -> DataFrame:
                      split_column(spec.split).alias("_split"))
 
 
-def fit(prepared: DataFrame, spec: TabularSpec) -> TabularTransform:
+def fit(prepared: DataFrame, spec: FeatureSpec) -> FeatureTransform:
     """Fit fill-in values, vocabularies and string labels on the training split only.
 
     Args:
@@ -393,6 +542,13 @@ def fit(prepared: DataFrame, spec: TabularSpec) -> TabularTransform:
             is neither a class nor a number.
     """
     train = prepared.filter(F.col("_split") == "train")
+    if spec.image is not None:
+        if not train.limit(1).count():
+            raise SchemaMismatchError(f"data set {spec.dataset}: no rows in the training split "
+                                      "(check features.where and features.split)")
+        image = spec.image
+        return FeatureTransform(spec, (image.height * image.width * image.channels,), (), (),
+                                _classes(prepared, train, spec))
     widths = []
     sizes = [F.max(F.size(F.expr(f.expr))).alias(f.name) for f in spec.numeric
              if _is_array(prepared, f)]
@@ -417,26 +573,30 @@ def fit(prepared: DataFrame, spec: TabularSpec) -> TabularTransform:
                   .groupBy("v").count().filter(F.col("count") >= f.min_count)
                   .orderBy(F.desc("count"), "v").limit(f.max_categories).collect())
         vocabularies.append(tuple(r["v"] for r in counts))
-    classes: tuple[str, ...] = ()
+    return FeatureTransform(spec, tuple(widths), fill, tuple(vocabularies),
+                            _classes(prepared, train, spec))
+
+
+def _classes(prepared: DataFrame, train: DataFrame, spec: FeatureSpec) -> tuple[str, ...]:
+    """The classes of a string label, sorted, from the training split (else empty)."""
     label_type = prepared.select(F.expr(spec.label)).schema[0].dataType
     if spec.task == "classification" and isinstance(label_type, StringType):
         labels = train.select(F.expr(spec.label).alias("y")).filter(F.col("y").isNotNull())
-        classes = tuple(sorted(r["y"] for r in labels.distinct().collect()))
-    elif spec.task == "classification" and not isinstance(label_type,
-                                                          IntegralType | BooleanType):
+        return tuple(sorted(r["y"] for r in labels.distinct().collect()))
+    if spec.task == "classification" and not isinstance(label_type, IntegralType | BooleanType):
         raise SchemaMismatchError(
             f"data set {spec.dataset}: label {spec.label!r} is {label_type.simpleString()}; a "
             "classification label is a string, a boolean or a class index (or set "
             "features.task: regression)")
-    return TabularTransform(spec, tuple(widths), fill, tuple(vocabularies), classes)
+    return ()
 
 
-def apply(prepared: DataFrame, transform: TabularTransform) -> DataFrame:
+def apply(prepared: DataFrame, transform: FeatureTransform) -> DataFrame:
     """Gold rows (``row_id``, ``split``, ``features``, ``label``) from prepared rows."""
     return prepared.select(F.col("_row_id").alias("row_id"), F.col("_split").alias("split"),
                            transform.features(prepared), transform.label())
 
 
-def features_for_scoring(df: DataFrame, transform: TabularTransform) -> DataFrame:
+def features_for_scoring(df: DataFrame, transform: FeatureTransform) -> DataFrame:
     """``row_id`` and ``features`` of raw rows (a silver-shaped table) for a stored model."""
     return df.select(row_id(df, transform.spec.id), transform.features(df))
