@@ -124,7 +124,10 @@ def test_bad_config_value_fails_the_first_task_and_names_it(airflow_env):
 
 
 @pytest.mark.slow
-def test_dag_runs_end_to_end_and_a_rerun_adds_nothing(airflow_env, spark):
+def test_dag_runs_end_to_end_with_lineage(airflow_env, spark):
+    """One DAG run, five spark-submit tasks. (That re-running a batch adds nothing is
+    the jobs' property, tested on the jobs and pipelines themselves; a cleared DAG run
+    would repeat the five submissions only to show it again.)"""
     warehouse = Path(airflow_env["LAKEFORGE_HOME"]) / "warehouse" / "lakeforge.db"
 
     def counts() -> dict[str, int]:
@@ -146,10 +149,6 @@ def test_dag_runs_end_to_end_and_a_rerun_adds_nothing(airflow_env, spark):
     assert lineage[0]["input_table"] == "lakeforge.gold_breast_cancer"
     assert predictions.filter("prediction IS NULL OR probability < 0.5").count() == 0
     assert "batch 20261120" in output    # the data interval's date is the ingest batch
-
-    rerun, output = _run(airflow_env)   # the same DAG run (same data interval), cleared
-    assert rerun["state"] == "success", output[-5000:]
-    assert counts() == first
 
 
 @pytest.mark.slow
