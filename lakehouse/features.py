@@ -109,16 +109,21 @@ def feature_sets(cfg: Config) -> list[str]:
 
 def transform_of(spark: SparkSession, table: str, version: int) -> FeatureTransform | None:
     """The fitted transform a declared gold table was written with, at ``version``."""
+    return _written_with(spark, table, version)[1]
+
+
+def _written_with(spark: SparkSession, table: str,
+                  version: int) -> tuple[dict | None, FeatureTransform | None]:
+    """The build key and fitted transform stored in the commit that wrote ``version``."""
     raw = delta.commit_metadata(spark, table, version)
-    if not raw:
-        return None
-    meta = json.loads(raw)
-    return FeatureTransform.from_json(meta["transform"]) if "transform" in meta else None
+    meta = json.loads(raw) if raw else {}
+    transform = FeatureTransform.from_json(meta["transform"]) if "transform" in meta else None
+    return meta.get("key"), transform
 
 
 def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
                     partitions: int) -> FeatureSet:
-    """A declared tabular feature set: fit on the training split, write, keep the transform.
+    """A declared feature set: fit on the training split, write, keep the transform.
 
     Keyed on the silver table's data version and the declaration (kept in the write's
     commit with the transform): the same rows with the same declaration are not built
@@ -131,9 +136,9 @@ def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
     key = {"silver_version": pinned.data_version, "spec": spec.digest()}
     gold = delta.ensure_table(spark, gold_spec(entry.name, spec.task == "regression"), db)
     current = delta.snapshot(spark, gold)
-    raw = delta.commit_metadata(spark, gold, current.data_version)
-    if raw and json.loads(raw).get("key") == key:
-        transform = FeatureTransform.from_json(json.loads(raw)["transform"])
+    built_key, transform = _written_with(spark, gold, current.data_version)
+    prepared_rows = 0
+    if built_key == key and transform is not None:
         log.info("%s: %s v%d is already built from %s v%d with this declaration",
                  entry.name, gold, current.data_version, silver, pinned.data_version)
     else:
@@ -149,13 +154,14 @@ def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
          .mode("overwrite")
          .option("userMetadata", json.dumps({"key": key, "transform": transform.to_json()}))
          .save(delta.table_location(spark, gold)))
-        left_out = prepared.count() - kept.count()
-        if left_out:
-            log.info("%s: %d rows have no split, no label or no readable image and are left "
-                     "out", entry.name, left_out)
-    version = delta.snapshot(spark, gold).data_version
-    table = delta.read_version(spark, gold, delta.snapshot(spark, gold).version)
+        prepared_rows = prepared.count()
+    built = delta.snapshot(spark, gold)
+    table = delta.read_version(spark, gold, built.version)
     shape = table.agg(F.count(F.lit(1)).alias("n"), F.max("label").alias("top")).first()
+    if prepared_rows > shape["n"]:   # kept rows counted in the table, not by recomputing them
+        log.info("%s: %d rows have no split, no label or no readable image and are left out",
+                 entry.name, prepared_rows - shape["n"])
+    version = built.data_version
     n_classes = transform.n_classes or (int(shape["top"]) + 1
                                         if spec.task == "classification" and shape["top"]
                                         is not None else 0)
