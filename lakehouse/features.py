@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, IntegerType, LongType, StringType
 
@@ -102,6 +102,40 @@ def build_gold(spark: SparkSession, cfg: Config, name: str,
     return _build_declared(spark, cfg, cfg.datasets[name], partitions)
 
 
+def silver_rows(spark: SparkSession, cfg: Config,
+                entry: Dataset) -> tuple[DataFrame, delta.Snapshot]:
+    """A data set's rows of its silver table, read at one pinned snapshot.
+
+    Entries that share a silver table are told apart by ``_source``.
+
+    Returns:
+        (the rows, the snapshot they were read at).
+    """
+    silver = layer_table(cfg.catalog.database, "silver", entry.table_name)
+    pinned = delta.snapshot(spark, silver)
+    rows = delta.read_version(spark, silver, pinned.version)
+    if entry.table_name != entry.name and "_source" in rows.columns:
+        rows = rows.filter(F.col("_source") == entry.name)
+    return rows, pinned
+
+
+def entry_of(cfg: Config, name: str, kind: str) -> Dataset:
+    """The catalog entry ``name``, which must be of ``kind``.
+
+    Raises:
+        SourceError: no such entry, or one of another kind (both are named).
+    """
+    entry = cfg.datasets.get(name)
+    if entry is None:
+        known = sorted(n for n, e in cfg.datasets.items() if e.kind == kind)
+        raise SourceError(f"no data set {name!r} in the catalog; {kind} data sets: "
+                          f"{', '.join(known) or 'none'}")
+    if entry.kind != kind:
+        raise SourceError(f"data set {name!r} is of kind {entry.kind or 'none'!r}, "
+                          f"not {kind!r}")
+    return entry
+
+
 def feature_sets(cfg: Config) -> list[str]:
     """The data sets that declare a feature set (tabular or image)."""
     return [name for name, entry in cfg.datasets.items() if is_declared(entry)]
@@ -131,8 +165,8 @@ def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
     """
     spec = parse_features(entry)
     db = cfg.catalog.database
-    silver = layer_table(db, "silver", entry.table_name)
-    pinned = delta.snapshot(spark, silver)
+    rows, pinned = silver_rows(spark, cfg, entry)
+    silver = pinned.table
     key = {"silver_version": pinned.data_version, "spec": spec.digest()}
     gold = delta.ensure_table(spark, gold_spec(entry.name, spec.task == "regression"), db)
     current = delta.snapshot(spark, gold)
@@ -142,9 +176,6 @@ def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
         log.info("%s: %s v%d is already built from %s v%d with this declaration",
                  entry.name, gold, current.data_version, silver, pinned.data_version)
     else:
-        rows = delta.read_version(spark, silver, pinned.version)
-        if entry.table_name != entry.name and "_source" in rows.columns:
-            rows = rows.filter(F.col("_source") == entry.name)
         prepared = declared.prepare(rows, spec)
         transform = declared.fit(prepared, spec)
         out = declared.apply(prepared, transform)

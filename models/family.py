@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lakehouse.config import Config
 from lakehouse.errors import ConfigError
 
 FAMILY_NAMES = ("mlp", "cnn", "word2vec", "deepar", "rcf")
@@ -18,6 +19,8 @@ class Family:
 
     Attributes:
         name: family name (the folder under ``models/``).
+        kind: the kind of data set it trains on (``tabular``, ``image``, ``text``,
+            ``series`` or ``stream``, as catalog entries declare ``kind:``).
         build: ``build(params, n_features, n_classes, mean, variance)`` -> Keras model;
             runs inside Horovod ranks.
         defaults: default training parameters.
@@ -31,8 +34,10 @@ class Family:
             accumulator to add 1 to per model load on an executor); the shared
             scorer adds lineage and writes exactly once. Default: the classifier.
         features: ``features(spark, cfg, dataset, params)`` ->
-            :class:`lakehouse.features.FeatureSet`, building the family's gold table.
-        datasets: the feature sets ``features`` builds (``lakeforge features NAME``).
+            :class:`lakehouse.features.FeatureSet`, building the family's gold table
+            from any catalog entry of its ``kind``.
+        datasets: feature sets ``features`` builds that are not one catalog entry
+            (word2vec's ``corpus``: every bundled text corpus together).
         prediction_fields: StructFields of ``predictions_<name>`` before lineage.
         prediction_keys: columns that identify a prediction within one run.
         tasks: what the family learns from a tabular feature set (``classification``,
@@ -42,6 +47,7 @@ class Family:
     """
 
     name: str
+    kind: str
     build: Callable[..., Any] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     normalise: bool = True
@@ -55,13 +61,37 @@ class Family:
     check: Callable[[dict[str, Any], int], None] | None = None
 
 
-def family_for_dataset(dataset: str) -> Family | None:
-    """The family whose own feature builder makes ``dataset``, if any."""
+def family_for_dataset(cfg: Config, dataset: str) -> Family | None:
+    """The family whose own feature builder makes ``dataset``, if any.
+
+    That is a family that names ``dataset`` among its ``datasets``, or one with a
+    builder for the kind of the catalog entry ``dataset``.
+    """
+    entry = cfg.datasets.get(dataset)
     for name in FAMILY_NAMES:
         family = get_family(name)
-        if dataset in family.datasets:
+        if family.features is not None and (
+                dataset in family.datasets or (entry is not None and entry.kind == family.kind)):
             return family
     return None
+
+
+def check_kind(family: Family, cfg: Config, dataset: str) -> None:
+    """Stop when ``dataset`` is a catalog entry of a kind ``family`` does not train on.
+
+    Raises:
+        ConfigError: naming the family, its kind, the data set and the data set's kind.
+    """
+    entry = cfg.datasets.get(dataset)
+    if entry is not None and entry.kind and entry.kind != family.kind:
+        raise ConfigError(f"{family.name} trains on {family.kind} data sets; {dataset!r} is a "
+                          f"{entry.kind} data set (families for it: "
+                          f"{', '.join(families_of_kind(entry.kind)) or 'none'})")
+
+
+def families_of_kind(kind: str) -> list[str]:
+    """The families that train on data sets of ``kind``."""
+    return [n for n in FAMILY_NAMES if get_family(n).kind == kind]
 
 
 def get_family(name: str) -> Family:

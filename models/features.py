@@ -13,8 +13,15 @@ from models.family import FAMILY_NAMES, family_for_dataset, get_family
 
 
 def feature_set_names(cfg: Config) -> list[str]:
-    """Every feature set a builder knows: declared and the lakehouse's first."""
-    return [*feature_sets(cfg), *(d for f in FAMILY_NAMES for d in get_family(f).datasets)]
+    """Every feature set a builder knows.
+
+    Declared tabular and image data sets first, then text, series and stream data
+    sets and the families' own (``corpus``).
+    """
+    own = [n for n, e in cfg.datasets.items()
+           if n not in feature_sets(cfg) and family_for_dataset(cfg, n) is not None]
+    extra = [d for f in FAMILY_NAMES for d in get_family(f).datasets if d not in own]
+    return [*feature_sets(cfg), *own, *extra]
 
 
 def build_features(spark: SparkSession, cfg: Config, name: str, partitions: int | None = None,
@@ -37,7 +44,7 @@ def build_features(spark: SparkSession, cfg: Config, name: str, partitions: int 
         SourceError: no builder of that name (the known ones are listed).
         ConfigError: parameters given to a builder that takes none.
     """
-    family = family_for_dataset(name)
+    family = family_for_dataset(cfg, name)
     if family is not None:
         return family.features(spark, cfg, name, dict(params or {}))
     if name not in feature_sets(cfg):

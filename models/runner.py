@@ -37,7 +37,7 @@ from models.evaluate import (
     plot_predicted,
     regression_metrics,
 )
-from models.family import get_family
+from models.family import check_kind, get_family
 from models.rank import RankSpec, train_rank
 from models.store import TRANSFORM_FILE, ModelRecord, ModelStore
 
@@ -125,6 +125,7 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     if unknown:
         raise ConfigError(f"{family_name}: unknown parameter(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(family.defaults))}")
+    check_kind(family, cfg, dataset)
     merged = {**family.defaults, **(params or {})}
     if family.trainer is not None:
         return family.trainer(spark, cfg, dataset, version, run_id, merged, name)

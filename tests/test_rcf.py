@@ -1,5 +1,6 @@
 """Random Cut Forest: the vectorised forest, shingling in Spark, 2-rank training, scoring."""
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from models.rcf.transform import (
 )
 from models.runner import train
 from models.scoring import score
-from tests.helpers import silver_spec
+from tests.helpers import silver_spec, with_datasets
 
 STREAM = "mitdb"      # a stream name the RCF family builds features for; the values are synthetic
 SPIKE, SHIFT = 700, (1100, 1130)
@@ -190,9 +191,10 @@ def test_shingles_windows_rebuild_and_errors(spark, cfg):
     assert again.version == built.version
     resized = build_features(spark, cfg, STREAM, params={"shingle_size": 3})
     assert resized.version > built.version and resized.rows == 198
-    with pytest.raises(ConfigError, match="shingle_size 500 is larger than stream 'mitdb'"):
+    with pytest.raises(ConfigError, match="shingle_size 500 is larger than stream data set "
+                                          "'mitdb' \\(mitdb test: 200 points\\)"):
         build_features(spark, cfg, STREAM, params={"shingle_size": 500})
-    with pytest.raises(ConfigError, match="holds shingles of size \\[3\\]"):
+    with pytest.raises(ConfigError, match="holds shingles of 3 points, but shingle_size=4"):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 4})
     with pytest.raises(ConfigError, match="transform must be one of level_diff, none, got 'fft'"):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "transform": "fft"})
@@ -201,34 +203,92 @@ def test_shingles_windows_rebuild_and_errors(spark, cfg):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "max_depth": -1})
     with pytest.raises(ConfigError, match="num_trees must be a whole number at least 1, got 'x'"):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "num_trees": "x"})
+    with pytest.raises(ConfigError, match="rcf trains on stream data sets; 'wine' is a tabular "
+                                          "data set \\(families for it: mlp\\)"):
+        train(spark, cfg, "rcf", "wine")
+
+
+def _declare(cfg, name, roles, ddl, keys):
+    return with_datasets(cfg, {name: {
+        "kind": "stream", "roles": roles, "silver": {"keys": keys},
+        "source": {"files": f"/landing/{name}/*.csv", "format": "csv", "schema": ddl}}})
+
+
+def _write_silver(spark, cfg, name, rows):
+    spec = silver_spec(spark, cfg, name)
+    target = delta.ensure_table(spark, spec, cfg.catalog.database)
+    spark.createDataFrame(rows, spec.data_schema).write.format("delta").mode("append") \
+        .saveAsTable(target)
+
+
+def test_declared_stream_shingles_each_stream_with_several_values_and_no_label(spark, cfg):
+    """A stream data set the test declares: two devices, two value columns, no label."""
+    cfg = _declare(cfg, "pumps", {"stream_id": "pump", "order": "ts",
+                                  "values": ["pressure", "flow"]},
+                   "pump STRING NOT NULL, ts TIMESTAMP NOT NULL, pressure DOUBLE, flow INT",
+                   ["pump", "ts"])
+    base = dt.datetime(2026, 3, 1)
+    rows = [(pump, base + dt.timedelta(minutes=i), 10.0 * k + i, k * 100 + i)
+            for k, pump in enumerate(["p1", "p2"], 1) for i in range(12)]
+    _write_silver(spark, cfg, "pumps", rows)
+    built = build_features(spark, cfg, "pumps", params={"shingle_size": 3})
+    assert built.n_features == 6 and built.rows == 2 * 10            # per pump: 12 - 2
+    assert built.feature_names[:2] == ("pressure_lag2", "flow_lag2")
+    table = spark.table(built.table)
+    first = table.filter("stream_id = 'p2'").orderBy("t").first()
+    t0 = int(base.replace(tzinfo=dt.UTC).timestamp())
+    assert first["t"] == t0 + 120 and first["t_start"] == t0            # seconds since 1970
+    assert first["shingle"] == [20.0, 200.0, 21.0, 201.0, 22.0, 202.0]   # no mixing of pumps
+    assert first["label"] is None and first["split"] == "test"
+
+
+def test_level_diff_of_several_values_differences_each_value_on_its_own():
+    x = np.array([[1.0, 10.0, 2.0, 30.0, 4.0, 60.0]])            # 3 points x 2 values
+    assert shape_features(x, "level_diff", 2).tolist() == [[4.0, 60.0, 1.0, 20.0, 2.0, 30.0]]
+    scaling = fit_scaling("level_diff", Moments.of(shape_features(np.r_[x, 2 * x], "level_diff",
+                                                                  2)), 2)
+    stored = scaling_from_json(json.loads(json.dumps(scaling.to_json())), 6)
+    assert stored.channels == 2 and np.allclose(stored.apply(x), scaling.apply(x))
 
 
 @pytest.mark.slow
 def test_two_ranks_train_score_and_flag_the_anomalies(spark, cfg):
+    """A declared stream data set: one labelled sensor with anomalies, one unlabelled."""
+    cfg = _declare(cfg, "sensors", {"stream_id": "sensor", "order": "seq", "values": ["v"],
+                                    "label": "anomaly"},
+                   "sensor STRING NOT NULL, seq BIGINT NOT NULL, v DOUBLE, anomaly INT",
+                   ["sensor", "seq"])
     value, label = _stream()
-    _write_stream(spark, cfg, value, label)
-    built = build_features(spark, cfg, STREAM, params={"shingle_size": 4})
+    quiet, _ = _stream(300, seed=5)
+    _write_silver(spark, cfg, "sensors", [
+        *(("s1", t, float(v), int(y)) for t, (v, y) in enumerate(zip(value, label, strict=True))),
+        *(("s2", t, float(v), None) for t, v in enumerate(quiet))])
+    built = build_features(spark, cfg, "sensors", params={"shingle_size": 4})
     params = {"num_trees": 30, "num_samples_per_tree": 128, "shingle_size": 4}
-    result = train(spark, cfg, "rcf", STREAM, params=params)
+    result = train(spark, cfg, "rcf", "sensors", params=params)
     ranks = sorted(result.ranks, key=lambda r: r["rank"])
     assert [(r["rank"], r["trees"]) for r in ranks] == [(0, 15), (1, 15)]
-    assert sum(r["points_seen"] for r in ranks) == built.rows      # shards cover the stream once
+    assert sum(r["points_seen"] for r in ranks) == built.rows      # shards cover the streams once
     metrics = result.model.metrics
     assert metrics["num_trees"] == 30 and metrics["eval_points"] == built.rows
-    assert metrics["roc_auc"] > 0.8 and metrics["pr_auc"] > 0.3     # rrcf: 0.86 here
+    assert metrics["labelled_points"] == len(value) - 3          # s2's shingles are not judged
+    assert metrics["roc_auc"] > 0.8 and metrics["pr_auc"] > 0.3     # rrcf: 0.86 on s1 alone
+    assert (Path(result.model.artifact) / "anomaly_scores.png").stat().st_size > 0
 
     scored = score(spark, cfg, "rcf", result.model.name)
     assert scored.rows == built.rows and 1 <= scored.model_loads <= 2
     preds = spark.table(scored.table).filter(F.col("run_id") == scored.run_id)
-    assert preds.select("t").distinct().count() == built.rows
+    assert preds.select("stream_id", "t").distinct().count() == built.rows
     meta = json.loads((Path(result.model.artifact) / "rcf.json").read_text())
     assert meta["transform"] == "level_diff" and len(meta["scale"]) == 4
-    batch = dict(preds.select("t", "score").collect())       # same transform as at training
-    assert np.allclose([batch[t] for t in ranks[0]["t"]], ranks[0]["score"])
+    batch = {(r["stream_id"], r["t"]): r["score"] for r in preds.collect()}
+    assert np.allclose([batch[k] for k in zip(ranks[0]["stream_id"], ranks[0]["t"],
+                                              strict=True)], ranks[0]["score"])   # same transform
+    preds = preds.filter("stream_id = 's1'")
     spike = preds.filter(F.col("t") == SPIKE).first()
     assert spike["is_anomaly"] and spike["threshold"] == pytest.approx(metrics["threshold"])
     flagged = {r["t"] for r in preds.filter("is_anomaly").collect()}
-    assert len(flagged) < 0.1 * built.rows
+    assert len(flagged) < 0.1 * (len(value) - 3)
     assert score(spark, cfg, "rcf", result.model.name).skipped      # same model + input: no-op
 
 

@@ -21,6 +21,7 @@ def check(params: dict[str, Any], n_features: int) -> None:
 
 FAMILY = Family(
     name="cnn",
+    kind="image",
     build=build,
     defaults={"filters": [32, 64], "dense": 128, "dropout": 0.3, "learning_rate": 0.001,
               "batch_size": 128, "epochs": 5, "patience": 2, "task": "classification",

@@ -15,6 +15,7 @@ from models.family import Family
 
 FAMILY = Family(
     name="deepar",
+    kind="series",
     defaults={"epochs": 30, "steps_per_epoch": 100, "batch_size": 64, "learning_rate": 0.001,
               "hidden": 40, "layers": 2, "embedding_dim": 8, "dropout": 0.0,
               "likelihood": "gaussian", "num_samples": 100,
@@ -23,7 +24,6 @@ FAMILY = Family(
     trainer=train_deepar,
     scorer=score_deepar,
     features=build_windows,
-    datasets=("us_employment", "visnights"),
     prediction_fields=PREDICTION_FIELDS,
     prediction_keys=("series_id", "step"),
 )

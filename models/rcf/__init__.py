@@ -7,13 +7,13 @@ from models.rcf.train import train_rcf
 
 FAMILY = Family(
     name="rcf",
+    kind="stream",
     defaults={"num_trees": 100, "num_samples_per_tree": 256, "shingle_size": 8,
               "threshold_sigma": 3.0, "transform": "level_diff", "max_depth": 0},
     normalise=False,
     trainer=train_rcf,
     scorer=score_rcf,
     features=build_shingles,
-    datasets=("mitdb", "kdd_tsad_135"),
     prediction_fields=PREDICTION_FIELDS,
     prediction_keys=("stream_id", "t"),
 )

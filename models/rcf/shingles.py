@@ -14,17 +14,19 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from pyspark.sql import SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, LongType, StringType
 
 from lakehouse import delta
 from lakehouse.config import Config
+from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SchemaMismatchError, SourceError
-from lakehouse.features import FeatureSet
-from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
+from lakehouse.features import FeatureSet, entry_of, silver_rows
+from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register
 
 log = logging.getLogger(__name__)
+_NUMERIC = ("double", "float", "int", "bigint", "smallint", "tinyint")
 
 SHINGLE_FIELDS = (
     _f("row_id", LongType(), False),
@@ -66,71 +68,131 @@ def shingles_spec(stream: str) -> TableSpec:
         comment=f"{stream} stream as shingles for Random Cut Forest"))
 
 
+def stream_points(rows: DataFrame, entry: Dataset) -> DataFrame:
+    """A stream data set's silver rows as ``stream_id``, ``split``, ``t``, ``values``, ``label``.
+
+    The roles of the catalog entry say which column is which: ``order`` (a number, a
+    date or a timestamp: ``t`` is the number itself, days since 1970 or seconds since
+    1970), ``values`` (one or more numeric columns), and the optional ``stream_id``
+    (default: the data set's name), ``split`` (``train`` rows fit the forest; without
+    one the whole stream does) and ``label`` (1 marks an anomaly; evaluation only).
+
+    Raises:
+        SchemaMismatchError: a role names a missing column or one of the wrong type.
+    """
+    types = dict(rows.dtypes)
+    roles = dict(entry.roles)
+    values = [roles["values"]] if isinstance(roles["values"], str) else list(roles["values"])
+    named = [("order", roles["order"]), *(("values", v) for v in values),
+             *((r, roles[r]) for r in ("stream_id", "split", "label") if roles.get(r))]
+    for role, column in named:
+        if column not in types:
+            raise SchemaMismatchError(f"data set {entry.name!r}: role {role} names column "
+                                      f"{column!r}, which silver does not have; columns: "
+                                      f"{', '.join(sorted(types))}")
+    for column in values:
+        if types[column] not in _NUMERIC and not types[column].startswith("decimal"):
+            raise SchemaMismatchError(f"data set {entry.name!r}: value column {column!r} is "
+                                      f"{types[column]}, expected a number")
+    order = F.col(roles["order"])
+    t = {"timestamp": F.unix_seconds(order),
+         "timestamp_ntz": F.unix_seconds(order.cast("timestamp")),
+         "date": F.unix_date(order)}.get(types[roles["order"]], order).cast("long")
+    split = F.col(roles["split"]).cast("string") if roles.get("split") else F.lit("test")
+    return rows.select(
+        (F.col(roles["stream_id"]).cast("string") if roles.get("stream_id")
+         else F.lit(entry.name)).alias("stream_id"),
+        F.when(split == "train", "train").otherwise("test").alias("split"),
+        t.alias("t"),
+        F.array(*(F.col(v).cast("double") for v in values)).alias("values"),
+        (F.col(roles["label"]).cast("int") if roles.get("label")
+         else F.lit(None).cast("int")).alias("label"))
+
+
 def build_shingles(spark: SparkSession, cfg: Config, stream: str,
                    params: dict) -> FeatureSet:
-    """Build ``gold.shingles_<stream>`` from ``silver.streams`` (a no-op if already built).
+    """Build ``gold.shingles_<stream>`` from a stream data set (a no-op if already built).
+
+    Every stream of the data set (``stream_id``) and split is shingled on its own;
+    with several value columns a shingle holds ``shingle_size`` points of all of
+    them, oldest first (``[v1(t-s+1), v2(t-s+1), ..., v1(t), v2(t)]``).
 
     Args:
         spark: the session.
         cfg: configuration.
-        stream: stream id in ``silver.streams`` (``mitdb``, ``kdd_tsad_135``).
+        stream: a catalog entry of kind ``stream`` (``mitdb``, ``kdd_tsad_135`` or
+            the user's own).
         params: ``shingle_size`` (default 8).
 
     Returns:
-        The gold table with its version and row count.
+        The gold table with its version, row count and shingle width
+        (``n_features``: shingle size times value columns).
 
     Raises:
         ConfigError: a shingle size below 1 or larger than a part of the stream.
-        SourceError: the stream is not in ``silver.streams``.
-        SchemaMismatchError: the stream's values are not numeric.
+        SourceError: not a stream data set, or no points in silver yet.
+        SchemaMismatchError: a role names a missing or non-numeric column.
     """
     from models.rcf import FAMILY
 
     size = int(params.get("shingle_size", FAMILY.defaults["shingle_size"]))
     if size < 1:
         raise ConfigError(f"shingle_size must be at least 1, got {size}")
+    entry = entry_of(cfg, stream, "stream")
     db = cfg.catalog.database
-    silver_name = layer_table(db, "silver", "streams")
-    pinned = delta.snapshot(spark, silver_name)
-    silver_version = pinned.data_version
-    silver = delta.read_version(spark, silver_name, pinned.version)
-    kind = dict(silver.dtypes).get("value")
-    if kind not in ("double", "float", "int", "bigint"):
-        raise SchemaMismatchError(f"{silver_name}.value is {kind}, expected a numeric type")
-    points = silver.filter(F.col("stream_id") == stream)
-    parts = {r["split"]: r["n"] for r in points.groupBy("split").agg(F.count("*").alias("n"))
-             .collect()}
+    rows, pinned = silver_rows(spark, cfg, entry)
+    points = stream_points(rows, entry).filter(
+        F.forall("values", lambda v: v.isNotNull() & ~F.isnan(v)))
+    parts = {(r["stream_id"], r["split"]): r["n"] for r in
+             points.groupBy("stream_id", "split").agg(F.count("*").alias("n")).collect()}
     if not parts:
-        raise SourceError(f"stream {stream!r} has no points in {silver_name}; ingest and "
-                          f"curate it first")
+        raise SourceError(f"stream data set {stream!r} has no points in {pinned.table}; "
+                          f"ingest and curate it first")
     short = {p: n for p, n in parts.items() if n < size}
     if short:
-        raise ConfigError(f"shingle_size {size} is larger than stream {stream!r} "
-                          f"({', '.join(f'{p}: {n} points' for p, n in sorted(short.items()))})")
-    window = Window.partitionBy("split").orderBy("t").rowsBetween(-(size - 1), 0)
+        shown = ", ".join(f"{s} {p}: {n} points" for (s, p), n in sorted(short.items()))
+        raise ConfigError(f"shingle_size {size} is larger than stream data set {stream!r} "
+                          f"({shown})")
+    window = Window.partitionBy("stream_id", "split").orderBy("t").rowsBetween(-(size - 1), 0)
     shingled = (points
-                .withColumn("shingle", F.collect_list(F.col("value").cast("double")).over(window))
+                .withColumn("shingle", F.flatten(F.collect_list("values").over(window)))
                 .withColumn("t_start", F.first("t").over(window))
-                .filter(F.size("shingle") == size)
-                .select(F.xxhash64("stream_id", "split", "t").alias("row_id"),
-                        F.when(F.col("split") == "train", "train").otherwise("test").alias("split"),
+                .withColumn("n", F.count("t").over(window))
+                .filter(F.col("n") == size)
+                .select(F.xxhash64("stream_id", "split", "t").alias("row_id"), "split",
                         "stream_id", "t", "t_start", "shingle", "label"))
     spec = shingles_spec(stream)
     gold = delta.ensure_table(spark, spec, db)
     partitions = max(4, 2 * cfg.train.num_proc)
     writer = shingled.repartition(partitions, "split", "row_id").write.format("delta")
+    width = size * channels_of(entry)
     current = spark.table(gold).select(F.size("shingle").alias("n")).first()
-    if current is None or current["n"] == size:
+    if current is None or current["n"] == width:
         # Built from this silver version already (with this size): Delta skips the write.
         writer = (writer.option("txnAppId", f"lakeforge/features/shingles/{stream}")
-                  .option("txnVersion", silver_version))
+                  .option("txnVersion", pinned.data_version))
     else:
-        log.info("%s: shingle size changes from %d to %d; rewriting", gold, current["n"], size)
+        log.info("%s: shingle width changes from %d to %d; rewriting", gold, current["n"], width)
     writer.mode("overwrite").save(delta.table_location(spark, gold))
     built = delta.snapshot(spark, gold)
     version = built.data_version
-    rows = delta.read_version(spark, gold, built.version).count()
-    log.info("%s: %s v%d holds %d shingles of size %d (from %s v%d)",
-             stream, gold, version, rows, size, silver_name, silver_version)
-    return FeatureSet(stream, gold, version, rows, size, 0,
-                      tuple(f"lag{size - 1 - i}" for i in range(size)))
+    n_rows = delta.read_version(spark, gold, built.version).count()
+    log.info("%s: %s v%d holds %d shingles of %d points x %d values (from %s v%d)",
+             stream, gold, version, n_rows, size, channels_of(entry), pinned.table,
+             pinned.data_version)
+    return FeatureSet(stream, gold, version, n_rows, width, 0, shingle_names(entry, size))
+
+
+def channels_of(entry: Dataset | None) -> int:
+    """How many value columns a stream data set shingles (1 without a catalog entry)."""
+    if entry is None:
+        return 1
+    values = entry.roles["values"]
+    return 1 if isinstance(values, str) else len(values)
+
+
+def shingle_names(entry: Dataset, size: int) -> tuple[str, ...]:
+    """Names of a shingle's positions, oldest first (``value_lag7`` .. ``value_lag0``)."""
+    values = entry.roles["values"]
+    values = [values] if isinstance(values, str) else list(values)
+    return tuple(f"{v}_lag{size - 1 - i}" for i in range(size) for v in values)

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError
-from models.rcf.shingles import shingles_spec, window_labels
+from models.rcf.shingles import channels_of, shingles_spec, window_labels
 from models.rcf.transform import TRANSFORMS
 from models.runner import (
     TrainResult,
@@ -55,31 +55,38 @@ class RcfSpec:
     params: dict[str, Any]
     artifact_dir: str
     seed: int
+    channels: int = 1
 
 
 def _shingles(files: list[str], shard: int | None, shards: int | None):
-    """(t, shingle, label) batches of a split's Parquet files, read with Petastorm."""
+    """(stream_id, t, shingle, label) batches of a split's Parquet files, read with Petastorm.
+
+    ``label`` is a float array, NaN where the stream has no label.
+    """
     from petastorm import make_batch_reader
 
-    with make_batch_reader(files, schema_fields=["t", "shingle", "label"], cur_shard=shard,
-                           shard_count=shards, num_epochs=1, shuffle_row_groups=False,
-                           workers_count=1, reader_pool_type="dummy") as reader:
+    with make_batch_reader(files, schema_fields=["stream_id", "t", "shingle", "label"],
+                           cur_shard=shard, shard_count=shards, num_epochs=1,
+                           shuffle_row_groups=False, workers_count=1,
+                           reader_pool_type="dummy") as reader:
         for batch in reader:
             if len(batch.t):
-                yield (np.asarray(batch.t), np.stack(batch.shingle).astype(np.float64),
-                       np.asarray(batch.label))
+                yield (np.asarray(batch.stream_id).astype(str), np.asarray(batch.t),
+                       np.stack(batch.shingle).astype(np.float64),
+                       np.asarray(batch.label, dtype=np.float64))
 
 
 def _score_split(forest, scaling, files: list[str]) -> dict[str, np.ndarray]:
+    """Scores of a split's shingles, ordered by stream then time."""
     from models.rcf.forest import codisp
 
     parts = list(_shingles(files, None, None))
     if not parts:
-        return {k: np.empty(0) for k in ("t", "value", "score", "label")}
-    t, x, label = (np.concatenate(p) for p in zip(*parts, strict=True))
-    order = np.argsort(t)
-    return {"t": t[order], "value": x[order, -1], "label": label[order],
-            "score": codisp(forest, scaling.apply(x[order]))}
+        return {k: np.empty(0) for k in ("stream_id", "t", "value", "score", "label")}
+    stream, t, x, label = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.lexsort((t, stream))
+    return {"stream_id": stream[order], "t": t[order], "value": x[order, -1],
+            "label": label[order], "score": codisp(forest, scaling.apply(x[order]))}
 
 
 def _scaled_samples(spec: RcfSpec, hvd, trees: int, rng: np.random.Generator):
@@ -91,16 +98,17 @@ def _scaled_samples(spec: RcfSpec, hvd, trees: int, rng: np.random.Generator):
     from models.rcf.forest import reservoir_samples
     from models.rcf.transform import Moments, fit_scaling, shape_features
 
-    kind, width = spec.params["transform"], int(spec.params["shingle_size"])
+    kind = spec.params["transform"]
+    width = int(spec.params["shingle_size"]) * spec.channels
     moments = [Moments(0, np.zeros(width), np.zeros(width))]
 
     def counted():
-        for _, x, _ in _shingles(spec.fit_files, hvd.rank(), hvd.size()):
-            moments[0] += Moments.of(shape_features(x, kind))
+        for _, _, x, _ in _shingles(spec.fit_files, hvd.rank(), hvd.size()):
+            moments[0] += Moments.of(shape_features(x, kind, spec.channels))
             yield x
 
     samples = reservoir_samples(counted(), trees, int(spec.params["num_samples_per_tree"]), rng)
-    scaling = fit_scaling(kind, hvd.allgather_object(moments[0]))
+    scaling = fit_scaling(kind, hvd.allgather_object(moments[0]), spec.channels)
     scaled = scaling.apply(samples.reshape(-1, width)).reshape(samples.shape)
     return scaled, scaling, moments[0].n
 
@@ -154,6 +162,7 @@ def _finish(forest, scaling, spec: RcfSpec) -> dict[str, Any]:
         {"threshold": threshold, "shingle_size": forest.dim, "num_trees": forest.n_trees,
          "seed": spec.seed, **scaling.to_json()}))
     return {"threshold": threshold, **{k: v.tolist() for k, v in scored.items()},
+            "channels": spec.channels,
             "shingle_size": forest.dim,
             "n_trees": forest.n_trees, "points_per_second": len(scored["t"]) / max(seconds, 1e-9)}
 
@@ -181,11 +190,12 @@ def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | Non
     _check_params(params)
     table = shingles_spec(dataset).full_name(cfg.catalog.database)
     df, version = pin_table(spark, table, version)
+    channels = channels_of(cfg.datasets.get(dataset))
     widths = [r[0] for r in df.select(F.size("shingle")).distinct().collect()]
-    if widths and widths != [int(params["shingle_size"])]:
-        raise ConfigError(f"{table} v{version} holds shingles of size {widths}, but "
-                          f"shingle_size={params['shingle_size']}; rebuild the features with "
-                          f"--param shingle_size={params['shingle_size']}")
+    if widths and widths != [int(params["shingle_size"]) * channels]:
+        raise ConfigError(f"{table} v{version} holds shingles of {widths[0] // channels} "
+                          f"points, but shingle_size={params['shingle_size']}; rebuild the "
+                          f"features with --param shingle_size={params['shingle_size']}")
     files = snapshot_files(df)
     if not files["train"] and not files["test"]:
         raise ConfigError(f"{table} v{version} has no shingles")
@@ -197,7 +207,7 @@ def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | Non
     store = ModelStore(spark, cfg)
     staged = staging_dir(cfg, run_id)
     spec = RcfSpec(files["train"] or files["test"], files["test"] or files["train"], params,
-                   str(staged), cfg.train.seed)
+                   str(staged), cfg.train.seed, channels)
     log.info("training %s (rcf, %d trees x %d samples, shingle %d, %s, max depth %s) on %s v%d, "
              "%d ranks", name, params["num_trees"], params["num_samples_per_tree"],
              params["shingle_size"], params["transform"], params["max_depth"] or "none", table,
@@ -215,25 +225,40 @@ def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | Non
 def evaluate(rank0: dict[str, Any], folder: Path, name: str) -> dict[str, float]:
     """ROC-AUC and PR-AUC of the evaluation split's scores, and the anomaly plot.
 
-    A shingle counts as anomalous when it holds a labelled point (:func:`window_labels`);
-    the plot marks the labelled points themselves.
+    A shingle counts as anomalous when it holds a labelled point (:func:`window_labels`,
+    per stream). Shingles without a label (an unlabelled stream) are scored and
+    counted but not judged: without any label there are no ROC/PR figures. The plot
+    shows the first stream and marks its labelled points.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from models.rcf.plot import plot_anomalies
 
-    score, point_label = np.asarray(rank0["score"]), np.asarray(rank0["label"], dtype=int)
-    label = window_labels(np.asarray(rank0["t"]), point_label, int(rank0["shingle_size"]))
+    stream = np.asarray(rank0["stream_id"], dtype=str)
+    t, score = np.asarray(rank0["t"]), np.asarray(rank0["score"])
+    raw = np.asarray(rank0["label"], dtype=np.float64)
+    known = ~np.isnan(raw)
+    point_label = np.where(known, raw, 0).astype(int)
+    size = int(rank0["shingle_size"]) // int(rank0.get("channels", 1))
+    label = np.zeros(len(t), dtype=int)
+    for s in np.unique(stream):
+        rows = stream == s
+        label[rows] = window_labels(t[rows], point_label[rows], size)
     threshold = rank0["threshold"]
     flagged = score > threshold
     metrics = {"threshold": threshold, "num_trees": float(rank0["n_trees"]),
                "eval_points": float(len(score)), "flagged": float(flagged.sum()),
-               "points_per_second": float(rank0["points_per_second"])}
+               "points_per_second": float(rank0["points_per_second"]),
+               "labelled_points": float(known.sum())}
+    judged, label = flagged[known], label[known]
     if 0 < label.sum() < len(label):
-        metrics["roc_auc"] = float(roc_auc_score(label, score))
-        metrics["pr_auc"] = float(average_precision_score(label, score))
-        metrics["recall_at_threshold"] = float(flagged[label == 1].mean())
-        metrics["precision_at_threshold"] = float(label[flagged].mean()) if flagged.any() else 0.0
-    plot_anomalies(np.asarray(rank0["t"]), np.asarray(rank0["value"]), score, point_label,
-                   threshold, folder / "anomaly_scores.png", f"{name}: anomaly scores")
+        metrics["roc_auc"] = float(roc_auc_score(label, score[known]))
+        metrics["pr_auc"] = float(average_precision_score(label, score[known]))
+        metrics["recall_at_threshold"] = float(judged[label == 1].mean())
+        metrics["precision_at_threshold"] = float(label[judged].mean()) if judged.any() else 0.0
+    first = stream == stream[0] if len(stream) else np.zeros(0, dtype=bool)
+    plot_anomalies(t[first], np.asarray(rank0["value"])[first], score[first],
+                   point_label[first], threshold, folder / "anomaly_scores.png",
+                   f"{name}: anomaly scores" + (f" ({stream[0]})" if len(set(stream)) > 1
+                                                else ""))
     return metrics

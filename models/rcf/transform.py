@@ -25,16 +25,17 @@ import numpy as np
 TRANSFORMS = ("level_diff", "none")
 
 
-def shape_features(x: np.ndarray, kind: str) -> np.ndarray:
+def shape_features(x: np.ndarray, kind: str, channels: int = 1) -> np.ndarray:
     """The unscaled representation of shingles.
 
     Args:
-        x: (n, s) shingles, oldest value first.
+        x: (n, s * channels) shingles, oldest point first, a point's values together.
         kind: one of :data:`TRANSFORMS`.
+        channels: values per point (a stream's value columns).
 
     Returns:
-        (n, s) array: ``x`` itself for ``none``; the last value followed by the
-        ``s - 1`` first differences for ``level_diff``.
+        (n, s * channels) array: ``x`` itself for ``none``; for ``level_diff`` the last
+        point's values followed by the ``s - 1`` first differences of each value.
 
     Raises:
         ValueError: an unknown ``kind``.
@@ -43,7 +44,9 @@ def shape_features(x: np.ndarray, kind: str) -> np.ndarray:
     if kind == "none":
         return x
     if kind == "level_diff":
-        return np.concatenate([x[:, -1:], np.diff(x, axis=1)], axis=1)
+        points = x.reshape(len(x), -1, channels)
+        return np.concatenate([points[:, -1, :], np.diff(points, axis=1).reshape(len(x), -1)],
+                              axis=1)
     raise ValueError(f"unknown shingle transform {kind!r}; expected one of {TRANSFORMS}")
 
 
@@ -71,14 +74,16 @@ class Scaling:
     kind: str
     mean: np.ndarray
     scale: np.ndarray
+    channels: int = 1
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Shingles (n, s) in the space the forest was built in."""
-        return (shape_features(x, self.kind) - self.mean) / self.scale
+        """Shingles (n, s * channels) in the space the forest was built in."""
+        return (shape_features(x, self.kind, self.channels) - self.mean) / self.scale
 
     def to_json(self) -> dict[str, Any]:
         """Plain values for the model's metadata file."""
-        return {"transform": self.kind, "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+        return {"transform": self.kind, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "channels": self.channels}
 
 
 def identity(dim: int) -> Scaling:
@@ -86,13 +91,14 @@ def identity(dim: int) -> Scaling:
     return Scaling("none", np.zeros(dim), np.ones(dim))
 
 
-def fit_scaling(kind: str, moments: Moments | list[Moments]) -> Scaling:
+def fit_scaling(kind: str, moments: Moments | list[Moments], channels: int = 1) -> Scaling:
     """The scaling of ``kind`` from (possibly per-shard) moments of its features.
 
     Args:
         kind: one of :data:`TRANSFORMS`.
         moments: moments of ``shape_features(x, kind)`` over the fitting split, or a
             list of them (one per shard) to merge.
+        channels: values per point.
 
     Returns:
         The scaling; a constant feature keeps scale 1. ``none`` is never scaled.
@@ -110,7 +116,7 @@ def fit_scaling(kind: str, moments: Moments | list[Moments]) -> Scaling:
         return identity(len(merged.total))
     mean = merged.total / merged.n
     sd = np.sqrt(np.maximum(merged.squares / merged.n - mean ** 2, 0.0))
-    return Scaling(kind, mean, np.where(sd > 1e-12 * (1 + np.abs(mean)), sd, 1.0))
+    return Scaling(kind, mean, np.where(sd > 1e-12 * (1 + np.abs(mean)), sd, 1.0), channels)
 
 
 def scaling_from_json(meta: dict[str, Any], dim: int) -> Scaling:
@@ -118,4 +124,4 @@ def scaling_from_json(meta: dict[str, Any], dim: int) -> Scaling:
     if "transform" not in meta:
         return identity(dim)
     return Scaling(meta["transform"], np.asarray(meta["mean"], dtype=np.float64),
-                   np.asarray(meta["scale"], dtype=np.float64))
+                   np.asarray(meta["scale"], dtype=np.float64), int(meta.get("channels", 1)))

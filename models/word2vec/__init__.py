@@ -25,6 +25,7 @@ from models.word2vec.train import train_word2vec
 
 FAMILY = Family(
     name="word2vec",
+    kind="text",
     defaults={"dim": 100, "window": 5, "negative": 5, "sample": 1e-3, "alpha": 0.025,
               "min_alpha": 0.0001, "epochs": 5, "sg": 1, "batch_pairs": 512,
               "block_batches": 32, "sync_words": 200_000, "neighbours": 10},
