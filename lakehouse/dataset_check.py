@@ -26,6 +26,7 @@ from lakehouse.config import Config
 from lakehouse.datasets import Dataset
 from lakehouse.declared import is_declared, parse_features
 from lakehouse.errors import CatalogError, ConfigError, LakeforgeError, SourceError
+from lakehouse.kinds import series_features, text_features
 from lakehouse.landing import list_files
 from lakehouse.sources import PARSERS
 from lakehouse.sources.native import TEXT_FIELDS
@@ -150,7 +151,15 @@ def check_dataset(spark: SparkSession, entry: Dataset) -> list[str]:
                             f"columns: {', '.join(sorted(columns))}")
     if is_declared(entry):
         problems += _check_features(entry, empty)
+    elif entry.kind in KIND_SETTINGS:
+        try:
+            KIND_SETTINGS[entry.kind](entry)
+        except ConfigError as exc:
+            problems.append(str(exc))
     return problems
+
+
+KIND_SETTINGS = {"series": series_features, "text": text_features}
 
 
 def _check_features(entry: Dataset, empty: DataFrame) -> list[str]:

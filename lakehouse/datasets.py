@@ -38,7 +38,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "image": (("id", "image"), ("label", "split")),
     "text": (("id", "text"), ("title", "group")),
     "series": (("item_id", "timestamp", "target"), ("group", "title", "static", "dynamic")),
-    "stream": (("order", "values"), ("stream_id", "label", "split")),
+    "stream": (("order", "values"), ("stream_id", "label", "split", "group")),
 }
 LIST_ROLES = frozenset({"features", "values", "static", "dynamic"})
 

@@ -27,7 +27,7 @@ from lakehouse import declared, delta
 from lakehouse.config import Config
 from lakehouse.datasets import Dataset
 from lakehouse.declared import FeatureTransform, is_declared, parse_features
-from lakehouse.errors import SourceError
+from lakehouse.errors import ConfigError, SourceError
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
 
 log = logging.getLogger(__name__)
@@ -102,20 +102,39 @@ def build_gold(spark: SparkSession, cfg: Config, name: str,
     return _build_declared(spark, cfg, cfg.datasets[name], partitions)
 
 
-def silver_rows(spark: SparkSession, cfg: Config,
-                entry: Dataset) -> tuple[DataFrame, delta.Snapshot]:
+def silver_rows(spark: SparkSession, cfg: Config, entry: Dataset,
+                data_version: int | None = None) -> tuple[DataFrame, delta.Snapshot]:
     """A data set's rows of its silver table, read at one pinned snapshot.
 
     Entries that share a silver table are told apart by ``_source``.
+
+    Args:
+        spark: the session.
+        cfg: configuration.
+        entry: the catalog entry.
+        data_version: read the rows as of this data version (default: the current).
 
     Returns:
         (the rows, the snapshot they were read at).
     """
     silver = layer_table(cfg.catalog.database, "silver", entry.table_name)
     pinned = delta.snapshot(spark, silver)
-    rows = delta.read_version(spark, silver, pinned.version)
-    if entry.table_name != entry.name and "_source" in rows.columns:
-        rows = rows.filter(F.col("_source") == entry.name)
+    if data_version is None:
+        rows = delta.read_version(spark, silver, pinned.version)
+    else:
+        rows = delta.read_data_version(spark, silver, data_version)
+    sharing = sorted(n for n, e in cfg.datasets.items()
+                     if e.table_name == entry.table_name and n != entry.name)
+    if sharing:
+        group = entry.roles.get("group")
+        if "_source" in rows.columns:
+            rows = rows.filter(F.col("_source") == entry.name)
+        elif isinstance(group, str) and group in rows.columns:
+            rows = rows.filter(F.col(group) == entry.name)
+        else:
+            raise ConfigError(f"data set {entry.name!r} shares {silver} with "
+                              f"{', '.join(sharing)}; declare roles.group: the column whose "
+                              f"value is the data set's name in each row")
     return rows, pinned
 
 

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
 from lakehouse import delta
+from lakehouse.config import load_config
 from lakehouse.errors import ConfigError
 from lakehouse.tables import layer_table
 from models.deepar import FAMILY
@@ -20,7 +22,7 @@ from models.deepar.windows import SeriesTooShortError
 from models.features import build_features
 from models.runner import snapshot_files, train
 from models.scoring import score
-from tests.helpers import silver_spec
+from tests.helpers import silver_spec, with_datasets
 
 PANEL = "us_employment"              # monthly calendar; the rows are synthetic
 WINDOW = {"context_length": 12, "prediction_length": 6}
@@ -138,11 +140,12 @@ def test_lag_features_read_values_whole_seasons_back():
 def test_cosine_schedule_decays_and_a_resumed_run_continues_it():
     import tensorflow as tf
 
+    from lakehouse.kinds import FREQUENCIES
     from models.deepar.network import build, network_config
     from models.deepar.rank import optimizer
 
     params = {**FAMILY.defaults, "learning_rate": 0.01}
-    net = build(network_config(params, 3, 12, 36, 24, 1))
+    net = build(network_config(params, 3, 12, 36, 24, FREQUENCIES["month"]))
 
     def rate_of_next_step(opt) -> float:
         """The rate the optimizer applies on its next step (Keras reports it after a step)."""
@@ -157,13 +160,68 @@ def test_cosine_schedule_decays_and_a_resumed_run_continues_it():
     assert rate_of_next_step(constant) == pytest.approx(0.01)
 
 
+def week(i: int) -> dt.date:
+    return dt.date(2020, 1, 6) + dt.timedelta(weeks=i)       # Mondays
+
+
+WEEKLY = {"stores": {
+    "kind": "series", "roles": {"item_id": "store", "timestamp": "week", "target": "sales"},
+    "source": {"files": "/landing/stores/*.parquet", "format": "parquet",
+               "schema": "store STRING NOT NULL, week DATE NOT NULL, sales DOUBLE"},
+    "silver": {"keys": ["store", "week"]},
+    "features": {"freq": "week", "season_length": 12, **WINDOW}}}
+
+
+@pytest.fixture
+def weekly(spark, cfg):
+    """A weekly series data set the test declares, with a 12-week season."""
+    cfg = with_datasets(cfg, WEEKLY)
+    rows = [(sid, week(months_of(r[3])), r[4])
+            for i, (sid, n) in enumerate(LENGTHS.items()) for r in synthetic(sid, n, seed=i)]
+    spec = silver_spec(spark, cfg, "stores")
+    name = delta.ensure_table(spark, spec, cfg.catalog.database)
+    spark.createDataFrame(rows, spec.schema).write.format("delta").mode("append") \
+        .saveAsTable(name)
+    build_features(spark, cfg, "stores")
+    return cfg
+
+
+def test_declared_series_settings_are_checked_and_named():
+    from lakehouse.kinds import series_features
+
+    base = load_config(environ={})
+    for bad, message in (({"freq": "fortnight"}, "freq: 'fortnight' is not one of day, week"),
+                         ({"freq": "day", "context_length": 0},
+                          "context_length: 0 is not a whole number >= 1"),
+                         ({"freq": "day", "lags": 3}, "unknown key\\(s\\) lags")):
+        entry = {"stores": {**WEEKLY["stores"], "features": {**WINDOW, **bad}}}
+        with pytest.raises(ConfigError, match=f"datasets.stores.features.*{message}"):
+            series_features(with_datasets(base, entry).datasets["stores"])
+    daily = series_features(with_datasets(base, {"stores": {**WEEKLY["stores"], "features": {
+        "freq": "day", **WINDOW}}}).datasets["stores"])
+    assert daily.season_length == 7 and daily.freq.days == 1
+
+
+def test_future_periods_step_by_days_or_months():
+    from models.deepar.forecast import future_periods
+
+    start = pd.Series([dt.date(2024, 2, 26)])
+    assert list(future_periods(start, np.array([2]), 2, 0, 1)[0]) == \
+        [dt.date(2024, 2, 29), dt.date(2024, 3, 1)]                 # the leap day counts
+    assert list(future_periods(start, np.array([0]), 1, 0, 7)[0]) == [dt.date(2024, 3, 4)]
+    assert list(future_periods(pd.Series([dt.date(2024, 1, 1)]), np.array([1]), 1, 3)[0]) == \
+        [dt.date(2024, 7, 1)]
+
+
 @pytest.mark.slow
-def test_two_ranks_train_forecast_register_and_score(spark, cfg, panel):
+def test_two_ranks_train_forecast_register_and_score(spark, weekly):
+    """A weekly data set the test declares trains, forecasts and scores by weeks."""
+    spark, cfg = spark, weekly
     c, p = WINDOW["context_length"], WINDOW["prediction_length"]
     with pytest.raises(ConfigError, match="seasonal_lags 2 reaches 24 periods back, beyond "
                                           ".*context_length 12"):
-        train(spark, cfg, "deepar", PANEL, params={**FAST, "seasonal_lags": 2})
-    result = train(spark, cfg, "deepar", PANEL, params=FAST)
+        train(spark, cfg, "deepar", "stores", params={**FAST, "seasonal_lags": 2})
+    result = train(spark, cfg, "deepar", "stores", params=FAST)
     ranks = sorted(result.ranks, key=lambda r: r["rank"])
     assert [(r["rank"], r["size"]) for r in ranks] == [(0, 2), (1, 2)]
     assert ranks[0]["weights"] == ranks[1]["weights"]
@@ -184,20 +242,20 @@ def test_two_ranks_train_forecast_register_and_score(spark, cfg, panel):
         assert np.isfinite(m[key]) and m[key] > 0
     assert m["epochs"] == FAST["epochs"] and m["test_series"] == 5
 
-    row = spark.table(f"{cfg.catalog.database}.models").filter("name = 'us_employment_deepar'")
+    row = spark.table(f"{cfg.catalog.database}.models").filter("name = 'stores_deepar'")
     stored = row.collect()
     assert len(stored) == 1 and json.loads(stored[0].metrics) == m
     artifact = Path(stored[0].artifact)
     assert (artifact / "forecast_fan.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((artifact / "deepar.json").read_text())["context_length"] == c
 
-    scored = score(spark, cfg, "deepar", "us_employment_deepar")
+    scored = score(spark, cfg, "deepar", "stores_deepar")
     assert scored.rows == 5 * p and 1 <= scored.model_loads <= cfg.train.num_proc
     out = spark.table(scored.table).filter(F.col("run_id") == scored.run_id).toPandas()
     assert sorted(out.groupby("series_id").size().to_dict().items()) == \
         [(s, p) for s in sorted(LENGTHS)]
     s0_rows = out[out.series_id == "S0"].sort_values("step")
-    assert list(s0_rows.period) == [month(60 + k) for k in range(p)]   # after the last month
+    assert list(s0_rows.period) == [week(60 + k) for k in range(p)]    # after the last week
     assert (s0_rows.q10 <= s0_rows.q50).all() and (s0_rows.q50 <= s0_rows.q90).all()
-    again = score(spark, cfg, "deepar", "us_employment_deepar")
+    again = score(spark, cfg, "deepar", "stores_deepar")
     assert again.skipped and spark.table(scored.table).count() == len(out)

@@ -22,7 +22,6 @@ import warnings
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 Z90 = 1.2815515655446004
 HISTORY_SEASONS = 20
@@ -81,23 +80,21 @@ def baseline_frame(pdf: pd.DataFrame, horizon: int, season: int) -> pd.DataFrame
     return pd.DataFrame(out)
 
 
-def baselines(silver: DataFrame, panel: str, horizon: int, season: int) -> pd.DataFrame:
+def baselines(points: DataFrame, horizon: int, season: int) -> pd.DataFrame:
     """Seasonal naive and ETS forecasts of every series' last ``horizon`` periods.
 
     Args:
-        silver: ``silver_series`` at the version the windows were cut from.
-        panel: panel name.
+        points: the series' observed points (``series_id``, ``period``, ``value``) at
+            the silver version the windows were cut from.
         horizon: held-out periods (the windows' ``prediction_length``).
-        season: periods per year.
+        season: periods per season.
 
     Returns:
         One row per series and future step (``BASELINE_SCHEMA``), a small frame.
     """
     fn = functools.partial(baseline_frame, horizon=horizon, season=season)
-    rows = (silver.filter((F.col("panel") == panel) & F.col("value").isNotNull()
-                          & ~F.isnan("value"))
-            .select("series_id", "period", "value")
-            .groupBy("series_id").applyInPandas(fn, BASELINE_SCHEMA))
+    rows = points.select("series_id", "period", "value").groupBy("series_id") \
+        .applyInPandas(fn, BASELINE_SCHEMA)
     return rows.toPandas().sort_values(["series_id", "step"]).reset_index(drop=True)
 
 

@@ -45,17 +45,22 @@ def cached_network(artifact: str, loads=None):
     return load_once(artifact, WEIGHTS_FILE, load, loads)
 
 
-def future_periods(start: pd.Series, last: np.ndarray, steps: int,
-                   freq_months: int) -> np.ndarray:
+def future_periods(start: pd.Series, last: np.ndarray, steps: int, freq_months: int,
+                   freq_days: int = 0) -> np.ndarray:
     """(rows, steps) dates ``last + k`` periods after ``start`` (k = 1..steps).
 
     Args:
         start: first period of each row's window.
         last: (rows,) index of each window's last period (its length - 1).
         steps: future periods.
-        freq_months: months per period.
+        freq_months: months per period (month, quarter, year).
+        freq_days: days per period (day, week); used when given.
     """
     s = pd.to_datetime(start)
+    if freq_days:
+        ahead = (np.asarray(last)[:, None] + np.arange(1, steps + 1)[None, :]) * freq_days
+        days = s.to_numpy().astype("datetime64[D]")[:, None] + ahead.astype("timedelta64[D]")
+        return pd.to_datetime(days.ravel()).date.reshape(days.shape)
     months = ((s.dt.year * 12 + s.dt.month - 1).to_numpy()[:, None]
               + (np.asarray(last)[:, None] + np.arange(1, steps + 1)[None, :]) * freq_months)
     dates = pd.to_datetime({"year": (months // 12).ravel(), "month": (months % 12 + 1).ravel(),
@@ -83,7 +88,8 @@ def forecast_batches(batches: Iterator[pd.DataFrame], artifact: str, loads,
         paths = sample_paths(net, config, context, season0, pdf["series_idx"].to_numpy(),
                              config["num_samples"], seed)
         stats = summarise(paths)
-        periods = future_periods(pdf["start"], lengths - 1, p, config["freq_months"])
+        periods = future_periods(pdf["start"], lengths - 1, p, config["freq_months"],
+                                 config.get("freq_days", 0))
         yield pd.DataFrame({
             "series_id": np.repeat(pdf["series_id"].to_numpy(), p),
             "step": np.tile(np.arange(1, p + 1, dtype=np.int32), len(pdf)),

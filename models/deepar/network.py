@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from lakehouse.kinds import Frequency
+
 WEIGHTS_FILE = "deepar.weights.h5"
 CONFIG_FILE = "deepar.json"
 LIKELIHOODS = ("gaussian", "negbin")
@@ -31,11 +33,12 @@ QUANTILES = (0.1, 0.5, 0.9)
 
 def network_config(params: dict[str, Any], n_series: int, season_length: int,
                    context_length: int, prediction_length: int,
-                   freq_months: int) -> dict[str, Any]:
+                   freq: Frequency) -> dict[str, Any]:
     """The plain-value description a network is rebuilt from (saved as ``deepar.json``)."""
     return {"n_series": int(n_series), "season_length": int(season_length),
             "context_length": int(context_length), "prediction_length": int(prediction_length),
-            "freq_months": int(freq_months), "hidden": int(params["hidden"]),
+            "freq": freq.name, "freq_months": freq.months, "freq_days": freq.days,
+            "hidden": int(params["hidden"]),
             "layers": int(params["layers"]), "embedding_dim": int(params["embedding_dim"]),
             "dropout": float(params["dropout"]), "likelihood": str(params["likelihood"]),
             "num_samples": int(params["num_samples"]),

@@ -21,12 +21,12 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, TableNotFoundError
-from lakehouse.tables import layer_table
+from lakehouse.features import silver_rows
 from models.deepar.baselines import as_matrix, baselines
 from models.deepar.evaluate import coverage, forecast_metrics, plot_fan
 from models.deepar.network import LIKELIHOODS, network_config
 from models.deepar.rank import train_rank
-from models.deepar.windows import panel_of, window_spec
+from models.deepar.windows import series_of, series_points, window_spec
 from models.evaluate import plot_history
 from models.rank import RankSpec
 from models.runner import (
@@ -91,7 +91,7 @@ def train_deepar(spark: SparkSession, cfg: Config, dataset: str, version: int | 
     Args:
         spark: the session.
         cfg: configuration (ranks, checkpoint and model folders).
-        dataset: panel name (``us_employment`` or ``visnights``).
+        dataset: a series data set (catalog entry of kind ``series``).
         version: Delta version of the windows table (default: current).
         run_id: training run id (default derived); a re-run resumes its checkpoints.
         params: merged training parameters (see ``FAMILY.defaults``).
@@ -102,14 +102,14 @@ def train_deepar(spark: SparkSession, cfg: Config, dataset: str, version: int | 
     """
     start = time.monotonic()
     check_params(params)
-    panel = panel_of(dataset)
+    declared = series_of(cfg, dataset)
     db = cfg.catalog.database
     gold = window_spec(dataset).full_name(db)
     df, version = pin_table(spark, gold, version)
     delta.check_schema(df.schema, window_spec(dataset).schema, gold)
     shape = window_shape(df, f"{gold} v{version}")
-    config = network_config(params, shape["n_series"], panel.season_length, shape["context"],
-                            shape["prediction"], panel.freq_months)
+    config = network_config(params, shape["n_series"], declared.season_length,
+                            shape["context"], shape["prediction"], declared.freq)
     if max(config["lags"]) > shape["context"]:
         raise ConfigError(f"deepar: seasonal_lags {params['seasonal_lags']} reaches "
                           f"{max(config['lags'])} periods back, beyond {gold}'s context_length "
@@ -131,10 +131,10 @@ def train_deepar(spark: SparkSession, cfg: Config, dataset: str, version: int | 
     ranks = run_ranks(spec, cfg, train_rank)
     rank0 = next(r for r in ranks if r["rank"] == 0)
     train_seconds = time.monotonic() - start
-    silver = delta.read_data_version(spark, layer_table(db, "silver", "series"),
-                                     shape["source_version"])
+    silver, _ = silver_rows(spark, cfg, cfg.datasets[dataset], shape["source_version"])
     log.info("fitting seasonal naive and ETS per series on the same horizon")
-    peers = baselines(silver, dataset, shape["prediction"], panel.season_length)
+    peers = baselines(series_points(silver, declared), shape["prediction"],
+                      declared.season_length)
     metrics = evaluate_run(rank0, peers, staged, name, shape["context"])
     metrics.update({"train_seconds": train_seconds, "test_series": float(shape["rows"]["test"])})
     record = ModelStore(spark, cfg).register(name, "deepar", staged, params, metrics, gold,

@@ -1,7 +1,8 @@
 """DeepAR gold tables: fixed-length training windows per series, built with Spark.
 
-``gold_deepar_<panel>`` holds one row per window of ``context_length +
-prediction_length`` consecutive periods of one series of ``silver_series``:
+``gold_deepar_<dataset>`` holds one row per window of ``context_length +
+prediction_length`` consecutive periods of one series of a series data set (its
+catalog entry's roles and ``features:``, :mod:`lakehouse.kinds`):
 
 * ``test``: one window per series, its last ``prediction_length`` values are the
   held-out horizon (the last periods of the series);
@@ -16,7 +17,8 @@ series and the lengths: it could not be forecast, and silently dropping it would
 change what the benchmark measures.
 
 Each row carries ``series_idx`` (dense index of ``series_id``, for the embedding),
-``start`` (first period), ``season`` (month of year or quarter of ``start``, from 0),
+``start`` (first period), ``season`` (the period's index modulo the season length:
+month of year, quarter, day of week ..., from 0),
 ``scale`` (DeepAR's ``1 + mean |context|``), ``target`` and the silver version
 it was cut from (``source_version``), so baselines can read the same history.
 """
@@ -24,7 +26,6 @@ it was cut from (``source_version``), so baselines can read the same history.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -35,8 +36,9 @@ from pyspark.sql.window import Window
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, LakeforgeError
-from lakehouse.features import FeatureSet
-from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
+from lakehouse.features import FeatureSet, entry_of, silver_rows
+from lakehouse.kinds import Frequency, SeriesFeatures, period_index, series_features
+from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register
 
 log = logging.getLogger(__name__)
 ROW_ID_STRIDE = 1_000_000   # row_id = series_idx * ROW_ID_STRIDE + window start
@@ -46,21 +48,6 @@ class SeriesTooShortError(LakeforgeError):
     """A series has fewer periods than one context plus one prediction window."""
 
 
-@dataclass(frozen=True)
-class Panel:
-    """Calendar and default window lengths of one panel of ``silver_series``."""
-
-    freq_months: int        # months per period
-    season_length: int      # periods per year
-    context_length: int
-    prediction_length: int
-
-
-PANELS = {
-    "us_employment": Panel(freq_months=1, season_length=12, context_length=36,
-                           prediction_length=24),
-    "visnights": Panel(freq_months=3, season_length=4, context_length=12, prediction_length=8),
-}
 FEATURE_PARAMS = ("context_length", "prediction_length", "stride", "partitions")
 
 WINDOW_FIELDS = (
@@ -78,23 +65,26 @@ WINDOW_FIELDS = (
 )
 
 
-def window_spec(panel: str) -> TableSpec:
-    """The registry entry of ``gold_deepar_<panel>`` (registered on first use)."""
+def window_spec(dataset: str) -> TableSpec:
+    """The registry entry of ``gold_deepar_<dataset>`` (registered on first use)."""
     return register(TableSpec(
-        "gold", f"deepar_{panel}", WINDOW_FIELDS, ("row_id",), partition_by=("split",),
+        "gold", f"deepar_{dataset}", WINDOW_FIELDS, ("row_id",), partition_by=("split",),
         properties=TRAINING_TABLE_PROPERTIES,
-        comment=f"{panel} DeepAR windows (context + prediction) per series"))
+        comment=f"{dataset} DeepAR windows (context + prediction) per series"))
 
 
-def panel_of(dataset: str) -> Panel:
-    """The panel settings of ``dataset``, or ConfigError listing the panels."""
-    if dataset not in PANELS:
-        raise ConfigError(f"deepar: unknown panel {dataset!r}; panels: {', '.join(PANELS)}")
-    return PANELS[dataset]
+def series_of(cfg: Config, dataset: str) -> SeriesFeatures:
+    """The series settings of catalog entry ``dataset`` (kind ``series``).
+
+    Raises:
+        SourceError: no such entry or one of another kind.
+        ConfigError: its ``features:`` block is wrong (named).
+    """
+    return series_features(entry_of(cfg, dataset, "series"))
 
 
-def window_params(dataset: str, params: dict[str, Any]) -> dict[str, int]:
-    """Feature parameters merged over the panel's defaults and checked.
+def window_params(series: SeriesFeatures, params: dict[str, Any]) -> dict[str, int]:
+    """Feature parameters merged over the data set's declared lengths and checked.
 
     Raises:
         ConfigError: for an unknown key or a length that is not a positive integer.
@@ -103,9 +93,8 @@ def window_params(dataset: str, params: dict[str, Any]) -> dict[str, int]:
     if unknown:
         raise ConfigError(f"deepar features: unknown parameter(s) {', '.join(unknown)}; "
                           f"known: {', '.join(FEATURE_PARAMS)}")
-    panel = panel_of(dataset)
-    merged = {"context_length": panel.context_length,
-              "prediction_length": panel.prediction_length, "stride": 1, "partitions": 0,
+    merged = {"context_length": series.context_length,
+              "prediction_length": series.prediction_length, "stride": 1, "partitions": 0,
               **params}
     for key in ("context_length", "prediction_length", "stride"):
         if not isinstance(merged[key], int) or merged[key] < 1:
@@ -114,23 +103,29 @@ def window_params(dataset: str, params: dict[str, Any]) -> dict[str, int]:
     return merged
 
 
-def series_arrays(silver: DataFrame, dataset: str, freq_months: int) -> DataFrame:
+def series_points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
+    """A series data set's observed points: ``series_id``, ``period`` (DATE), ``value``."""
+    return (rows.select(F.col(series.item_id).cast("string").alias("series_id"),
+                        F.to_date(series.timestamp).alias("period"),
+                        F.col(series.target).cast("double").alias("value"))
+            .filter(F.col("series_id").isNotNull() & F.col("period").isNotNull()
+                    & F.col("value").isNotNull() & ~F.isnan("value")))
+
+
+def series_arrays(points: DataFrame, freq: Frequency) -> DataFrame:
     """One row per series: ``series_id``, ``series_idx``, sorted ``values``, ``periods``, ``t``.
 
-    ``t`` is the period's index on the panel's calendar (months // freq_months), so
-    consecutive periods differ by exactly 1.
+    ``t`` is the period's index on the frequency's calendar, so consecutive periods
+    differ by exactly 1.
     """
-    pts = (silver.filter((F.col("panel") == dataset) & F.col("value").isNotNull()
-                         & ~F.isnan("value"))
-           .groupBy("series_id")
+    pts = (points.groupBy("series_id")
            .agg(F.sort_array(F.collect_list(F.struct("period", "value"))).alias("pts")))
     idx = F.dense_rank().over(Window.orderBy("series_id")) - 1
     return pts.select(
         "series_id", idx.cast("int").alias("series_idx"),
         F.transform("pts", lambda p: p["value"].cast("float")).alias("values"),
         F.transform("pts", lambda p: p["period"]).alias("periods"),
-        F.transform("pts", lambda p: F.floor((F.year(p["period"]) * 12 + F.month(p["period"])
-                                              - 1) / freq_months).cast("int")).alias("t"))
+        F.transform("pts", lambda p: period_index(p["period"], freq)).alias("t"))
 
 
 def check_lengths(series: DataFrame, dataset: str, length: int, context: int,
@@ -142,13 +137,13 @@ def check_lengths(series: DataFrame, dataset: str, length: int, context: int,
         names = ", ".join(f"{r['series_id']} ({r['n']} periods)" for r in short[:10])
         more = f" and {len(short) - 10} more" if len(short) > 10 else ""
         raise SeriesTooShortError(
-            f"panel {dataset}: series {names}{more} shorter than context_length {context} + "
-            f"prediction_length {prediction} = {length} periods; lower the lengths or "
+            f"series data set {dataset}: series {names}{more} shorter than context_length "
+            f"{context} + prediction_length {prediction} = {length} periods; lower the lengths or "
             f"curate longer series")
 
 
-def windows(series: DataFrame, panel: Panel, context: int, prediction: int, stride: int,
-            source_version: int) -> DataFrame:
+def windows(series: DataFrame, season_length: int, context: int, prediction: int,
+            stride: int, source_version: int) -> DataFrame:
     """Train windows ending before each series' horizon, plus its one test window."""
     length = context + prediction
     n = F.size("values")
@@ -168,7 +163,7 @@ def windows(series: DataFrame, panel: Panel, context: int, prediction: int, stri
         (F.col("series_idx").cast("long") * ROW_ID_STRIDE + s).alias("row_id"),
         F.col("w.split").alias("split"), "series_idx", "series_id",
         F.element_at("periods", s + 1).alias("start"),
-        F.pmod(first_t, F.lit(panel.season_length)).cast("int").alias("season"),
+        F.pmod(first_t, F.lit(season_length)).cast("int").alias("season"),
         F.lit(context).cast("int").alias("context_length"),
         F.lit(prediction).cast("int").alias("prediction_length"),
         (1.0 + mean_abs).cast("float").alias("scale"), target.alias("target"),
@@ -178,13 +173,14 @@ def windows(series: DataFrame, panel: Panel, context: int, prediction: int, stri
 
 def build_windows(spark: SparkSession, cfg: Config, dataset: str,
                   params: dict[str, Any]) -> Any:
-    """Build (or keep, if already built from the same silver version) ``gold_deepar_<panel>``.
+    """Build (or keep, if already built from the same silver version) ``gold_deepar_<dataset>``.
 
     Args:
         spark: the session.
         cfg: configuration.
-        dataset: panel of ``silver_series`` (``us_employment`` or ``visnights``).
-        params: ``context_length``, ``prediction_length`` (default: the panel's),
+        dataset: a catalog entry of kind ``series`` (``us_employment``,
+            ``visnights`` or the user's own; :mod:`lakehouse.kinds`).
+        params: ``context_length``, ``prediction_length`` (default: the declared ones),
             ``stride`` between train windows (default 1), ``partitions`` (Parquet
             files per split, default twice the Horovod ranks, at least 4).
 
@@ -194,22 +190,21 @@ def build_windows(spark: SparkSession, cfg: Config, dataset: str,
     Raises:
         SeriesTooShortError: a series has fewer periods than one window, or its
             last window spans a gap.
-        TableNotFoundError: ``silver_series`` does not exist.
+        TableNotFoundError: the data set's silver table does not exist.
     """
-    p = window_params(dataset, params)
-    panel, context, prediction = panel_of(dataset), p["context_length"], p["prediction_length"]
-    db = cfg.catalog.database
-    silver_table = layer_table(db, "silver", "series")
-    pinned = delta.snapshot(spark, silver_table)
-    silver_version = pinned.data_version
-    series = series_arrays(delta.read_version(spark, silver_table, pinned.version), dataset,
-                           panel.freq_months).cache()
+    declared = series_of(cfg, dataset)
+    p = window_params(declared, params)
+    context, prediction = p["context_length"], p["prediction_length"]
+    rows, pinned = silver_rows(spark, cfg, cfg.datasets[dataset])
+    silver_table, silver_version = pinned.table, pinned.data_version
+    series = series_arrays(series_points(rows, declared), declared.freq).cache()
     try:
         if not series.limit(1).count():
-            raise SeriesTooShortError(f"panel {dataset}: {silver_table} v{silver_version} "
-                                      f"holds no series of this panel")
+            raise SeriesTooShortError(f"series data set {dataset}: {silver_table} "
+                                      f"v{silver_version} holds no series of it")
         check_lengths(series, dataset, context + prediction, context, prediction)
-        rows = windows(series, panel, context, prediction, p["stride"], silver_version).cache()
+        rows = windows(series, declared.season_length, context, prediction, p["stride"],
+                       silver_version).cache()
         _check_test_windows(rows, dataset)
         gold = _write(spark, cfg, dataset, rows.filter("complete").drop("complete"),
                       silver_version, context, prediction, p["partitions"])
@@ -231,7 +226,7 @@ def _check_test_windows(rows: DataFrame, dataset: str) -> None:
               .select("series_id").orderBy("series_id").collect())
     if gapped:
         raise SeriesTooShortError(
-            f"panel {dataset}: the last window of series "
+            f"series data set {dataset}: the last window of series "
             f"{', '.join(r['series_id'] for r in gapped[:10])} spans missing periods; "
             f"their recent history is not contiguous")
 
