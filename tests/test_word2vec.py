@@ -10,13 +10,13 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakehouse import delta
-from lakehouse.errors import SourceError
+from lakehouse.errors import ConfigError, SourceError
 from models.features import build_features
 from models.runner import train
 from models.scoring import score
 from models.word2vec.evaluate import Embeddings
 from models.word2vec.pairs import cbow_windows, keep_probability, skipgram_pairs
-from tests.helpers import silver_spec
+from tests.helpers import silver_spec, with_datasets
 
 TOPICS = {
     "animals": ["cat", "dog", "horse", "cow", "sheep", "goat", "mouse", "rabbit"],
@@ -134,10 +134,47 @@ def _similarity_tables(spark, cfg) -> None:
         .saveAsTable(target)
 
 
+TICKETS = {"tickets": {
+    "kind": "text", "roles": {"id": "ticket_id", "text": "body"},
+    "source": {"files": "/landing/tickets/*.json", "format": "json",
+               "schema": "ticket_id BIGINT NOT NULL, body STRING"},
+    "silver": {"keys": ["ticket_id"]},
+    "features": {"min_count": 2, "max_sentence_length": 25}}}
+
+
+@pytest.fixture
+def tickets(spark, cfg):
+    """A text data set the test declares (its own silver table, its own id and text)."""
+    cfg = with_datasets(cfg, TICKETS)
+    spec = silver_spec(spark, cfg, "tickets")
+    target = delta.ensure_table(spark, spec, cfg.catalog.database)
+    spark.createDataFrame([(i, text) for i, (_, _, _, text) in enumerate(_documents())],
+                          spec.schema).write.format("delta").mode("append").saveAsTable(target)
+    return cfg
+
+
+def test_declared_text_builds_its_own_tables_and_checks_settings(spark, tickets):
+    built = build_features(spark, tickets, "tickets")
+    db = tickets.catalog.database
+    assert built.table == f"{db}.gold_word2vec_corpus_tickets"
+    vocab = {r["word"] for r in spark.table(f"{db}.gold_word2vec_vocab_tickets").collect()}
+    assert set(TOPICS["animals"]) <= vocab and "stop" in vocab and "rareaa" not in vocab
+    assert spark.table(built.table).agg(F.max(F.size("tokens"))).first()[0] == 25
+    with pytest.raises(ConfigError, match="unknown parameter.*corpora"):
+        build_features(spark, tickets, "tickets", params={"corpora": "x"})
+    bad = with_datasets(tickets, {"tickets": {**TICKETS["tickets"], "features": {
+        "min_count": "two"}}})
+    with pytest.raises(ConfigError, match="datasets.tickets.features.min_count: 'two'"):
+        build_features(spark, bad, "tickets")
+
+
 @pytest.mark.slow
-def test_two_ranks_learn_topics_register_and_score(spark, cfg, corpus):
+def test_two_ranks_learn_topics_register_and_score(spark, tickets):
+    """word2vec on a text data set the test declares."""
+    cfg = tickets
     _similarity_tables(spark, cfg)
-    result = train(spark, cfg, "word2vec", "corpus", params=SMALL)
+    build_features(spark, cfg, "tickets")
+    result = train(spark, cfg, "word2vec", "tickets", params=SMALL)
     ranks = sorted(result.ranks, key=lambda r: r["rank"])
     assert [(r["rank"], r["size"]) for r in ranks] == [(0, 2), (1, 2)]
     assert ranks[0]["digest"] == ranks[1]["digest"]            # identical final matrices
@@ -152,7 +189,7 @@ def test_two_ranks_learn_topics_register_and_score(spark, cfg, corpus):
     assert metrics["analogy_coverage"] == pytest.approx(2 / 3)
     assert 0.0 <= metrics["analogy_accuracy"] <= 1.0
     assert metrics["vocab_size"] == spark.table(
-        f"{cfg.catalog.database}.gold_word2vec_vocab").count()
+        f"{cfg.catalog.database}.gold_word2vec_vocab_tickets").count()
     artifact = Path(model.artifact)
     assert (artifact / "neighbours.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -1,7 +1,9 @@
 """Spark side of word2vec features: tokens, a vocabulary and token-id sentences.
 
-From ``silver_documents`` (all corpora, or the ``corpora`` parameter) Spark builds two
-gold tables:
+From the documents of a text data set (its catalog roles ``id`` and ``text``, and the
+settings of :mod:`lakehouse.kinds`), or for the feature set ``corpus`` from every
+bundled corpus in ``silver_documents`` (or those the ``corpora`` parameter names),
+Spark builds two gold tables (``_<dataset>`` appended to their names for a data set):
 
 * ``gold_word2vec_vocab`` (word_id, word, count): every word seen at least
   ``min_count`` times; ids by descending count (ties by word), so id 0 is the most
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import asdict
 from typing import Any
 
 from delta.tables import DeltaTable
@@ -37,7 +40,8 @@ from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SourceError, TableNotFoundError
-from lakehouse.features import FeatureSet
+from lakehouse.features import FeatureSet, entry_of, silver_rows
+from lakehouse.kinds import TextFeatures, text_features
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
 
 log = logging.getLogger(__name__)
@@ -46,32 +50,52 @@ TOKEN_PATTERN = r"\p{L}+(?:'\p{L}+)*"
 FEATURE_DEFAULTS: dict[str, Any] = {"corpora": None, "min_count": 5,
                                     "max_sentence_length": 1000, "partitions": None}
 
-VOCAB_SPEC = register(TableSpec(
-    "gold", "word2vec_vocab",
-    (_f("word_id", IntegerType(), False), _f("word", StringType(), False),
-     _f("count", LongType(), False)),
-    ("word_id",), comment="word2vec vocabulary: words seen at least min_count times",
-))
-CORPUS_SPEC = register(TableSpec(
-    "gold", "word2vec_corpus",
-    (_f("row_id", LongType(), False), _f("split", StringType(), False),
-     _f("tokens", ArrayType(IntegerType()))),
-    ("row_id",), partition_by=("split",), properties=TRAINING_TABLE_PROPERTIES,
-    comment="word2vec training sentences as vocabulary ids",
-))
+ALL_CORPORA = "corpus"   # the feature set of every document in silver_documents
 
 
-def feature_params(params: dict[str, Any]) -> dict[str, Any]:
+def corpus_specs(dataset: str) -> tuple[TableSpec, TableSpec]:
+    """The registry entries of a feature set's vocabulary and sentence tables.
+
+    ``corpus`` (every bundled corpus) keeps ``gold_word2vec_vocab`` and
+    ``gold_word2vec_corpus``; a text data set ``X`` gets ``gold_word2vec_vocab_X`` and
+    ``gold_word2vec_corpus_X``.
+    """
+    suffix = "" if dataset == ALL_CORPORA else f"_{dataset}"
+    vocab = register(TableSpec(
+        "gold", f"word2vec_vocab{suffix}",
+        (_f("word_id", IntegerType(), False), _f("word", StringType(), False),
+         _f("count", LongType(), False)),
+        ("word_id",), comment=f"word2vec vocabulary of {dataset}: words seen at least "
+                              f"min_count times"))
+    corpus = register(TableSpec(
+        "gold", f"word2vec_corpus{suffix}",
+        (_f("row_id", LongType(), False), _f("split", StringType(), False),
+         _f("tokens", ArrayType(IntegerType()))),
+        ("row_id",), partition_by=("split",), properties=TRAINING_TABLE_PROPERTIES,
+        comment=f"word2vec training sentences of {dataset} as vocabulary ids"))
+    return vocab, corpus
+
+
+
+def feature_params(params: dict[str, Any],
+                   declared: TextFeatures | None = None) -> dict[str, Any]:
     """The feature parameters with defaults filled in and checked.
+
+    Args:
+        params: given parameters.
+        declared: a text data set's declared settings (defaults under ``params``);
+            ``corpora`` applies only to the ``corpus`` feature set (``declared`` None).
 
     Raises:
         ConfigError: naming an unknown or out-of-range parameter.
     """
-    unknown = sorted(set(params) - set(FEATURE_DEFAULTS))
+    known = FEATURE_DEFAULTS if declared is None else \
+        {k: v for k, v in FEATURE_DEFAULTS.items() if k != "corpora"}
+    unknown = sorted(set(params) - set(known))
     if unknown:
         raise ConfigError(f"word2vec features: unknown parameter(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(FEATURE_DEFAULTS))}")
-    merged = {**FEATURE_DEFAULTS, **params}
+                          f"known: {', '.join(sorted(known))}")
+    merged = {**FEATURE_DEFAULTS, **(asdict(declared) if declared else {}), **params}
     corpora = merged["corpora"]
     if isinstance(corpora, str):
         corpora = [c.strip() for c in corpora.split(",") if c.strip()]
@@ -159,6 +183,27 @@ def commit_metadata(spark: SparkSession, full_name: str,
     return json.loads(row["userMetadata"])
 
 
+def documents(spark: SparkSession, cfg: Config, dataset: str,
+              params: dict[str, Any]) -> tuple[DataFrame, delta.Snapshot]:
+    """The documents of a feature set: ``corpus``, ``doc_id``, ``text``, and their snapshot.
+
+    ``corpus`` reads ``silver_documents`` (the ``corpora`` parameter picks some); a text
+    data set reads its own silver rows through its ``id`` and ``text`` roles.
+    """
+    if dataset == ALL_CORPORA:
+        silver = layer_table(cfg.catalog.database, "silver", "documents")
+        pinned = delta.snapshot(spark, silver)
+        docs = delta.read_version(spark, silver, pinned.version)   # maintenance keeps them
+        if params["corpora"]:
+            docs = docs.filter(F.col("corpus").isin(params["corpora"]))
+        return docs.select("corpus", "doc_id", "text"), pinned
+    entry = entry_of(cfg, dataset, "text")
+    rows, pinned = silver_rows(spark, cfg, entry)
+    return rows.select(F.lit(dataset).alias("corpus"),
+                       F.col(str(entry.roles["id"])).cast("string").alias("doc_id"),
+                       F.col(str(entry.roles["text"])).cast("string").alias("text")), pinned
+
+
 def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
                  params: dict[str, Any]) -> FeatureSet:
     """Build (or keep, when built from the same silver version and parameters) the tables.
@@ -166,10 +211,11 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
     Args:
         spark: the session.
         cfg: configuration (database, ``train.num_proc`` for the file count).
-        dataset: ``corpus``.
-        params: ``corpora`` (list or comma-separated; default all), ``min_count``,
-            ``max_sentence_length``, ``partitions`` (files; default ``max(4, 2 *
-            num_proc)``).
+        dataset: ``corpus`` (every bundled corpus) or a text data set of the catalog.
+        params: ``corpora`` (``corpus`` only; list or comma-separated; default all),
+            ``min_count``, ``max_sentence_length`` (defaults: the data set's declared
+            ``features:``, else 5 and 1000), ``partitions`` (files; default
+            ``max(4, 2 * num_proc)``).
 
     Returns:
         The corpus table: version, sentences (``rows``), vocabulary size
@@ -178,20 +224,20 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
     Raises:
         SourceError: no document of the corpora, or no word reaches ``min_count``.
     """
-    params = feature_params(params)
+    declared = None if dataset == ALL_CORPORA else \
+        text_features(entry_of(cfg, dataset, "text"))
+    params = feature_params(params, declared)
     db = cfg.catalog.database
-    silver = layer_table(db, "silver", "documents")
-    silver_version = delta.snapshot(spark, silver).data_version
-    vocab_table = delta.ensure_table(spark, VOCAB_SPEC, db)
-    corpus_table = delta.ensure_table(spark, CORPUS_SPEC, db)
+    vocab_spec, corpus_spec = corpus_specs(dataset)
+    docs, pinned = documents(spark, cfg, dataset, params)
+    silver, silver_version = pinned.table, pinned.data_version
+    vocab_table = delta.ensure_table(spark, vocab_spec, db)
+    corpus_table = delta.ensure_table(spark, corpus_spec, db)
     key = build_key(silver_version, params)
     if commit_metadata(spark, corpus_table).get("key") == key:
         log.info("%s is already built from %s v%d with %s; nothing to do",
                  corpus_table, silver, silver_version, key)
         return _feature_set(spark, dataset, corpus_table, vocab_table)
-    docs = spark.table(silver)   # the rows of silver_version (maintenance keeps them)
-    if params["corpora"]:
-        docs = docs.filter(F.col("corpus").isin(params["corpora"]))
     docs = docs.select("corpus", "doc_id", tokenise(F.col("text")).alias("tokens"))
     vocab_version = _write_vocab(spark, docs, vocab_table, params, key, silver)
     vocab = delta.read_version(spark, vocab_table, vocab_version)
@@ -201,7 +247,7 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
     before = delta.current_version(spark, corpus_table)
     (sentences(docs, vocab, params["max_sentence_length"]).repartition(files)
      .write.format("delta").mode("overwrite")
-     .option("txnAppId", f"lakeforge/features/word2vec_corpus/{key}")
+     .option("txnAppId", f"lakeforge/features/{corpus_spec.name}/{key}")
      .option("txnVersion", before).option("userMetadata", json.dumps(meta, sort_keys=True))
      .save(delta.table_location(spark, corpus_table)))
     result = _feature_set(spark, dataset, corpus_table, vocab_table)
@@ -216,8 +262,9 @@ def _write_vocab(spark: SparkSession, docs: DataFrame, vocab_table: str,
     """Write the vocabulary and return its version; stop if it is empty."""
     vocab = vocabulary(docs, params["min_count"])
     before = delta.current_version(spark, vocab_table)
+    short = vocab_table.split(".")[-1].removeprefix("gold_")
     (vocab.write.format("delta").mode("overwrite")
-     .option("txnAppId", f"lakeforge/features/word2vec_vocab/{key}")
+     .option("txnAppId", f"lakeforge/features/{short}/{key}")
      .option("txnVersion", before).option("userMetadata", key)
      .save(delta.table_location(spark, vocab_table)))
     version = delta.current_version(spark, vocab_table)

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SourceError
+from lakehouse.features import entry_of
 from lakehouse.tables import layer_table
 from models.evaluate import plot_history
 from models.runner import (
@@ -36,7 +37,7 @@ from models.runner import (
     staging_dir,
 )
 from models.store import ModelStore
-from models.word2vec.corpus import CORPUS_SPEC, VOCAB_SPEC, commit_metadata
+from models.word2vec.corpus import ALL_CORPORA, commit_metadata, corpus_specs
 from models.word2vec.evaluate import (
     VOCAB_FILE,
     Embeddings,
@@ -58,7 +59,8 @@ def train_word2vec(spark: SparkSession, cfg: Config, dataset: str, version: int 
     Args:
         spark: the session.
         cfg: configuration (``train.num_proc`` ranks, ``train.seed``).
-        dataset: ``corpus``.
+        dataset: ``corpus`` or a text data set (its corpus built with
+            ``lakeforge features``).
         version: corpus table version (default: current).
         run_id: a run started again with the same id resumes from its last epoch.
         params: training parameters, defaults merged (see the family's defaults).
@@ -68,18 +70,19 @@ def train_word2vec(spark: SparkSession, cfg: Config, dataset: str, version: int 
         The registered model, the loss per epoch and each rank's report.
 
     Raises:
-        ConfigError: another dataset than ``corpus``, or fewer files than ranks.
+        ConfigError: fewer files than ranks.
         SourceError: the pinned vocabulary is empty.
     """
     start = time.monotonic()
-    if dataset != "corpus":
-        raise ConfigError(f"word2vec trains on the 'corpus' feature set, not {dataset!r}")
     _check_params(params)
     db = cfg.catalog.database
-    corpus_table = CORPUS_SPEC.full_name(db)
+    if dataset != ALL_CORPORA:
+        entry_of(cfg, dataset, "text")
+    vocab_spec, corpus_spec = corpus_specs(dataset)
+    corpus_table = corpus_spec.full_name(db)
     df, version = pin_table(spark, corpus_table, version)
     meta = commit_metadata(spark, corpus_table, version)
-    words, counts = _vocabulary(spark, VOCAB_SPEC.full_name(db), meta)
+    words, counts = _vocabulary(spark, vocab_spec.full_name(db), meta)
     files = snapshot_files(df)["train"]
     if len(files) < cfg.train.num_proc:
         raise ConfigError(f"{corpus_table} v{version} has {len(files)} file(s) for "
