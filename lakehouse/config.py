@@ -236,55 +236,74 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> N
     node[parts[-1]] = value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def load_typed(cls: type, data: Any, what: str = "config", prefix: str = "") -> Any:
+    """A frozen dataclass built from plain values, each checked against its type hint.
+
+    The loader of the configuration, also used for other typed settings (a model
+    family's training parameters). Fields not given keep their defaults.
+
+    Args:
+        cls: the dataclass.
+        data: a mapping of field names to values (YAML or command-line scalars).
+        what: what the values are, for messages (``config``, ``mlp parameter``).
+        prefix: dotted path of ``data`` inside a larger tree.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type, named with ``what``,
+            the key and the value.
+    """
+    return _build(cls, data, prefix, what)
+
+
+def _build(cls: type, data: Any, prefix: str, what: str = "config") -> Any:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping")
+        raise ConfigError(f"{what} section {prefix or '<root>'!r} must be a mapping")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"unknown config key {prefix + unknown[0]!r}; "
+            f"unknown {what} key {prefix + unknown[0]!r}; "
             f"known keys here: {', '.join(sorted(names))}"
         )
-    kwargs = {name: _coerce(hints[name], data[name], prefix + name) for name in data}
+    kwargs = {name: _coerce(hints[name], data[name], prefix + name, what) for name in data}
     return cls(**kwargs)
 
 
-def _coerce(hint: Any, value: Any, key: str) -> Any:
+def _coerce(hint: Any, value: Any, key: str, what: str = "config") -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value if value is not None else {}, key + ".")
+        return _build(hint, value if value is not None else {}, key + ".", what)
     if hint is Path:
         if not isinstance(value, str | Path) or not str(value):
-            raise ConfigError(f"config value {key}={value!r}: expected a path")
+            raise ConfigError(f"{what} value {key}={value!r}: expected a path")
         return Path(value)
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config value {key}={value!r}: expected a mapping")
+            raise ConfigError(f"{what} value {key}={value!r}: expected a mapping")
         return {str(k): str(v) for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config value {key}={value!r}: expected a list")
+            raise ConfigError(f"{what} value {key}={value!r}: expected a list")
         return tuple(str(v) for v in value)
     if origin is list or origin is types.UnionType:
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config value {key}={value!r}: expected true or false")
+            raise ConfigError(f"{what} value {key}={value!r}: expected true or false")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config value {key}={value!r}: expected an integer")
+            raise ConfigError(f"{what} value {key}={value!r}: expected an integer")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config value {key}={value!r}: expected a number")
+            raise ConfigError(f"{what} value {key}={value!r}: expected a number")
         return float(value)
     if hint is str:
         if value is None or isinstance(value, dict | list):
-            raise ConfigError(f"config value {key}={value!r}: expected a string")
+            raise ConfigError(f"{what} value {key}={value!r}: expected a string")
         return str(value)
     return value

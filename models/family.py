@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from lakehouse.config import Config
+from lakehouse.config import Config, load_typed
 from lakehouse.errors import ConfigError
 
 FAMILY_NAMES = ("mlp", "cnn", "word2vec", "deepar", "rcf")
@@ -23,7 +24,8 @@ class Family:
             ``series`` or ``stream``, as catalog entries declare ``kind:``).
         build: ``build(params, n_features, n_classes, mean, variance)`` -> Keras model;
             runs inside Horovod ranks.
-        defaults: default training parameters.
+        params: the family's typed training parameters, a frozen dataclass whose
+            defaults are the family's defaults and whose ``__post_init__`` checks ranges.
         normalise: whether the runner fits per-feature mean/variance on the
             training split and hands them to ``build``.
         trainer: for families that are not Keras classifiers over ``features``:
@@ -49,7 +51,7 @@ class Family:
     name: str
     kind: str
     build: Callable[..., Any] | None = None
-    defaults: dict[str, Any] = field(default_factory=dict)
+    params: type | None = None
     normalise: bool = True
     trainer: Callable[..., Any] | None = None
     scorer: Callable[..., Any] | None = None
@@ -59,6 +61,24 @@ class Family:
     prediction_keys: tuple[str, ...] = ("row_id",)
     tasks: tuple[str, ...] = ("classification",)
     check: Callable[[dict[str, Any], int], None] | None = None
+
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The default training parameters, as plain values."""
+        return dataclasses.asdict(self.params()) if self.params is not None else {}
+
+    def check_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The defaults overridden by ``given``, typed and checked on the driver.
+
+        Raises:
+            ConfigError: an unknown parameter, a value of the wrong type or out of range,
+                naming the family, the parameter and the value.
+        """
+        if self.params is None:
+            return dict(given or {})
+        return dataclasses.asdict(load_typed(self.params, dict(given or {}),
+                                             f"{self.name} parameter"))
 
 
 def family_for_dataset(cfg: Config, dataset: str) -> Family | None:

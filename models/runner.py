@@ -121,12 +121,8 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     """
     start = time.monotonic()
     family = get_family(family_name)
-    unknown = sorted(set(params or {}) - set(family.defaults))
-    if unknown:
-        raise ConfigError(f"{family_name}: unknown parameter(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(family.defaults))}")
     check_kind(family, cfg, dataset)
-    merged = {**family.defaults, **(params or {})}
+    merged = family.check_params(params)
     if family.trainer is not None:
         return family.trainer(spark, cfg, dataset, version, run_id, merged, name)
     table = layer_table(cfg.catalog.database, "gold", dataset)

@@ -196,12 +196,13 @@ def test_shingles_windows_rebuild_and_errors(spark, cfg):
         build_features(spark, cfg, STREAM, params={"shingle_size": 500})
     with pytest.raises(ConfigError, match="holds shingles of 3 points, but shingle_size=4"):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 4})
-    with pytest.raises(ConfigError, match="transform must be one of level_diff, none, got 'fft'"):
+    with pytest.raises(ConfigError, match="rcf parameter transform='fft': must be one of "
+                                          "level_diff, none"):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "transform": "fft"})
-    with pytest.raises(ConfigError, match="max_depth must be a whole number 0 .no limit. or more"
-                                          ", got -1"):
+    with pytest.raises(ConfigError, match="rcf parameter max_depth=-1: must be >= 0"):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "max_depth": -1})
-    with pytest.raises(ConfigError, match="num_trees must be a whole number at least 1, got 'x'"):
+    with pytest.raises(ConfigError, match="rcf parameter value num_trees='x': expected an "
+                                          "integer"):
         train(spark, cfg, "rcf", STREAM, params={"shingle_size": 3, "num_trees": "x"})
     with pytest.raises(ConfigError, match="rcf trains on stream data sets; 'wine' is a tabular "
                                           "data set \\(families for it: mlp\\)"):

@@ -195,9 +195,14 @@ def test_mlp_trains_and_scores_a_declared_data_set(spark, cfg, tmp_path, monkeyp
     with pytest.raises(ConfigError, match="task='classification', but feature set "
                                           "'shop_revenue' is a regression"):
         train(spark, cfg, "mlp", "shop_revenue", params={"task": "classification"})
-    with pytest.raises(ConfigError, match="cnn trains classification models; feature set "
-                                          "'shop_revenue' is a regression"):
+    with pytest.raises(ConfigError, match=r"cnn trains on image data sets; 'shop_revenue' is a "
+                                          r"tabular data set \(families for it: mlp\)"):
         train(spark, cfg, "cnn", "shop_revenue")
-    with pytest.raises(ConfigError, match=r"cnn: image_shape=\[28, 28, 1\] holds 784 numbers, "
-                                          "but the feature set has 8 per row"):
-        train(spark, cfg, "cnn", "shops")
+    for bad, message in (({"hidden": [0]}, r"mlp parameter hidden=\[0\]: must be a list of "
+                                           r"whole numbers >= 1"),
+                         ({"epochs": "many"}, "mlp parameter value epochs='many': expected an "
+                                              "integer"),
+                         ({"dropout": 1.5}, "mlp parameter dropout=1.5: must be >= 0.0 and < 1.0"),
+                         ({"epochz": 3}, "unknown mlp parameter key 'epochz'")):
+        with pytest.raises(ConfigError, match=message):
+            train(spark, cfg, "mlp", "shops", params=bad)

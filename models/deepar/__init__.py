@@ -9,6 +9,7 @@ us_employment_deepar``) forecasts past the end of every series into
 """
 
 from models.deepar.forecast import PREDICTION_FIELDS, score_deepar
+from models.deepar.params import DeepArParams
 from models.deepar.trainer import train_deepar
 from models.deepar.windows import build_windows
 from models.family import Family
@@ -16,10 +17,7 @@ from models.family import Family
 FAMILY = Family(
     name="deepar",
     kind="series",
-    defaults={"epochs": 30, "steps_per_epoch": 100, "batch_size": 64, "learning_rate": 0.001,
-              "hidden": 40, "layers": 2, "embedding_dim": 8, "dropout": 0.0,
-              "likelihood": "gaussian", "num_samples": 100,
-              "context_loss": False, "seasonal_lags": 2, "lr_schedule": "cosine"},
+    params=DeepArParams,
     normalise=False,
     trainer=train_deepar,
     scorer=score_deepar,

@@ -24,7 +24,7 @@ from lakehouse.errors import ConfigError, TableNotFoundError
 from lakehouse.features import silver_rows
 from models.deepar.baselines import as_matrix, baselines
 from models.deepar.evaluate import coverage, forecast_metrics, plot_fan
-from models.deepar.network import LIKELIHOODS, network_config
+from models.deepar.network import network_config
 from models.deepar.rank import train_rank
 from models.deepar.windows import series_of, series_points, window_spec
 from models.evaluate import plot_history
@@ -41,26 +41,7 @@ from models.runner import (
 from models.store import ModelStore
 
 log = logging.getLogger(__name__)
-LR_SCHEDULES = ("cosine", "constant")
 FORECAST_FILE = "test_forecasts.npz"
-
-
-def check_params(params: dict[str, Any]) -> None:
-    """Stop with ConfigError naming a parameter out of range."""
-    if params["likelihood"] not in LIKELIHOODS:
-        raise ConfigError(f"deepar: likelihood {params['likelihood']!r} is not one of "
-                          f"{', '.join(LIKELIHOODS)}")
-    for key in ("epochs", "batch_size", "hidden", "layers", "embedding_dim", "num_samples"):
-        if not isinstance(params[key], int) or params[key] < 1:
-            raise ConfigError(f"deepar: {key} must be a positive integer, got {params[key]!r}")
-    if params["lr_schedule"] not in LR_SCHEDULES:
-        raise ConfigError(f"deepar: lr_schedule {params['lr_schedule']!r} is not one of "
-                          f"{', '.join(LR_SCHEDULES)}")
-    if not isinstance(params["seasonal_lags"], int) or params["seasonal_lags"] < 0:
-        raise ConfigError(f"deepar: seasonal_lags must be an integer >= 0, "
-                          f"got {params['seasonal_lags']!r}")
-    if not float(params["learning_rate"]) > 0:
-        raise ConfigError(f"deepar: learning_rate must be > 0, got {params['learning_rate']!r}")
 
 
 def window_shape(df: DataFrame, name: str) -> dict[str, Any]:
@@ -94,14 +75,13 @@ def train_deepar(spark: SparkSession, cfg: Config, dataset: str, version: int | 
         dataset: a series data set (catalog entry of kind ``series``).
         version: Delta version of the windows table (default: current).
         run_id: training run id (default derived); a re-run resumes its checkpoints.
-        params: merged training parameters (see ``FAMILY.defaults``).
+        params: checked training parameters (:class:`models.deepar.params.DeepArParams`).
         name: model name (default ``<dataset>_deepar``).
 
     Returns:
         The registered model, per-epoch loss history and each rank's report.
     """
     start = time.monotonic()
-    check_params(params)
     declared = series_of(cfg, dataset)
     db = cfg.catalog.database
     gold = window_spec(dataset).full_name(db)

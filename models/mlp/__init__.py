@@ -2,13 +2,13 @@
 
 from models.family import Family
 from models.mlp.network import build
+from models.mlp.params import MlpParams
 
 FAMILY = Family(
     name="mlp",
     kind="tabular",
     build=build,
-    defaults={"hidden": [64, 32], "dropout": 0.2, "learning_rate": 0.001, "batch_size": 64,
-              "epochs": 20, "patience": 3, "task": "classification"},
+    params=MlpParams,
     normalise=True,
     tasks=("classification", "regression"),
 )

@@ -30,7 +30,6 @@ from pyspark.sql import functions as F
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError
 from models.rcf.shingles import channels_of, shingles_spec, window_labels
-from models.rcf.transform import TRANSFORMS
 from models.runner import (
     TrainResult,
     default_run_id,
@@ -167,27 +166,10 @@ def _finish(forest, scaling, spec: RcfSpec) -> dict[str, Any]:
             "n_trees": forest.n_trees, "points_per_second": len(scored["t"]) / max(seconds, 1e-9)}
 
 
-def _check_params(params: dict[str, Any]) -> None:
-    if params["transform"] not in TRANSFORMS:
-        raise ConfigError(f"rcf parameter transform must be one of {', '.join(TRANSFORMS)}, "
-                          f"got {params['transform']!r}")
-    least = {"num_trees": 1, "num_samples_per_tree": 1, "shingle_size": 1, "max_depth": 0}
-    for key, minimum in least.items():
-        try:
-            ok = int(params[key]) >= minimum and float(params[key]) == int(params[key])
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            what = "0 (no limit) or more" if key == "max_depth" else f"at least {minimum}"
-            raise ConfigError(f"rcf parameter {key} must be a whole number {what}, "
-                              f"got {params[key]!r}")
-
-
 def train_rcf(spark: SparkSession, cfg: Config, dataset: str, version: int | None,
               run_id: str | None, params: dict[str, Any], name: str | None) -> TrainResult:
     """Train a forest on ``gold.shingles_<dataset>`` and register it (``Family.trainer``)."""
     start = time.monotonic()
-    _check_params(params)
     table = shingles_spec(dataset).full_name(cfg.catalog.database)
     df, version = pin_table(spark, table, version)
     channels = channels_of(cfg.datasets.get(dataset))

@@ -20,15 +20,14 @@ synchronisations, and ``neighbours``, the k of scoring. On the demo corpus
 
 from models.family import Family
 from models.word2vec.corpus import build_corpus
+from models.word2vec.params import Word2VecParams
 from models.word2vec.scoring import PREDICTION_FIELDS, score_words
 from models.word2vec.train import train_word2vec
 
 FAMILY = Family(
     name="word2vec",
     kind="text",
-    defaults={"dim": 100, "window": 5, "negative": 5, "sample": 1e-3, "alpha": 0.025,
-              "min_alpha": 0.0001, "epochs": 5, "sg": 1, "batch_pairs": 512,
-              "block_batches": 32, "sync_words": 200_000, "neighbours": 10},
+    params=Word2VecParams,
     normalise=False,
     trainer=train_word2vec,
     scorer=score_words,

@@ -74,7 +74,6 @@ def train_word2vec(spark: SparkSession, cfg: Config, dataset: str, version: int 
         SourceError: the pinned vocabulary is empty.
     """
     start = time.monotonic()
-    _check_params(params)
     db = cfg.catalog.database
     if dataset != ALL_CORPORA:
         entry_of(cfg, dataset, "text")
@@ -176,15 +175,3 @@ def _vocabulary(spark: SparkSession, vocab_table: str,
     return [r["word"] for r in rows], [int(r["count"]) for r in rows]
 
 
-def _check_params(params: dict[str, Any]) -> None:
-    """Stop with ConfigError naming a parameter out of range."""
-    positive = ("dim", "window", "negative", "epochs", "batch_pairs", "block_batches",
-                "sync_words", "neighbours")
-    for key in positive:
-        if int(params[key]) < 1:
-            raise ConfigError(f"word2vec: {key} must be >= 1, got {params[key]}")
-    if not 0 < float(params["min_alpha"]) <= float(params["alpha"]):
-        raise ConfigError(f"word2vec: need 0 < min_alpha <= alpha, got {params['min_alpha']} "
-                          f"and {params['alpha']}")
-    if int(params["sg"]) not in (0, 1):
-        raise ConfigError(f"word2vec: sg must be 1 (skip-gram) or 0 (CBOW), got {params['sg']}")

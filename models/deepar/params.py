@@ -1,0 +1,54 @@
+"""Training parameters of the DeepAR family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.deepar.network import LIKELIHOODS
+from models.params import at_least, in_range, one_of, positive
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class DeepArParams:
+    """One global autoregressive LSTM over a panel of series.
+
+    Attributes:
+        epochs: passes of ``steps_per_epoch`` steps.
+        steps_per_epoch: steps per epoch and rank.
+        batch_size: windows per step and rank.
+        learning_rate: Adam's rate for one rank.
+        hidden: LSTM units per layer.
+        layers: LSTM layers.
+        embedding_dim: size of each series' embedding.
+        dropout: dropout between LSTM layers.
+        likelihood: ``gaussian`` or ``negbin`` (counts).
+        num_samples: sample paths per forecast.
+        context_loss: also learn from the context part of each window.
+        seasonal_lags: inputs a whole season back (1: last year's value, ...).
+        lr_schedule: ``cosine`` decay or ``constant``.
+    """
+
+    epochs: int = 30
+    steps_per_epoch: int = 100
+    batch_size: int = 64
+    learning_rate: float = 0.001
+    hidden: int = 40
+    layers: int = 2
+    embedding_dim: int = 8
+    dropout: float = 0.0
+    likelihood: str = "gaussian"
+    num_samples: int = 100
+    context_loss: bool = False
+    seasonal_lags: int = 2
+    lr_schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        at_least("deepar", self, 1, "epochs", "steps_per_epoch", "batch_size", "hidden",
+                 "layers", "embedding_dim", "num_samples")
+        at_least("deepar", self, 0, "seasonal_lags")
+        positive("deepar", self, "learning_rate")
+        in_range("deepar", self, "dropout", 0.0, 1.0)
+        one_of("deepar", self, "likelihood", LIKELIHOODS)
+        one_of("deepar", self, "lr_schedule", LR_SCHEDULES)

@@ -1,0 +1,35 @@
+"""Training parameters of the Random Cut Forest family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.params import at_least, one_of
+from models.rcf.transform import TRANSFORMS
+
+
+@dataclass(frozen=True)
+class RcfParams:
+    """A forest of random cut trees over shingles.
+
+    Attributes:
+        num_trees: trees, split over the ranks.
+        num_samples_per_tree: reservoir sample of each tree.
+        shingle_size: points per shingle (the features must be built with it).
+        threshold_sigma: the anomaly threshold, in standard deviations of the fitting
+            split's scores above their mean.
+        transform: ``level_diff`` (last level + differences, scaled) or ``none``.
+        max_depth: deepest cut of a tree (0: no limit).
+    """
+
+    num_trees: int = 100
+    num_samples_per_tree: int = 256
+    shingle_size: int = 8
+    threshold_sigma: float = 3.0
+    transform: str = "level_diff"
+    max_depth: int = 0
+
+    def __post_init__(self) -> None:
+        at_least("rcf", self, 1, "num_trees", "num_samples_per_tree", "shingle_size")
+        at_least("rcf", self, 0, "max_depth")
+        one_of("rcf", self, "transform", TRANSFORMS)

@@ -1,0 +1,44 @@
+"""The family contract: a kind, typed parameters checked on the driver, one shape each."""
+
+import dataclasses
+
+import pytest
+
+from lakehouse.datasets import KINDS
+from lakehouse.errors import ConfigError
+from models.family import FAMILY_NAMES, families_of_kind, get_family
+
+BAD = {   # one out-of-range value per family, and the words its message must hold
+    "mlp": ({"patience": 0}, "mlp parameter patience=0: must be >= 1"),
+    "cnn": ({"filters": [32, "x"]}, "cnn parameter filters=[32, 'x']: must be a list"),
+    "word2vec": ({"min_alpha": 0.5}, "word2vec parameters min_alpha=0.5 and alpha=0.025"),
+    "deepar": ({"likelihood": "poisson"}, "deepar parameter likelihood='poisson': must be one "
+                                          "of gaussian, negbin"),
+    "rcf": ({"num_samples_per_tree": 0}, "rcf parameter num_samples_per_tree=0: must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_each_family_has_a_kind_and_frozen_typed_parameters(name):
+    family = get_family(name)
+    assert family.kind in KINDS and name in families_of_kind(family.kind)
+    assert dataclasses.is_dataclass(family.params)
+    assert family.params.__dataclass_params__.frozen
+    assert family.check_params(None) == family.defaults          # the defaults pass
+    first = dataclasses.fields(family.params)[0].name
+    overridden = family.check_params({first: family.defaults[first]})
+    assert overridden == family.defaults
+    with pytest.raises(ConfigError, match=f"unknown {name} parameter key 'nope'"):
+        family.check_params({"nope": 1})
+    bad, message = BAD[name]
+    with pytest.raises(ConfigError) as err:
+        family.check_params(bad)
+    assert message in str(err.value)
+
+
+def test_a_number_given_for_a_float_is_taken_and_a_string_is_named():
+    mlp = get_family("mlp")
+    assert mlp.check_params({"learning_rate": 1})["learning_rate"] == 1.0
+    with pytest.raises(ConfigError, match="mlp parameter value learning_rate='fast': expected "
+                                          "a number"):
+        mlp.check_params({"learning_rate": "fast"})
