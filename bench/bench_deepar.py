@@ -26,7 +26,7 @@ from lakehouse import delta
 from lakehouse.catalog import format_table
 from lakehouse.tables import layer_table
 from models.deepar.baselines import HISTORY_SEASONS, ets, seasonal_naive
-from models.deepar.windows import PANELS
+from models.deepar.features import PANELS
 from models.features import build_features
 from models.runner import train
 

@@ -24,7 +24,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType
 
 from lakehouse.catalog import format_table
-from models.scoring import _OUT, arrow_batch_rows, cached_model, score, score_batches
+from models.classifier.scoring import _OUT, arrow_batch_rows, cached_model, score_batches
+from models.scoring import score
 from models.store import ModelStore
 
 

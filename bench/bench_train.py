@@ -184,7 +184,7 @@ def bench_cnn(spark, cfg, epochs: int) -> list[tuple]:
     x_train, y_train = split_arrays(spark, table, "train")
     x_test, y_test = split_arrays(spark, table, "test")
     tf.keras.utils.set_random_seed(cfg.train.seed)
-    model = FAMILY.build(params, x_train.shape[1], 10)
+    model = FAMILY.build(dict(ours.model.params), x_train.shape[1], 10)
     model.compile(tf.keras.optimizers.Adam(params["learning_rate"]),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()

@@ -1,17 +1,89 @@
-"""What a model family provides to the shared runner and scorer."""
+"""The family contract: what every model family provides to the runner and the scorer.
+
+A family is a folder ``models/<family>/`` with the same files for the same roles:
+
+* ``__init__.py``: ``FAMILY``, its :class:`Family` (kind, parameters, trainer, scorer);
+* ``params.py``: the typed training parameters (a frozen dataclass);
+* ``train.py``: its :class:`FamilyTrainer`, the driver-side steps of one training run;
+* ``rank.py``: what each Horovod rank runs;
+* ``scoring.py``: batch scoring on executors;
+* a features module when it builds its own gold table from a data set of its kind
+  (word2vec, DeepAR, RCF), and its network or model code.
+
+The MLP and the CNN are Keras classifiers (or a regressor) over the lakehouse's
+declared feature tables; they share ``models/classifier/`` (trainer, rank, scoring)
+and differ in ``network.py`` and ``params.py``. :func:`models.runner.train` is the one
+training template: it checks the kind and the parameters, pins the table, asks the
+trainer for its plan, derives the run id, returns an already registered run without
+starting Horovod, stages, runs the ranks, evaluates and registers.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pyspark.sql import DataFrame, SparkSession
 
 from lakehouse.config import Config, load_typed
 from lakehouse.errors import ConfigError
 
 FAMILY_NAMES = ("mlp", "cnn", "word2vec", "deepar", "rcf")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a family's trainer works out on the driver before any rank starts.
+
+    Attributes:
+        params: the run's parameters (the run id derives from them).
+        summary: what is trained, for the log line (rows, shapes, ...).
+        state: the trainer's own values, handed back to its later steps.
+        recorded: the parameters the model records, when more than ``params`` (e.g. the
+            feature parameters its table was built with).
+    """
+
+    params: dict[str, Any]
+    summary: str
+    state: dict[str, Any] = field(default_factory=dict)
+    recorded: dict[str, Any] | None = None
+
+
+class FamilyTrainer(ABC):
+    """The driver-side steps a family adds to the training template.
+
+    ``rank_fn`` runs inside every Horovod rank: a module-level function of the
+    family's ``rank.py`` (it is pickled to the executors), given what
+    :meth:`rank_spec` returns.
+    """
+
+    rank_fn: ClassVar[Callable[[Any], dict[str, Any]]]
+
+    @abstractmethod
+    def table(self, cfg: Config, dataset: str) -> str:
+        """The gold table a run on ``dataset`` trains on (catalog name)."""
+
+    @abstractmethod
+    def plan(self, spark: SparkSession, cfg: Config, dataset: str, df: DataFrame, table: str,
+             version: int, params: dict[str, Any]) -> TrainPlan:
+        """Check the pinned table against the parameters; stop with a named error."""
+
+    def ready(self, plan: TrainPlan, table: str, version: int) -> None:  # noqa: B027
+        """Checks that only a run still to be trained needs (default: none)."""
+
+    @abstractmethod
+    def rank_spec(self, cfg: Config, plan: TrainPlan, run_id: str, staged: Path) -> Any:
+        """The plain, picklable values every rank gets."""
+
+    @abstractmethod
+    def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
+                 ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:
+        """The model's metrics from the ranks' reports; plots and files into ``staged``."""
 
 
 @dataclass(frozen=True)
@@ -28,19 +100,19 @@ class Family:
             defaults are the family's defaults and whose ``__post_init__`` checks ranges.
         normalise: whether the runner fits per-feature mean/variance on the
             training split and hands them to ``build``.
-        trainer: for families that are not Keras classifiers over ``features``:
-            ``trainer(spark, cfg, dataset, version, run_id, params, name)`` ->
-            :class:`models.runner.TrainResult`, replacing the shared Keras path.
+        trainer: its :class:`FamilyTrainer`.
         scorer: ``scorer(spark, cfg, record, df, loads)`` -> DataFrame with the
             columns ``prediction_fields`` (``df``: the pinned input; ``loads``: an
             accumulator to add 1 to per model load on an executor); the shared
-            scorer adds lineage and writes exactly once. Default: the classifier.
+            scorer (:func:`models.scoring.score`) adds lineage and writes exactly once.
         features: ``features(spark, cfg, dataset, params)`` ->
             :class:`lakehouse.features.FeatureSet`, building the family's gold table
             from any catalog entry of its ``kind``.
         datasets: feature sets ``features`` builds that are not one catalog entry
             (word2vec's ``corpus``: every bundled text corpus together).
         prediction_fields: StructFields of ``predictions_<name>`` before lineage.
+        prediction_late_fields: StructFields added after the first release, so after
+            the lineage (existing tables gain them at the end).
         prediction_keys: columns that identify a prediction within one run.
         tasks: what the family learns from a tabular feature set (``classification``,
             ``regression``); training another task stops on the driver.
@@ -53,11 +125,12 @@ class Family:
     build: Callable[..., Any] | None = None
     params: type | None = None
     normalise: bool = True
-    trainer: Callable[..., Any] | None = None
+    trainer: FamilyTrainer | None = None
     scorer: Callable[..., Any] | None = None
     features: Callable[..., Any] | None = None
     datasets: tuple[str, ...] = ()
     prediction_fields: tuple[Any, ...] = ()
+    prediction_late_fields: tuple[Any, ...] = ()
     prediction_keys: tuple[str, ...] = ("row_id",)
     tasks: tuple[str, ...] = ("classification",)
     check: Callable[[dict[str, Any], int], None] | None = None

@@ -36,7 +36,7 @@ def one_of(family: str, params: Any, name: str, choices: Sequence[Any]) -> None:
     value = getattr(params, name)
     if value not in choices:
         raise ConfigError(f"{family} parameter {name}={value!r}: must be one of "
-                          f"{', '.join(map(str, choices))}")
+                          f"{', '.join(str(c) for c in choices if c is not None)}")
 
 
 def in_range(family: str, params: Any, name: str, low: float, high: float) -> None:

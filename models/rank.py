@@ -1,22 +1,18 @@
-"""Executor side of training: what each Horovod rank runs.
+"""Executor side of training, shared by every family: what each Horovod rank starts with.
 
-Everything here receives plain, picklable values (:class:`RankSpec`) and imports
-TensorFlow, Horovod and Petastorm inside the function. Each rank reads its own
-shard of the pinned snapshot's Parquet files through Petastorm; gradients are
-averaged with Horovod (Gloo on CPU, NCCL on GPUs when built with it).
+A family's rank function (``models/<family>/rank.py``) receives plain, picklable
+values (:class:`RankSpec` or the family's own spec), calls :func:`start_rank`, pins
+its GPU when there is one and resumes from :func:`last_checkpoint`. TensorFlow,
+Horovod and Petastorm are imported inside the functions.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import resource
-import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,49 +54,6 @@ def last_checkpoint(checkpoint_dir: str,
     return best, path
 
 
-def _dataset(files: list[str], batch_size: int, shard: int | None, shards: int | None,
-             epochs: int | None, shuffle: bool, seed: int, regression: bool = False):
-    """A tf.data pipeline of (features, label) batches from Petastorm.
-
-    The label is a class index (int32), or the target value (float32) of a regression.
-    """
-    import tensorflow as tf
-    from petastorm import make_batch_reader
-    from petastorm.tf_utils import make_petastorm_dataset
-
-    reader = make_batch_reader(
-        files, schema_fields=["features", "label"], cur_shard=shard, shard_count=shards,
-        num_epochs=epochs, shuffle_row_groups=shuffle, seed=seed, workers_count=2,
-        reader_pool_type="thread")
-    ds = make_petastorm_dataset(reader).map(
-        lambda b: (tf.cast(b.features, tf.float32),
-                   tf.reshape(tf.cast(b.label, tf.float32), [-1, 1]) if regression
-                   else tf.cast(b.label, tf.int32)))
-    if shuffle:  # row groups arrive shuffled; shuffle rows within each as well
-        def permute(x, y):
-            order = tf.random.shuffle(tf.range(tf.shape(y)[0]), seed=seed)
-            return tf.gather(x, order), tf.gather(y, order)
-
-        ds = ds.map(permute)
-    return reader, ds.rebatch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def _regression(spec: RankSpec) -> bool:
-    return spec.params.get("task", "classification") == "regression"
-
-
-def _compile(model, spec: RankSpec, hvd) -> None:
-    import tensorflow as tf
-
-    lr = float(spec.params["learning_rate"]) * hvd.size()
-    opt = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(lr))
-    if _regression(spec):
-        model.compile(opt, loss="mse", metrics=["mae"], experimental_run_tf_function=False)
-    else:
-        model.compile(opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                      experimental_run_tf_function=False)
-
-
 def start_rank():
     """What every rank does first: quiet TensorFlow and Petastorm, initialise Horovod.
 
@@ -132,22 +85,6 @@ def _pin_gpu() -> bool:
     return True
 
 
-def _progress(size: int, total_epochs: int):
-    """A Keras callback printing one line per epoch (used on rank 0)."""
-    import tensorflow as tf
-
-    class Progress(tf.keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.monotonic()
-
-        def on_epoch_end(self, epoch, logs=None):
-            shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
-            print(f"[lakeforge train] epoch {epoch + 1}/{total_epochs} ({size} ranks, "
-                  f"{time.monotonic() - self.start:.1f}s): {shown}", flush=True)
-
-    return Progress()
-
-
 def weights_digest(weights) -> str:
     """A short hash of a list of weights (arrays or variables)."""
     h = hashlib.sha256()
@@ -156,100 +93,3 @@ def weights_digest(weights) -> str:
     return h.hexdigest()[:16]
 
 
-def train_rank(spec: RankSpec) -> dict[str, Any]:
-    """Train on this rank's shard; rank 0 checkpoints, evaluates and saves the model.
-
-    Returns:
-        ``rank``, ``size``, ``gpu``, ``weights`` digest, ``epochs_run``,
-        ``initial_epoch``, ``steps_per_epoch``, ``history`` and, on rank 0, the test
-        ``predictions`` (probabilities) and ``labels``.
-    """
-    hvd_tf = start_rank()
-    import horovod.tensorflow.keras as hvd
-    import tensorflow as tf
-
-    from models.family import get_family
-
-    gpu = _pin_gpu()
-    tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
-    family = get_family(spec.family)
-    mean = np.asarray(spec.mean, dtype=np.float32) if spec.mean is not None else None
-    var = np.asarray(spec.variance, dtype=np.float32) if spec.variance is not None else None
-    model = family.build({**spec.params, **spec.extra}, spec.n_features, spec.n_classes,
-                         mean, var)
-    _compile(model, spec, hvd)
-
-    initial_epoch, ckpt = last_checkpoint(spec.checkpoint_dir)
-    if ckpt is not None:
-        model.load_weights(ckpt)   # every rank reads the same file; broadcast keeps them equal
-    batch, epochs = int(spec.params["batch_size"]), int(spec.params["epochs"])
-    steps = max(1, spec.rows["train"] // (batch * hvd.size()))
-    val_steps = max(1, spec.rows.get("val", 0) // (batch * hvd.size()))
-    callbacks = [
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-        hvd.callbacks.MetricAverageCallback(),
-        tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(spec.params["patience"]),
-                                         restore_best_weights=True),
-    ]
-    if hvd.rank() == 0:
-        Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        callbacks.append(tf.keras.callbacks.ModelCheckpoint(
-            os.path.join(spec.checkpoint_dir, "epoch-{epoch:03d}.weights.h5"),
-            save_weights_only=True))
-        callbacks.append(_progress(hvd.size(), epochs))
-
-    history: dict[str, list[float]] = {}
-    fit_seconds = 0.0
-    if initial_epoch < epochs:
-        train_reader, train_ds = _dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
-                                          None, True, spec.seed + hvd.rank(), _regression(spec))
-        val_reader, val_ds = _dataset(spec.files.get("val") or spec.files["train"], batch,
-                                      hvd.rank(), hvd.size(), None, False, spec.seed,
-                                      _regression(spec))
-        fit_start = time.monotonic()
-        try:
-            fit = model.fit(train_ds, steps_per_epoch=steps, epochs=epochs,
-                            initial_epoch=initial_epoch, validation_data=val_ds,
-                            validation_steps=val_steps, callbacks=callbacks, verbose=0)
-            history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
-            fit_seconds = time.monotonic() - fit_start
-        finally:
-            train_reader.stop(), val_reader.stop()
-            train_reader.join(), val_reader.join()
-
-    # Gradients are averaged, so trainable weights agree on every rank; batch-norm
-    # moving statistics are per rank, so rank 0's state is broadcast to all at the end.
-    trainable = weights_digest(model.trainable_weights)
-    hvd_tf.broadcast_variables(model.variables, root_rank=0)
-    result: dict[str, Any] = {
-        "rank": hvd.rank(), "size": hvd.size(), "gpu": gpu, "trainable_weights": trainable,
-        "weights": weights_digest(model.get_weights()),
-        "initial_epoch": initial_epoch, "epochs_run": len(history.get("loss", [])),
-        "steps_per_epoch": steps, "history": history, "fit_seconds": fit_seconds,
-        "train_samples": steps * batch * len(history.get("loss", [])),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if hvd.rank() == 0:
-        result.update(_evaluate(model, spec, batch))
-        Path(spec.artifact_dir).mkdir(parents=True, exist_ok=True)
-        model.save(os.path.join(spec.artifact_dir, "model.keras"))
-        with open(os.path.join(spec.artifact_dir, "history.json"), "w") as fh:
-            json.dump(history, fh)
-    return result
-
-
-def _evaluate(model, spec: RankSpec, batch: int) -> dict[str, Any]:
-    """Predict the whole test split (rank 0, unsharded)."""
-    files = spec.files.get("test") or []
-    if not files:
-        return {"predictions": None, "labels": None}
-    reader, ds = _dataset(files, batch, None, None, 1, False, spec.seed, _regression(spec))
-    preds, labels = [], []
-    try:
-        for x, y in ds:
-            preds.append(model(x, training=False).numpy())
-            labels.append(y.numpy())
-    finally:
-        reader.stop(), reader.join()
-    return {"predictions": np.concatenate(preds).tolist(),
-            "labels": np.concatenate(labels).tolist()}

@@ -1,10 +1,11 @@
-"""Driver side of training: pin a gold table version, run Horovod ranks, store the model.
+"""Driver side of training: the one template every family trains through.
 
-The runner resolves the Parquet files of one Delta snapshot of a gold table (so a
-run reads exactly that version, whatever is appended later), fits the scaling on
-the training split with Spark aggregates (no rows reach the driver), runs
-:func:`models.rank.train_rank` on ``num_proc`` ranks through ``horovod.spark.run``,
-then registers the model with its test metrics and plots in the model store.
+:func:`train` pins one Delta snapshot of a gold table (a run reads exactly that
+version, whatever is appended later; :func:`snapshot_files` gives its Parquet files
+per split), asks the family's :class:`models.family.FamilyTrainer` to check and plan,
+returns an already registered run before any Horovod job, and otherwise stages the
+artifact, runs the family's rank function on ``num_proc`` ranks through
+``horovod.spark.run`` and registers the model with its metrics in the model store.
 """
 
 from __future__ import annotations
@@ -19,30 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, FloatType, IntegerType
 
 from lakehouse import delta
 from lakehouse.config import Config
-from lakehouse.errors import ConfigError, SchemaMismatchError, TableNotFoundError
-from lakehouse.features import class_names, transform_of
-from lakehouse.tables import layer_table
-from models.evaluate import (
-    classification_metrics,
-    confusion,
-    plot_confusion,
-    plot_history,
-    plot_predicted,
-    regression_metrics,
-)
+from lakehouse.errors import ConfigError, TableNotFoundError
 from models.family import check_kind, get_family
-from models.rank import RankSpec, train_rank
-from models.store import TRANSFORM_FILE, ModelRecord, ModelStore
+from models.store import ModelRecord, ModelStore
 
 log = logging.getLogger(__name__)
-EXPECTED = {"features": ArrayType(FloatType()), "label": IntegerType()}
 
 
 @dataclass(frozen=True)
@@ -55,23 +42,6 @@ class TrainResult:
     seconds: float
 
 
-def check_features(df: DataFrame, table: str, regression: bool = False) -> None:
-    """Stop with SchemaMismatchError if ``features``/``label`` are missing or mistyped."""
-    types = {f.name: f.dataType for f in df.schema.fields}
-    expected_types = {**EXPECTED, "label": FloatType()} if regression else EXPECTED
-    for column, expected in expected_types.items():
-        actual = types.get(column)
-        if actual is None:
-            raise SchemaMismatchError(f"table {table}: feature column {column!r} is missing")
-        same = (actual == expected or
-                (isinstance(actual, ArrayType) and actual.elementType == FloatType()
-                 and isinstance(expected, ArrayType)))
-        if not same:
-            raise SchemaMismatchError(
-                f"table {table}: column {column!r} is {actual.simpleString()}, "
-                f"expected {expected.simpleString()}")
-
-
 def snapshot_files(df: DataFrame) -> dict[str, list[str]]:
     """Parquet files of a pinned snapshot per split (partition-pruned file lists)."""
     files = {}
@@ -80,16 +50,6 @@ def snapshot_files(df: DataFrame) -> dict[str, list[str]]:
         files[split] = sorted(u.replace("file:/", "file:///", 1) if u.startswith("file:/")
                               and not u.startswith("file:///") else u for u in uris)
     return files
-
-
-def scaling(df: DataFrame, n_features: int) -> tuple[list[float], list[float]]:
-    """Per-feature mean and variance over the training split (Spark aggregates)."""
-    exploded = df.filter(F.col("split") == "train").select(F.posexplode("features"))
-    stats = exploded.groupBy("pos").agg(F.avg("col").alias("m"), F.var_pop("col").alias("v"))
-    rows = {r["pos"]: (r["m"], r["v"]) for r in stats.collect()}
-    mean = [float(rows.get(i, (0.0, 1.0))[0]) for i in range(n_features)]
-    var = [float(rows.get(i, (0.0, 1.0))[1] or 0.0) for i in range(n_features)]
-    return mean, var
 
 
 def default_run_id(name: str, family: str, table: str, version: int,
@@ -102,14 +62,21 @@ def default_run_id(name: str, family: str, table: str, version: int,
 def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
           version: int | None = None, run_id: str | None = None,
           params: dict[str, Any] | None = None, name: str | None = None) -> TrainResult:
-    """Train a model family on a gold feature table with Horovod ranks.
+    """Train a model family on a data set's gold table with Horovod ranks: the template.
+
+    The steps every family shares, in order: check the data set's kind and the typed
+    parameters, pin the table's snapshot, let the family's trainer check the table
+    and plan the run, derive the run id, return the registered model when that run
+    already registered one (no Horovod job), stage, run the ranks, evaluate and
+    register. What differs per family is its :class:`models.family.FamilyTrainer`.
 
     Args:
         spark: the session.
         cfg: configuration (``train.num_proc``, model store under ``cfg.home``).
         family_name: ``mlp``, ``cnn``, ``word2vec``, ``deepar`` or ``rcf``.
-        dataset: gold feature table name (``breast_cancer``, ``flights``, ...).
-        version: Delta version to train on (default: the current one, recorded).
+        dataset: the data set (or feature set) whose gold table to train on.
+        version: Delta version to train on (default: the current rows, recorded as
+            the table's data version).
         run_id: training run id; a run started again with the same id resumes
             from its last checkpoint (default: derived from family, table, version
             and params).
@@ -118,71 +85,41 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
 
     Returns:
         The registered model, the history and each rank's report.
+
+    Raises:
+        ConfigError: a data set of another kind, or a parameter that is unknown, of the
+            wrong type or out of range (family, parameter and value named).
     """
     start = time.monotonic()
     family = get_family(family_name)
     check_kind(family, cfg, dataset)
-    merged = family.check_params(params)
-    if family.trainer is not None:
-        return family.trainer(spark, cfg, dataset, version, run_id, merged, name)
-    table = layer_table(cfg.catalog.database, "gold", dataset)
+    checked = family.check_params(params)
+    trainer = family.trainer
+    if trainer is None:
+        raise ConfigError(f"{family_name} has no trainer")
+    table = trainer.table(cfg, dataset)
     df, version = pin_table(spark, table, version)
-    transform = transform_of(spark, table, version)
-    task = transform.spec.task if transform is not None else "classification"
-    if task not in family.tasks:
-        raise ConfigError(f"{family_name} trains {' and '.join(family.tasks)} models; feature "
-                          f"set {dataset!r} is a {task}")
-    if "task" in family.defaults:
-        if params and params.get("task") not in (None, task):
-            raise ConfigError(f"{family_name}: task={params['task']!r}, but feature set "
-                              f"{dataset!r} is a {task} (features.task in its catalog entry)")
-        merged["task"] = task
-    if transform is not None and transform.spec.image is not None \
-            and "image_shape" in family.defaults and "image_shape" not in (params or {}):
-        merged["image_shape"] = transform.spec.image.shape   # as declared in the catalog
-    check_features(df, table, regression=task == "regression")
-    shape = df.groupBy("split").agg(F.count("*").alias("n"), F.max("label").alias("top"),
-                                    F.max(F.size("features")).alias("width")).collect()
-    rows = {r["split"]: r["n"] for r in shape}
+    plan = trainer.plan(spark, cfg, dataset, df, table, version, checked)
     name = name or f"{dataset}_{family_name}"
-    run_id = run_id or default_run_id(name, family_name, table, version, merged)
+    run_id = run_id or default_run_id(name, family_name, table, version, plan.params)
     done = registered_run(spark, cfg, name, run_id, start)
     if done is not None:
         return done
-    if not rows.get("train"):
-        raise TableNotFoundError(f"training table {table} v{version} has no training rows")
-    n_features = max(r["width"] for r in shape)
-    n_classes = 0 if task == "regression" else int(max(r["top"] for r in shape)) + 1
-    if family.check is not None:
-        family.check(merged, n_features)
-    mean, var = scaling(df, n_features) if family.normalise else (None, None)
-    extra: dict[str, Any] = {}
-    if task == "regression":
-        target = df.filter(F.col("split") == "train").agg(
-            F.avg("label").alias("m"), F.stddev_pop("label").alias("s")).first()
-        extra = {"target_mean": float(target["m"]), "target_std": float(target["s"] or 1.0)}
-    store = ModelStore(spark, cfg)
+    trainer.ready(plan, table, version)
     staged = staging_dir(cfg, run_id)
-    spec = RankSpec(
-        family=family_name, params=merged, files=snapshot_files(df), rows=rows,
-        n_features=n_features, n_classes=n_classes,
-        checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id), artifact_dir=str(staged),
-        mean=mean, variance=var, seed=cfg.train.seed, extra=extra)
-    log.info("training %s (%s) on %s v%d: %s rows, %d features, %d classes, %d ranks, run %s",
-             name, family_name, table, version, rows, n_features, n_classes,
-             cfg.train.num_proc, run_id)
-    if transform is not None:
-        (staged / TRANSFORM_FILE).write_text(transform.to_json())
-    ranks = run_ranks(spec, cfg)
-    rank0 = next(r for r in ranks if r["rank"] == 0)
-    names = list(transform.classes) if transform is not None and transform.classes else \
-        class_names(cfg, dataset)
-    metrics = _metrics(rank0, staged, name, names, task)
-    record = store.register(name, family_name, staged, merged, metrics, table, version, run_id)
+    spec = trainer.rank_spec(cfg, plan, run_id, staged)
+    log.info("training %s (%s) on %s v%d: %s; %d ranks, run %s", name, family_name, table,
+             version, plan.summary, cfg.train.num_proc, run_id)
+    ranks = run_ranks(spec, cfg, type(trainer).rank_fn)
+    metrics = trainer.evaluate(spark, cfg, plan, ranks, staged, name)
+    record = ModelStore(spark, cfg).register(name, family_name, staged,
+                                             plan.recorded or plan.params, metrics, table,
+                                             version, run_id)
     seconds = time.monotonic() - start
     log.info("registered %s v%d in %.0fs: %s", name, record.version, seconds,
-             ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-    return TrainResult(record, rank0["history"], ranks, seconds)
+             ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    rank0 = next((r for r in ranks if r.get("rank") == 0), {})
+    return TrainResult(record, rank0.get("history") or {}, ranks, seconds)
 
 
 def pin_table(spark: SparkSession, table: str, version: int | None) -> tuple[DataFrame, int]:
@@ -256,33 +193,13 @@ def registered_run(spark: SparkSession, cfg: Config, name: str, run_id: str,
     return TrainResult(done, {}, [], time.monotonic() - start)
 
 
-def run_ranks(spec: Any, cfg: Config, fn: Any = None) -> list[dict[str, Any]]:
-    """Run ``fn(spec)`` (default ``train_rank``) on ``cfg.train.num_proc`` Horovod ranks.
+def run_ranks(spec: Any, cfg: Config, fn: Any) -> list[dict[str, Any]]:
+    """Run ``fn(spec)`` on ``cfg.train.num_proc`` Horovod ranks.
 
     Each rank is a Spark task; the list holds every rank's return value.
     """
     import horovod.spark
 
-    return horovod.spark.run(fn or train_rank, args=(spec,), num_proc=cfg.train.num_proc,
+    return horovod.spark.run(fn, args=(spec,), num_proc=cfg.train.num_proc,
                              start_timeout=cfg.train.start_timeout, use_gloo=True,
                              verbose=cfg.train.verbose)
-
-
-def _metrics(rank0: dict[str, Any], staged: Path, name: str,
-             class_names: list[str] | None, task: str = "classification") -> dict[str, float]:
-    history = rank0["history"]
-    metrics: dict[str, float] = {"epochs": float(rank0["initial_epoch"] + rank0["epochs_run"])}
-    if history:
-        plot_history(history, staged / "training_curves.png", f"{name}: training")
-    if rank0.get("predictions") is not None and task == "regression":
-        predicted = np.asarray(rank0["predictions"]).reshape(-1)
-        actual = np.asarray(rank0["labels"]).reshape(-1)
-        metrics.update(regression_metrics(predicted, actual))
-        plot_predicted(predicted, actual, staged / "predicted_vs_actual.png",
-                       f"{name}: test predictions")
-    elif rank0.get("predictions") is not None:
-        probs, labels = np.asarray(rank0["predictions"]), np.asarray(rank0["labels"])
-        metrics.update(classification_metrics(probs, labels))
-        plot_confusion(confusion(probs, labels), staged / "confusion_matrix.png",
-                       f"{name}: test confusion matrix", class_names)
-    return metrics

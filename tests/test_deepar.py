@@ -18,7 +18,7 @@ from lakehouse.tables import layer_table
 from models.deepar import FAMILY
 from models.deepar.baselines import seasonal_naive
 from models.deepar.evaluate import forecast_metrics
-from models.deepar.windows import SeriesTooShortError
+from models.deepar.features import SeriesTooShortError
 from models.features import build_features
 from models.runner import snapshot_files, train
 from models.scoring import score
@@ -203,7 +203,7 @@ def test_declared_series_settings_are_checked_and_named():
 
 
 def test_future_periods_step_by_days_or_months():
-    from models.deepar.forecast import future_periods
+    from models.deepar.scoring import future_periods
 
     start = pd.Series([dt.date(2024, 2, 26)])
     assert list(future_periods(start, np.array([2]), 2, 0, 1)[0]) == \

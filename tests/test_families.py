@@ -42,3 +42,25 @@ def test_a_number_given_for_a_float_is_taken_and_a_string_is_named():
     with pytest.raises(ConfigError, match="mlp parameter value learning_rate='fast': expected "
                                           "a number"):
         mlp.check_params({"learning_rate": "fast"})
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_each_family_folder_has_the_same_files_for_the_same_roles(name):
+    from pathlib import Path
+
+    import models
+    from models.family import FamilyTrainer
+
+    root = Path(models.__file__).parent
+    family = get_family(name)
+    own = {p.name for p in (root / name).glob("*.py")}
+    shared = root / "classifier" if not (root / name / "train.py").exists() else root / name
+    assert "params.py" in own and "__init__.py" in own
+    assert {"train.py", "rank.py", "scoring.py"} <= {p.name for p in shared.glob("*.py")}
+    if family.features is not None:          # builds its own gold table
+        assert "features.py" in own
+    trainer = family.trainer
+    assert isinstance(trainer, FamilyTrainer)
+    rank_fn = type(trainer).rank_fn
+    assert rank_fn.__module__ == f"models.{shared.name}.rank"   # picklable by reference
+    assert family.scorer.__module__ == f"models.{shared.name}.scoring"

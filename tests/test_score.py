@@ -92,7 +92,8 @@ def _probe_worker(batches, artifact):
 
     import pyarrow as pa
 
-    from models.scoring import cached_model, task_threads
+    from models.classifier.scoring import cached_model
+    from models.scoring import task_threads
 
     for _ in batches:
         pass

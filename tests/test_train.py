@@ -12,6 +12,7 @@ from lakehouse.curate import curate
 from lakehouse.errors import SchemaMismatchError, TableNotFoundError
 from lakehouse.features import gold_spec
 from lakehouse.ingest import ingest
+from models.classifier.rank import train_rank
 from models.features import build_features
 from models.rank import RankSpec
 from models.runner import run_ranks, snapshot_files, train
@@ -92,7 +93,7 @@ def test_restarted_run_resumes_at_next_epoch(spark, cfg, wine):
     spec = RankSpec("mlp", {**FAST, "epochs": 2, "task": "classification", "dropout": 0.0},
                     snapshot_files(df), rows, 13, 3, str(ckpt), str(cfg.home / "scratch"),
                     mean=[0.0] * 13, variance=[1.0] * 13)
-    first = run_ranks(spec, cfg)
+    first = run_ranks(spec, cfg, train_rank)
     assert {r["epochs_run"] for r in first} == {2}
     assert sorted(p.name for p in ckpt.iterdir()) == ["epoch-001.weights.h5",
                                                       "epoch-002.weights.h5"]

@@ -4,6 +4,8 @@ import math
 from typing import Any
 
 from lakehouse.errors import ConfigError
+from models.classifier.scoring import CLASSIFIER_FIELDS, REGRESSION_FIELDS, score_classifier
+from models.classifier.train import KerasTrainer
 from models.cnn.network import build
 from models.cnn.params import CnnParams
 from models.family import Family
@@ -22,6 +24,10 @@ FAMILY = Family(
     kind="image",
     build=build,
     params=CnnParams,
+    trainer=KerasTrainer("cnn"),
+    scorer=score_classifier,
+    prediction_fields=CLASSIFIER_FIELDS,
+    prediction_late_fields=REGRESSION_FIELDS,
     normalise=False,
     check=check,
 )

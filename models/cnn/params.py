@@ -19,8 +19,10 @@ class CnnParams:
         batch_size: images per step and rank.
         epochs: most passes over the training split.
         patience: epochs without a better validation loss before stopping.
-        task: ``classification`` (the only task of the family).
-        image_shape: height, width, channels (set from the image declaration).
+        task: ``classification`` (the only task of the family; by default the feature
+            set's, which must be one).
+        image_shape: height, width, channels; by default the data set's image
+            declaration.
     """
 
     filters: list[int] = field(default_factory=lambda: [32, 64])
@@ -30,13 +32,14 @@ class CnnParams:
     batch_size: int = 128
     epochs: int = 5
     patience: int = 2
-    task: str = "classification"
-    image_shape: list[int] = field(default_factory=lambda: [28, 28, 1])
+    task: str | None = None
+    image_shape: list[int] | None = None
 
     def __post_init__(self) -> None:
         whole_numbers("cnn", self, "filters")
-        whole_numbers("cnn", self, "image_shape", 3)
+        if self.image_shape is not None:
+            whole_numbers("cnn", self, "image_shape", 3)
         in_range("cnn", self, "dropout", 0.0, 1.0)
         positive("cnn", self, "learning_rate")
         at_least("cnn", self, 1, "dense", "batch_size", "epochs", "patience")
-        one_of("cnn", self, "task", ("classification",))
+        one_of("cnn", self, "task", (None, "classification"))

@@ -8,10 +8,10 @@ us_employment_deepar``) forecasts past the end of every series into
 ``predictions_deepar``.
 """
 
-from models.deepar.forecast import PREDICTION_FIELDS, score_deepar
+from models.deepar.features import build_windows
 from models.deepar.params import DeepArParams
-from models.deepar.trainer import train_deepar
-from models.deepar.windows import build_windows
+from models.deepar.scoring import PREDICTION_FIELDS, score_deepar
+from models.deepar.train import DeepArTrainer
 from models.family import Family
 
 FAMILY = Family(
@@ -19,7 +19,7 @@ FAMILY = Family(
     kind="series",
     params=DeepArParams,
     normalise=False,
-    trainer=train_deepar,
+    trainer=DeepArTrainer(),
     scorer=score_deepar,
     features=build_windows,
     prediction_fields=PREDICTION_FIELDS,

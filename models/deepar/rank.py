@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from models.deepar import network
+from models.deepar.network import sample_paths, summarise, window_loss
 from models.rank import RankSpec, _pin_gpu, last_checkpoint, start_rank, weights_digest
 
 SHUFFLE_CAP = 100_000
@@ -92,7 +94,6 @@ def optimizer(net, params: dict[str, Any], total_steps: int, done_steps: int):
 def _step_fn(net, opt, config: dict[str, Any], hvd):
     import tensorflow as tf
 
-    from models.deepar.network import window_loss
 
     skip = 0 if config.get("context_loss") else config["context_length"] - 1
 
@@ -123,7 +124,6 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     hvd = start_rank()
     import tensorflow as tf
 
-    from models.deepar import network
 
     gpu = _pin_gpu()
     tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
@@ -195,8 +195,6 @@ def forecast_windows(net, config: dict[str, Any], files: list[str],
         Plain lists: ``series_id``, ``series_idx``, ``season``, ``target`` (whole
         window), and ``mean``, ``q10``, ``q50``, ``q90`` per future step.
     """
-    from models.deepar.network import sample_paths, summarise
-
     w = read_windows(files)
     if not len(w["row_id"]):
         return {}

@@ -1,5 +1,7 @@
 """MLP family: dense layers with batch normalisation and dropout over tabular vectors."""
 
+from models.classifier.scoring import CLASSIFIER_FIELDS, REGRESSION_FIELDS, score_classifier
+from models.classifier.train import KerasTrainer
 from models.family import Family
 from models.mlp.network import build
 from models.mlp.params import MlpParams
@@ -9,6 +11,10 @@ FAMILY = Family(
     kind="tabular",
     build=build,
     params=MlpParams,
+    trainer=KerasTrainer("mlp"),
+    scorer=score_classifier,
+    prediction_fields=CLASSIFIER_FIELDS,
+    prediction_late_fields=REGRESSION_FIELDS,
     normalise=True,
     tasks=("classification", "regression"),
 )

@@ -20,7 +20,8 @@ class MlpParams:
         batch_size: rows per step and rank.
         epochs: most passes over the training split.
         patience: epochs without a better validation loss before stopping.
-        task: ``classification`` or ``regression`` (set from the feature set).
+        task: ``classification`` or ``regression``; by default the feature set's
+            declared task (giving another one stops the run).
     """
 
     hidden: list[int] = field(default_factory=lambda: [64, 32])
@@ -29,11 +30,11 @@ class MlpParams:
     batch_size: int = 64
     epochs: int = 20
     patience: int = 3
-    task: str = "classification"
+    task: str | None = None
 
     def __post_init__(self) -> None:
         whole_numbers("mlp", self, "hidden")
         in_range("mlp", self, "dropout", 0.0, 1.0)
         positive("mlp", self, "learning_rate")
         at_least("mlp", self, 1, "batch_size", "epochs", "patience")
-        one_of("mlp", self, "task", TASKS)
+        one_of("mlp", self, "task", (None, *TASKS))

@@ -29,6 +29,9 @@ from pyspark.sql.types import (
 from lakehouse.config import Config
 from lakehouse.errors import SchemaMismatchError
 from lakehouse.tables import _f
+from models.rcf.forest import FOREST_FILE, codisp, load_forest
+from models.rcf.rank import META
+from models.rcf.transform import scaling_from_json
 from models.scoring import load_once
 from models.store import ModelRecord
 
@@ -41,15 +44,10 @@ _OUT = StructType([StructField(f.name, f.dataType, True) for f in PREDICTION_FIE
 
 def cached_forest(artifact: str, loads=None) -> tuple[Any, float, Any]:
     """The forest, threshold and shingle scaling stored at ``artifact``, loaded once per process."""
-    from models.rcf.forest import FOREST_FILE
-
     return load_once(artifact, FOREST_FILE, _load_forest, loads)
 
 
 def _load_forest(artifact: str) -> tuple[Any, float, Any]:
-    from models.rcf.forest import load_forest
-    from models.rcf.train import META
-    from models.rcf.transform import scaling_from_json
 
     meta = json.loads((Path(artifact) / META).read_text())
     forest = load_forest(artifact)
@@ -59,8 +57,6 @@ def _load_forest(artifact: str) -> tuple[Any, float, Any]:
 def score_frames(frames: Iterator[pd.DataFrame], artifact: str,
                  loads) -> Iterator[pd.DataFrame]:
     """Executor side: CoDisp of every shingle of each Arrow batch (``mapInPandas``)."""
-    from models.rcf.forest import codisp
-
     forest, threshold, scaling = cached_forest(artifact, loads)
     for frame in frames:
         if frame.empty:

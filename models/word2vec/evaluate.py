@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.word2vec.rank import EMBEDDINGS_FILE
+
 VOCAB_FILE = "vocab.json"
 QUERY_WORDS = ("king", "war", "water", "music", "god", "city", "game", "science")
 
@@ -43,8 +45,6 @@ class Embeddings:
     @classmethod
     def load(cls, artifact: str | Path) -> Embeddings:
         """Read ``embeddings.npy`` and ``vocab.json`` from an artifact folder."""
-        from models.word2vec.rank import EMBEDDINGS_FILE
-
         words = json.loads(Path(artifact, VOCAB_FILE).read_text())
         return cls(words, np.load(os.path.join(artifact, EMBEDDINGS_FILE)))
 

@@ -26,6 +26,8 @@ from lakehouse.config import Config
 from lakehouse.tables import _f
 from models.scoring import load_once
 from models.store import ModelRecord
+from models.word2vec.evaluate import VOCAB_FILE, Embeddings, top_k
+from models.word2vec.rank import EMBEDDINGS_FILE
 
 PREDICTION_FIELDS = (
     _f("word", StringType(), False),
@@ -38,17 +40,12 @@ _OUT = StructType(list(PREDICTION_FIELDS))
 
 def cached_embeddings(artifact: str, loads=None):
     """The artifact's :class:`Embeddings`, loaded at most once in this process."""
-    from models.word2vec.evaluate import Embeddings
-    from models.word2vec.rank import EMBEDDINGS_FILE
-
     return load_once(artifact, EMBEDDINGS_FILE, Embeddings.load, loads)
 
 
 def neighbour_batches(batches: Iterator[pd.DataFrame], artifact: str, k: int,
                       loads) -> Iterator[pd.DataFrame]:
     """Executor side: vector and top-``k`` neighbours for batches of words or word ids."""
-    from models.word2vec.evaluate import top_k
-
     emb = cached_embeddings(artifact, loads)
     for batch in batches:
         if "word_id" in batch.columns:
@@ -94,7 +91,6 @@ def score_words(spark: SparkSession, cfg: Config, record: ModelRecord, df: DataF
 def _vocab_size(artifact: str) -> int:
     import json
 
-    from models.word2vec.evaluate import VOCAB_FILE
 
     with open(os.path.join(artifact, VOCAB_FILE)) as fh:
         return len(json.load(fh))

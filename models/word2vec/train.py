@@ -1,6 +1,6 @@
-"""Driver side of word2vec training: pin the corpus, run the ranks, evaluate, register.
+"""Driver side of word2vec training: find the vocabulary, plan, evaluate.
 
-The trainer pins a version of ``gold_word2vec_corpus``, finds the vocabulary
+The trainer takes the pinned version of a corpus table, finds the vocabulary
 version it was built with (stored with the corpus commit), hands the Parquet files
 and the word counts to :func:`models.word2vec.rank.train_word2vec_rank` on
 ``num_proc`` Horovod ranks, then evaluates rank 0's vectors on the driver
@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
+from pathlib import Path
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse import delta
@@ -27,17 +27,8 @@ from lakehouse.errors import ConfigError, SourceError
 from lakehouse.features import entry_of
 from lakehouse.tables import layer_table
 from models.evaluate import plot_history
-from models.runner import (
-    TrainResult,
-    default_run_id,
-    pin_table,
-    registered_run,
-    run_ranks,
-    snapshot_files,
-    staging_dir,
-)
-from models.store import ModelStore
-from models.word2vec.corpus import ALL_CORPORA, commit_metadata, corpus_specs
+from models.family import FamilyTrainer, TrainPlan
+from models.runner import snapshot_files
 from models.word2vec.evaluate import (
     VOCAB_FILE,
     Embeddings,
@@ -45,74 +36,59 @@ from models.word2vec.evaluate import (
     plot_neighbours,
     similarity_spearman,
 )
+from models.word2vec.features import ALL_CORPORA, commit_metadata, corpus_specs
 from models.word2vec.rank import Word2VecSpec, train_word2vec_rank
 
 log = logging.getLogger(__name__)
 SIMILARITY_SETS = ("wordsim353", "simlex999")
 
 
-def train_word2vec(spark: SparkSession, cfg: Config, dataset: str, version: int | None,
-                   run_id: str | None, params: dict[str, Any],
-                   name: str | None) -> TrainResult:
-    """Train word2vec on a pinned corpus version with Horovod ranks and register it.
+class Word2VecTrainer(FamilyTrainer):
+    """Trains word2vec on a corpus table (``corpus`` or a text data set's)."""
 
-    Args:
-        spark: the session.
-        cfg: configuration (``train.num_proc`` ranks, ``train.seed``).
-        dataset: ``corpus`` or a text data set (its corpus built with
-            ``lakeforge features``).
-        version: corpus table version (default: current).
-        run_id: a run started again with the same id resumes from its last epoch.
-        params: training parameters, defaults merged (see the family's defaults).
-        name: model name (default ``corpus_word2vec``).
+    rank_fn = staticmethod(train_word2vec_rank)
 
-    Returns:
-        The registered model, the loss per epoch and each rank's report.
+    def table(self, cfg: Config, dataset: str) -> str:
+        """``gold_word2vec_corpus`` or ``gold_word2vec_corpus_<dataset>``."""
+        if dataset != ALL_CORPORA:
+            entry_of(cfg, dataset, "text")
+        return corpus_specs(dataset)[1].full_name(cfg.catalog.database)
 
-    Raises:
-        ConfigError: fewer files than ranks.
-        SourceError: the pinned vocabulary is empty.
-    """
-    start = time.monotonic()
-    db = cfg.catalog.database
-    if dataset != ALL_CORPORA:
-        entry_of(cfg, dataset, "text")
-    vocab_spec, corpus_spec = corpus_specs(dataset)
-    corpus_table = corpus_spec.full_name(db)
-    df, version = pin_table(spark, corpus_table, version)
-    meta = commit_metadata(spark, corpus_table, version)
-    words, counts = _vocabulary(spark, vocab_spec.full_name(db), meta)
-    files = snapshot_files(df)["train"]
-    if len(files) < cfg.train.num_proc:
-        raise ConfigError(f"{corpus_table} v{version} has {len(files)} file(s) for "
-                          f"{cfg.train.num_proc} ranks; rebuild it with partitions >= num_proc")
-    name = name or f"{dataset}_word2vec"
-    run_id = run_id or default_run_id(name, "word2vec", corpus_table, version, params)
-    done = registered_run(spark, cfg, name, run_id, start)
-    if done is not None:
-        return done
-    staged = staging_dir(cfg, run_id)
-    spec = Word2VecSpec(params=dict(params), files=files, counts=counts,
-                        checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id),
-                        artifact_dir=str(staged), seed=cfg.train.seed)
-    log.info("training %s (word2vec) on %s v%d: %d words in vocabulary, %d files, %d ranks, "
-             "run %s", name, corpus_table, version, len(words), len(files),
-             cfg.train.num_proc, run_id)
-    ranks = run_ranks(spec, cfg, train_word2vec_rank)
-    rank0 = next(r for r in ranks if r["rank"] == 0)
-    (staged / VOCAB_FILE).write_text(json.dumps(words))
-    metrics = {**_speed(ranks, params), **evaluate_model(spark, cfg, Embeddings.load(staged))}
-    plot_neighbours(Embeddings.load(staged), staged / "neighbours.png",
-                    f"{name}: nearest neighbours (PCA)")
-    if rank0["history"]["loss"]:
-        plot_history(rank0["history"], staged / "training_curves.png", f"{name}: training")
-    recorded = {**params, **meta.get("params", {})}
-    record = ModelStore(spark, cfg).register(name, "word2vec", staged, recorded, metrics,
-                                             corpus_table, version, run_id)
-    seconds = time.monotonic() - start
-    log.info("registered %s v%d in %.0fs: %s", name, record.version, seconds,
-             ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.metrics.items())))
-    return TrainResult(record, rank0["history"], ranks, seconds)
+    def plan(self, spark: SparkSession, cfg: Config, dataset: str, df: DataFrame, table: str,
+             version: int, params: dict[str, Any]) -> TrainPlan:
+        """The vocabulary the pinned corpus version was built with; a file per rank."""
+        meta = commit_metadata(spark, table, version)
+        vocab_table = corpus_specs(dataset)[0].full_name(cfg.catalog.database)
+        words, counts = _vocabulary(spark, vocab_table, meta)
+        files = snapshot_files(df)["train"]
+        if len(files) < cfg.train.num_proc:
+            raise ConfigError(f"{table} v{version} has {len(files)} file(s) for "
+                              f"{cfg.train.num_proc} ranks; rebuild it with partitions >= "
+                              f"num_proc")
+        return TrainPlan(dict(params), f"{len(words)} words in vocabulary, {len(files)} files",
+                         {"words": words, "counts": counts, "files": files},
+                         recorded={**params, **meta.get("params", {})})
+
+    def rank_spec(self, cfg: Config, plan: TrainPlan, run_id: str,
+                  staged: Path) -> Word2VecSpec:
+        """The corpus files and the word counts (the noise distribution)."""
+        return Word2VecSpec(params=dict(plan.params), files=plan.state["files"],
+                            counts=plan.state["counts"],
+                            checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id),
+                            artifact_dir=str(staged), seed=cfg.train.seed)
+
+    def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
+                 ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:
+        """Speed, loss and the word benchmarks found in silver; neighbours and curves."""
+        rank0 = next(r for r in ranks if r["rank"] == 0)
+        (staged / VOCAB_FILE).write_text(json.dumps(plan.state["words"]))
+        metrics = {**_speed(ranks, plan.params),
+                   **evaluate_model(spark, cfg, Embeddings.load(staged))}
+        plot_neighbours(Embeddings.load(staged), staged / "neighbours.png",
+                        f"{name}: nearest neighbours (PCA)")
+        if rank0["history"]["loss"]:
+            plot_history(rank0["history"], staged / "training_curves.png", f"{name}: training")
+        return metrics
 
 
 def evaluate_model(spark: SparkSession, cfg: Config, emb: Embeddings) -> dict[str, float]:

@@ -24,6 +24,7 @@ from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SchemaMismatchError, SourceError
 from lakehouse.features import FeatureSet, entry_of, silver_rows
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register
+from models.rcf.params import RcfParams
 
 log = logging.getLogger(__name__)
 _NUMERIC = ("double", "float", "int", "bigint", "smallint", "tinyint")
@@ -133,9 +134,7 @@ def build_shingles(spark: SparkSession, cfg: Config, stream: str,
         SourceError: not a stream data set, or no points in silver yet.
         SchemaMismatchError: a role names a missing or non-numeric column.
     """
-    from models.rcf import FAMILY
-
-    size = int(params.get("shingle_size", FAMILY.defaults["shingle_size"]))
+    size = int(params.get("shingle_size", RcfParams().shingle_size))
     if size < 1:
         raise ConfigError(f"shingle_size must be at least 1, got {size}")
     entry = entry_of(cfg, stream, "stream")

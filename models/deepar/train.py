@@ -1,4 +1,4 @@
-"""Driver side of DeepAR training: pin the windows table, run the ranks, evaluate, register.
+"""Driver side of DeepAR training: check the windows table, plan, evaluate against peers.
 
 One global model is trained across all series of a panel on ``cfg.train.num_proc``
 Horovod ranks (:func:`models.deepar.rank.train_rank`). Rank 0 forecasts every
@@ -24,21 +24,13 @@ from lakehouse.errors import ConfigError, TableNotFoundError
 from lakehouse.features import silver_rows
 from models.deepar.baselines import as_matrix, baselines
 from models.deepar.evaluate import coverage, forecast_metrics, plot_fan
+from models.deepar.features import series_of, series_points, window_spec
 from models.deepar.network import network_config
 from models.deepar.rank import train_rank
-from models.deepar.windows import series_of, series_points, window_spec
 from models.evaluate import plot_history
+from models.family import FamilyTrainer, TrainPlan
 from models.rank import RankSpec
-from models.runner import (
-    TrainResult,
-    default_run_id,
-    pin_table,
-    registered_run,
-    run_ranks,
-    snapshot_files,
-    staging_dir,
-)
-from models.store import ModelStore
+from models.runner import snapshot_files
 
 log = logging.getLogger(__name__)
 FORECAST_FILE = "test_forecasts.npz"
@@ -65,63 +57,59 @@ def window_shape(df: DataFrame, name: str) -> dict[str, Any]:
             "context": first["c"], "prediction": first["p"], "source_version": first["v"]}
 
 
-def train_deepar(spark: SparkSession, cfg: Config, dataset: str, version: int | None,
-                 run_id: str | None, params: dict[str, Any], name: str | None) -> TrainResult:
-    """Train DeepAR on ``gold_deepar_<dataset>`` (the family's ``trainer`` hook).
+class DeepArTrainer(FamilyTrainer):
+    """Trains DeepAR on ``gold_deepar_<dataset>``."""
 
-    Args:
-        spark: the session.
-        cfg: configuration (ranks, checkpoint and model folders).
-        dataset: a series data set (catalog entry of kind ``series``).
-        version: Delta version of the windows table (default: current).
-        run_id: training run id (default derived); a re-run resumes its checkpoints.
-        params: checked training parameters (:class:`models.deepar.params.DeepArParams`).
-        name: model name (default ``<dataset>_deepar``).
+    rank_fn = staticmethod(train_rank)
 
-    Returns:
-        The registered model, per-epoch loss history and each rank's report.
-    """
-    start = time.monotonic()
-    declared = series_of(cfg, dataset)
-    db = cfg.catalog.database
-    gold = window_spec(dataset).full_name(db)
-    df, version = pin_table(spark, gold, version)
-    delta.check_schema(df.schema, window_spec(dataset).schema, gold)
-    shape = window_shape(df, f"{gold} v{version}")
-    config = network_config(params, shape["n_series"], declared.season_length,
-                            shape["context"], shape["prediction"], declared.freq)
-    if max(config["lags"]) > shape["context"]:
-        raise ConfigError(f"deepar: seasonal_lags {params['seasonal_lags']} reaches "
-                          f"{max(config['lags'])} periods back, beyond {gold}'s context_length "
-                          f"{shape['context']}; lower seasonal_lags or rebuild the windows with "
-                          f"a longer --param context_length")
-    name = name or f"{dataset}_deepar"
-    run_id = run_id or default_run_id(name, "deepar", gold, version, params)
-    done = registered_run(spark, cfg, name, run_id, start)
-    if done is not None:
-        return done
-    staged = staging_dir(cfg, run_id)
-    spec = RankSpec(family="deepar", params=params, files=snapshot_files(df),
-                    rows=shape["rows"], n_features=shape["context"] + shape["prediction"],
-                    n_classes=0, checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id),
-                    artifact_dir=str(staged), seed=cfg.train.seed, extra={"network": config})
-    log.info("training %s (deepar) on %s v%d: %s windows of %d series, %d+%d periods, "
-             "%d ranks, run %s", name, gold, version, shape["rows"], shape["n_series"],
-             shape["context"], shape["prediction"], cfg.train.num_proc, run_id)
-    ranks = run_ranks(spec, cfg, train_rank)
-    rank0 = next(r for r in ranks if r["rank"] == 0)
-    train_seconds = time.monotonic() - start
-    silver, _ = silver_rows(spark, cfg, cfg.datasets[dataset], shape["source_version"])
-    log.info("fitting seasonal naive and ETS per series on the same horizon")
-    peers = baselines(series_points(silver, declared), shape["prediction"],
-                      declared.season_length)
-    metrics = evaluate_run(rank0, peers, staged, name, shape["context"])
-    metrics.update({"train_seconds": train_seconds, "test_series": float(shape["rows"]["test"])})
-    record = ModelStore(spark, cfg).register(name, "deepar", staged, params, metrics, gold,
-                                             version, run_id)
-    log.info("registered %s v%d in %.0fs: %s", name, record.version, time.monotonic() - start,
-             ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-    return TrainResult(record, rank0["history"], ranks, time.monotonic() - start)
+    def table(self, cfg: Config, dataset: str) -> str:
+        """``gold_deepar_<dataset>``."""
+        return window_spec(dataset).full_name(cfg.catalog.database)
+
+    def plan(self, spark: SparkSession, cfg: Config, dataset: str, df: DataFrame, table: str,
+             version: int, params: dict[str, Any]) -> TrainPlan:
+        """Window lengths from the table; the network's seasonal lags must fit the context."""
+        declared = series_of(cfg, dataset)
+        delta.check_schema(df.schema, window_spec(dataset).schema, table)
+        shape = window_shape(df, f"{table} v{version}")
+        config = network_config(params, shape["n_series"], declared.season_length,
+                                shape["context"], shape["prediction"], declared.freq)
+        if max(config["lags"]) > shape["context"]:
+            raise ConfigError(f"deepar: seasonal_lags {params['seasonal_lags']} reaches "
+                              f"{max(config['lags'])} periods back, beyond {table}'s "
+                              f"context_length {shape['context']}; lower seasonal_lags or "
+                              f"rebuild the windows with a longer --param context_length")
+        summary = (f"{shape['rows']} windows of {shape['n_series']} series, "
+                   f"{shape['context']}+{shape['prediction']} {declared.freq.name}s")
+        return TrainPlan(dict(params), summary, {
+            "df": df, "shape": shape, "config": config, "declared": declared,
+            "dataset": dataset, "start": time.monotonic()})
+
+    def rank_spec(self, cfg: Config, plan: TrainPlan, run_id: str, staged: Path) -> RankSpec:
+        """The windows' files per split and the network's description."""
+        shape = plan.state["shape"]
+        return RankSpec(family="deepar", params=plan.params,
+                        files=snapshot_files(plan.state["df"]), rows=shape["rows"],
+                        n_features=shape["context"] + shape["prediction"], n_classes=0,
+                        checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id),
+                        artifact_dir=str(staged), seed=cfg.train.seed,
+                        extra={"network": plan.state["config"]})
+
+    def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
+                 ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:
+        """DeepAR against seasonal naive and ETS, fitted on the same silver rows."""
+        state, shape = plan.state, plan.state["shape"]
+        rank0 = next(r for r in ranks if r["rank"] == 0)
+        train_seconds = time.monotonic() - state["start"]
+        silver, _ = silver_rows(spark, cfg, cfg.datasets[state["dataset"]],
+                                shape["source_version"])
+        log.info("fitting seasonal naive and ETS per series on the same horizon")
+        peers = baselines(series_points(silver, state["declared"]), shape["prediction"],
+                          state["declared"].season_length)
+        metrics = evaluate_run(rank0, peers, staged, name, shape["context"])
+        metrics.update({"train_seconds": train_seconds,
+                        "test_series": float(shape["rows"]["test"])})
+        return metrics
 
 
 def evaluate_run(rank0: dict[str, Any], peers, staged: Path, name: str,

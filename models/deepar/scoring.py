@@ -25,6 +25,7 @@ from pyspark.sql.types import DateType, FloatType, IntegerType, StringType
 from lakehouse.config import Config
 from lakehouse.errors import SchemaMismatchError
 from lakehouse.tables import _f
+from models.deepar.network import WEIGHTS_FILE, load, sample_paths, summarise
 from models.scoring import load_once
 
 PREDICTION_FIELDS = (
@@ -39,8 +40,6 @@ INPUT_COLUMNS = ("split", "series_id", "series_idx", "start", "season", "target"
 
 def cached_network(artifact: str, loads=None):
     """The network of ``artifact``, loaded at most once in this process."""
-    from models.deepar.network import WEIGHTS_FILE, load
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return load_once(artifact, WEIGHTS_FILE, load, loads)
 
@@ -71,8 +70,6 @@ def future_periods(start: pd.Series, last: np.ndarray, steps: int, freq_months: 
 def forecast_batches(batches: Iterator[pd.DataFrame], artifact: str, loads,
                      seed: int) -> Iterator[pd.DataFrame]:
     """Executor side: mean and quantiles of the next ``prediction_length`` periods."""
-    from models.deepar.network import sample_paths, summarise
-
     net, config = cached_network(artifact, loads)
     c, p, s = config["context_length"], config["prediction_length"], config["season_length"]
     for pdf in batches:

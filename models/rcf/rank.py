@@ -1,0 +1,142 @@
+"""Executor side of Random Cut Forest training: what each Horovod rank runs.
+
+Each rank reads its shard of the fitting split's shingles through Petastorm, keeps
+one reservoir sample per tree it owns (its share of ``num_trees``) and the moments
+of the shingles' representation (``transform``, :mod:`models.rcf.transform`); the
+ranks merge their moments into one scaling, build their trees on the scaled samples
+(vectorised, :mod:`models.rcf.forest`) and the trees of all ranks are gathered into
+one forest on rank 0. Rank 0 then scores the fitting split (to set the anomaly
+threshold, mean + ``threshold_sigma`` standard deviations of those scores, stored with
+the model) and the evaluation split, whose scores and labels the driver judges.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.rank import start_rank
+from models.rcf.forest import build_forest, codisp, merge, reservoir_samples
+from models.rcf.transform import Moments, fit_scaling, shape_features
+
+META = "rcf.json"
+
+
+@dataclass(frozen=True)
+class RcfSpec:
+    """What each rank needs, as plain values."""
+
+    fit_files: list[str]
+    eval_files: list[str]
+    params: dict[str, Any]
+    artifact_dir: str
+    seed: int
+    channels: int = 1
+
+
+def _shingles(files: list[str], shard: int | None, shards: int | None):
+    """(stream_id, t, shingle, label) batches of a split's Parquet files, read with Petastorm.
+
+    ``label`` is a float array, NaN where the stream has no label.
+    """
+    from petastorm import make_batch_reader
+
+    with make_batch_reader(files, schema_fields=["stream_id", "t", "shingle", "label"],
+                           cur_shard=shard, shard_count=shards, num_epochs=1,
+                           shuffle_row_groups=False, workers_count=1,
+                           reader_pool_type="dummy") as reader:
+        for batch in reader:
+            if len(batch.t):
+                yield (np.asarray(batch.stream_id).astype(str), np.asarray(batch.t),
+                       np.stack(batch.shingle).astype(np.float64),
+                       np.asarray(batch.label, dtype=np.float64))
+
+
+def _score_split(forest, scaling, files: list[str]) -> dict[str, np.ndarray]:
+    """Scores of a split's shingles, ordered by stream then time."""
+    parts = list(_shingles(files, None, None))
+    if not parts:
+        return {k: np.empty(0) for k in ("stream_id", "t", "value", "score", "label")}
+    stream, t, x, label = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.lexsort((t, stream))
+    return {"stream_id": stream[order], "t": t[order], "value": x[order, -1],
+            "label": label[order], "score": codisp(forest, scaling.apply(x[order]))}
+
+
+def _scaled_samples(spec: RcfSpec, hvd, trees: int, rng: np.random.Generator):
+    """Reservoir samples of this rank, scaled by the transform fitted over every shard.
+
+    Returns:
+        (samples in the forest's space, the scaling, shingles this rank read).
+    """
+    kind = spec.params["transform"]
+    width = int(spec.params["shingle_size"]) * spec.channels
+    moments = [Moments(0, np.zeros(width), np.zeros(width))]
+
+    def counted():
+        for _, _, x, _ in _shingles(spec.fit_files, hvd.rank(), hvd.size()):
+            moments[0] += Moments.of(shape_features(x, kind, spec.channels))
+            yield x
+
+    samples = reservoir_samples(counted(), trees, int(spec.params["num_samples_per_tree"]), rng)
+    scaling = fit_scaling(kind, hvd.allgather_object(moments[0]), spec.channels)
+    scaled = scaling.apply(samples.reshape(-1, width)).reshape(samples.shape)
+    return scaled, scaling, moments[0].n
+
+
+def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
+    """Build this rank's trees from reservoir samples of its shard; rank 0 merges and scores.
+
+    The samples are scaled by the transform fitted to the moments of every rank's
+    shard, so all trees live in the same space.
+
+    Returns:
+        ``rank``, ``size``, ``trees``, ``points_seen``, ``build_seconds``,
+        ``peak_rss_mb``; on rank 0 also the threshold, the evaluation split's ``t``,
+        ``score`` and ``label`` lists, ``shingle_size`` and ``points_per_second`` of
+        scoring.
+    """
+    hvd = start_rank()
+    warnings.filterwarnings("ignore", message="schema_fields behavior")   # "t" vs "t_start"
+    rank, size = hvd.rank(), hvd.size()
+    total = int(spec.params["num_trees"])
+    mine = total // size + (rank < total % size)
+    rng = np.random.default_rng([spec.seed, rank])
+    start = time.monotonic()
+    samples, scaling, seen = _scaled_samples(spec, hvd, mine, rng)
+    forest = build_forest(samples, rng, int(spec.params["max_depth"])) if mine else None
+    build_seconds = time.monotonic() - start
+    forests = hvd.allgather_object(forest)
+    result: dict[str, Any] = {"rank": rank, "size": size, "trees": mine, "points_seen": seen,
+                              "build_seconds": build_seconds,
+                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                              / 1024}
+    if rank == 0:
+        result.update(_finish(merge([f for f in forests if f is not None]), scaling, spec))
+    return result
+
+
+def _finish(forest, scaling, spec: RcfSpec) -> dict[str, Any]:
+    """Rank 0: threshold from the fitting split, scores of the evaluation split, artifact."""
+    fit = _score_split(forest, scaling, spec.fit_files)
+    threshold = float(fit["score"].mean() + float(spec.params["threshold_sigma"])
+                      * fit["score"].std())
+    start = time.monotonic()
+    scored = _score_split(forest, scaling, spec.eval_files)
+    seconds = time.monotonic() - start
+    Path(spec.artifact_dir).mkdir(parents=True, exist_ok=True)
+    forest.save(spec.artifact_dir)
+    (Path(spec.artifact_dir) / META).write_text(json.dumps(
+        {"threshold": threshold, "shingle_size": forest.dim, "num_trees": forest.n_trees,
+         "seed": spec.seed, **scaling.to_json()}))
+    return {"threshold": threshold, **{k: v.tolist() for k, v in scored.items()},
+            "channels": spec.channels,
+            "shingle_size": forest.dim,
+            "n_trees": forest.n_trees, "points_per_second": len(scored["t"]) / max(seconds, 1e-9)}
