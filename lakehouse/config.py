@@ -46,6 +46,7 @@ class SparkConfig:
     maven_repo: str = "~/.m2/repository"
     python: str = ""
     log4j_config: str = "conf/log4j2.properties"
+    java_options: str = ""
     conf: dict[str, str] = field(default_factory=dict)
 
 

@@ -63,7 +63,7 @@ def gold_spec(name: str, regression: bool = False) -> TableSpec:
     return register(TableSpec(
         "gold", name, fields, ("row_id",), partition_by=("split",),
         properties=TRAINING_TABLE_PROPERTIES, comment=f"{name} features for training",
-    ))
+    ), replace=True)   # a declaration may switch between classification and regression
 
 
 def class_names(cfg: Config, dataset: str) -> list[str] | None:
@@ -187,7 +187,16 @@ def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
     rows, pinned = silver_rows(spark, cfg, entry)
     silver = pinned.table
     key = {"silver_version": pinned.data_version, "spec": spec.digest()}
-    gold = delta.ensure_table(spark, gold_spec(entry.name, spec.task == "regression"), db)
+    target = gold_spec(entry.name, spec.task == "regression")
+    gold = target.full_name(db)
+    retype = delta.table_exists(spark, gold) and \
+        spark.table(gold).schema["label"].dataType != target.schema["label"].dataType
+    if retype:   # the declaration's task changed: the label column changes type
+        log.info("%s: the task is now %s; %s is rewritten with a %s label (its earlier "
+                 "versions keep theirs)", entry.name, spec.task, gold,
+                 target.schema["label"].dataType.simpleString())
+    else:
+        gold = delta.ensure_table(spark, target, db)
     current = delta.snapshot(spark, gold)
     built_key, transform = _written_with(spark, gold, current.data_version)
     prepared_rows = 0
@@ -201,7 +210,7 @@ def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
         kept = out.filter(F.col("split").isNotNull() & F.col("label").isNotNull()
                           & F.col("features").isNotNull())
         (kept.repartition(partitions, "split", "row_id").write.format("delta")
-         .mode("overwrite")
+         .mode("overwrite").option("overwriteSchema", str(retype).lower())
          .option("userMetadata", json.dumps({"key": key, "transform": transform.to_json()}))
          .save(delta.table_location(spark, gold)))
         prepared_rows = prepared.count()

@@ -99,6 +99,7 @@ def spark_conf(cfg: Config) -> dict[str, str]:
     log4j = project_path(sc.log4j_config)
     if log4j.is_file():
         java_options.append(f"-Dlog4j2.configurationFile=file:{log4j}")
+    java_options += sc.java_options.split()
     conf = {
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,

@@ -212,19 +212,21 @@ def table(key: str) -> TableSpec:
         ) from None
 
 
-def register(spec: TableSpec) -> TableSpec:
+def register(spec: TableSpec, replace: bool = False) -> TableSpec:
     """Add a table (for example a gold feature table) to the registry.
 
     Args:
         spec: the table's spec; a spec already registered under the same key
-            must be identical.
+            must be identical, unless ``replace``.
+        replace: the spec may replace another one of the same key (a table whose
+            definition follows a declaration that can change).
 
     Returns:
         The spec.
     """
     key = f"{spec.layer}.{spec.name}"
     existing = REGISTRY.get(key)
-    if existing is not None and existing != spec:
+    if existing is not None and existing != spec and not replace:
         raise ValueError(f"table {key!r} is already registered with another definition")
     REGISTRY[key] = spec
     return spec

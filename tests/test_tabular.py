@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from lakehouse import delta
 from lakehouse.curate import curate
 from lakehouse.dataset_check import check_datasets
 from lakehouse.datasets import parse_datasets
@@ -142,6 +143,16 @@ def test_fitted_on_the_training_split_only(spark, cfg, tmp_path):
     other["shops"]["features"]["categorical"] = [{"name": "city", "encode": "index"}]
     rebuilt = build_features(spark, with_datasets(cfg, other), "shops", partitions=2)
     assert rebuilt.version > built.version and len(rebuilt.feature_names) == 4
+
+    other["shops"]["features"].update(label="revenue", task="regression")   # task switch
+    regression = build_features(spark, with_datasets(cfg, other), "shops", partitions=2)
+    assert regression.version > rebuilt.version
+    assert spark.table(built.table).schema["label"].dataType.simpleString() == "float"
+    revenue = {r["shop_id"]: r["revenue"] for r in rows}
+    assert all(g["label"] == pytest.approx(revenue[g["row_id"]], rel=1e-5)
+               for g in spark.table(built.table).collect())
+    pinned = delta.read_version(spark, built.table, built.version)      # earlier version kept
+    assert pinned.schema["label"].dataType.simpleString() == "int"
 
 
 @pytest.mark.slow
