@@ -75,15 +75,18 @@ def test_scores_every_row_with_lineage(spark, cfg, wine_model):
 def test_model_loads_once_per_worker_not_per_batch(spark, cfg, wine_model):
     gold, _ = wine_model
     many = f"{cfg.catalog.database}.wine_many_files"
-    spark.table(gold.table).repartition(8).write.format("delta").saveAsTable(many)
+    spark.table(gold.table).repartition(24).write.format("delta").saveAsTable(many)
     spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))   # one task per file
     try:
         tasks = spark.table(many).rdd.getNumPartitions()
         result = score(spark, cfg, "mlp", "wine_mlp", input_table=many)
     finally:
         spark.conf.unset("spark.sql.files.openCostInBytes")
-    assert tasks == 8 and result.rows == 178
-    assert 1 <= result.model_loads <= spark.sparkContext.defaultParallelism < tasks
+    assert tasks == 24 and result.rows == 178
+    # Once per Python worker: loading per task (or batch) would load 24 times. Spark keeps
+    # a pool of idle workers that can outnumber the cores after other jobs (six here
+    # after a CNN scoring job), so the bound is a third of the tasks, not the cores.
+    assert 1 <= result.model_loads <= tasks // 3
 
 
 def _probe_worker(batches, artifact):

@@ -101,9 +101,14 @@ class KerasTrainer(FamilyTrainer):
         shape = df.groupBy("split").agg(F.count("*").alias("n"), F.max("label").alias("top"),
                                         F.max(F.size("features")).alias("width")).collect()
         rows = {r["split"]: r["n"] for r in shape}
+        n_features = max((r["width"] or 0 for r in shape), default=0)
+        n_classes = 0 if task == "regression" else \
+            int(max((r["top"] or 0 for r in shape), default=0)) + 1
+        if family.check is not None:
+            family.check(merged, n_features)
         state = {"df": df, "rows": rows, "task": task, "transform": transform,
-                 "dataset": dataset, "shape": shape}
-        summary = f"{rows} rows"
+                 "dataset": dataset, "n_features": n_features, "n_classes": n_classes}
+        summary = f"{rows} rows, {n_features} features, {n_classes} classes"
         return TrainPlan(merged, summary, state)
 
     def ready(self, plan: TrainPlan, table: str, version: int) -> None:
@@ -115,11 +120,8 @@ class KerasTrainer(FamilyTrainer):
         """Scaling and target statistics fitted on the training split; the transform kept."""
         family = get_family(self.family)
         state, params = plan.state, plan.params
-        df, task, shape = state["df"], state["task"], state["shape"]
-        n_features = max(r["width"] for r in shape)
-        n_classes = 0 if task == "regression" else int(max(r["top"] for r in shape)) + 1
-        if family.check is not None:
-            family.check(params, n_features)
+        df, task = state["df"], state["task"]
+        n_features, n_classes = state["n_features"], state["n_classes"]
         mean, var = scaling(df, n_features) if family.normalise else (None, None)
         extra: dict[str, Any] = {}
         if task == "regression":
@@ -128,7 +130,6 @@ class KerasTrainer(FamilyTrainer):
             extra = {"target_mean": float(target["m"]), "target_std": float(target["s"] or 1.0)}
         if state["transform"] is not None:
             (staged / TRANSFORM_FILE).write_text(state["transform"].to_json())
-        plan.summary += f", {n_features} features, {n_classes} classes"
         return RankSpec(
             family=self.family, params=params, files=snapshot_files(df), rows=state["rows"],
             n_features=n_features, n_classes=n_classes,
