@@ -1,7 +1,7 @@
 """DeepAR against seasonal naive and per-series ETS on the real panels, in one run.
 
-For each panel of the warehouse's ``silver_series`` (us_employment: 148 monthly
-series; visnights: 20 quarterly series) the windows table is built (a no-op when
+For each series data set of the catalog (bundled: us_employment, 148 monthly
+series; visnights, 20 quarterly series) the windows table is built (a no-op when
 it is current), lakeforge's DeepAR is trained with 2 Horovod ranks, and the model
 record's held-out metrics (ND, NRMSE, mean wQL over 0.1/0.5/0.9, all on the last
 ``prediction_length`` periods of every series) are printed next to the peers',
@@ -24,9 +24,10 @@ from common import session
 
 from lakehouse import delta
 from lakehouse.catalog import format_table
+from lakehouse.features import silver_rows
 from lakehouse.tables import layer_table
 from models.deepar.baselines import HISTORY_SEASONS, ets, seasonal_naive
-from models.deepar.features import PANELS
+from models.deepar.features import series_of, series_points
 from models.features import build_features
 from models.runner import train
 
@@ -36,9 +37,8 @@ METHODS = (("lakeforge DeepAR, Horovod 2 ranks", "deepar"), ("seasonal naive", "
 
 def peer_seconds(spark, cfg, panel: str, horizon: int, season: int) -> dict[str, float]:
     """Seconds to fit both peers on every series of the panel, one plain process."""
-    silver = spark.table(layer_table(cfg.catalog.database, "silver", "series"))
-    pdf = (silver.filter(f"panel = '{panel}' AND value IS NOT NULL")
-           .select("series_id", "period", "value").toPandas())
+    rows, _ = silver_rows(spark, cfg, cfg.datasets[panel])
+    pdf = series_points(rows, series_of(cfg, panel)).toPandas()
     histories = [g.sort_values("period").value.to_numpy()[:-horizon][-HISTORY_SEASONS * season:]
                  for _, g in pdf.groupby("series_id")]
     out = {}
@@ -62,7 +62,7 @@ def bench_panel(spark, cfg, panel: str, params: dict) -> None:
                    run_id=f"bench-{uuid.uuid4().hex[:8]}", name=f"bench_{panel}_deepar")
     m = result.model.metrics
     seconds = {"deepar": m["train_seconds"],
-               **peer_seconds(spark, cfg, panel, horizon, PANELS[panel].season_length)}
+               **peer_seconds(spark, cfg, panel, horizon, series_of(cfg, panel).season_length)}
     rows = []
     for label, key in METHODS:
         nd, nrmse, wql = m[f"{key}_nd"], m[f"{key}_nrmse"], m[f"{key}_wql"]
@@ -70,9 +70,10 @@ def bench_panel(spark, cfg, panel: str, params: dict) -> None:
                      round(m["deepar_nd"] / nd, 3), round(m["deepar_nrmse"] / nrmse, 3),
                      round(m["deepar_wql"] / wql, 3), round(seconds[key], 1)))
     fit = max(r["fit_seconds"] for r in result.ranks)
+    silver_version = delta.current_version(spark, _silver(cfg, panel))
     print(f"\nDeepAR on {panel}: {int(m['test_series'])} series, context {context}, "
           f"horizon {horizon}, {features.rows - int(m['test_series']):,} train windows "
-          f"(gold v{features.version}, silver v{delta.current_version(spark, _silver(cfg))}); "
+          f"(gold v{features.version}, silver v{silver_version}); "
           f"{int(m['epochs'])} epochs x {result.ranks[0]['steps_per_epoch']} steps, "
           f"rank fit {fit:.1f}s; 10-90% band covers {100 * m['deepar_coverage_80']:.1f}% of "
           f"held-out values; ETS fell back to seasonal naive on {int(m['ets_fallbacks'])} "
@@ -82,20 +83,21 @@ def bench_panel(spark, cfg, panel: str, params: dict) -> None:
     print(f"(ratios < 1: DeepAR is better; params {params})")
 
 
-def _silver(cfg) -> str:
-    return layer_table(cfg.catalog.database, "silver", "series")
+def _silver(cfg, panel: str) -> str:
+    return layer_table(cfg.catalog.database, "silver", cfg.datasets[panel].table_name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=sorted(PANELS), default=None)
+    parser.add_argument("--only", default=None, help="one series data set of the catalog")
     parser.add_argument("--param", dest="params", action="append", default=[],
                         metavar="KEY=VALUE", help="DeepAR training parameter (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     params = {k.strip(): yaml.safe_load(v) for k, v in (p.split("=", 1) for p in args.params)}
     cfg, spark = session(args.overrides)
-    for panel in PANELS:
+    panels = [n for n, e in cfg.datasets.items() if e.kind == "series"]
+    for panel in panels:
         if args.only in (None, panel):
             bench_panel(spark, cfg, panel, params)
     spark.stop()
