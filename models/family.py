@@ -26,12 +26,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
-
-from pyspark.sql import DataFrame, SparkSession
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lakehouse.config import Config, load_typed
 from lakehouse.errors import ConfigError
+
+if TYPE_CHECKING:   # the contract's types only: pipelines and DAG files import this module
+    from pyspark.sql import DataFrame, SparkSession
 
 FAMILY_NAMES = ("mlp", "cnn", "word2vec", "deepar", "rcf")
 
