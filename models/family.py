@@ -136,7 +136,6 @@ class Family:
     tasks: tuple[str, ...] = ("classification",)
     check: Callable[[dict[str, Any], int], None] | None = None
 
-
     @property
     def defaults(self) -> dict[str, Any]:
         """The default training parameters, as plain values."""
