@@ -107,6 +107,9 @@ def dataset_tables(spark: SparkSession, entry: Dataset) -> tuple[TableSpec, Tabl
     return dataset_specs(entry, bronze, silver_fields(spark, entry, bronze))
 
 
+KIND_SETTINGS = {"series": series_features, "text": text_features}
+
+
 def check_dataset(spark: SparkSession, entry: Dataset) -> list[str]:
     """Every problem of one entry that needs Spark to see; empty when it is usable."""
     where = f"datasets.{entry.name}"
@@ -157,9 +160,6 @@ def check_dataset(spark: SparkSession, entry: Dataset) -> list[str]:
         except ConfigError as exc:
             problems.append(str(exc))
     return problems
-
-
-KIND_SETTINGS = {"series": series_features, "text": text_features}
 
 
 def _check_features(entry: Dataset, empty: DataFrame) -> list[str]:

@@ -106,7 +106,8 @@ def silver_rows(spark: SparkSession, cfg: Config, entry: Dataset,
                 data_version: int | None = None) -> tuple[DataFrame, delta.Snapshot]:
     """A data set's rows of its silver table, read at one pinned snapshot.
 
-    Entries that share a silver table are told apart by ``_source``.
+    Entries that share a silver table are told apart by ``_source`` when silver keeps
+    it, else by their ``group`` role (the column holding the data set's name).
 
     Args:
         spark: the session.

@@ -95,9 +95,6 @@ def _whole(raw: dict[str, Any], key: str, where: str, default: int | None = None
 
 def _block(entry: Dataset, kind: str, known: tuple[str, ...]) -> tuple[dict[str, Any], str]:
     where = f"datasets.{entry.name}.features"
-    if entry.kind != kind:
-        raise ConfigError(f"data set {entry.name!r} is of kind {entry.kind or 'none'!r}, "
-                          f"not {kind!r}")
     raw = dict(entry.features or {})
     unknown = sorted(set(raw) - set(known))
     if unknown:

@@ -1,7 +1,7 @@
 """DeepAR family: one global autoregressive LSTM over a panel of series (probabilistic).
 
 Features (``lakeforge features us_employment``) cut windows per series into
-``gold_deepar_<panel>``; training (``lakeforge train deepar --dataset
+``gold_deepar_<dataset>``; training (``lakeforge train deepar --dataset
 us_employment``) runs Horovod ranks over them and scores the held-out horizon
 against seasonal naive and ETS; scoring (``lakeforge score deepar --model
 us_employment_deepar``) forecasts past the end of every series into

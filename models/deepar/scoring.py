@@ -1,6 +1,6 @@
 """DeepAR batch scoring: forecasts beyond the end of every series, on executors.
 
-The input is the model's windows table (``gold_deepar_<panel>``, the default
+The input is the model's windows table (``gold_deepar_<dataset>``, the default
 input of ``lakeforge score``): its ``test`` window of each series ends with the
 series' last observed period, so its last ``context_length`` values are the
 latest context. Each executor loads the network once per Python process and
@@ -115,7 +115,7 @@ def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
     if missing:
         raise SchemaMismatchError(
             f"deepar scoring input: column(s) {', '.join(missing)} missing; score a "
-            f"gold_deepar_<panel> windows table (model {record.name} v{record.version})")
+            f"gold_deepar_<dataset> windows table (model {record.name} v{record.version})")
     fn = functools.partial(forecast_batches, artifact=record.artifact, loads=loads,
                            seed=cfg.train.seed)
     latest = (df.filter(F.col("split") == "test").select(*INPUT_COLUMNS[1:])

@@ -83,7 +83,7 @@ def stream_points(rows: DataFrame, entry: Dataset) -> DataFrame:
     """
     types = dict(rows.dtypes)
     roles = dict(entry.roles)
-    values = [roles["values"]] if isinstance(roles["values"], str) else list(roles["values"])
+    values = value_columns(entry)
     named = [("order", roles["order"]), *(("values", v) for v in values),
              *((r, roles[r]) for r in ("stream_id", "split", "label") if roles.get(r))]
     for role, column in named:
@@ -182,16 +182,17 @@ def build_shingles(spark: SparkSession, cfg: Config, stream: str,
     return FeatureSet(stream, gold, version, n_rows, width, 0, shingle_names(entry, size))
 
 
+def value_columns(entry: Dataset) -> list[str]:
+    """The value columns a stream data set shingles (its ``values`` role)."""
+    values = entry.roles["values"]
+    return [values] if isinstance(values, str) else list(values)
+
+
 def channels_of(entry: Dataset | None) -> int:
     """How many value columns a stream data set shingles (1 without a catalog entry)."""
-    if entry is None:
-        return 1
-    values = entry.roles["values"]
-    return 1 if isinstance(values, str) else len(values)
+    return 1 if entry is None else len(value_columns(entry))
 
 
 def shingle_names(entry: Dataset, size: int) -> tuple[str, ...]:
     """Names of a shingle's positions, oldest first (``value_lag7`` .. ``value_lag0``)."""
-    values = entry.roles["values"]
-    values = [values] if isinstance(values, str) else list(values)
-    return tuple(f"{v}_lag{size - 1 - i}" for i in range(size) for v in values)
+    return tuple(f"{v}_lag{size - 1 - i}" for i in range(size) for v in value_columns(entry))

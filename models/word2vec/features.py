@@ -39,6 +39,7 @@ from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType
 
 from lakehouse import delta
 from lakehouse.config import Config
+from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SourceError, TableNotFoundError
 from lakehouse.features import FeatureSet, entry_of, silver_rows
 from lakehouse.kinds import TextFeatures, text_features
@@ -74,7 +75,6 @@ def corpus_specs(dataset: str) -> tuple[TableSpec, TableSpec]:
         ("row_id",), partition_by=("split",), properties=TRAINING_TABLE_PROPERTIES,
         comment=f"word2vec training sentences of {dataset} as vocabulary ids"))
     return vocab, corpus
-
 
 
 def feature_params(params: dict[str, Any],
@@ -183,23 +183,22 @@ def commit_metadata(spark: SparkSession, full_name: str,
     return json.loads(row["userMetadata"])
 
 
-def documents(spark: SparkSession, cfg: Config, dataset: str,
+def documents(spark: SparkSession, cfg: Config, entry: Dataset | None,
               params: dict[str, Any]) -> tuple[DataFrame, delta.Snapshot]:
     """The documents of a feature set: ``corpus``, ``doc_id``, ``text``, and their snapshot.
 
-    ``corpus`` reads ``silver_documents`` (the ``corpora`` parameter picks some); a text
-    data set reads its own silver rows through its ``id`` and ``text`` roles.
+    ``corpus`` (no ``entry``) reads ``silver_documents`` (the ``corpora`` parameter picks
+    some); a text data set reads its own silver rows through its ``id`` and ``text`` roles.
     """
-    if dataset == ALL_CORPORA:
+    if entry is None:
         silver = layer_table(cfg.catalog.database, "silver", "documents")
         pinned = delta.snapshot(spark, silver)
         docs = delta.read_version(spark, silver, pinned.version)   # maintenance keeps them
         if params["corpora"]:
             docs = docs.filter(F.col("corpus").isin(params["corpora"]))
         return docs.select("corpus", "doc_id", "text"), pinned
-    entry = entry_of(cfg, dataset, "text")
     rows, pinned = silver_rows(spark, cfg, entry)
-    return rows.select(F.lit(dataset).alias("corpus"),
+    return rows.select(F.lit(entry.name).alias("corpus"),
                        F.col(str(entry.roles["id"])).cast("string").alias("doc_id"),
                        F.col(str(entry.roles["text"])).cast("string").alias("text")), pinned
 
@@ -224,12 +223,11 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
     Raises:
         SourceError: no document of the corpora, or no word reaches ``min_count``.
     """
-    declared = None if dataset == ALL_CORPORA else \
-        text_features(entry_of(cfg, dataset, "text"))
-    params = feature_params(params, declared)
+    entry = None if dataset == ALL_CORPORA else entry_of(cfg, dataset, "text")
+    params = feature_params(params, text_features(entry) if entry is not None else None)
     db = cfg.catalog.database
     vocab_spec, corpus_spec = corpus_specs(dataset)
-    docs, pinned = documents(spark, cfg, dataset, params)
+    docs, pinned = documents(spark, cfg, entry, params)
     silver, silver_version = pinned.table, pinned.data_version
     vocab_table = delta.ensure_table(spark, vocab_spec, db)
     corpus_table = delta.ensure_table(spark, corpus_spec, db)
@@ -239,7 +237,7 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
                  corpus_table, silver, silver_version, key)
         return _feature_set(spark, dataset, corpus_table, vocab_table)
     docs = docs.select("corpus", "doc_id", tokenise(F.col("text")).alias("tokens"))
-    vocab_version = _write_vocab(spark, docs, vocab_table, params, key, silver)
+    vocab_version = _write_vocab(spark, docs, vocab_spec, vocab_table, params, key, silver)
     vocab = delta.read_version(spark, vocab_table, vocab_version)
     files = params["partitions"] or max(4, 2 * cfg.train.num_proc)
     meta = {"key": key, "silver_version": silver_version, "vocab_version": vocab_version,
@@ -257,14 +255,13 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
     return result
 
 
-def _write_vocab(spark: SparkSession, docs: DataFrame, vocab_table: str,
-                 params: dict[str, Any], key: str, silver: str) -> int:
+def _write_vocab(spark: SparkSession, docs: DataFrame, vocab_spec: TableSpec,
+                 vocab_table: str, params: dict[str, Any], key: str, silver: str) -> int:
     """Write the vocabulary and return its version; stop if it is empty."""
     vocab = vocabulary(docs, params["min_count"])
     before = delta.current_version(spark, vocab_table)
-    short = vocab_table.split(".")[-1].removeprefix("gold_")
     (vocab.write.format("delta").mode("overwrite")
-     .option("txnAppId", f"lakeforge/features/{short}/{key}")
+     .option("txnAppId", f"lakeforge/features/{vocab_spec.name}/{key}")
      .option("txnVersion", before).option("userMetadata", key)
      .save(delta.table_location(spark, vocab_table)))
     version = delta.current_version(spark, vocab_table)
