@@ -212,6 +212,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _parse_scalar(text: str) -> Any:
+    if not text.strip():
+        return ""     # VAR= sets a string setting to empty (YAML would read it as null)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

@@ -61,3 +61,11 @@ def test_project_config_loads():
     assert cfg.catalog.database == "lakeforge"
     assert cfg.maintain.vacuum_retention_hours >= 168
 
+
+
+def test_an_empty_value_empties_a_string_setting_and_is_no_number(tmp_path):
+    conf = _conf_dir(tmp_path, "spark:\n  java_options: -Xss4m\n")
+    cfg = load_config(conf_dir=conf, environ={"LAKEFORGE_SPARK__JAVA_OPTIONS": ""})
+    assert cfg.spark.java_options == ""
+    with pytest.raises(ConfigError, match=r"spark.shuffle_partitions=''.*integer"):
+        load_config(["spark.shuffle_partitions="], conf_dir=conf, environ={})

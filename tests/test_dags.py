@@ -124,34 +124,6 @@ def test_bad_config_value_fails_the_first_task_and_names_it(airflow_env):
 
 
 @pytest.mark.slow
-def test_dag_runs_end_to_end_with_lineage(airflow_env, spark):
-    """One DAG run, five spark-submit tasks. (That re-running a batch adds nothing is
-    the jobs' property, tested on the jobs and pipelines themselves; a cleared DAG run
-    would repeat the five submissions only to show it again.)"""
-    warehouse = Path(airflow_env["LAKEFORGE_HOME"]) / "warehouse" / "lakeforge.db"
-
-    def counts() -> dict[str, int]:
-        return {t: spark.read.format("delta").load(str(warehouse / t)).count()
-                for t in ("bronze_breast_cancer", "silver_breast_cancer", "models",
-                          "predictions_mlp")}
-
-    run, output = _run(airflow_env)
-    assert run == {"state": "success", "tasks": dict.fromkeys(STEP_NAMES, "success")}, \
-        output[-5000:]
-    first = counts()
-    assert first == {"bronze_breast_cancer": 569, "silver_breast_cancer": 569, "models": 1,
-                     "predictions_mlp": 569}
-    predictions = spark.read.format("delta").load(str(warehouse / "predictions_mlp"))
-    lineage = predictions.select("model_name", "model_version", "input_table", "input_version",
-                                 "run_id").distinct().collect()
-    assert len(lineage) == 1
-    assert lineage[0]["model_name"] == "breast_cancer_mlp" and lineage[0]["model_version"] == 1
-    assert lineage[0]["input_table"] == "lakeforge.gold_breast_cancer"
-    assert predictions.filter("prediction IS NULL OR probability < 0.5").count() == 0
-    assert "batch 20261120" in output    # the data interval's date is the ingest batch
-
-
-@pytest.mark.slow
 def test_job_failing_on_its_input_fails_without_retries(airflow_env, tmp_path):
     missing = tmp_path / "nothing-here.csv"
     run, output = _run(airflow_env, {"set": [f"datasets.breast_cancer.source.files={missing}"]},
@@ -220,9 +192,10 @@ class Scheduler:
             time.sleep(2)
         raise AssertionError(f"DAGs {dags} did not appear:\n{self.logs()}")
 
-    def trigger(self, dag: str, run_id: str) -> None:
+    def trigger(self, dag: str, run_id: str, logical_date: str) -> None:
         subprocess.run([str(AIRFLOW_PYTHON.parent / "airflow"), "dags", "trigger", dag, "-r",
-                        run_id], env=self.env, capture_output=True, check=True, timeout=300)
+                        run_id, "-l", logical_date], env=self.env, capture_output=True,
+                       check=True, timeout=300)
 
     def wait_for_runs(self, runs: dict[str, str], timeout: float = 1800) -> dict[str, dict]:
         deadline = time.monotonic() + timeout
@@ -246,7 +219,10 @@ class Scheduler:
 @pytest.mark.slow
 def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(airflow_env, spark):
     """Parallelism 2, LocalExecutor, two pipelines' DAG runs side by side on one lakehouse
-    whose catalog is the shared PostgreSQL metastore."""
+    whose catalog is the shared PostgreSQL metastore: five spark-submit tasks each, the
+    data interval's date as the ingest batch, and predictions with their lineage. (That
+    re-running a batch adds nothing is the jobs' property, tested on the jobs and
+    pipelines themselves.)"""
     root = Path(tempfile.mkdtemp(prefix="lakeforge-airflow-"))
     root.chmod(0o755)   # PostgreSQL runs as its own user and must reach home/postgres
     definitions = root / "pipelines.yml"
@@ -269,7 +245,7 @@ def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(airflow_en
         with Scheduler(lake, root / "airflow", parallelism=2) as airflow:
             airflow.wait_for_dags(list(runs))
             for dag, run_id in runs.items():
-                airflow.trigger(dag, run_id)
+                airflow.trigger(dag, run_id, "2026-11-20T00:00:00+00:00")
             states = airflow.wait_for_runs(runs)
             assert {d: s["state"] for d, s in states.items()} == dict.fromkeys(runs, "success"), \
                 airflow.logs()
@@ -281,8 +257,21 @@ def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(airflow_en
     overlap = max(min(x[2], y[2]) - max(x[1], y[1]) for x in a for y in b)
     assert overlap > 0, times                                  # the two ran side by side
     warehouse = root / "home" / "warehouse" / "lakeforge.db"
-    predictions = spark.read.format("delta").load(str(warehouse / "predictions_mlp"))
-    per_model = {r["model_name"]: r["count"] for r in
-                 predictions.groupBy("model_name").count().collect()}
-    assert per_model == {"wine_mlp": 178, "breast_cancer_mlp": 569}
+
+    def table(name: str):
+        return spark.read.format("delta").load(str(warehouse / name))
+
+    for dataset, rows in (("wine", 178), ("breast_cancer", 569)):
+        batches = table(f"bronze_{dataset}").groupBy("_ingest_batch").count().collect()
+        assert [tuple(b) for b in batches] == [("20261120", rows)]  # the data interval's date
+        assert table(f"silver_{dataset}").count() == rows
+    assert sorted((r.name, r.version) for r in table("models").collect()) == \
+        [("breast_cancer_mlp", 1), ("wine_mlp", 1)]
+    predictions = table("predictions_mlp")
+    lineage = {r["model_name"]: r.asDict() for r in predictions.groupBy(
+        "model_name", "model_version", "input_table", "input_version", "run_id").count().collect()}
+    assert {m: (r["count"], r["model_version"], r["input_table"]) for m, r in lineage.items()} \
+        == {"wine_mlp": (178, 1, "lakeforge.gold_wine"),
+            "breast_cancer_mlp": (569, 1, "lakeforge.gold_breast_cancer")}
+    assert predictions.filter("prediction IS NULL OR probability IS NULL").count() == 0
     shutil.rmtree(root, ignore_errors=True)
