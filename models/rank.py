@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-CKPT_PATTERN = re.compile(r"epoch-(\d+)\.weights\.h5$")
+CKPT_PATTERN = re.compile(r"^epoch-(\d+)\.weights\.h5$")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,24 @@ def last_checkpoint(checkpoint_dir: str,
             if (m := pattern.search(name)) and int(m.group(1)) > best:
                 best, path = int(m.group(1)), os.path.join(checkpoint_dir, name)
     return best, path
+
+
+def save_checkpoint(save, checkpoint_dir: str, epoch: int) -> str:
+    """Write epoch ``epoch``'s checkpoint whole or not at all.
+
+    ``save(path)`` writes a file under a name :func:`last_checkpoint` does not match,
+    which then replaces the epoch's name in one rename: a rank killed mid-write leaves
+    a partial file that no restart reads.
+
+    Returns:
+        The checkpoint's path.
+    """
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    path = os.path.join(checkpoint_dir, f"epoch-{epoch:03d}.weights.h5")
+    partial = os.path.join(checkpoint_dir, f"partial-{epoch:03d}.weights.h5")
+    save(partial)
+    os.replace(partial, path)
+    return path
 
 
 def start_rank():

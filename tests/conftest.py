@@ -13,8 +13,9 @@ from lakehouse.config import CatalogConfig, Config, load_config
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Test JVMs live seconds and work on small data: the C1 compiler alone and the serial
-# collector start them about a sixth faster. The jobs the tests start inherit this too.
+# The jobs tests start as processes live seconds on small data: the C1 compiler alone
+# and the serial collector start their JVMs about a sixth faster. Not for this
+# process's session: it lives for the whole run and does real work (C2 pays off).
 FAST_START = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 os.environ.setdefault("LAKEFORGE_SPARK__JAVA_OPTIONS", FAST_START)
 
@@ -25,7 +26,6 @@ def base_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return load_config([
         f"home={home}", "spark.master=local[2]", "spark.ui_enabled=false",
         "spark.shuffle_partitions=2", "spark.driver_memory=2g", "ingest.batch_rows=500",
-        f"spark.java_options={os.environ['LAKEFORGE_SPARK__JAVA_OPTIONS']}",
     ], environ={})
 
 

@@ -65,9 +65,9 @@ def _kill_when(proc: subprocess.Popen, ready, delay: float, limit: float = 600) 
 
 @pytest.mark.slow
 def test_every_job_killed_midway_then_rerun_equals_a_clean_run(spark, cfg, tmp_path):
-    seed = int(os.environ.get("LAKEFORGE_KILL_SEED", random.randrange(10_000)))
+    seed = int(os.environ.get("KILL_TEST_SEED", random.randrange(10_000)))
     rng = random.Random(seed)
-    print(f"kill seed {seed} (set LAKEFORGE_KILL_SEED to repeat)")
+    print(f"kill seed {seed} (set KILL_TEST_SEED to repeat)")
     landing = tmp_path / "landing"
     landing.mkdir()
     rows = "".join(f"{i},,{(i % 7) - 1},NEW\n" for i in range(300)) + "x,,1,NEW\n"

@@ -14,7 +14,7 @@ from lakehouse.features import gold_spec
 from lakehouse.ingest import ingest
 from models.classifier.rank import train_rank
 from models.features import build_features
-from models.rank import RankSpec
+from models.rank import RankSpec, last_checkpoint, save_checkpoint
 from models.runner import run_ranks, snapshot_files, train
 from models.store import ModelNotFoundError, ModelStore, load_artifact
 
@@ -122,3 +122,21 @@ def test_store_errors_name_model_and_artifact(spark, cfg, tmp_path):
     (tmp_path / "model.keras").write_bytes(b"not a model")
     with pytest.raises(ModelNotFoundError, match=f"{tmp_path}/model.keras cannot be loaded"):
         load_artifact(str(tmp_path))
+
+
+def test_a_checkpoint_cut_short_is_never_resumed_from(tmp_path):
+    """A rank killed while writing its checkpoint leaves the previous epoch's to resume."""
+    folder = str(tmp_path)
+    first = save_checkpoint(lambda path: Path(path).write_bytes(b"epoch one"), folder, 1)
+
+    def killed_mid_write(path: str) -> None:
+        Path(path).write_bytes(b"half an HDF5 fi")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(killed_mid_write, folder, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-001.weights.h5",
+                                                          "partial-002.weights.h5"]
+    assert last_checkpoint(folder) == (1, first)
+    save_checkpoint(lambda path: Path(path).write_bytes(b"epoch two"), folder, 2)
+    assert last_checkpoint(folder) == (2, str(tmp_path / "epoch-002.weights.h5"))

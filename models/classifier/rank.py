@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from models.family import get_family
-from models.rank import RankSpec, _pin_gpu, last_checkpoint, start_rank, weights_digest
+from models.rank import (
+    RankSpec,
+    _pin_gpu,
+    last_checkpoint,
+    save_checkpoint,
+    start_rank,
+    weights_digest,
+)
 
 
 def _dataset(files: list[str], batch_size: int, shard: int | None, shards: int | None,
@@ -80,6 +87,17 @@ def _progress(size: int, total_epochs: int):
     return Progress()
 
 
+def _checkpoints(checkpoint_dir: str):
+    """A Keras callback writing each epoch's weights whole (used on rank 0)."""
+    import tensorflow as tf
+
+    class Checkpoints(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            save_checkpoint(self.model.save_weights, checkpoint_dir, epoch + 1)
+
+    return Checkpoints()
+
+
 def train_rank(spec: RankSpec) -> dict[str, Any]:
     """Train on this rank's shard; rank 0 checkpoints, evaluates and saves the model.
 
@@ -116,9 +134,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     ]
     if hvd.rank() == 0:
         Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        callbacks.append(tf.keras.callbacks.ModelCheckpoint(
-            os.path.join(spec.checkpoint_dir, "epoch-{epoch:03d}.weights.h5"),
-            save_weights_only=True))
+        callbacks.append(_checkpoints(spec.checkpoint_dir))
         callbacks.append(_progress(hvd.size(), epochs))
 
     history: dict[str, list[float]] = {}
