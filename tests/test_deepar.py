@@ -19,6 +19,7 @@ from models.deepar import FAMILY
 from models.deepar.baselines import seasonal_naive
 from models.deepar.evaluate import forecast_metrics
 from models.deepar.features import SeriesTooShortError
+from models.deepar.network import load, sample_paths
 from models.features import build_features
 from models.runner import snapshot_files, train
 from models.scoring import score
@@ -140,12 +141,12 @@ def test_lag_features_read_values_whole_seasons_back():
 def test_cosine_schedule_decays_and_a_resumed_run_continues_it():
     import tensorflow as tf
 
-    from lakehouse.kinds import FREQUENCIES
+    from lakehouse.kinds import frequency
     from models.deepar.network import build, network_config
     from models.deepar.rank import optimizer
 
     params = {**FAMILY.defaults, "learning_rate": 0.01}
-    net = build(network_config(params, 3, 12, 36, 24, FREQUENCIES["month"]))
+    net = build(network_config(params, 3, 12, 36, 24, frequency("month")))
 
     def rate_of_next_step(opt) -> float:
         """The rate the optimizer applies on its next step (Keras reports it after a step)."""
@@ -165,19 +166,33 @@ def week(i: int) -> dt.date:
 
 
 WEEKLY = {"stores": {
-    "kind": "series", "roles": {"item_id": "store", "timestamp": "week", "target": "sales"},
+    "kind": "series", "roles": {"item_id": "store", "timestamp": "week", "target": "sales",
+                                "static": ["format"], "dynamic": ["promo"]},
     "source": {"files": "/landing/stores/*.parquet", "format": "parquet",
-               "schema": "store STRING NOT NULL, week DATE NOT NULL, sales DOUBLE"},
+               "schema": "store STRING NOT NULL, week DATE NOT NULL, sales DOUBLE, "
+                         "format STRING, promo INT"},
     "silver": {"keys": ["store", "week"]},
     "features": {"freq": "week", "season_length": 12, **WINDOW}}}
+PROMO_LIFT = 40.0
+
+
+def promo(store: str, i: int) -> int:
+    return int((i + int(store[1:])) % 5 == 0)
 
 
 @pytest.fixture
 def weekly(spark, cfg):
-    """A weekly series data set the test declares, with a 12-week season."""
+    """A weekly series data set the test declares, with a 12-week season, a store format
+    (static) and promotion weeks that lift sales (dynamic), known 6 weeks ahead."""
     cfg = with_datasets(cfg, WEEKLY)
-    rows = [(sid, week(months_of(r[3])), r[4])
-            for i, (sid, n) in enumerate(LENGTHS.items()) for r in synthetic(sid, n, seed=i)]
+    p = WINDOW["prediction_length"]
+    rows = []
+    for i, (sid, n) in enumerate(LENGTHS.items()):
+        fmt = "mall" if i % 2 else "street"
+        for r in synthetic(sid, n, seed=i):
+            m = months_of(r[3])
+            rows.append((sid, week(m), r[4] + PROMO_LIFT * promo(sid, m), fmt, promo(sid, m)))
+        rows += [(sid, week(m), None, fmt, promo(sid, m)) for m in range(60, 60 + p)]
     spec = silver_spec(spark, cfg, "stores")
     name = delta.ensure_table(spark, spec, cfg.catalog.database)
     spark.createDataFrame(rows, spec.schema).write.format("delta").mode("append") \
@@ -190,7 +205,9 @@ def test_declared_series_settings_are_checked_and_named():
     from lakehouse.kinds import series_features
 
     base = load_config(environ={})
-    for bad, message in (({"freq": "fortnight"}, "freq: 'fortnight' is not one of day, week"),
+    for bad, message in (({"freq": "fortnight"}, "freq: 'fortnight' is not a frequency; "
+                                                 "write one of minute, hour, day"),
+                         ({"freq": "0 hours"}, "freq: '0 hours' is not a frequency"),
                          ({"freq": "day", "context_length": 0},
                           "context_length: 0 is not a whole number >= 1"),
                          ({"freq": "day", "lags": 3}, "unknown key\\(s\\) lags")):
@@ -200,17 +217,25 @@ def test_declared_series_settings_are_checked_and_named():
     daily = series_features(with_datasets(base, {"stores": {**WEEKLY["stores"], "features": {
         "freq": "day", **WINDOW}}}).datasets["stores"])
     assert daily.season_length == 7 and daily.freq.days == 1
+    half_hourly = series_features(with_datasets(base, {"stores": {**WEEKLY["stores"],
+        "features": {"freq": "30 minutes", **WINDOW}}}).datasets["stores"])
+    assert (half_hourly.freq.seconds, half_hourly.season_length) == (1800, 48)
 
 
-def test_future_periods_step_by_days_or_months():
+def test_future_periods_step_by_seconds_or_months():
     from models.deepar.scoring import future_periods
 
-    start = pd.Series([dt.date(2024, 2, 26)])
-    assert list(future_periods(start, np.array([2]), 2, 0, 1)[0]) == \
-        [dt.date(2024, 2, 29), dt.date(2024, 3, 1)]                 # the leap day counts
-    assert list(future_periods(start, np.array([0]), 1, 0, 7)[0]) == [dt.date(2024, 3, 4)]
-    assert list(future_periods(pd.Series([dt.date(2024, 1, 1)]), np.array([1]), 1, 3)[0]) == \
-        [dt.date(2024, 7, 1)]
+    def stamps(start, last: int, steps: int, months: int, seconds: int = 0) -> list:
+        return [pd.Timestamp(x).to_pydatetime() for x in
+                future_periods(pd.Series(start), np.array([last]), steps, months, seconds)[0]]
+
+    day = 86_400
+    assert stamps([dt.date(2024, 2, 26)], 2, 2, 0, day) == \
+        [dt.datetime(2024, 2, 29), dt.datetime(2024, 3, 1)]         # the leap day counts
+    assert stamps([dt.date(2024, 2, 26)], 0, 1, 0, 7 * day) == [dt.datetime(2024, 3, 4)]
+    assert stamps([dt.date(2024, 1, 1)], 1, 1, 3) == [dt.datetime(2024, 7, 1)]
+    assert stamps([dt.datetime(2024, 3, 31, 23, 30)], 0, 2, 0, 1800) == \
+        [dt.datetime(2024, 4, 1, 0, 0), dt.datetime(2024, 4, 1, 0, 30)]
 
 
 @pytest.mark.slow
@@ -247,7 +272,25 @@ def test_two_ranks_train_forecast_register_and_score(spark, weekly):
     assert len(stored) == 1 and json.loads(stored[0].metrics) == m
     artifact = Path(stored[0].artifact)
     assert (artifact / "forecast_fan.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((artifact / "deepar.json").read_text())["context_length"] == c
+    config = json.loads((artifact / "deepar.json").read_text())
+    assert config["context_length"] == c and config["static_cardinalities"] == [2]
+    assert config["dynamic_mean"] == [pytest.approx(0.2, abs=0.02)]       # a week in five
+    # The promotion input is used: the same contexts forecast with promotions in every
+    # future week come out higher, by about the lift the data has.
+    net, config = load(str(artifact))
+    test = spark.table(f"{cfg.catalog.database}.gold_deepar_stores").filter("split = 'test'") \
+        .orderBy("series_idx").toPandas()
+    context = np.stack(test.target.map(lambda t: np.asarray(t)[p:]))
+    season0 = (test.season.to_numpy() + p) % 12
+    static = np.stack(test.static_idx.map(np.asarray))
+    history_promo = np.stack(test.dynamic.map(lambda d: np.asarray(d)[p:]))
+    lifted = []
+    for flag in (0.0, 1.0):
+        dynamic = np.concatenate([history_promo, np.full((len(test), p), flag)], axis=1)
+        paths = sample_paths(net, config, context, season0, test.series_idx.to_numpy(),
+                             200, 0, static, dynamic[..., None])
+        lifted.append(paths.mean(axis=(1, 2)))
+    assert (lifted[1] - lifted[0]).mean() > PROMO_LIFT / 2, lifted
 
     scored = score(spark, cfg, "deepar", "stores_deepar")
     assert scored.rows == 5 * p and 1 <= scored.model_loads <= cfg.train.num_proc
@@ -256,6 +299,84 @@ def test_two_ranks_train_forecast_register_and_score(spark, weekly):
         [(s, p) for s in sorted(LENGTHS)]
     s0_rows = out[out.series_id == "S0"].sort_values("step")
     assert list(s0_rows.period) == [week(60 + k) for k in range(p)]    # after the last week
+    assert [t.to_pydatetime() for t in s0_rows.period_time] == \
+        [dt.datetime.combine(week(60 + k), dt.time()) for k in range(p)]
     assert (s0_rows.q10 <= s0_rows.q50).all() and (s0_rows.q50 <= s0_rows.q90).all()
     again = score(spark, cfg, "deepar", "stores_deepar")
     assert again.skipped and spark.table(scored.table).count() == len(out)
+
+
+HOURLY = {"meters": {
+    "kind": "series", "roles": {"item_id": "meter", "timestamp": "hour", "target": "load",
+                                "static": ["site"], "dynamic": ["temp", "holiday"]},
+    "source": {"files": "/landing/meters/*.parquet", "format": "parquet",
+               "schema": "meter STRING NOT NULL, hour TIMESTAMP NOT NULL, load DOUBLE, "
+                         "site STRING, temp DOUBLE, holiday INT"},
+    "silver": {"keys": ["meter", "hour"]},
+    "features": {"freq": "hour", **WINDOW}}}
+
+
+def hour(i: int) -> dt.datetime:
+    return dt.datetime(2024, 3, 1, 5) + dt.timedelta(hours=i)
+
+
+def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(spark, cfg,
+                                                                              tmp_path):
+    """An hourly data set the test declares: hour-of-day seasons, a category per meter,
+    two covariates per hour (one missing once), and the forecast hours' covariates where
+    silver has them."""
+    from models.deepar.scoring import MissingCovariatesError, _check_future
+
+    c, p = WINDOW["context_length"], WINDOW["prediction_length"]
+    cfg = with_datasets(cfg, HOURLY)
+    sites = {"M0": "north", "M1": "south", "M2": None}
+    rows = []
+    for k, (meter, site) in enumerate(sites.items()):
+        for i in range(40):
+            temp = None if (meter, i) == ("M0", 30) else 10.0 + i + k
+            rows.append((meter, hour(i), 50.0 + k + i % 24, site, temp, int(i % 7 == 0)))
+        ahead = p if meter != "M2" else p - 3                   # M2's last 3 hours are unknown
+        rows += [(meter, hour(i), None, site, 100.0 + i, 1) for i in range(40, 40 + ahead)]
+    spec = silver_spec(spark, cfg, "meters")
+    name = delta.ensure_table(spark, spec, cfg.catalog.database)
+    spark.createDataFrame(rows, spec.schema).write.format("delta").mode("append") \
+        .saveAsTable(name)
+    built = build_features(spark, cfg, "meters")
+    gold = spark.table(built.table).toPandas()
+    assert gold.groupby("split").size().to_dict() == {"test": 3, "train": 3 * (40 - c - 2 * p + 1)}
+
+    test = gold[gold.split == "test"].set_index("series_id")
+    first = 40 - c - p
+    for k, meter in enumerate(sites):
+        row = test.loc[meter]
+        assert row.start_time.to_pydatetime() == hour(first)
+        assert row.start == hour(first).date() and row.season == hour(first).hour
+        assert list(row.static_idx) == [{"north": 1, "south": 2, None: 0}[sites[meter]]]
+        expected = [[10.0 + i + k, float(i % 7 == 0)] for i in range(first, 40)]
+        if meter == "M0":
+            expected[30 - first][0] = np.nan
+        np.testing.assert_array_equal(np.asarray(row.dynamic).reshape(-1, 2), expected)
+    np.testing.assert_array_equal(np.asarray(test.loc["M0"].future).reshape(p, 2),
+                                  [[100.0 + i, 1.0] for i in range(40, 40 + p)])
+    assert test.loc["M2"].future is None                       # 3 of its 6 hours are known
+    assert gold[gold.split == "train"].future.isna().all()
+
+    again = build_features(spark, cfg, "meters")
+    assert again.version == built.version                      # same silver, same declaration
+    record = type("Record", (), {"name": "meters_deepar", "version": 1,
+                                 "artifact": str(tmp_path)})()
+    (tmp_path / "deepar.json").write_text(json.dumps({
+        "prediction_length": p, "static_cardinalities": [2], "dynamic_mean": [0.0, 0.0],
+        "dynamic_std": [1.0, 1.0]}))
+    latest = spark.table(built.table).filter("split = 'test'")
+    with pytest.raises(MissingCovariatesError, match=r"meters_deepar v1 forecasts 6 periods "
+                                                     r"from 2 dynamic covariate\(s\); series M2 "
+                                                     r"lack their values"):
+        _check_future(latest, record)
+
+    plain = {"meters": {**HOURLY["meters"], "roles": {"item_id": "meter", "timestamp": "hour",
+                                                      "target": "load"}}}
+    rebuilt = build_features(spark, with_datasets(cfg, plain), "meters")
+    assert rebuilt.version > built.version                     # a changed declaration
+    after = spark.table(rebuilt.table).toPandas()
+    assert after.dynamic.map(len).eq(0).all() and after.static_idx.map(len).eq(0).all()

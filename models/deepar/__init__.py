@@ -10,7 +10,7 @@ us_employment_deepar``) forecasts past the end of every series into
 
 from models.deepar.features import build_windows
 from models.deepar.params import DeepArParams
-from models.deepar.scoring import PREDICTION_FIELDS, score_deepar
+from models.deepar.scoring import LATE_FIELDS, PREDICTION_FIELDS, score_deepar
 from models.deepar.train import DeepArTrainer
 from models.family import Family
 
@@ -24,4 +24,5 @@ FAMILY = Family(
     features=build_windows,
     prediction_fields=PREDICTION_FIELDS,
     prediction_keys=("series_id", "step"),
+    prediction_late_fields=LATE_FIELDS,
 )

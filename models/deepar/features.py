@@ -17,20 +17,42 @@ series and the lengths: it could not be forecast, and silently dropping it would
 change what the benchmark measures.
 
 Each row carries ``series_idx`` (dense index of ``series_id``, for the embedding),
-``start`` (first period), ``season`` (the period's index modulo the season length:
-month of year, quarter, day of week ..., from 0),
-``scale`` (DeepAR's ``1 + mean |context|``), ``target`` and the silver version
-it was cut from (``source_version``), so baselines can read the same history.
+``start`` (first period's date) and ``start_time`` (its start, for steps below a day),
+``season`` (the period's index modulo the season length: month of year, quarter,
+day of week, hour of day ..., from 0), ``scale`` (DeepAR's ``1 + mean |context|``),
+``target`` and the silver version it was cut from (``source_version``), so baselines
+can read the same history.
+
+Covariates, when the entry declares them (:mod:`lakehouse.kinds`):
+
+* ``static_idx``: per ``static`` role, the series' category as an index from 1 (0:
+  none), dense over every series of the table; a series' category is its latest;
+* ``dynamic``: per period of the window, the ``dynamic`` roles' values (period-major,
+  ``(context + prediction) x n`` numbers; NaN where silver has none);
+* ``future``: on ``test`` rows, the ``dynamic`` values of the ``prediction_length``
+  periods after the series' last observed one, from silver rows of those periods
+  whose target is empty; NULL when silver holds fewer (scoring then stops, naming
+  the series: a forecast needs its inputs).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import asdict
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, DateType, FloatType, IntegerType, LongType, StringType
+from pyspark.sql.types import (
+    ArrayType,
+    DateType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    TimestampType,
+)
 from pyspark.sql.window import Window
 
 from lakehouse import delta
@@ -62,6 +84,11 @@ WINDOW_FIELDS = (
     _f("scale", FloatType(), False),
     _f("target", ArrayType(FloatType())),
     _f("source_version", LongType(), False),
+    # Added after the first release: nullable, so existing tables gain them.
+    _f("start_time", TimestampType()),
+    _f("static_idx", ArrayType(IntegerType())),
+    _f("dynamic", ArrayType(FloatType())),
+    _f("future", ArrayType(FloatType())),
 )
 
 
@@ -103,29 +130,85 @@ def window_params(series: SeriesFeatures, params: dict[str, Any]) -> dict[str, i
     return merged
 
 
-def series_points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
-    """A series data set's observed points: ``series_id``, ``period`` (DATE), ``value``."""
+def _covariates(series: SeriesFeatures) -> list:
+    static = [F.col(c).cast("string") for c in series.static]
+    dynamic = [F.col(c).cast("double") for c in series.dynamic]
+    return [F.array(*static).cast("array<string>").alias("static"),
+            F.array(*dynamic).cast("array<double>").alias("dynamic")]
+
+
+def _points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
     return (rows.select(F.col(series.item_id).cast("string").alias("series_id"),
-                        F.to_date(series.timestamp).alias("period"),
-                        F.col(series.target).cast("double").alias("value"))
-            .filter(F.col("series_id").isNotNull() & F.col("period").isNotNull()
-                    & F.col("value").isNotNull() & ~F.isnan("value")))
+                        F.col(series.timestamp).cast("timestamp").alias("period"),
+                        F.col(series.target).cast("double").alias("value"),
+                        *_covariates(series))
+            .filter(F.col("series_id").isNotNull() & F.col("period").isNotNull()))
 
 
-def series_arrays(points: DataFrame, freq: Frequency) -> DataFrame:
-    """One row per series: ``series_id``, ``series_idx``, sorted ``values``, ``periods``, ``t``.
+def series_points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
+    """A series data set's observed points, with their covariates.
 
-    ``t`` is the period's index on the frequency's calendar, so consecutive periods
-    differ by exactly 1.
+    Columns: ``series_id``, ``period`` (TIMESTAMP), ``value``, and the declared
+    covariates ``static`` and ``dynamic`` (arrays, empty when none are declared).
     """
-    pts = (points.groupBy("series_id")
-           .agg(F.sort_array(F.collect_list(F.struct("period", "value"))).alias("pts")))
+    return _points(rows, series).filter(F.col("value").isNotNull() & ~F.isnan("value"))
+
+
+def future_points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
+    """The periods to forecast: rows with an empty target and every dynamic covariate.
+
+    Columns: ``series_id``, ``period``, ``dynamic``.
+    """
+    known = F.forall("dynamic", lambda x: x.isNotNull() & ~F.isnan(x))
+    return (_points(rows, series).filter(F.col("value").isNull() & known)
+            .select("series_id", "period", "dynamic"))
+
+
+def series_arrays(points: DataFrame, freq: Frequency,
+                  future: DataFrame | None = None) -> DataFrame:
+    """One row per series, its points as arrays in period order.
+
+    Columns: ``series_id``, ``series_idx``, ``values``, ``periods``, ``t``, ``static``
+    (the latest category per static role), ``dynamic`` (per point) and ``future``
+    (period index and dynamic values of rows to forecast). ``t`` is the period's index
+    on the frequency's calendar, so consecutive periods differ by exactly 1.
+    """
+    pts = (points.groupBy("series_id").agg(
+        F.sort_array(F.collect_list(F.struct("period", "value", "dynamic"))).alias("pts"),
+        F.max_by("static", "period").alias("static")))
     idx = F.dense_rank().over(Window.orderBy("series_id")) - 1
-    return pts.select(
+    arrays = pts.select(
         "series_id", idx.cast("int").alias("series_idx"),
         F.transform("pts", lambda p: p["value"].cast("float")).alias("values"),
         F.transform("pts", lambda p: p["period"]).alias("periods"),
-        F.transform("pts", lambda p: period_index(p["period"], freq)).alias("t"))
+        F.transform("pts", lambda p: period_index(p["period"], freq)).alias("t"),
+        F.transform("pts", lambda p: p["dynamic"]).alias("dynamic"), "static")
+    if future is None:
+        return arrays.withColumn("future", F.lit(None).cast("array<struct<t:int,"
+                                                              "dynamic:array<double>>>"))
+    ahead = (future.select("series_id", F.struct(period_index(F.col("period"), freq).alias("t"),
+                                                 "dynamic").alias("p"))
+             .groupBy("series_id").agg(F.sort_array(F.collect_list("p")).alias("future")))
+    return arrays.join(ahead, "series_id", "left")
+
+
+def static_indices(series: DataFrame, n_static: int) -> DataFrame:
+    """Add ``static_idx``: each static category as a dense index over every series.
+
+    Indices start at 1; 0 is a series without a category.
+    """
+    if not n_static:
+        return series.withColumn("static_idx", F.array().cast("array<int>"))
+    ranked = series
+    for i in range(n_static):
+        value = F.col("static")[i]
+        rank = F.dense_rank().over(Window.orderBy(F.asc_nulls_first(value)))
+        has_null = F.max(value.isNull().cast("int")).over(Window.partitionBy())
+        ranked = ranked.withColumn(f"_static_{i}", F.when(value.isNull(), 0)
+                                   .otherwise(rank - has_null).cast("int"))
+    cols = [F.col(f"_static_{i}") for i in range(n_static)]
+    return ranked.withColumn("static_idx", F.array(*cols)).drop(*[f"_static_{i}"
+                                                                  for i in range(n_static)])
 
 
 def check_lengths(series: DataFrame, dataset: str, length: int, context: int,
@@ -143,8 +226,11 @@ def check_lengths(series: DataFrame, dataset: str, length: int, context: int,
 
 
 def windows(series: DataFrame, season_length: int, context: int, prediction: int,
-            stride: int, source_version: int) -> DataFrame:
-    """Train windows ending before each series' horizon, plus its one test window."""
+            stride: int, source_version: int, n_dynamic: int = 0) -> DataFrame:
+    """Train windows ending before each series' horizon, plus its one test window.
+
+    ``series`` is :func:`series_arrays` with ``static_idx`` (:func:`static_indices`).
+    """
     length = context + prediction
     n = F.size("values")
     last_train = n - length - prediction
@@ -159,15 +245,28 @@ def windows(series: DataFrame, season_length: int, context: int, prediction: int
     first_t = F.element_at("t", s + 1)
     mean_abs = F.aggregate(F.slice(target, 1, context), F.lit(0.0).cast("double"),
                            lambda acc, x: acc + F.abs(x)) / context
+    dynamic = F.transform(F.flatten(F.slice("dynamic", s + 1, length)),
+                          lambda x: F.coalesce(x, F.lit(float("nan"))).cast("float"))
+    # The periods right after the last observed one, each present: the test row's inputs.
+    last_t = F.element_at("t", -1)
+    ahead = F.slice(F.filter("future", lambda p: p["t"] > last_t), 1, prediction)
+    contiguous = F.forall(F.transform(ahead, lambda p, k: p["t"] == last_t + k + 1),
+                          lambda ok: ok)
+    future = F.when((F.col("w.split") == "test") & F.lit(n_dynamic > 0)
+                    & (F.size(ahead) == prediction) & contiguous,
+                    F.transform(F.flatten(F.transform(ahead, lambda p: p["dynamic"])),
+                                lambda x: x.cast("float")))
     return exploded.select(
         (F.col("series_idx").cast("long") * ROW_ID_STRIDE + s).alias("row_id"),
         F.col("w.split").alias("split"), "series_idx", "series_id",
-        F.element_at("periods", s + 1).alias("start"),
+        F.to_date(F.element_at("periods", s + 1)).alias("start"),
         F.pmod(first_t, F.lit(season_length)).cast("int").alias("season"),
         F.lit(context).cast("int").alias("context_length"),
         F.lit(prediction).cast("int").alias("prediction_length"),
         (1.0 + mean_abs).cast("float").alias("scale"), target.alias("target"),
         F.lit(source_version).cast("long").alias("source_version"),
+        F.element_at("periods", s + 1).alias("start_time"), "static_idx",
+        dynamic.alias("dynamic"), future.alias("future"),
         (F.element_at("t", s + length) - first_t == length - 1).alias("complete"))
 
 
@@ -197,20 +296,13 @@ def build_windows(spark: SparkSession, cfg: Config, dataset: str,
     context, prediction = p["context_length"], p["prediction_length"]
     rows, pinned = silver_rows(spark, cfg, cfg.datasets[dataset])
     silver_table, silver_version = pinned.table, pinned.data_version
-    series = series_arrays(series_points(rows, declared), declared.freq).cache()
-    try:
-        if not series.limit(1).count():
-            raise SeriesTooShortError(f"series data set {dataset}: {silver_table} "
-                                      f"v{silver_version} holds no series of it")
-        check_lengths(series, dataset, context + prediction, context, prediction)
-        rows = windows(series, declared.season_length, context, prediction, p["stride"],
-                       silver_version).cache()
-        _check_test_windows(rows, dataset)
-        gold = _write(spark, cfg, dataset, rows.filter("complete").drop("complete"),
-                      silver_version, context, prediction, p["partitions"])
-        rows.unpersist()
-    finally:
-        series.unpersist()
+    key = build_key(declared, silver_version, p)
+    gold = window_spec(dataset).full_name(cfg.catalog.database)
+    if built_key(spark, cfg, dataset) == key:
+        log.info("%s: %s is already built from %s v%d with this declaration", dataset, gold,
+                 silver_table, silver_version)
+    else:
+        _build(spark, cfg, dataset, rows, declared, key, p["partitions"])
     built = delta.snapshot(spark, gold)
     version = built.data_version
     counts = {r["split"]: r["count"] for r in
@@ -219,6 +311,29 @@ def build_windows(spark: SparkSession, cfg: Config, dataset: str,
              version, counts, context, prediction, silver_table, silver_version)
     return FeatureSet(f"deepar_{dataset}", gold, version, sum(counts.values()),
                       context + prediction, 0, ("target",))
+
+
+def _build(spark: SparkSession, cfg: Config, dataset: str, rows: DataFrame,
+           declared: SeriesFeatures, key: dict, partitions: int) -> None:
+    context, prediction = key["context_length"], key["prediction_length"]
+    future = future_points(rows, declared) if declared.dynamic else None
+    series = static_indices(series_arrays(series_points(rows, declared), declared.freq, future),
+                            len(declared.static)).cache()
+    try:
+        if not series.limit(1).count():
+            raise SeriesTooShortError(f"series data set {dataset}: silver v"
+                                      f"{key['silver_version']} holds no series of it")
+        check_lengths(series, dataset, context + prediction, context, prediction)
+        cut = windows(series, declared.season_length, context, prediction, key["stride"],
+                      key["silver_version"], len(declared.dynamic)).cache()
+        try:
+            _check_test_windows(cut, dataset)
+            _write(spark, cfg, dataset, cut.filter("complete").drop("complete"), key,
+                   partitions)
+        finally:
+            cut.unpersist()
+    finally:
+        series.unpersist()
 
 
 def _check_test_windows(rows: DataFrame, dataset: str) -> None:
@@ -231,26 +346,42 @@ def _check_test_windows(rows: DataFrame, dataset: str) -> None:
             f"their recent history is not contiguous")
 
 
-def _write(spark: SparkSession, cfg: Config, dataset: str, df: DataFrame, silver_version: int,
-           context: int, prediction: int, partitions: int) -> str:
-    """Overwrite the gold table by path, exactly once per silver version and lengths.
+def build_key(series: SeriesFeatures, silver_version: int, p: dict[str, int]) -> dict:
+    """What a windows table is a function of, kept in the commit that wrote it.
 
-    With the same lengths as the table holds, the write carries txnAppId/txnVersion =
-    silver version, so a rebuild from the same silver version is a no-op. Other
-    lengths are a deliberate change and always rewrite the table.
+    The silver data version, the declaration and the window parameters (not how many
+    files hold the rows).
     """
-    gold = delta.ensure_table(spark, window_spec(dataset), cfg.catalog.database)
-    held = spark.table(gold).select("context_length", "prediction_length").limit(1).collect()
-    same = not held or (held[0][0], held[0][1]) == (context, prediction)
+    declared = {k: v for k, v in asdict(series).items() if k != "freq"}
+    return {"silver_version": silver_version, "freq": series.freq.name,
+            "declared": json.loads(json.dumps(declared)),
+            **{k: p[k] for k in ("context_length", "prediction_length", "stride")}}
+
+
+def _write(spark: SparkSession, cfg: Config, dataset: str, df: DataFrame, key: dict,
+           partitions: int) -> str:
+    """Overwrite the gold table by path, keyed on :func:`build_key` (kept in the commit).
+
+    The caller checked the key against the table's current data version, so this is a
+    deliberate change (or the first build); a run killed before the commit left nothing.
+    """
+    target = window_spec(dataset)
+    gold = delta.ensure_table(spark, target, cfg.catalog.database)
     partitions = partitions or max(4, 2 * cfg.train.num_proc)
     # Rows in hashed order inside each file, so a file is not a run of neighbouring
     # windows of one series (Petastorm reads row groups in file order).
-    writer = (df.repartition(partitions, "split", "row_id")
-              .sortWithinPartitions(F.xxhash64("row_id")).write.format("delta")
-              .mode("overwrite"))
-    if same:
-        writer = (writer.option("txnAppId", f"lakeforge/features/deepar_{dataset}")
-                  .option("txnVersion", silver_version))
-    # By path: an overwrite by name would go through the catalog's REPLACE TABLE.
-    writer.save(delta.table_location(spark, gold))
+    (df.select(*target.schema.fieldNames()).repartition(partitions, "split", "row_id")
+     .sortWithinPartitions(F.xxhash64("row_id")).write.format("delta").mode("overwrite")
+     .option("userMetadata", json.dumps({"key": key}))
+     # By path: an overwrite by name would go through the catalog's REPLACE TABLE.
+     .save(delta.table_location(spark, gold)))
     return gold
+
+
+def built_key(spark: SparkSession, cfg: Config, dataset: str) -> dict | None:
+    """The :func:`build_key` the windows table's current data was written with."""
+    gold = window_spec(dataset).full_name(cfg.catalog.database)
+    if not delta.table_exists(spark, gold):
+        return None
+    raw = delta.commit_metadata(spark, gold, delta.snapshot(spark, gold).data_version)
+    return (json.loads(raw) if raw else {}).get("key")

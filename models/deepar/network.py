@@ -3,7 +3,10 @@
 Inputs at each step are lagged values divided by the window's scale
 (``1 + mean |context|``): the previous value and the values one, two, ...
 seasons back (``seasonal_lags``), a one-hot season of the step
-(month of year or quarter), an embedding of the series and the log scale. The
+(month of year or quarter), an embedding of the series and the log scale, and
+the declared covariates: an embedding per static category and the dynamic
+values of the step, standardised with the training windows' mean and standard
+deviation (a missing value enters as the mean). The
 head gives the likelihood's two parameters from the LSTM output: for
 ``gaussian`` mean and softplus standard deviation on the scaled values; for
 ``negbin`` (counts) mean ``softplus * scale`` and shape ``softplus /
@@ -32,12 +35,21 @@ QUANTILES = (0.1, 0.5, 0.9)
 
 
 def network_config(params: dict[str, Any], n_series: int, season_length: int,
-                   context_length: int, prediction_length: int,
-                   freq: Frequency) -> dict[str, Any]:
-    """The plain-value description a network is rebuilt from (saved as ``deepar.json``)."""
+                   context_length: int, prediction_length: int, freq: Frequency,
+                   static_cardinalities: tuple[int, ...] = (),
+                   dynamic_stats: tuple[tuple[float, float], ...] = ()) -> dict[str, Any]:
+    """The plain-value description a network is rebuilt from (saved as ``deepar.json``).
+
+    ``static_cardinalities`` is the top category index per static role (its embedding
+    has one more row: index 0 is "none", and so is any index above the top at
+    scoring); ``dynamic_stats`` the training windows' (mean, std) per dynamic role.
+    """
     return {"n_series": int(n_series), "season_length": int(season_length),
             "context_length": int(context_length), "prediction_length": int(prediction_length),
-            "freq": freq.name, "freq_months": freq.months, "freq_days": freq.days,
+            "freq": freq.name, "freq_months": freq.months, "freq_seconds": freq.seconds,
+            "static_cardinalities": [int(c) for c in static_cardinalities],
+            "dynamic_mean": [float(m) for m, _ in dynamic_stats],
+            "dynamic_std": [float(sd) if sd > 0 else 1.0 for _, sd in dynamic_stats],
             "hidden": int(params["hidden"]),
             "layers": int(params["layers"]), "embedding_dim": int(params["embedding_dim"]),
             "dropout": float(params["dropout"]), "likelihood": str(params["likelihood"]),
@@ -52,28 +64,45 @@ def lags(season_length: int, seasonal_lags: int) -> list[int]:
                   if k * season_length != 1]
 
 
+def covariate_sizes(config: dict[str, Any]) -> tuple[list[int], int]:
+    """Static cardinalities and the dynamic count of a config (none in older models)."""
+    return list(config.get("static_cardinalities", [])), len(config.get("dynamic_mean", []))
+
+
 def build(config: dict[str, Any]):
     """A DeepAR network with its weights created (call it on a dummy batch first)."""
     import tensorflow as tf
 
     layers = tf.keras.layers
+    cards, n_dynamic = covariate_sizes(config)
 
     class DeepAR(tf.keras.Model):
         def __init__(self) -> None:
             super().__init__(name="deepar")
             self.embed = layers.Embedding(config["n_series"], config["embedding_dim"])
+            self.static = [layers.Embedding(c + 1, config["embedding_dim"]) for c in cards]
             self.lstms = [layers.LSTM(config["hidden"], return_sequences=True,
                                       return_state=True, dropout=config["dropout"])
                           for _ in range(config["layers"])]
             self.head = layers.Dense(2)
+            if n_dynamic:
+                self.dyn_mean = tf.constant(config["dynamic_mean"], tf.float32)
+                self.dyn_std = tf.constant(config["dynamic_std"], tf.float32)
 
         def call(self, inputs, states=None, training=False):
-            numeric, season, series_idx, log_scale = inputs
+            numeric, season, series_idx, log_scale, static_idx, dynamic = inputs
             steps = tf.shape(numeric)[1]
-            emb = tf.tile(self.embed(series_idx)[:, None, :], [1, steps, 1])
+            per_row = [self.embed(series_idx)]
+            for i, embed in enumerate(self.static):
+                idx = tf.cast(static_idx[:, i], tf.int32)
+                per_row.append(embed(tf.where((idx < 0) | (idx > cards[i]), 0, idx)))
+            emb = tf.tile(tf.concat(per_row, axis=-1)[:, None, :], [1, steps, 1])
             scale_in = tf.tile(log_scale[:, None, None], [1, steps, 1]) / 10.0
-            x = tf.concat([numeric, tf.one_hot(season, config["season_length"]), emb,
-                           scale_in], axis=-1)
+            parts = [numeric, tf.one_hot(season, config["season_length"]), emb, scale_in]
+            if n_dynamic:
+                z = (tf.cast(dynamic, tf.float32) - self.dyn_mean) / self.dyn_std
+                parts.append(tf.where(tf.math.is_finite(z), z, 0.0))
+            x = tf.concat(parts, axis=-1)
             new_states = []
             for i, lstm in enumerate(self.lstms):
                 x, h, c = lstm(x, initial_state=None if states is None else states[i],
@@ -84,8 +113,23 @@ def build(config: dict[str, Any]):
     net = DeepAR()
     b = 2
     net((tf.zeros((b, 3, len(config.get("lags", [1])))), tf.zeros((b, 3), tf.int32),
-         tf.zeros((b,), tf.int32), tf.zeros((b,))))
+         tf.zeros((b,), tf.int32), tf.zeros((b,)), tf.zeros((b, len(cards)), tf.int32),
+         tf.zeros((b, 3, n_dynamic))))
     return net
+
+
+def covariates(config: dict[str, Any], rows: int, steps: int, static_idx=None, dynamic=None):
+    """The covariates as the network takes them (empty when the model has none).
+
+    Returns:
+        ``(static_idx, dynamic)``: (rows, n_static) ints, (rows, steps, n_dynamic) floats.
+    """
+    cards, n_dynamic = covariate_sizes(config)
+    static = (np.zeros((rows, 0), np.int32) if not cards
+              else np.asarray(static_idx, dtype=np.int32).reshape(rows, len(cards)))
+    dyn = (np.zeros((rows, steps, 0), np.float32) if not n_dynamic
+           else np.asarray(dynamic, dtype=np.float32).reshape(rows, steps, n_dynamic))
+    return static, dyn
 
 
 def seasons(season0, steps: int, season_length: int):
@@ -138,13 +182,14 @@ def _negbin_params(out, scale):
     return mu, alpha
 
 
-def window_loss(net, target, season0, series_idx, scale, likelihood: str, season_length: int,
-                training: bool = True, skip: int = 0, lag_list=(1,)):
+def window_loss(net, target, season0, series_idx, scale, static_idx, dynamic, likelihood: str,
+                season_length: int, training: bool = True, skip: int = 0, lag_list=(1,)):
     """Teacher-forced loss over a batch of windows.
 
     The network runs over every step after the first; the loss counts the steps
     from ``skip + 1`` on. With ``skip = context_length - 1`` only the prediction
     range is scored: the context only conditions the state, as at forecast time.
+    ``dynamic`` holds every step's covariates, (rows, steps, n_dynamic).
     (Scored context steps teach a pull towards the window's own mean, because the
     scale is that mean; forecasts then drift back towards it.)
     """
@@ -154,12 +199,14 @@ def window_loss(net, target, season0, series_idx, scale, likelihood: str, season
     z = target / scale[:, None]
     season = seasons(season0, steps, season_length)
     numeric = lag_features(z, 1, steps - 1, lag_list)
-    out, _ = net((numeric, season[:, 1:], series_idx, tf.math.log(scale)), training=training)
+    out, _ = net((numeric, season[:, 1:], series_idx, tf.math.log(scale), static_idx,
+                  dynamic[:, 1:]), training=training)
     return nll(out[:, skip:], target[:, 1 + skip:], scale, likelihood)
 
 
 def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.ndarray,
-                 series_idx: np.ndarray, num_samples: int, seed: int = 0) -> np.ndarray:
+                 series_idx: np.ndarray, num_samples: int, seed: int = 0, static_idx=None,
+                 dynamic=None) -> np.ndarray:
     """Ancestral samples of the next ``prediction_length`` values after each context.
 
     Args:
@@ -170,6 +217,9 @@ def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.n
         series_idx: (series,) embedding index of each series.
         num_samples: sample paths per series.
         seed: random seed of the sampling.
+        static_idx: (series, n_static) category indices (models with static roles).
+        dynamic: (series, context_length + prediction_length, n_dynamic) covariates
+            of the context and the forecast periods (models with dynamic roles).
 
     Returns:
         (series, num_samples, prediction_length) raw sample values.
@@ -186,17 +236,20 @@ def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.n
     z = ctx / scale[:, None]
     season = seasons(s0, c + config["prediction_length"], season_length)
     lag_list = config.get("lags", [1])
+    static, dyn = covariates(config, n, c + config["prediction_length"], static_idx, dynamic)
+    static, dyn = tf.constant(static), tf.constant(dyn)
     warm = lag_features(z, 1, c - 1, lag_list)
-    _, states = net((warm, season[:, 1:c], idx, tf.math.log(scale)))
+    _, states = net((warm, season[:, 1:c], idx, tf.math.log(scale), static, dyn[:, 1:c]))
     rep = lambda t: tf.repeat(t, num_samples, axis=0)   # noqa: E731 - local shorthand
     states = [[rep(h), rep(cell)] for h, cell in states]
     idx_r, scale_r, season_r, path = rep(idx), rep(scale), rep(season), rep(z)
+    static_r, dyn_r = rep(static), rep(dyn)
     step = tf.function(lambda x, st: net(x, states=st), reduce_retracing=True)
     draws = []
     for k in range(config["prediction_length"]):
         numeric = lag_features(path, c + k, 1, lag_list)
         out, states = step((numeric, season_r[:, c + k:c + k + 1], idx_r,
-                            tf.math.log(scale_r)), states)
+                            tf.math.log(scale_r), static_r, dyn_r[:, c + k:c + k + 1]), states)
         raw = _draw(out[:, 0], scale_r, config["likelihood"])
         draws.append(raw)
         path = tf.concat([path, (raw / scale_r)[:, None]], axis=1)

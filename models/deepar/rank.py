@@ -11,7 +11,6 @@ every ``test`` window from its context and saves weights + config.
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from pathlib import Path
@@ -21,14 +20,27 @@ import numpy as np
 
 from models.deepar import network
 from models.deepar.network import sample_paths, summarise, window_loss
-from models.rank import RankSpec, _pin_gpu, last_checkpoint, start_rank, weights_digest
+from models.rank import (
+    RankSpec,
+    _pin_gpu,
+    last_checkpoint,
+    save_checkpoint,
+    start_rank,
+    weights_digest,
+)
 
 SHUFFLE_CAP = 100_000
 COLUMNS = ["row_id", "series_idx", "series_id", "season", "scale", "target"]
 
 
+def covariate_columns(config: dict[str, Any]) -> list[str]:
+    """The windows' covariate columns a model reads (none for a model without)."""
+    cards, n_dynamic = network.covariate_sizes(config)
+    return (["static_idx"] if cards else []) + (["dynamic"] if n_dynamic else [])
+
+
 def _train_dataset(files: list[str], batch: int, shard: int, shards: int, seed: int,
-                   buffer: int):
+                   buffer: int, config: dict[str, Any]):
     """Shuffled, endless batches of windows from this rank's Petastorm shard.
 
     Consecutive rows of a file are often neighbouring windows of one series, so
@@ -39,35 +51,51 @@ def _train_dataset(files: list[str], batch: int, shard: int, shards: int, seed: 
     from petastorm import make_batch_reader
     from petastorm.tf_utils import make_petastorm_dataset
 
+    cards, n_dynamic = network.covariate_sizes(config)
+    steps = config["context_length"] + config["prediction_length"]
     reader = make_batch_reader(
-        files, schema_fields=["series_idx", "season", "scale", "target"], cur_shard=shard,
-        shard_count=shards, num_epochs=None, shuffle_row_groups=True, seed=seed,
-        workers_count=2, reader_pool_type="thread")
-    ds = make_petastorm_dataset(reader).map(lambda b: (
-        tf.cast(b.target, tf.float32), tf.cast(b.season, tf.int32),
-        tf.cast(b.series_idx, tf.int32), tf.cast(b.scale, tf.float32)))
+        files, schema_fields=["series_idx", "season", "scale", "target",
+                              *covariate_columns(config)],
+        cur_shard=shard, shard_count=shards, num_epochs=None, shuffle_row_groups=True,
+        seed=seed, workers_count=2, reader_pool_type="thread")
+
+    def inputs(b):
+        rows = tf.shape(b.target)[0]
+        static = (tf.cast(b.static_idx, tf.int32) if cards
+                  else tf.zeros((rows, 0), tf.int32))
+        dynamic = (tf.reshape(tf.cast(b.dynamic, tf.float32), (rows, steps, n_dynamic))
+                   if n_dynamic else tf.zeros((rows, steps, 0)))
+        return (tf.cast(b.target, tf.float32), tf.cast(b.season, tf.int32),
+                tf.cast(b.series_idx, tf.int32), tf.cast(b.scale, tf.float32), static, dynamic)
+
+    ds = make_petastorm_dataset(reader).map(inputs)
     ds = ds.unbatch().shuffle(buffer, seed=seed).batch(batch, drop_remainder=True)
     return reader, ds.prefetch(tf.data.AUTOTUNE)
 
 
-def read_windows(files: list[str]) -> dict[str, np.ndarray]:
-    """Every window of ``files`` (unsharded, one pass), ordered by ``row_id``."""
+def read_windows(files: list[str], extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every window of ``files`` (unsharded, one pass), ordered by ``row_id``.
+
+    ``extra`` names covariate columns to read too (arrays, stacked like ``target``).
+    """
     from petastorm import make_batch_reader
 
-    parts: dict[str, list] = {c: [] for c in COLUMNS}
+    columns = [*COLUMNS, *extra]
+    parts: dict[str, list] = {c: [] for c in columns}
     if not files:
-        return {c: np.array([]) for c in COLUMNS}
-    with make_batch_reader(files, schema_fields=COLUMNS, num_epochs=1,
+        return {c: np.array([]) for c in columns}
+    with make_batch_reader(files, schema_fields=columns, num_epochs=1,
                            shuffle_row_groups=False, workers_count=1) as reader:
         for batch in reader:
-            for c in COLUMNS:
+            for c in columns:
                 parts[c].append(np.asarray(getattr(batch, c)))
     out = {c: np.concatenate(v) for c, v in parts.items()}
     out["series_id"] = np.array([s.decode() if isinstance(s, bytes) else str(s)
                                  for s in out["series_id"]])
     order = np.argsort(out["row_id"])
     out = {c: v[order] for c, v in out.items()}
-    out["target"] = np.stack(out["target"]).astype(np.float32)
+    for c in ("target", *extra):
+        out[c] = np.stack(out[c]).astype(np.float32)
     return out
 
 
@@ -98,10 +126,10 @@ def _step_fn(net, opt, config: dict[str, Any], hvd):
     skip = 0 if config.get("context_loss") else config["context_length"] - 1
 
     @tf.function
-    def step(target, season, idx, scale):
+    def step(target, season, idx, scale, static, dynamic):
         with tf.GradientTape() as tape:
-            loss = window_loss(net, target, season, idx, scale, config["likelihood"],
-                               config["season_length"], skip=skip,
+            loss = window_loss(net, target, season, idx, scale, static, dynamic,
+                               config["likelihood"], config["season_length"], skip=skip,
                                lag_list=config.get("lags", [1]))
         tape = hvd.DistributedGradientTape(tape)
         grads = tape.gradient(loss, net.trainable_variables)
@@ -140,7 +168,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     if initial_epoch < epochs:
         buffer = min(SHUFFLE_CAP, spec.rows["train"] // hvd.size() + 1)
         reader, ds = _train_dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
-                                    spec.seed + hvd.rank(), buffer)
+                                    spec.seed + hvd.rank(), buffer, config)
         try:
             history["loss"] = _fit(net, opt, config, ds, steps, initial_epoch, epochs, spec, hvd)
         finally:
@@ -180,8 +208,7 @@ def _fit(net, opt, config, ds, steps: int, initial_epoch: int, epochs: int, spec
         loss = float(hvd.allreduce(np.float32(total / steps), op=hvd.Average))
         losses.append(loss)
         if hvd.rank() == 0:
-            net.save_weights(os.path.join(spec.checkpoint_dir,
-                                          f"epoch-{epoch + 1:03d}.weights.h5"))
+            save_checkpoint(net.save_weights, spec.checkpoint_dir, epoch + 1)
             print(f"[lakeforge train] deepar epoch {epoch + 1}/{epochs} ({hvd.size()} ranks, "
                   f"{steps} steps, {time.monotonic() - start:.1f}s): loss={loss:.4f}", flush=True)
     return losses
@@ -195,12 +222,12 @@ def forecast_windows(net, config: dict[str, Any], files: list[str],
         Plain lists: ``series_id``, ``series_idx``, ``season``, ``target`` (whole
         window), and ``mean``, ``q10``, ``q50``, ``q90`` per future step.
     """
-    w = read_windows(files)
+    w = read_windows(files, tuple(covariate_columns(config)))
     if not len(w["row_id"]):
         return {}
     c = config["context_length"]
     paths = sample_paths(net, config, w["target"][:, :c], w["season"], w["series_idx"],
-                         config["num_samples"], seed)
+                         config["num_samples"], seed, w.get("static_idx"), w.get("dynamic"))
     out = {k: v.tolist() for k, v in summarise(paths).items()}
     out.update({"series_id": w["series_id"].tolist(),
                 "series_idx": w["series_idx"].astype(int).tolist(),

@@ -6,12 +6,16 @@ series' last observed period, so its last ``context_length`` values are the
 latest context. Each executor loads the network once per Python process and
 samples ``num_samples`` paths for a whole Arrow batch of series at once
 (``mapInPandas``); rows are the mean and 10/50/90% quantiles per series and
-future step, with the calendar period of the step.
+future step, with the calendar period of the step (``period``, its date, and
+``period_time``, its start). A model with dynamic covariates needs their values for
+the forecast periods (the windows' ``future``); a series without them stops the
+scoring on the driver, named.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -20,12 +24,19 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DateType, FloatType, IntegerType, StringType
+from pyspark.sql.types import DateType, FloatType, IntegerType, StringType, TimestampType
 
 from lakehouse.config import Config
-from lakehouse.errors import SchemaMismatchError
+from lakehouse.errors import LakeforgeError, SchemaMismatchError
 from lakehouse.tables import _f
-from models.deepar.network import WEIGHTS_FILE, load, sample_paths, summarise
+from models.deepar.network import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    covariate_sizes,
+    load,
+    sample_paths,
+    summarise,
+)
 from models.scoring import load_once
 
 PREDICTION_FIELDS = (
@@ -33,9 +44,16 @@ PREDICTION_FIELDS = (
     _f("period", DateType()), _f("mean", FloatType()), _f("q10", FloatType()),
     _f("q50", FloatType()), _f("q90", FloatType()),
 )
+# Added after the first release: existing prediction tables gain it.
+LATE_FIELDS = (_f("period_time", TimestampType()),)
 OUTPUT_SCHEMA = ("series_id string, step int, period date, mean float, q10 float, q50 float, "
-                 "q90 float")
+                 "q90 float, period_time timestamp")
 INPUT_COLUMNS = ("split", "series_id", "series_idx", "start", "season", "target")
+COVARIATE_COLUMNS = ("start_time", "static_idx", "dynamic", "future")
+
+
+class MissingCovariatesError(LakeforgeError):
+    """The forecast periods' dynamic covariates are not in the windows table."""
 
 
 def cached_network(artifact: str, loads=None):
@@ -45,26 +63,32 @@ def cached_network(artifact: str, loads=None):
 
 
 def future_periods(start: pd.Series, last: np.ndarray, steps: int, freq_months: int,
-                   freq_days: int = 0) -> np.ndarray:
-    """(rows, steps) dates ``last + k`` periods after ``start`` (k = 1..steps).
+                   freq_seconds: int = 0) -> np.ndarray:
+    """(rows, steps) period starts ``last + k`` periods after ``start`` (k = 1..steps).
 
     Args:
-        start: first period of each row's window.
+        start: first period of each row's window (dates or timestamps).
         last: (rows,) index of each window's last period (its length - 1).
         steps: future periods.
         freq_months: months per period (month, quarter, year).
-        freq_days: days per period (day, week); used when given.
+        freq_seconds: seconds per period (minute .. week); used when given.
+
+    Returns:
+        numpy ``datetime64[s]`` values.
     """
-    s = pd.to_datetime(start)
-    if freq_days:
-        ahead = (np.asarray(last)[:, None] + np.arange(1, steps + 1)[None, :]) * freq_days
-        days = s.to_numpy().astype("datetime64[D]")[:, None] + ahead.astype("timedelta64[D]")
-        return pd.to_datetime(days.ravel()).date.reshape(days.shape)
-    months = ((s.dt.year * 12 + s.dt.month - 1).to_numpy()[:, None]
-              + (np.asarray(last)[:, None] + np.arange(1, steps + 1)[None, :]) * freq_months)
+    s = pd.to_datetime(start).to_numpy().astype("datetime64[s]")
+    ahead = np.asarray(last)[:, None] + np.arange(1, steps + 1)[None, :]
+    if freq_seconds:
+        return s[:, None] + (ahead * freq_seconds).astype("timedelta64[s]")
+    first = pd.to_datetime(start)
+    months = (first.dt.year * 12 + first.dt.month - 1).to_numpy()[:, None] + ahead * freq_months
     dates = pd.to_datetime({"year": (months // 12).ravel(), "month": (months % 12 + 1).ravel(),
                             "day": np.ones(months.size, dtype=int)})
-    return dates.dt.date.to_numpy().reshape(months.shape)
+    return dates.to_numpy().astype("datetime64[s]").reshape(months.shape)
+
+
+def _seconds_per_period(config: dict[str, Any]) -> int:
+    return int(config.get("freq_seconds") or 86_400 * config.get("freq_days", 0))
 
 
 def forecast_batches(batches: Iterator[pd.DataFrame], artifact: str, loads,
@@ -72,6 +96,7 @@ def forecast_batches(batches: Iterator[pd.DataFrame], artifact: str, loads,
     """Executor side: mean and quantiles of the next ``prediction_length`` periods."""
     net, config = cached_network(artifact, loads)
     c, p, s = config["context_length"], config["prediction_length"], config["season_length"]
+    cards, n_dynamic = covariate_sizes(config)
     for pdf in batches:
         if pdf.empty:
             continue
@@ -82,16 +107,26 @@ def forecast_batches(batches: Iterator[pd.DataFrame], artifact: str, loads,
                              f"needs a context of {c}")
         context = np.stack([np.asarray(t, dtype=np.float32)[-c:] for t in pdf["target"]])
         season0 = (pdf["season"].to_numpy() + lengths - c) % s
+        static = np.stack(pdf["static_idx"].to_numpy()) if cards else None
+        dynamic = None
+        if n_dynamic:   # the context's covariates, then the forecast periods'
+            dynamic = np.stack([np.concatenate([
+                np.asarray(d, dtype=np.float32).reshape(-1, n_dynamic)[-c:],
+                np.asarray(f, dtype=np.float32).reshape(p, n_dynamic)])
+                for d, f in zip(pdf["dynamic"], pdf["future"], strict=True)])
         paths = sample_paths(net, config, context, season0, pdf["series_idx"].to_numpy(),
-                             config["num_samples"], seed)
+                             config["num_samples"], seed, static, dynamic)
         stats = summarise(paths)
-        periods = future_periods(pdf["start"], lengths - 1, p, config["freq_months"],
-                                 config.get("freq_days", 0))
+        begin = pdf["start_time"].where(pdf["start_time"].notna(),
+                                        pd.to_datetime(pdf["start"]))
+        periods = future_periods(begin, lengths - 1, p, config["freq_months"],
+                                 _seconds_per_period(config))
         yield pd.DataFrame({
             "series_id": np.repeat(pdf["series_id"].to_numpy(), p),
             "step": np.tile(np.arange(1, p + 1, dtype=np.int32), len(pdf)),
-            "period": periods.ravel(),
-            **{k: v.astype(np.float32).ravel() for k, v in stats.items()}})
+            "period": pd.to_datetime(periods.ravel()).date,
+            **{k: v.astype(np.float32).ravel() for k, v in stats.items()},
+            "period_time": pd.to_datetime(periods.ravel())})
 
 
 def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
@@ -106,18 +141,51 @@ def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
         loads: accumulator, +1 per network load on an executor.
 
     Returns:
-        ``series_id, step, period, mean, q10, q50, q90`` (not yet written).
+        ``series_id, step, period, mean, q10, q50, q90, period_time`` (not yet written).
 
     Raises:
         SchemaMismatchError: the input is not a windows table.
+        MissingCovariatesError: the model takes dynamic covariates and some series'
+            forecast periods have none in the input.
     """
     missing = [c for c in INPUT_COLUMNS if c not in df.columns]
     if missing:
         raise SchemaMismatchError(
             f"deepar scoring input: column(s) {', '.join(missing)} missing; score a "
             f"gold_deepar_<dataset> windows table (model {record.name} v{record.version})")
+    for column in COVARIATE_COLUMNS:   # tables written before covariates existed
+        if column not in df.columns:
+            df = df.withColumn(column, F.lit(None).cast(
+                "timestamp" if column == "start_time" else
+                "array<int>" if column == "static_idx" else "array<float>"))
+    latest = df.filter(F.col("split") == "test")
+    _check_future(latest, record)
     fn = functools.partial(forecast_batches, artifact=record.artifact, loads=loads,
                            seed=cfg.train.seed)
-    latest = (df.filter(F.col("split") == "test").select(*INPUT_COLUMNS[1:])
+    latest = (latest.select(*INPUT_COLUMNS[1:], *COVARIATE_COLUMNS)
               .repartition(max(1, cfg.train.num_proc), "series_id"))
     return latest.mapInPandas(fn, OUTPUT_SCHEMA)
+
+
+def _check_future(latest: DataFrame, record: Any) -> None:
+    """Stop when the model takes dynamic covariates the forecast periods lack."""
+    with open(os.path.join(record.artifact, CONFIG_FILE)) as fh:
+        config = json.load(fh)
+    cards, n_dynamic = covariate_sizes(config)
+    p = config["prediction_length"]
+    if cards and latest.filter(F.col("static_idx").isNull()).limit(1).count():
+        raise MissingCovariatesError(
+            f"deepar model {record.name} v{record.version} takes {len(cards)} static "
+            f"covariate(s); the input's windows have none: rebuild its features")
+    if not n_dynamic:
+        return
+    missing = (latest.filter(F.col("future").isNull() | (F.size("future") != p * n_dynamic))
+               .select("series_id").orderBy("series_id").limit(11).collect())
+    if missing:
+        names = ", ".join(r["series_id"] for r in missing[:10])
+        raise MissingCovariatesError(
+            f"deepar model {record.name} v{record.version} forecasts {p} periods from "
+            f"{n_dynamic} dynamic covariate(s); series {names}"
+            f"{' and more' if len(missing) > 10 else ''} lack their values for the periods "
+            f"after their last observed one. Add those periods to silver with the target "
+            f"empty and the covariates filled, then rebuild the features")

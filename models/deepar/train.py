@@ -57,6 +57,33 @@ def window_shape(df: DataFrame, name: str) -> dict[str, Any]:
             "context": first["c"], "prediction": first["p"], "source_version": first["v"]}
 
 
+def covariate_stats(df: DataFrame, window: int) -> tuple[tuple[int, ...],
+                                                      tuple[tuple[float, float], ...]]:
+    """The covariates a windows table holds, as the network is configured with them.
+
+    Returns:
+        The top index per static role, and (mean, std) per dynamic role over the
+        ``train`` windows' observed values; both empty for a table without.
+    """
+    first = df.select(F.size("static_idx").alias("s"), F.size("dynamic").alias("d")) \
+        .limit(1).first()
+    n_static = max(0, first["s"] or 0) if first else 0
+    n_dynamic = max(0, first["d"] or 0) // window if first else 0
+    cards: tuple[int, ...] = ()
+    if n_static:
+        top = df.select(*[F.max(F.col("static_idx")[i]) for i in range(n_static)]).first()
+        cards = tuple(int(v or 0) for v in top)
+    stats: tuple[tuple[float, float], ...] = ()
+    if n_dynamic:
+        values = (df.filter(F.col("split") == "train")
+                  .select(F.posexplode("dynamic").alias("i", "x")).filter(~F.isnan("x"))
+                  .groupBy((F.col("i") % n_dynamic).alias("k"))
+                  .agg(F.mean("x").alias("m"), F.stddev_pop("x").alias("sd")).collect())
+        found = {r["k"]: (float(r["m"]), float(r["sd"] or 0.0)) for r in values}
+        stats = tuple(found.get(k, (0.0, 1.0)) for k in range(n_dynamic))
+    return cards, stats
+
+
 class DeepArTrainer(FamilyTrainer):
     """Trains DeepAR on ``gold_deepar_<dataset>``."""
 
@@ -72,15 +99,20 @@ class DeepArTrainer(FamilyTrainer):
         declared = series_of(cfg, dataset)
         delta.check_schema(df.schema, window_spec(dataset).schema, table)
         shape = window_shape(df, f"{table} v{version}")
+        cards, stats = covariate_stats(df, shape["context"] + shape["prediction"])
         config = network_config(params, shape["n_series"], declared.season_length,
-                                shape["context"], shape["prediction"], declared.freq)
+                                shape["context"], shape["prediction"], declared.freq,
+                                cards, stats)
         if max(config["lags"]) > shape["context"]:
             raise ConfigError(f"deepar: seasonal_lags {params['seasonal_lags']} reaches "
                               f"{max(config['lags'])} periods back, beyond {table}'s "
                               f"context_length {shape['context']}; lower seasonal_lags or "
                               f"rebuild the windows with a longer --param context_length")
+        covariates = "".join([f", {len(cards)} static" if cards else "",
+                              f", {len(stats)} dynamic" if stats else ""])
         summary = (f"{shape['rows']} windows of {shape['n_series']} series, "
-                   f"{shape['context']}+{shape['prediction']} {declared.freq.name}s")
+                   f"{shape['context']}+{shape['prediction']} periods of "
+                   f"{declared.freq.name}{covariates}")
         return TrainPlan(dict(params), summary, {
             "df": df, "shape": shape, "config": config, "declared": declared,
             "dataset": dataset, "start": time.monotonic()})
