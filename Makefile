@@ -24,12 +24,19 @@ dist: setup     ## wheel + dist/lakeforge.zip (code for spark-submit --py-files)
 demo: setup     ## run the pipeline end to end on the real data (embedded defaults)
 	$(VENV)/bin/lakeforge demo $(ARGS)
 
+# Two test processes, each with its own SparkSession, a test file at a time, in the
+# order tests/conftest.py gives (the longest files first): the suite
+# waits on JVM starts, Horovod and Airflow's scheduler more than it computes.
+# TEST_PROCS=0 runs it in one process.
+TEST_PROCS ?= 2
+PYTEST := $(PY) -m pytest $(if $(filter 0,$(TEST_PROCS)),,-n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder)
+
 test: setup     ## lint, then the whole test suite
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: setup  ## the suite without the slow end-to-end tests
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 lint: setup     ## ruff
 	$(VENV)/bin/ruff check .

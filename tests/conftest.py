@@ -46,3 +46,23 @@ def cfg(spark, base_cfg: Config) -> Config:
     yield dataclasses.replace(base_cfg, catalog=CatalogConfig(database=db))
     spark.sql(f"DROP DATABASE {db} CASCADE")
 
+
+
+# The files whose tests run several processes for minutes (`--durations`), longest first.
+LONGEST_FILES = ("test_dags.py", "test_kill.py", "test_metastore.py", "test_cluster.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first, then the other files with slow tests, then the rest.
+
+    With ``-n 2 --dist loadfile`` each process takes the next file when it is free, so
+    a long file started last would leave one process running it alone at the end.
+    """
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        if name in LONGEST_FILES:
+            return LONGEST_FILES.index(name)
+        return len(LONGEST_FILES) + (0 if slow_files.get(name) else 1)
+
+    slow_files = {item.path.name: True for item in items if item.get_closest_marker("slow")}
+    items.sort(key=rank)

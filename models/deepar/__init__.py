@@ -5,7 +5,9 @@ Features (``lakeforge features us_employment``) cut windows per series into
 us_employment``) runs Horovod ranks over them and scores the held-out horizon
 against seasonal naive and ETS; scoring (``lakeforge score deepar --model
 us_employment_deepar``) forecasts past the end of every series into
-``predictions_deepar``.
+``predictions_deepar``. Any series data set of the catalog trains the same way, at
+any frequency from minutes to years, with optional static (categorical) and dynamic
+(numeric, known ahead) covariates declared as roles (:mod:`lakehouse.kinds`).
 """
 
 from models.deepar.features import build_windows
