@@ -380,3 +380,22 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     assert rebuilt.version > built.version                     # a changed declaration
     after = spark.table(rebuilt.table).toPandas()
     assert after.dynamic.map(len).eq(0).all() and after.static_idx.map(len).eq(0).all()
+
+
+def test_windows_without_covariates_feed_training_batches(spark, cfg, panel):
+    """The batches a rank trains on, for a panel declaring no covariates (empty ones)."""
+    from models.deepar.rank import _train_dataset
+
+    c, p = WINDOW["context_length"], WINDOW["prediction_length"]
+    files = snapshot_files(spark.table(panel.table))["train"]
+    reader, ds = _train_dataset(files, 8, 0, 1, 7, 1000,
+                                {"context_length": c, "prediction_length": p})
+    try:
+        batches = iter(ds)
+        for _ in range(20):
+            target, season, idx, scale, static, dynamic = next(batches)
+    finally:
+        reader.stop()
+        reader.join()
+    assert target.shape == (8, c + p) and season.shape == idx.shape == scale.shape == (8,)
+    assert static.shape == (8, 0) and dynamic.shape == (8, c + p, 0)

@@ -61,16 +61,23 @@ def _train_dataset(files: list[str], batch: int, shard: int, shards: int, seed: 
 
     def inputs(b):
         rows = tf.shape(b.target)[0]
-        static = (tf.cast(b.static_idx, tf.int32) if cards
-                  else tf.zeros((rows, 0), tf.int32))
+        static = tf.cast(b.static_idx, tf.int32) if cards else tf.zeros((rows, 1), tf.int32)
         dynamic = (tf.reshape(tf.cast(b.dynamic, tf.float32), (rows, steps, n_dynamic))
-                   if n_dynamic else tf.zeros((rows, steps, 0)))
+                   if n_dynamic else tf.zeros((rows, 1)))
         return (tf.cast(b.target, tf.float32), tf.cast(b.season, tf.int32),
                 tf.cast(b.series_idx, tf.int32), tf.cast(b.scale, tf.float32), static, dynamic)
 
+    def without_absent(target, season, idx, scale, static, dynamic):
+        rows = tf.shape(target)[0]
+        return (target, season, idx, scale,
+                static if cards else tf.zeros((rows, 0), tf.int32),
+                dynamic if n_dynamic else tf.zeros((rows, steps, 0)))
+
+    # Placeholders of one zero stand in for absent covariates until batches are formed:
+    # TensorFlow 2.15 crashes (SIGSEGV) shuffling elements of zero size.
     ds = make_petastorm_dataset(reader).map(inputs)
     ds = ds.unbatch().shuffle(buffer, seed=seed).batch(batch, drop_remainder=True)
-    return reader, ds.prefetch(tf.data.AUTOTUNE)
+    return reader, ds.map(without_absent).prefetch(tf.data.AUTOTUNE)
 
 
 def read_windows(files: list[str], extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
