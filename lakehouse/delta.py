@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -295,6 +296,12 @@ def commit_metadata(spark: SparkSession, full_name: str, version: int) -> str | 
                .filter((F.col("version") <= int(version)) & F.col("userMetadata").isNotNull())
                .orderBy(F.desc("version")).select("userMetadata").limit(1).collect())
     return history[0]["userMetadata"] if history else None
+
+
+def commit_json(spark: SparkSession, full_name: str, version: int) -> dict:
+    """:func:`commit_metadata` as the JSON object writers store there (``{}`` if none)."""
+    raw = commit_metadata(spark, full_name, version)
+    return json.loads(raw) if raw else {}
 
 
 def read_data_version(spark: SparkSession, full_name: str, data_version: int) -> DataFrame:

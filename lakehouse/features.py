@@ -169,8 +169,7 @@ def transform_of(spark: SparkSession, table: str, version: int) -> FeatureTransf
 def _written_with(spark: SparkSession, table: str,
                   version: int) -> tuple[dict | None, FeatureTransform | None]:
     """The build key and fitted transform stored in the commit that wrote ``version``."""
-    raw = delta.commit_metadata(spark, table, version)
-    meta = json.loads(raw) if raw else {}
+    meta = delta.commit_json(spark, table, version)
     transform = FeatureTransform.from_json(meta["transform"]) if "transform" in meta else None
     return meta.get("key"), transform
 

@@ -380,6 +380,9 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     assert rebuilt.version > built.version                     # a changed declaration
     after = spark.table(rebuilt.table).toPandas()
     assert after.dynamic.map(len).eq(0).all() and after.static_idx.map(len).eq(0).all()
+    with pytest.raises(MissingCovariatesError, match=r"takes 1 static covariate\(s\); the "
+                                                     r"input's windows have none"):
+        _check_future(spark.table(rebuilt.table).filter("split = 'test'"), record)
 
 
 def test_windows_without_covariates_feed_training_batches(spark, cfg, panel):

@@ -383,5 +383,4 @@ def built_key(spark: SparkSession, cfg: Config, dataset: str) -> dict | None:
     gold = window_spec(dataset).full_name(cfg.catalog.database)
     if not delta.table_exists(spark, gold):
         return None
-    raw = delta.commit_metadata(spark, gold, delta.snapshot(spark, gold).data_version)
-    return (json.loads(raw) if raw else {}).get("key")
+    return delta.commit_json(spark, gold, delta.snapshot(spark, gold).data_version).get("key")

@@ -283,10 +283,15 @@ def save(net, config: dict[str, Any], folder: str) -> None:
         json.dump(config, fh, indent=2)
 
 
+def load_config(folder: str) -> dict[str, Any]:
+    """The :func:`network_config` saved in an artifact folder."""
+    with open(os.path.join(folder, CONFIG_FILE)) as fh:
+        return json.load(fh)
+
+
 def load(folder: str):
     """Rebuild a saved network; returns ``(net, config)``."""
-    with open(os.path.join(folder, CONFIG_FILE)) as fh:
-        config = json.load(fh)
+    config = load_config(folder)
     net = build(config)
     net.load_weights(os.path.join(folder, WEIGHTS_FILE))
     return net, config

@@ -15,7 +15,6 @@ scoring on the driver, named.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -29,11 +28,12 @@ from pyspark.sql.types import DateType, FloatType, IntegerType, StringType, Time
 from lakehouse.config import Config
 from lakehouse.errors import LakeforgeError, SchemaMismatchError
 from lakehouse.tables import _f
+from models.deepar.features import WINDOW_FIELDS
 from models.deepar.network import (
-    CONFIG_FILE,
     WEIGHTS_FILE,
     covariate_sizes,
     load,
+    load_config,
     sample_paths,
     summarise,
 )
@@ -153,11 +153,10 @@ def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
         raise SchemaMismatchError(
             f"deepar scoring input: column(s) {', '.join(missing)} missing; score a "
             f"gold_deepar_<dataset> windows table (model {record.name} v{record.version})")
+    types = {f.name: f.dataType for f in WINDOW_FIELDS}
     for column in COVARIATE_COLUMNS:   # tables written before covariates existed
         if column not in df.columns:
-            df = df.withColumn(column, F.lit(None).cast(
-                "timestamp" if column == "start_time" else
-                "array<int>" if column == "static_idx" else "array<float>"))
+            df = df.withColumn(column, F.lit(None).cast(types[column]))
     latest = df.filter(F.col("split") == "test")
     _check_future(latest, record)
     fn = functools.partial(forecast_batches, artifact=record.artifact, loads=loads,
@@ -169,11 +168,11 @@ def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
 
 def _check_future(latest: DataFrame, record: Any) -> None:
     """Stop when the model takes dynamic covariates the forecast periods lack."""
-    with open(os.path.join(record.artifact, CONFIG_FILE)) as fh:
-        config = json.load(fh)
+    config = load_config(record.artifact)
     cards, n_dynamic = covariate_sizes(config)
     p = config["prediction_length"]
-    if cards and latest.filter(F.col("static_idx").isNull()).limit(1).count():
+    lacking = F.col("static_idx").isNull() | (F.size("static_idx") != len(cards))
+    if cards and latest.filter(lacking).limit(1).count():
         raise MissingCovariatesError(
             f"deepar model {record.name} v{record.version} takes {len(cards)} static "
             f"covariate(s); the input's windows have none: rebuild its features")
