@@ -135,10 +135,12 @@ def test_job_failing_on_its_input_fails_without_retries(airflow_env, tmp_path):
 
 
 class Scheduler:
-    """A real Airflow: API server, scheduler (LocalExecutor) and DAG processor, started
-    as their own process groups on free ports, with SQLite metadata under ``home``."""
+    """A real Airflow: API server, DAG processor and scheduler (LocalExecutor), started
+    as their own process groups on free ports, with SQLite metadata under ``home``. The
+    scheduler starts on :meth:`start_scheduler`, so that runs triggered before it are all
+    queued when it first looks."""
 
-    COMPONENTS = ("api-server", "scheduler", "dag-processor")
+    COMPONENTS = ("api-server", "dag-processor")
 
     def __init__(self, env: dict[str, str], home: Path, parallelism: int) -> None:
         port = free_port()
@@ -163,10 +165,17 @@ class Scheduler:
         subprocess.run([airflow, "db", "migrate"], env=self.env, capture_output=True,
                        check=True, timeout=600)
         for name in self.COMPONENTS:
-            log = (self.home / f"{name}.log").open("w")
-            self.procs.append(subprocess.Popen([airflow, name], env=self.env, stdout=log,
-                                               stderr=subprocess.STDOUT, start_new_session=True))
+            self._start(name)
         return self
+
+    def _start(self, name: str) -> None:
+        log = (self.home / f"{name}.log").open("w")
+        self.procs.append(subprocess.Popen([str(AIRFLOW_PYTHON.parent / "airflow"), name],
+                                           env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def start_scheduler(self) -> None:
+        self._start("scheduler")
 
     def __exit__(self, *exc) -> None:
         for proc in self.procs:
@@ -246,6 +255,7 @@ def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(airflow_en
             airflow.wait_for_dags(list(runs))
             for dag, run_id in runs.items():
                 airflow.trigger(dag, run_id, "2026-11-20T00:00:00+00:00")
+            airflow.start_scheduler()   # both runs queued: its first loop starts both
             states = airflow.wait_for_runs(runs)
             assert {d: s["state"] for d, s in states.items()} == dict.fromkeys(runs, "success"), \
                 airflow.logs()
