@@ -47,6 +47,8 @@ class SparkConfig:
     python: str = ""
     log4j_config: str = "conf/log4j2.properties"
     java_options: str = ""
+    class_archive: bool = True
+    class_archive_dir: str = "~/.cache/lakeforge/jvm"
     conf: dict[str, str] = field(default_factory=dict)
 
 

@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 
 from lakehouse.config import Config, SparkConfig, project_path
 from lakehouse.errors import ConfigError, LakehouseBusyError
+from lakehouse.jvm import archive_options
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,17 @@ def postgres_jar(cfg: Config) -> Path:
 def metastore_conf(cfg: Config) -> dict[str, str]:
     """Spark settings of the configured metastore (embedded Derby or PostgreSQL)."""
     ms = cfg.metastore
+    jar = postgres_jar(cfg)
     if ms.kind == "derby":
         return {
             "spark.hadoop.javax.jdo.option.ConnectionURL":
                 f"jdbc:derby:;databaseName={cfg.metastore_dir};create=true",
             "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+            # Unused here; on the class path all the same, so that lakehouses on either
+            # metastore start their drivers on one class path and share one class
+            # archive (lakehouse.jvm).
+            **({"spark.driver.extraClassPath": str(jar)} if jar.is_file() else {}),
         }
-    jar = postgres_jar(cfg)
     if not jar.is_file():
         raise ConfigError(f"metastore.kind=postgres needs the JDBC driver {jar}; run "
                           f"scripts/setup.sh (or set metastore.jdbc_version)")
@@ -129,6 +134,9 @@ def spark_conf(cfg: Config) -> dict[str, str]:
     else:
         conf["spark.jars.packages"] = delta_packages(sc)
     conf.update(sc.conf)
+    if conf["spark.driver.extraJavaOptions"] == " ".join(java_options):
+        archive = archive_options(cfg, conf.get("spark.driver.extraClassPath", ""))
+        conf["spark.driver.extraJavaOptions"] = " ".join([*archive, *java_options])
     return conf
 
 

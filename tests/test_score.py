@@ -1,10 +1,12 @@
 """Batch scoring into Delta, SQL views over predictions, and JDBC through the Thrift server."""
 
+import dataclasses
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.catalog import create_views, run_sql
+from lakehouse.config import CatalogConfig
 from lakehouse.curate import curate
 from lakehouse.errors import SchemaMismatchError
 from lakehouse.ingest import ingest
@@ -42,12 +45,22 @@ def _register(spark, cfg, table, tmp_path, run_id, seed):
                                            table, delta.current_version(spark, table), run_id)
 
 
-@pytest.fixture
-def wine_model(spark, cfg, tmp_path):
+@pytest.fixture(scope="module")
+def wine_gold(spark, base_cfg):
+    """The wine gold table, built once in a database of this module's own: the tests only
+    read it (their models, predictions and broken copies go to their own databases)."""
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    spark.sql(f"CREATE DATABASE {db}")
+    cfg = dataclasses.replace(base_cfg, catalog=CatalogConfig(database=db))
     ingest(spark, cfg, ["wine"], "b1")
     curate(spark, cfg, ["wine"])
-    gold = build_features(spark, cfg, "wine", partitions=4)
-    return gold, _register(spark, cfg, gold.table, tmp_path, "r1", seed=1)
+    yield build_features(spark, cfg, "wine", partitions=4)
+    spark.sql(f"DROP DATABASE {db} CASCADE")
+
+
+@pytest.fixture
+def wine_model(spark, cfg, wine_gold, tmp_path):
+    return wine_gold, _register(spark, cfg, wine_gold.table, tmp_path, "r1", seed=1)
 
 
 def test_scores_every_row_with_lineage(spark, cfg, wine_model):
