@@ -20,6 +20,7 @@ from models.deepar.baselines import seasonal_naive
 from models.deepar.evaluate import forecast_metrics
 from models.deepar.features import SeriesTooShortError
 from models.deepar.network import load, sample_paths
+from models.deepar.scoring import UnknownSeriesError
 from models.features import build_features
 from models.runner import snapshot_files, train
 from models.scoring import score
@@ -305,6 +306,30 @@ def test_two_ranks_train_forecast_register_and_score(spark, weekly):
     again = score(spark, cfg, "deepar", "stores_deepar")
     assert again.skipped and spark.table(scored.table).count() == len(out)
 
+    # A series and a store format arrive that sort first: a rebuild keeps every index it
+    # gave, so the model still finds its series; the newcomers take the next ones, and
+    # the model refuses the series it never saw instead of forecasting it as another.
+    windows = f"{cfg.catalog.database}.gold_deepar_stores"
+
+    def indices():
+        test = spark.table(windows).filter("split = 'test'").collect()
+        return ({r.series_id: r.series_idx for r in test},
+                {r.static[0]: r.static_idx[0] for r in test})
+
+    series_before, formats_before = indices()
+    assert sorted(formats_before.items()) == [("mall", 1), ("street", 2)]
+    spec = silver_spec(spark, cfg, "stores")
+    newcomer = [("A0", week(m), 100.0 + m % 12, "kiosk", 0) for m in range(40)]
+    spark.createDataFrame(newcomer, spec.schema).write.format("delta").mode("append") \
+        .saveAsTable(spec.full_name(cfg.catalog.database))
+    build_features(spark, cfg, "stores")
+    series_after, formats_after = indices()
+    assert series_after == {**series_before, "A0": 5}
+    assert formats_after == {**formats_before, "kiosk": 3}
+    with pytest.raises(UnknownSeriesError, match="stores_deepar v1 was trained on 5 series; "
+                                                  "A0 came after it"):
+        score(spark, cfg, "deepar", "stores_deepar")
+
 
 HOURLY = {"meters": {
     "kind": "series", "roles": {"item_id": "meter", "timestamp": "hour", "target": "load",
@@ -366,8 +391,8 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     record = type("Record", (), {"name": "meters_deepar", "version": 1,
                                  "artifact": str(tmp_path)})()
     (tmp_path / "deepar.json").write_text(json.dumps({
-        "prediction_length": p, "static_cardinalities": [2], "dynamic_mean": [0.0, 0.0],
-        "dynamic_std": [1.0, 1.0]}))
+        "n_series": 3, "prediction_length": p, "static_cardinalities": [2],
+        "dynamic_mean": [0.0, 0.0], "dynamic_std": [1.0, 1.0]}))
     latest = spark.table(built.table).filter("split = 'test'")
     with pytest.raises(MissingCovariatesError, match=r"meters_deepar v1 forecasts 6 periods "
                                                      r"from 2 dynamic covariate\(s\); series M2 "

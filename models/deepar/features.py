@@ -89,6 +89,8 @@ WINDOW_FIELDS = (
     _f("static_idx", ArrayType(IntegerType())),
     _f("dynamic", ArrayType(FloatType())),
     _f("future", ArrayType(FloatType())),
+    # The categories static_idx indexes, so a rebuild keeps every index it gave.
+    _f("static", ArrayType(StringType())),
 )
 
 
@@ -164,19 +166,31 @@ def future_points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
             .select("series_id", "period", "dynamic"))
 
 
-def series_arrays(points: DataFrame, freq: Frequency,
-                  future: DataFrame | None = None) -> DataFrame:
+def series_arrays(points: DataFrame, freq: Frequency, future: DataFrame | None = None,
+                  known: dict[str, int] | None = None) -> DataFrame:
     """One row per series, its points as arrays in period order.
 
     Columns: ``series_id``, ``series_idx``, ``values``, ``periods``, ``t``, ``static``
     (the latest category per static role), ``dynamic`` (per point) and ``future``
     (period index and dynamic values of rows to forecast). ``t`` is the period's index
     on the frequency's calendar, so consecutive periods differ by exactly 1.
+
+    ``series_idx`` keeps the index ``known`` gives a series (an earlier build's); the
+    other series get the next free ones, in ``series_id`` order. A model trained on
+    an earlier build so still finds each of its series under its own index.
     """
     pts = (points.groupBy("series_id").agg(
         F.sort_array(F.collect_list(F.struct("period", "value", "dynamic"))).alias("pts"),
         F.max_by("static", "period").alias("static")))
-    idx = F.dense_rank().over(Window.orderBy("series_id")) - 1
+    known = known or {}
+    if known:
+        pts = pts.join(F.broadcast(points.sparkSession.createDataFrame(
+            list(known.items()), "series_id string, _known int")), "series_id", "left")
+    else:
+        pts = pts.withColumn("_known", F.lit(None).cast("int"))
+    new = F.col("_known").isNull()
+    rank = F.dense_rank().over(Window.partitionBy(new).orderBy("series_id"))
+    idx = F.coalesce("_known", rank + max(known.values(), default=-1))
     arrays = pts.select(
         "series_id", idx.cast("int").alias("series_idx"),
         F.transform("pts", lambda p: p["value"].cast("float")).alias("values"),
@@ -192,20 +206,25 @@ def series_arrays(points: DataFrame, freq: Frequency,
     return arrays.join(ahead, "series_id", "left")
 
 
-def static_indices(series: DataFrame, n_static: int) -> DataFrame:
-    """Add ``static_idx``: each static category as a dense index over every series.
+def static_indices(series: DataFrame, n_static: int,
+                   known: list[dict[str, int]] | None = None) -> DataFrame:
+    """Add ``static_idx``: each static category as an index from 1; 0 is "none".
 
-    Indices start at 1; 0 is a series without a category.
+    A category keeps the index ``known[i]`` gives it (an earlier build's, per role); the
+    other categories get the next free ones, in their order.
     """
     if not n_static:
         return series.withColumn("static_idx", F.array().cast("array<int>"))
     ranked = series
     for i in range(n_static):
         value = F.col("static")[i]
-        rank = F.dense_rank().over(Window.orderBy(F.asc_nulls_first(value)))
-        has_null = F.max(value.isNull().cast("int")).over(Window.partitionBy())
-        ranked = ranked.withColumn(f"_static_{i}", F.when(value.isNull(), 0)
-                                   .otherwise(rank - has_null).cast("int"))
+        mapping = (known or [{}] * n_static)[i]
+        given = (F.element_at(F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv]),
+                              value) if mapping else F.lit(None).cast("int"))
+        new = given.isNull()
+        rank = F.dense_rank().over(Window.partitionBy(new, value.isNull()).orderBy(value))
+        ranked = ranked.withColumn(f"_static_{i}", F.when(value.isNull(), 0).otherwise(
+            F.coalesce(given, rank + max(mapping.values(), default=0))).cast("int"))
     cols = [F.col(f"_static_{i}") for i in range(n_static)]
     return ranked.withColumn("static_idx", F.array(*cols)).drop(*[f"_static_{i}"
                                                                   for i in range(n_static)])
@@ -266,7 +285,7 @@ def windows(series: DataFrame, season_length: int, context: int, prediction: int
         (1.0 + mean_abs).cast("float").alias("scale"), target.alias("target"),
         F.lit(source_version).cast("long").alias("source_version"),
         F.element_at("periods", s + 1).alias("start_time"), "static_idx",
-        dynamic.alias("dynamic"), future.alias("future"),
+        dynamic.alias("dynamic"), future.alias("future"), "static",
         (F.element_at("t", s + length) - first_t == length - 1).alias("complete"))
 
 
@@ -317,8 +336,10 @@ def _build(spark: SparkSession, cfg: Config, dataset: str, rows: DataFrame,
            declared: SeriesFeatures, key: dict, partitions: int) -> None:
     context, prediction = key["context_length"], key["prediction_length"]
     future = future_points(rows, declared) if declared.dynamic else None
-    series = static_indices(series_arrays(series_points(rows, declared), declared.freq, future),
-                            len(declared.static)).cache()
+    known_series, known_static = given_indices(spark, cfg, dataset, declared)
+    series = static_indices(series_arrays(series_points(rows, declared), declared.freq, future,
+                                          known_series),
+                            len(declared.static), known_static).cache()
     try:
         if not series.limit(1).count():
             raise SeriesTooShortError(f"series data set {dataset}: silver v"
@@ -334,6 +355,34 @@ def _build(spark: SparkSession, cfg: Config, dataset: str, rows: DataFrame,
             cut.unpersist()
     finally:
         series.unpersist()
+
+
+def given_indices(spark: SparkSession, cfg: Config, dataset: str, declared: SeriesFeatures
+                  ) -> tuple[dict[str, int], list[dict[str, int]] | None]:
+    """The series and static-category indices the current windows table gave.
+
+    Static categories count only when the table was built with the same static roles
+    in the same order (else their indices start afresh, and so does any model).
+    """
+    gold = window_spec(dataset).full_name(cfg.catalog.database)
+    if not delta.table_exists(spark, gold):
+        return {}, None
+    current = delta.snapshot(spark, gold)
+    test = delta.read_version(spark, gold, current.version).filter(F.col("split") == "test")
+    series = {r["series_id"]: r["series_idx"]
+              for r in test.select("series_id", "series_idx").distinct().collect()}
+    key = delta.commit_json(spark, gold, current.data_version).get("key") or {}
+    if (not declared.static or "static" not in test.columns
+            or key.get("declared", {}).get("static") != list(declared.static)):
+        return series, None
+    static: list[dict[str, int]] = [{} for _ in declared.static]
+    rows = (test.select(F.posexplode(F.arrays_zip("static", "static_idx")).alias("i", "p"))
+            .filter(F.col("p.static").isNotNull())
+            .select("i", F.col("p.static").alias("value"), F.col("p.static_idx").alias("idx"))
+            .distinct().collect())
+    for r in rows:
+        static[r["i"]][r["value"]] = r["idx"]
+    return series, static
 
 
 def _check_test_windows(rows: DataFrame, dataset: str) -> None:

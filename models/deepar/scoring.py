@@ -56,6 +56,10 @@ class MissingCovariatesError(LakeforgeError):
     """The forecast periods' dynamic covariates are not in the windows table."""
 
 
+class UnknownSeriesError(LakeforgeError):
+    """The input holds series the model has no embedding for (added after its training)."""
+
+
 def cached_network(artifact: str, loads=None):
     """The network of ``artifact``, loaded at most once in this process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -147,6 +151,7 @@ def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
         SchemaMismatchError: the input is not a windows table.
         MissingCovariatesError: the model takes dynamic covariates and some series'
             forecast periods have none in the input.
+        UnknownSeriesError: the input holds series added after the model's training.
     """
     missing = [c for c in INPUT_COLUMNS if c not in df.columns]
     if missing:
@@ -167,7 +172,7 @@ def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
 
 
 def _check_future(latest: DataFrame, record: Any) -> None:
-    """Stop when the model takes dynamic covariates the forecast periods lack."""
+    """Stop on series the model never saw, or covariates its inputs lack."""
     config = load_config(record.artifact)
     cards, n_dynamic = covariate_sizes(config)
     p = config["prediction_length"]
@@ -176,6 +181,15 @@ def _check_future(latest: DataFrame, record: Any) -> None:
         raise MissingCovariatesError(
             f"deepar model {record.name} v{record.version} takes {len(cards)} static "
             f"covariate(s); the input's windows have none: rebuild its features")
+    unseen = (latest.filter(F.col("series_idx") >= config["n_series"])
+              .select("series_id").orderBy("series_id").limit(11).collect())
+    if unseen:
+        names = ", ".join(r["series_id"] for r in unseen[:10])
+        raise UnknownSeriesError(
+            f"deepar model {record.name} v{record.version} was trained on "
+            f"{config['n_series']} series; {names}{' and more' if len(unseen) > 10 else ''} "
+            f"came after it. Train a new version on the current features (lakeforge train "
+            f"deepar), or score an input it knows (--input-version)")
     if not n_dynamic:
         return
     missing = (latest.filter(F.col("future").isNull() | (F.size("future") != p * n_dynamic))
