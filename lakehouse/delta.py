@@ -24,7 +24,9 @@ T = TypeVar("T")
 CREATE_ATTEMPTS = 12   # waits 1 + 2 + ... + 11 s: past STALE_CREATE_SECONDS
 # What Spark and Delta say when another job created the table (or its folder) first.
 CREATE_RACES = ("DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION", "TABLE_OR_VIEW_ALREADY_EXISTS",
-                "LOCATION_ALREADY_EXISTS", "already exists")
+                "LOCATION_ALREADY_EXISTS", "already exists",
+                # Both committed version 0 of the new table's log; one of them lost.
+                "DELTA_PROTOCOL_CHANGED")
 STALE_CREATE_SECONDS = 60
 # Conflicts a commit can lose to a concurrent writer; the operation is safe to retry
 # (appends carry txnAppId, merges are keyed).
@@ -83,8 +85,9 @@ def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
             _create(spark, spec, full_name)
             log.info("created table %s", full_name)
             return full_name
-        except AnalysisException as exc:
-            # Another job on a shared metastore is creating the same table right now.
+        except Exception as exc:
+            # Another job on a shared metastore is creating the same table right now
+            # (Spark's errors, or a raw Py4JJavaError from DeltaTableBuilder.execute).
             if not any(race in str(exc) for race in CREATE_RACES) or attempt == CREATE_ATTEMPTS:
                 raise
             log.info("%s is being created by another job; waiting (attempt %d)", full_name,

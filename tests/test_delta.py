@@ -1,10 +1,13 @@
-"""Delta helpers that need no Spark session."""
+"""Delta helpers: commit retries (no Spark session), and creates that lose a race."""
 
 import delta.exceptions as dx
 import pytest
+from pyspark.sql.types import LongType
 
+from lakehouse import delta
 from lakehouse.delta import with_retries
 from lakehouse.errors import CommitConflictError
+from lakehouse.tables import TableSpec, _f
 
 
 def test_commit_conflicts_are_retried_then_reported():
@@ -30,3 +33,31 @@ def test_commit_conflicts_are_retried_then_reported():
 
     with pytest.raises(ValueError):
         with_retries(other, "append", backoff=0)
+
+
+def test_a_create_that_loses_the_race_ends_with_the_winners_table(spark, cfg, monkeypatch):
+    """Two jobs on a fresh lakehouse create the same ops table at once (seen with two
+    Airflow DAGs): the loser's commit of version 0 fails with DELTA_PROTOCOL_CHANGED,
+    as a raw Py4JJavaError. It must find the winner's table, not fail the job."""
+    spec = TableSpec("ops", "race", (_f("id", LongType(), False),), ("id",))
+    real, calls = delta._create, []
+
+    def lose_to_another_job(spark, spec, full_name):
+        calls.append(full_name)
+        real(spark, spec, full_name)                       # the other job's create wins
+        raise RuntimeError("An error occurred while calling o179.execute.\n: io.delta."
+                           "exceptions.ProtocolChangedException: [DELTA_PROTOCOL_CHANGED] The "
+                           "protocol version of the Delta table has been changed by a "
+                           "concurrent update.")
+
+    monkeypatch.setattr(delta, "_create", lose_to_another_job)
+    name = delta.ensure_table(spark, spec, cfg.catalog.database)
+    assert calls == [name] and delta.current_version(spark, name) == 0
+
+    def broken(spark, spec, full_name):
+        raise RuntimeError("[DELTA_INVALID_CHARACTERS_IN_COLUMN_NAME] not a race")
+
+    monkeypatch.setattr(delta, "_create", broken)
+    other = TableSpec("ops", "race_other", spec.fields, ("id",))
+    with pytest.raises(RuntimeError, match="not a race"):
+        delta.ensure_table(spark, other, cfg.catalog.database)

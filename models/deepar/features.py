@@ -371,7 +371,7 @@ def given_indices(spark: SparkSession, cfg: Config, dataset: str, declared: Seri
     test = delta.read_version(spark, gold, current.version).filter(F.col("split") == "test")
     series = {r["series_id"]: r["series_idx"]
               for r in test.select("series_id", "series_idx").distinct().collect()}
-    key = delta.commit_json(spark, gold, current.data_version).get("key") or {}
+    key = built_key(spark, cfg, dataset) or {}
     if (not declared.static or "static" not in test.columns
             or key.get("declared", {}).get("static") != list(declared.static)):
         return series, None

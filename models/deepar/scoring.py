@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, FloatType, IntegerType, StringType, TimestampType
 
@@ -181,24 +181,27 @@ def _check_future(latest: DataFrame, record: Any) -> None:
         raise MissingCovariatesError(
             f"deepar model {record.name} v{record.version} takes {len(cards)} static "
             f"covariate(s); the input's windows have none: rebuild its features")
-    unseen = (latest.filter(F.col("series_idx") >= config["n_series"])
-              .select("series_id").orderBy("series_id").limit(11).collect())
+    unseen = _series_where(latest, F.col("series_idx") >= config["n_series"])
     if unseen:
-        names = ", ".join(r["series_id"] for r in unseen[:10])
         raise UnknownSeriesError(
             f"deepar model {record.name} v{record.version} was trained on "
-            f"{config['n_series']} series; {names}{' and more' if len(unseen) > 10 else ''} "
-            f"came after it. Train a new version on the current features (lakeforge train "
-            f"deepar), or score an input it knows (--input-version)")
+            f"{config['n_series']} series; {unseen} came after it. Train a new version on "
+            f"the current features (lakeforge train deepar), or score an input it knows "
+            f"(--input-version)")
     if not n_dynamic:
         return
-    missing = (latest.filter(F.col("future").isNull() | (F.size("future") != p * n_dynamic))
-               .select("series_id").orderBy("series_id").limit(11).collect())
+    missing = _series_where(latest, F.col("future").isNull()
+                            | (F.size("future") != p * n_dynamic))
     if missing:
-        names = ", ".join(r["series_id"] for r in missing[:10])
         raise MissingCovariatesError(
             f"deepar model {record.name} v{record.version} forecasts {p} periods from "
-            f"{n_dynamic} dynamic covariate(s); series {names}"
-            f"{' and more' if len(missing) > 10 else ''} lack their values for the periods "
-            f"after their last observed one. Add those periods to silver with the target "
-            f"empty and the covariates filled, then rebuild the features")
+            f"{n_dynamic} dynamic covariate(s); series {missing} lack their values for the "
+            f"periods after their last observed one. Add those periods to silver with the "
+            f"target empty and the covariates filled, then rebuild the features")
+
+
+def _series_where(rows: DataFrame, condition: Column) -> str:
+    """The first ten series ids of rows where ``condition`` holds ("" when none)."""
+    found = [r["series_id"] for r in rows.filter(condition).select("series_id")
+             .orderBy("series_id").limit(11).collect()]
+    return ", ".join(found[:10]) + (" and more" if len(found) > 10 else "")
