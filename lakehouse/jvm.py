@@ -1,12 +1,12 @@
 """A class-data-sharing archive for the driver JVM, so that every job starts sooner.
 
-A Spark driver with Hive and Delta loads and verifies some 15,000 classes before its
-first query, a third of a short job's start. HotSpot's class data sharing (CDS) maps
+A Spark driver with Hive and Delta loads and verifies thousands of classes before its
+first query, about a third of a short job's start. HotSpot's class data sharing (CDS) maps
 them from one archive file instead. This module builds that archive once, from a small
 run of the work jobs do (a Hive database, a Delta table written, merged, read and its
 history, a CSV read, a pandas UDF), and then hands every driver the option that maps it.
-On this project's machine a session with its first query starts in about 6.5 s with
-the archive and 11 s without.
+On a two-core machine a session with its first query starts in about 7 s with the
+archive and 11 s without.
 
 The archive belongs to one JVM and one class path. Its file name carries a digest of
 both (the ``java`` binary, Spark's jars and the driver's extra class path), so a new JDK
