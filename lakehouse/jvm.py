@@ -168,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         _workload(args.workload)
         return 0
     cfg = load_config()
-    existed = (path := driver_archive(cfg)) is not None and path.is_file()
-    path = build_archive(cfg, force=args.force)
+    path = driver_archive(cfg)
     if path is None:
         print("[setup] JVM class archive off (spark.class_archive: false, or no java found)")
-    elif existed and not args.force:
+    elif path.is_file() and not args.force:
         print(f"[setup] JVM class archive up to date ({path.name})")
+    else:
+        build_archive(cfg, force=True)
     return 0
 
 

@@ -350,7 +350,7 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     """An hourly data set the test declares: hour-of-day seasons, a category per meter,
     two covariates per hour (one missing once), and the forecast hours' covariates where
     silver has them."""
-    from models.deepar.scoring import MissingCovariatesError, _check_future
+    from models.deepar.scoring import MissingCovariatesError, _check_inputs
 
     c, p = WINDOW["context_length"], WINDOW["prediction_length"]
     cfg = with_datasets(cfg, HOURLY)
@@ -397,7 +397,7 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     with pytest.raises(MissingCovariatesError, match=r"meters_deepar v1 forecasts 6 periods "
                                                      r"from 2 dynamic covariate\(s\); series M2 "
                                                      r"lack their values"):
-        _check_future(latest, record)
+        _check_inputs(latest, record)
 
     plain = {"meters": {**HOURLY["meters"], "roles": {"item_id": "meter", "timestamp": "hour",
                                                       "target": "load"}}}
@@ -407,7 +407,7 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     assert after.dynamic.map(len).eq(0).all() and after.static_idx.map(len).eq(0).all()
     with pytest.raises(MissingCovariatesError, match=r"takes 1 static covariate\(s\); the "
                                                      r"input's windows have none"):
-        _check_future(spark.table(rebuilt.table).filter("split = 'test'"), record)
+        _check_inputs(spark.table(rebuilt.table).filter("split = 'test'"), record)
 
 
 def test_windows_without_covariates_feed_training_batches(spark, cfg, panel):

@@ -369,19 +369,21 @@ def given_indices(spark: SparkSession, cfg: Config, dataset: str, declared: Seri
         return {}, None
     current = delta.snapshot(spark, gold)
     test = delta.read_version(spark, gold, current.version).filter(F.col("split") == "test")
-    series = {r["series_id"]: r["series_idx"]
-              for r in test.select("series_id", "series_idx").distinct().collect()}
     key = built_key(spark, cfg, dataset) or {}
-    if (not declared.static or "static" not in test.columns
-            or key.get("declared", {}).get("static") != list(declared.static)):
+    same_static = (bool(declared.static) and "static" in test.columns
+                   and key.get("declared", {}).get("static") == list(declared.static))
+    # One test window per series: its row holds the series' indices and categories.
+    columns = ["series_id", "series_idx", *(["static", "static_idx"] if same_static else [])]
+    rows = test.select(*columns).collect()
+    series = {r["series_id"]: r["series_idx"] for r in rows}
+    if not same_static:
         return series, None
     static: list[dict[str, int]] = [{} for _ in declared.static]
-    rows = (test.select(F.posexplode(F.arrays_zip("static", "static_idx")).alias("i", "p"))
-            .filter(F.col("p.static").isNotNull())
-            .select("i", F.col("p.static").alias("value"), F.col("p.static_idx").alias("idx"))
-            .distinct().collect())
     for r in rows:
-        static[r["i"]][r["value"]] = r["idx"]
+        for i, (value, idx) in enumerate(zip(r["static"] or [], r["static_idx"] or [],
+                                             strict=False)):
+            if value is not None:
+                static[i][value] = idx
     return series, static
 
 

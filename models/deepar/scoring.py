@@ -163,7 +163,7 @@ def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
         if column not in df.columns:
             df = df.withColumn(column, F.lit(None).cast(types[column]))
     latest = df.filter(F.col("split") == "test")
-    _check_future(latest, record)
+    _check_inputs(latest, record)
     fn = functools.partial(forecast_batches, artifact=record.artifact, loads=loads,
                            seed=cfg.train.seed)
     latest = (latest.select(*INPUT_COLUMNS[1:], *COVARIATE_COLUMNS)
@@ -171,7 +171,7 @@ def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
     return latest.mapInPandas(fn, OUTPUT_SCHEMA)
 
 
-def _check_future(latest: DataFrame, record: Any) -> None:
+def _check_inputs(latest: DataFrame, record: Any) -> None:
     """Stop on series the model never saw, or covariates its inputs lack."""
     config = load_config(record.artifact)
     cards, n_dynamic = covariate_sizes(config)
