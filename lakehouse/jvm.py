@@ -9,8 +9,9 @@ On a two-core machine a session with its first query starts in about 7 s with th
 archive and 11 s without.
 
 The archive belongs to one JVM and one class path. Its file name carries a digest of
-both (the ``java`` binary, Spark's jars and the driver's extra class path), so a new JDK
-or Spark gets a new archive and never a stale one: until set-up (or
+both (the path, size and modification time of the ``java`` binary, of Spark's jars and
+of the driver's extra class path), so a new JDK, Spark or virtualenv gets a new archive
+and never one the JVM would refuse: until set-up (or
 ``python -m lakehouse.jvm``) builds it, drivers simply start without. A driver whose
 class path differs (the Thrift server puts Delta's jars on it) maps nothing and starts
 as it would anyway; the JVM checks the archive itself and falls back silently.
@@ -33,6 +34,9 @@ from pathlib import Path
 from lakehouse.config import Config, load_config
 
 log = logging.getLogger(__name__)
+
+KEEP_ARCHIVES = 3
+"""Archives kept in ``spark.class_archive_dir``: one per JVM and class path in use."""
 
 
 def java_binary() -> Path | None:
@@ -61,12 +65,15 @@ def archive_path(cfg: Config, extra_classpath: str = "") -> Path | None:
     java = java_binary()
     if not cfg.spark.class_archive or java is None:
         return None
+    # The JVM maps an archive only for the class path it was dumped with, file by file
+    # (path, size and modification time), so the digest covers exactly that: a checkout
+    # or virtualenv in another place, or jars installed again, get an archive of their own.
     digest = hashlib.sha256()
-    stat = java.stat()
-    digest.update(f"{java}|{stat.st_size}|{stat.st_mtime_ns}|{extra_classpath}".encode())
-    jars = _spark_jars()
-    for jar in sorted(jars.glob("*.jar")):
-        digest.update(f"|{jar.name}|{jar.stat().st_size}".encode())
+    entries = [java, *sorted(_spark_jars().glob("*.jar")),
+               *(Path(entry) for entry in extra_classpath.split(os.pathsep) if entry)]
+    for entry in entries:
+        stat = entry.stat() if entry.exists() else None
+        digest.update(f"{entry}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}\n".encode())
     folder = Path(os.path.expanduser(cfg.spark.class_archive_dir))
     return folder / f"spark-driver-{digest.hexdigest()[:16]}.jsa"
 
@@ -123,9 +130,19 @@ def build_archive(cfg: Config, force: bool = False, timeout: float = 900) -> Pat
             raise RuntimeError(f"building the JVM class archive failed (exit {run.returncode}):"
                                f"\n{run.stdout[-2000:]}{run.stderr[-3000:]}")
         os.replace(partial, path)
+    _prune(path.parent, keep=KEEP_ARCHIVES)
     log.info("JVM class archive %s (%.0f MB) built in %.0f s", path,
              path.stat().st_size / 2**20, time.monotonic() - started)
     return path
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest archives (each is about 200 MB)."""
+    archives = sorted(folder.glob("spark-driver-*.jsa"), key=lambda p: p.stat().st_mtime,
+                      reverse=True)
+    for old in archives[keep:]:
+        log.info("removing the older JVM class archive %s", old.name)
+        old.unlink(missing_ok=True)
 
 
 def _workload(folder: Path) -> None:

@@ -1,9 +1,10 @@
 """The driver JVM's class-data-sharing archive: chosen per JVM and class path, mapped."""
 
 import dataclasses
+import os
 from pathlib import Path
 
-from lakehouse.jvm import archive_options, archive_path, driver_archive
+from lakehouse.jvm import _prune, archive_options, archive_path, driver_archive
 from lakehouse.session import spark_conf
 
 
@@ -22,6 +23,11 @@ def test_an_archive_per_class_path_used_once_built_and_off_when_asked(base_cfg, 
     path = archive_path(cfg)
     assert path.parent == tmp_path and archive_options(cfg) == []    # not built: no option
     assert archive_path(cfg, "/opt/other.jar") != path
+    jar = tmp_path / "extra.jar"
+    jar.write_bytes(b"PK")
+    before = archive_path(cfg, str(jar))
+    os.utime(jar, ns=(0, 0))                   # installed again: the JVM would refuse it
+    assert archive_path(cfg, str(jar)) != before
     path.write_bytes(b"")
     assert archive_options(cfg) == [f"-XX:SharedArchiveFile={path}"]
     off = dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, class_archive=False))
@@ -29,3 +35,14 @@ def test_an_archive_per_class_path_used_once_built_and_off_when_asked(base_cfg, 
     assert "SharedArchiveFile" not in spark_conf(off)["spark.driver.extraJavaOptions"]
     assert driver_archive(cfg) == archive_path(
         cfg, spark_conf(cfg).get("spark.driver.extraClassPath", ""))
+
+
+def test_building_keeps_only_the_newest_archives(tmp_path):
+    for age in range(5):
+        old = tmp_path / f"spark-driver-{age:016x}.jsa"
+        old.write_bytes(b"")
+        os.utime(old, (1_000_000 - age, 1_000_000 - age))
+    (tmp_path / "unrelated.txt").write_text("kept")
+    _prune(tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"spark-driver-{age:016x}.jsa" for age in range(3)] + ["unrelated.txt"]
