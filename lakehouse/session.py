@@ -112,6 +112,10 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.catalogImplementation": "hive",
         **metastore_conf(cfg),
         "spark.hadoop.hive.metastore.schema.verification": "false",
+        # Hive's session folders default to /tmp/<session id>_resources and /tmp/<user>,
+        # and nothing removes them: one per job, for ever. They stay in the home instead.
+        "spark.hadoop.hive.downloaded.resources.dir": str(cfg.home / "tmp" / "hive-resources"),
+        "spark.hadoop.hive.exec.local.scratchdir": str(cfg.home / "tmp" / "hive-scratch"),
         "spark.driver.extraJavaOptions": " ".join(java_options),
         "spark.driver.memory": sc.driver_memory,
         "spark.sql.shuffle.partitions": str(sc.shuffle_partitions),

@@ -61,3 +61,15 @@ def test_a_create_that_loses_the_race_ends_with_the_winners_table(spark, cfg, mo
     other = TableSpec("ops", "race_other", spec.fields, ("id",))
     with pytest.raises(RuntimeError, match="not a race"):
         delta.ensure_table(spark, other, cfg.catalog.database)
+
+
+def test_current_version_sees_commits_made_through_other_handles(spark, cfg):
+    name = f"{cfg.catalog.database}.versions"
+    spark.sql(f"CREATE TABLE {name} (id BIGINT) USING delta")
+    assert delta.current_version(spark, name) == 0
+    location = delta.table_location(spark, name)
+    for i in range(3):      # by path, and by SQL: neither goes through the helper's handle
+        spark.range(i, i + 1).write.format("delta").mode("append").save(location)
+        spark.sql(f"INSERT INTO {name} VALUES ({i})")
+    history = spark.sql(f"DESCRIBE HISTORY {name}").agg({"version": "max"}).first()[0]
+    assert delta.current_version(spark, name) == history == 6

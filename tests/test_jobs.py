@@ -93,3 +93,12 @@ def test_spark_submit_runs_ingest_job(spark, tmp_path):
     df = spark.read.format("delta").load(str(table_dir))
     assert df.count() == 178
     assert {r._ingest_batch for r in df.select("_ingest_batch").distinct().collect()} == {"s1"}
+
+
+def test_hive_session_folders_stay_in_the_home_not_in_tmp(spark, base_cfg):
+    spark.sql("SHOW DATABASES").collect()                  # the Hive client is up
+    resources = base_cfg.home / "tmp" / "hive-resources"
+    assert resources.is_dir()                             # Hive made it here, at its start
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    assert conf.get("hive.downloaded.resources.dir") == str(resources)
+    assert conf.get("hive.exec.local.scratchdir") == str(base_cfg.home / "tmp" / "hive-scratch")
