@@ -206,7 +206,8 @@ def _cmd_curate(spark, cfg: Config, args: argparse.Namespace) -> None:
     print(format_table(
         ["data set", "silver table", "bronze version", "valid", "quarantined", "inserted",
          "updated", "note"],
-        [(r.source, r.table, r.bronze_version, r.valid, r.rejected, r.inserted, r.updated,
+        [(r.source, r.table, r.bronze_version, "" if r.valid is None else r.valid,
+          "" if r.rejected is None else r.rejected, r.inserted, r.updated,
           "already curated" if r.skipped else "") for r in results]))
 
 

@@ -5,12 +5,15 @@ derived columns), the silver keys and named quality rules (:mod:`lakehouse.quali
 Rows that break a ``quarantine`` rule go to quarantine naming every rule they broke;
 the rest are deduplicated on the keys (latest ingest wins) and merged into silver.
 Counts per rule go to ``ops_quality``. A data set is curated once per bronze data
-version (maintenance of bronze is not a new version): re-running changes nothing.
+version (maintenance of bronze is not a new version) and silver declaration:
+re-running changes nothing, and when the rule counts of that version and declaration
+are already in ``ops_quality`` (the last write of a curation) it reads nothing either.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -38,8 +41,8 @@ class CurateResult:
     source: str
     table: str
     bronze_version: int
-    valid: int
-    rejected: int
+    valid: int | None       # None: already curated, nothing was read or counted
+    rejected: int | None
     inserted: int
     updated: int
     skipped: bool
@@ -108,14 +111,26 @@ def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
     silver = delta.ensure_table(spark, silver_spec, db)
     quarantine = delta.ensure_table(spark, table("ops.quarantine"), db)
     quality = delta.ensure_table(spark, table("ops.quality"), db)
+    rules = entry.silver.rules
+    app_id = f"lakeforge/curate/{entry.name}/{batch or '*'}"
+    # The rule counts are a curation's last write: once they are in, so is the rest.
+    # Ids written before the declaration's digest was part of them still count (a
+    # re-run after an upgrade writes no second set of counts).
+    declared = hashlib.sha256(repr((entry.silver, silver_spec.fields)).encode()).hexdigest()
+    quality_id = f"{app_id}/v{bronze.data_version}/{declared[:12]}/quality"
+    legacy_id = f"{app_id}/v{bronze.data_version}/quality"
+    counted = delta.committed_writes(spark, quality, [quality_id, legacy_id]) if rules else {}
+    if counted.get(quality_id) is not None:
+        result = CurateResult(entry.name, silver, bronze.data_version, None, None, 0, 0,
+                              skipped=True)
+        log.info(result.summary())
+        return result
 
     rows = delta.read_version(spark, bronze.table, bronze.version)
     rows = rows.filter(F.col("_source") == entry.name)
     if batch is not None:
         rows = rows.filter(F.col("_ingest_batch") == batch)
-    rules = entry.silver.rules
     checked = apply_rules(to_silver(rows, entry, bronze_spec), rules).persist()
-    app_id = f"lakeforge/curate/{entry.name}/{batch or '*'}"
     try:
         total, rule_counts = _count(checked, rules, entry.name, batch)
         raise_on_fail(checked, rule_counts, entry.name, batch or "*")
@@ -131,10 +146,11 @@ def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
             wrote |= _quarantine_once(spark, quarantine, entry.name, quarantine_rows(
                 checked.filter(F.col(ERROR).isNotNull()), entry.name, silver, "curate",
                 F.col("_ingest_batch"), now), f"{app_id}/v{bronze.data_version}/quarantine")
-        if rule_counts and total:   # a batch with no rows in bronze checked nothing
+        # A batch with no rows in bronze checked nothing.
+        if rule_counts and total and counted.get(legacy_id) is None:
             wrote |= _append_counted(spark, quality, quality_rows(
                 spark, entry.name, silver, "curate", batch or "*",
-                [c.row() for c in rule_counts], now), f"{app_id}/v{bronze.data_version}/quality")
+                [c.row() for c in rule_counts], now), quality_id)
     finally:
         checked.unpersist()
     result = CurateResult(entry.name, silver, bronze.data_version, n_good, n_bad,

@@ -342,6 +342,21 @@ def check_files_exist(spark: SparkSession, df: DataFrame, what: str) -> None:
                 f"this snapshot can no longer be read, train on the current version instead")
 
 
+def committed_writes(spark: SparkSession, full_name: str, app_ids: Iterable[str]
+                     ) -> dict[str, int | None]:
+    """The ``txnVersion`` each :func:`append_once` id committed to a table (None if none).
+
+    One look at the table's latest snapshot (Delta rebuilds its state once, a few
+    small Spark jobs), so a job can tell that its last write is already there before
+    it reads anything.
+    """
+    none = spark._jvm.scala.Option.empty()
+    snapshot = DeltaTable.forName(spark, full_name)._jdt.deltaLog().update(False, none, none)
+    known = snapshot.transactions()
+    return {app_id: (int(known.apply(app_id)) if known.contains(app_id) else None)
+            for app_id in app_ids}
+
+
 def append_once(df: DataFrame, full_name: str, app_id: str) -> None:
     """Append ``df`` unless a write with this ``app_id`` was already committed.
 

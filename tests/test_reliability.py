@@ -137,6 +137,32 @@ def test_recurating_with_a_new_batch_quarantines_each_record_once(spark, cfg, tm
     assert _state(spark, cfg) == maintained
 
 
+def test_a_curated_version_is_not_read_again_until_its_declaration_changes(
+        spark, cfg, tmp_path, monkeypatch):
+    landing = _landing(tmp_path)
+    cfg = with_datasets(cfg, _orders(landing))
+    quality = f"{cfg.catalog.database}.ops_quality"
+    ingest(spark, cfg, ["orders"], "d1")
+    [first] = curate(spark, cfg, ["orders"])
+    assert (first.valid, first.rejected, first.skipped) == (1, 1, False)
+    reads, real = [], delta.read_version
+    monkeypatch.setattr(delta, "read_version",
+                        lambda spark, name, *args: reads.append(name) or real(spark, name, *args))
+    [again] = curate(spark, cfg, ["orders"])
+    assert again.skipped and again.valid is None and reads == []     # bronze not even read
+
+    # Another rule declared on the same bronze: curated again, its counts recorded once.
+    warn = {"name": "status_new", "expr": "status = 'NEW'", "on_fail": "warn"}
+    stricter = with_datasets(cfg, {"orders": orders_entry(landing,
+                                                          rules=[AMOUNT_POSITIVE, warn])})
+    [changed] = curate(spark, stricter, ["orders"])
+    assert reads and (changed.valid, changed.rejected, changed.skipped) == (1, 1, False)
+    [settled] = curate(spark, stricter, ["orders"])
+    assert settled.skipped and len(reads) == 1
+    counts = spark.table(quality).filter("stage = 'curate'").groupBy("rule").count().collect()
+    assert sorted(tuple(r) for r in counts) == [("amount_positive", 2), ("status_new", 1)]
+
+
 @pytest.mark.slow
 def test_maintain_then_rerun_writes_nothing_and_starts_no_training(spark, cfg, tmp_path,
                                                                    monkeypatch, capsys):
