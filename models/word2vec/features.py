@@ -32,7 +32,6 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType
@@ -160,9 +159,9 @@ def build_key(silver_version: int, params: dict[str, Any]) -> str:
     return f"silver-v{silver_version}-{digest}"
 
 
-def commit_metadata(spark: SparkSession, full_name: str,
-                    version: int | None = None) -> dict[str, Any]:
-    """The build metadata stored with a corpus commit.
+def build_metadata(spark: SparkSession, full_name: str,
+                   version: int | None = None) -> dict[str, Any]:
+    """The build metadata stored with a corpus commit (:func:`lakehouse.delta.commit_json`).
 
     At ``version``, or else at the data version: the last build, whatever maintenance
     committed after it.
@@ -173,14 +172,11 @@ def commit_metadata(spark: SparkSession, full_name: str,
     latest = version is None
     if latest:
         version = delta.snapshot(spark, full_name).data_version
-    row = (DeltaTable.forName(spark, full_name).history()
-           .filter(F.col("version") == int(version)).select("userMetadata").first())
-    if row is None or not row["userMetadata"]:
-        if latest:
-            return {}
+    meta = delta.commit_json(spark, full_name, int(version))
+    if not meta and not latest:
         raise TableNotFoundError(f"{full_name} v{version}: no word2vec build metadata; "
                                  f"rebuild it with `lakeforge features corpus`")
-    return json.loads(row["userMetadata"])
+    return meta
 
 
 def documents(spark: SparkSession, cfg: Config, entry: Dataset | None,
@@ -232,7 +228,7 @@ def build_corpus(spark: SparkSession, cfg: Config, dataset: str,
     vocab_table = delta.ensure_table(spark, vocab_spec, db)
     corpus_table = delta.ensure_table(spark, corpus_spec, db)
     key = build_key(silver_version, params)
-    if commit_metadata(spark, corpus_table).get("key") == key:
+    if build_metadata(spark, corpus_table).get("key") == key:
         log.info("%s is already built from %s v%d with %s; nothing to do",
                  corpus_table, silver, silver_version, key)
         return _feature_set(spark, dataset, corpus_table, vocab_table)
@@ -276,7 +272,7 @@ def _write_vocab(spark: SparkSession, docs: DataFrame, vocab_spec: TableSpec,
 def _feature_set(spark: SparkSession, dataset: str, corpus_table: str,
                  vocab_table: str) -> FeatureSet:
     version = delta.snapshot(spark, corpus_table).data_version
-    meta = commit_metadata(spark, corpus_table, version)
+    meta = build_metadata(spark, corpus_table, version)
     rows = spark.table(corpus_table).count()
     words = delta.read_data_version(spark, vocab_table, meta["vocab_version"]).count()
     return FeatureSet(dataset, corpus_table, version, rows, words, 0, ())

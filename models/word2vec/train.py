@@ -36,7 +36,7 @@ from models.word2vec.evaluate import (
     plot_neighbours,
     similarity_spearman,
 )
-from models.word2vec.features import ALL_CORPORA, commit_metadata, corpus_specs
+from models.word2vec.features import ALL_CORPORA, build_metadata, corpus_specs
 from models.word2vec.rank import Word2VecSpec, train_word2vec_rank
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Word2VecTrainer(FamilyTrainer):
     def plan(self, spark: SparkSession, cfg: Config, dataset: str, df: DataFrame, table: str,
              version: int, params: dict[str, Any]) -> TrainPlan:
         """The vocabulary the pinned corpus version was built with; a file per rank."""
-        meta = commit_metadata(spark, table, version)
+        meta = build_metadata(spark, table, version)
         vocab_table = corpus_specs(dataset)[0].full_name(cfg.catalog.database)
         words, counts = _vocabulary(spark, vocab_table, meta)
         files = snapshot_files(df)["train"]
