@@ -137,12 +137,32 @@ def build_archive(cfg: Config, force: bool = False, timeout: float = 900) -> Pat
 
 
 def _prune(folder: Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest archives (each is about 200 MB)."""
+    """Delete old archives and the partial files that killed builds left.
+
+    The ``keep`` newest archives stay (each is about 200 MB); a partial file stays
+    while the process building it is alive.
+    """
     archives = sorted(folder.glob("spark-driver-*.jsa"), key=lambda p: p.stat().st_mtime,
                       reverse=True)
     for old in archives[keep:]:
         log.info("removing the older JVM class archive %s", old.name)
         old.unlink(missing_ok=True)
+    for partial in folder.glob(".spark-driver-*.partial"):
+        pid = partial.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or not _alive(int(pid)):
+            log.info("removing %s, left by a build that did not finish", partial.name)
+            partial.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # another user's live process
+        return True
+    return True
 
 
 def _workload(folder: Path) -> None:

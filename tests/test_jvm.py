@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 
 from lakehouse.jvm import _prune, archive_options, archive_path, driver_archive
@@ -43,6 +44,16 @@ def test_building_keeps_only_the_newest_archives(tmp_path):
         old.write_bytes(b"")
         os.utime(old, (1_000_000 - age, 1_000_000 - age))
     (tmp_path / "unrelated.txt").write_text("kept")
+    gone = _finished_pid()
+    (tmp_path / f".spark-driver-{0:016x}.jsa.{gone}.partial").write_bytes(b"")
+    building = tmp_path / f".spark-driver-{1:016x}.jsa.{os.getpid()}.partial"
+    building.write_bytes(b"")
     _prune(tmp_path, keep=3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir()) == [building.name] + [
         f"spark-driver-{age:016x}.jsa" for age in range(3)] + ["unrelated.txt"]
+
+
+def _finished_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
