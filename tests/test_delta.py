@@ -1,4 +1,4 @@
-"""Delta helpers: commit retries (no Spark session), and creates that lose a race."""
+"""Delta helpers: commit retries (no Spark session), creates that lose a race, versions."""
 
 import delta.exceptions as dx
 import pytest
