@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from lakehouse import __version__
 from lakehouse.config import Config, load_config
 from lakehouse.errors import LakeforgeError
+from pipelines.definitions import STEP_NAMES
 
 log = logging.getLogger("lakeforge")
 
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default=_today(), help="ingest batch id (default: today, UTC)")
     p.add_argument("--definitions", default=None,
                    help="pipeline definitions file (default: pipelines/pipelines.yml)")
+    p.add_argument("--from", dest="start_at", choices=STEP_NAMES, default=STEP_NAMES[0],
+                   help="first step to run; the steps before it are skipped (default: ingest)")
     _add_common(p)
 
     p = sub.add_parser("sql-server", help="serve the catalog over JDBC (Spark Thrift server)")
@@ -383,7 +386,8 @@ def _cmd_run(spark, cfg: Config, args: argparse.Namespace) -> None:
     from jobs.pipeline import run_pipeline
     from lakehouse.catalog import format_table
 
-    results = run_pipeline(spark, cfg, args.pipeline, args.batch, args.definitions)
+    results = run_pipeline(spark, cfg, args.pipeline, args.batch, args.definitions,
+                           start_at=args.start_at)
     print(format_table(["step", "command", "seconds"],
                        [(r.name, f"lakeforge {r.command}", round(r.seconds, 1)) for r in results]))
 

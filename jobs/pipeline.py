@@ -20,11 +20,12 @@ from pyspark.sql import SparkSession
 from lakehouse.catalog import create_views
 from lakehouse.config import Config
 from lakehouse.curate import curate
+from lakehouse.errors import ConfigError
 from lakehouse.ingest import ingest
 from models.features import build_features
 from models.runner import train
 from models.scoring import score
-from pipelines.definitions import Pipeline, get_pipeline
+from pipelines.definitions import STEP_NAMES, Pipeline, get_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,13 @@ STEP_FUNCTIONS: dict[str, Callable[[SparkSession, Config, Pipeline, str], object
 
 
 def run_pipeline(spark: SparkSession, cfg: Config, name: str, batch: str,
-                 definitions: str | Path | None = None) -> list[StepResult]:
+                 definitions: str | Path | None = None, start_at: str = STEP_NAMES[0]
+                 ) -> list[StepResult]:
     """Run a pipeline's steps in order: ingest, curate, features, train, score.
 
     Every step is idempotent for the same batch and data (see the jobs), so running
-    the same batch again leaves the tables as they are.
+    the same batch again leaves the tables as they are. ``start_at`` skips the steps
+    before it, for example to train and score again after the data is in place.
 
     Args:
         spark: the session.
@@ -69,15 +72,22 @@ def run_pipeline(spark: SparkSession, cfg: Config, name: str, batch: str,
         name: pipeline name (``breast_cancer_mlp``, ...).
         batch: ingest batch id.
         definitions: definitions file (default ``pipelines/pipelines.yml``).
+        start_at: the first step to run (one of ``STEP_NAMES``).
 
     Returns:
-        One result per step.
+        One result per step run.
 
     Raises:
-        ConfigError: unknown pipeline or malformed definition (named).
+        ConfigError: unknown pipeline, malformed definition or unknown step (named).
     """
+    if start_at not in STEP_NAMES:
+        raise ConfigError(f"unknown pipeline step {start_at!r}; steps: {', '.join(STEP_NAMES)}")
     pipeline = get_pipeline(name, definitions)
-    steps = pipeline.steps(batch)
+    every = pipeline.steps(batch)
+    steps = every[STEP_NAMES.index(start_at):]
+    if len(steps) < len(every):
+        log.info("%s: starting at %s (skipping %s)", name, start_at,
+                 ", ".join(s.name for s in every[:len(every) - len(steps)]))
     results: list[StepResult] = []
     start = time.monotonic()
     for i, step in enumerate(steps, start=1):

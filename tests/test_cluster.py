@@ -23,6 +23,7 @@ import yaml
 from lakehouse.config import PROJECT_ROOT
 from lakehouse.submit import spark_home
 from pipelines.definitions import STEP_NAMES
+from tests.conftest import FAST_START
 from tests.helpers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -51,7 +52,8 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A standalone master and two 1-core workers; always killed afterwards."""
     env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
-           "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work")}
+           "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work"),
+           "SPARK_DAEMON_JAVA_OPTS": FAST_START}   # the master and workers only route work
     spark_class = str(spark_home() / "bin" / "spark-class")
     port, ui = free_port(), free_port()
     master = f"spark://127.0.0.1:{port}"
@@ -104,7 +106,12 @@ def test_pipeline_runs_on_a_standalone_cluster(cluster, dist_zip, tmp_path, spar
     definitions.write_text(yaml.safe_dump({"pipelines": {"breast_cancer_mlp": {
         "sources": ["breast_cancer"], "features": "breast_cancer", "family": "mlp",
         "params": {"epochs": 3, "batch_size": 64}}}}))
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    # The executors live as long as the application, like the driver: the same quick
+    # start (the driver's options come from the config, the executors' from here).
+    executors = {**json.loads(os.environ["LAKEFORGE_SPARK__CONF"]),
+                 "spark.executor.extraJavaOptions": FAST_START}
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1",
+           "LAKEFORGE_SPARK__CONF": json.dumps(executors)}
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "submit", "--master", cluster.master,
          "--py-files", str(dist_zip), "--set", f"home={home}",

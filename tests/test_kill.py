@@ -98,14 +98,17 @@ def test_every_job_killed_midway_then_rerun_equals_a_clean_run(spark, cfg, tmp_p
         "train": lambda: any(run_dir.glob("*/*")),              # a checkpoint: mid-training
         "score": lambda: (tables / "predictions_mlp").exists(),
     }
-    # One `lakeforge run` of the whole pipeline per kill: each is killed at a random
-    # moment once its step has started (the steps before it are no-ops by then), and a
-    # last run finishes what the kills left.
+    # One `lakeforge run` per kill, starting at the step the previous kill interrupted
+    # (which it finishes): each is killed at a random moment once its own step has
+    # started. A last run of the whole pipeline finishes what the kills left, and its
+    # steps before that are no-ops.
     command = ("wine_mlp", "--batch", "b1", "--definitions", str(definitions))
-    outcome = {}
+    outcome, resume = {}, steps[0].name
     for step in steps:
-        proc = _start(env, "run", command, tmp_path / f"killed-in-{step.name}.log")
+        proc = _start(env, "run", (*command, "--from", resume),
+                      tmp_path / f"killed-in-{step.name}.log")
         outcome[step.name] = _kill_when(proc, started[step.name], rng.uniform(0, 3))
+        resume = step.name
     final = _start(env, "run", command, tmp_path / "final.log")
     final.wait(timeout=900)
     out = (tmp_path / "final.log").read_text(errors="replace")

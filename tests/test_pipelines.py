@@ -188,3 +188,13 @@ def test_run_pipeline_in_process_end_to_end(spark, cfg, tmp_path):
     assert [(m["version"], m["training_table"]) for m in models] == [(1, f"{db}.gold_wine")]
     assert spark.table(f"{db}.bronze_wine").select("_ingest_batch").distinct().collect()[0][0] \
         == "b1"
+    again = run_pipeline(spark, cfg, "wine_mlp", "b1", definitions, start_at="train")
+    assert [r.name for r in again] == ["train", "score"]          # ingest .. features skipped
+    assert spark.table(f"{db}.predictions_mlp").count() == 178    # and nothing added
+
+
+def test_an_unknown_first_step_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="unknown pipeline step 'fit'; steps: ingest, curate"):
+        run_pipeline(None, load_config(environ={}), "wine_mlp", "b1", start_at="fit")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "wine_mlp", "--from", "fit"])
