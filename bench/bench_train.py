@@ -200,6 +200,13 @@ def bench_cnn(spark, cfg, epochs: int) -> list[tuple]:
                          round(hvd_ips / plain_ips, 3)),
                         ("same Keras model, one plain process", plain_acc, round(plain_s, 1),
                          int(plain_ips), 1.0)]))
+    print("\nwhere each rank's fit time went (s)\n")
+    print(format_table(["rank", "fit", "before epochs", "epochs", "after epochs", "each epoch"],
+                       [(r["rank"], round(r["fit_seconds"], 1),
+                         round(r["before_epochs_seconds"], 1), round(sum(r["epoch_seconds"]), 1),
+                         round(r["after_epochs_seconds"], 1),
+                         " ".join(f"{s:.1f}" for s in r["epoch_seconds"]))
+                        for r in sorted(ours.ranks, key=lambda r: r["rank"])]))
     return [("cnn", r["rank"], r["peak_rss_mb"]) for r in ours.ranks]
 
 

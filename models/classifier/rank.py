@@ -98,13 +98,36 @@ def _checkpoints(checkpoint_dir: str):
     return Checkpoints()
 
 
+def _clock():
+    """A Keras callback noting when each epoch began and ended (every rank).
+
+    Used last, so an epoch's end includes the other callbacks' work (the checkpoint);
+    what ``fit`` spends outside its epochs is then set-up and tear-down.
+    """
+    import tensorflow as tf
+
+    class Clock(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs: list[list[float]] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs.append([time.monotonic(), time.monotonic()])
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs[-1][1] = time.monotonic()
+
+    return Clock()
+
+
 def train_rank(spec: RankSpec) -> dict[str, Any]:
     """Train on this rank's shard; rank 0 checkpoints, evaluates and saves the model.
 
     Returns:
         ``rank``, ``size``, ``gpu``, ``weights`` digest, ``epochs_run``,
-        ``initial_epoch``, ``steps_per_epoch``, ``history`` and, on rank 0, the test
-        ``predictions`` (probabilities) and ``labels``.
+        ``initial_epoch``, ``steps_per_epoch``, ``history``, ``fit_seconds`` split into
+        ``epoch_seconds``, ``before_epochs_seconds`` and ``after_epochs_seconds``, and,
+        on rank 0, the test ``predictions`` (probabilities) and ``labels``.
     """
     hvd_tf = start_rank()
     import horovod.tensorflow.keras as hvd
@@ -136,9 +159,12 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         callbacks.append(_checkpoints(spec.checkpoint_dir))
         callbacks.append(_progress(hvd.size(), epochs))
+    clock = _clock()
+    callbacks.append(clock)
 
     history: dict[str, list[float]] = {}
     fit_seconds = 0.0
+    fit_start = fit_end = time.monotonic()
     if initial_epoch < epochs:
         train_reader, train_ds = _dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
                                           None, True, spec.seed + hvd.rank(), _regression(spec))
@@ -151,7 +177,8 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
                             initial_epoch=initial_epoch, validation_data=val_ds,
                             validation_steps=val_steps, callbacks=callbacks, verbose=0)
             history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
-            fit_seconds = time.monotonic() - fit_start
+            fit_end = time.monotonic()
+            fit_seconds = fit_end - fit_start
         finally:
             train_reader.stop(), val_reader.stop()
             train_reader.join(), val_reader.join()
@@ -165,6 +192,9 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         "weights": weights_digest(model.get_weights()),
         "initial_epoch": initial_epoch, "epochs_run": len(history.get("loss", [])),
         "steps_per_epoch": steps, "history": history, "fit_seconds": fit_seconds,
+        "epoch_seconds": [end - begin for begin, end in clock.epochs],
+        "before_epochs_seconds": clock.epochs[0][0] - fit_start if clock.epochs else 0.0,
+        "after_epochs_seconds": fit_end - clock.epochs[-1][1] if clock.epochs else 0.0,
         "train_samples": steps * batch * len(history.get("loss", [])),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
