@@ -49,6 +49,8 @@ def test_two_ranks_train_register_and_reload(spark, cfg, wine):
     assert ranks[0]["trainable_weights"] == ranks[1]["trainable_weights"]
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert ranks[0]["epochs_run"] == 3 and len(result.history["loss"]) == 3
+    assert len(ranks[0]["epoch_seconds"]) == 3                # fit's time, split
+    assert sum(ranks[0]["epoch_seconds"]) <= ranks[0]["fit_seconds"]
     model = result.model
     assert (model.name, model.version, model.family) == ("wine_mlp", 1, "mlp")
     assert model.training_version == wine.version
@@ -140,3 +142,4 @@ def test_a_checkpoint_cut_short_is_never_resumed_from(tmp_path):
     assert last_checkpoint(folder) == (1, first)
     save_checkpoint(lambda path: Path(path).write_bytes(b"epoch two"), folder, 2)
     assert last_checkpoint(folder) == (2, str(tmp_path / "epoch-002.weights.h5"))
+
