@@ -83,11 +83,11 @@ def run_pipeline(spark: SparkSession, cfg: Config, name: str, batch: str,
     if start_at not in STEP_NAMES:
         raise ConfigError(f"unknown pipeline step {start_at!r}; steps: {', '.join(STEP_NAMES)}")
     pipeline = get_pipeline(name, definitions)
-    every = pipeline.steps(batch)
-    steps = every[STEP_NAMES.index(start_at):]
-    if len(steps) < len(every):
+    first = STEP_NAMES.index(start_at)
+    skipped, steps = pipeline.steps(batch)[:first], pipeline.steps(batch)[first:]
+    if skipped:
         log.info("%s: starting at %s (skipping %s)", name, start_at,
-                 ", ".join(s.name for s in every[:len(every) - len(steps)]))
+                 ", ".join(s.name for s in skipped))
     results: list[StepResult] = []
     start = time.monotonic()
     for i, step in enumerate(steps, start=1):
