@@ -177,9 +177,9 @@ def bench_cnn(spark, cfg, epochs: int) -> list[tuple]:
     params = {**FAMILY.defaults, "epochs": epochs, "patience": epochs}
     ours = train(spark, cfg, "cnn", "fashion_mnist", params=params,
                  run_id=f"bench-{uuid.uuid4().hex[:8]}", name="bench_fashion_cnn")
-    # Throughput over the epochs: a rank's fit can end later than its last epoch (rank 1
-    # has waited up to a minute there while rank 0 predicted the test split), which is
-    # not training; the table below shows both.
+    # Throughput over the epochs: a rank's fit can end later than its last epoch (tearing
+    # down the input pipeline took up to a minute before the ranks stopped their readers
+    # when training ends), which is not training; the table below shows both.
     fit_s = max(sum(r["epoch_seconds"]) for r in ours.ranks)
     hvd_ips = sum(r["train_samples"] for r in ours.ranks) / fit_s
 
