@@ -83,8 +83,8 @@ def run_pipeline(spark: SparkSession, cfg: Config, name: str, batch: str,
     if start_at not in STEP_NAMES:
         raise ConfigError(f"unknown pipeline step {start_at!r}; steps: {', '.join(STEP_NAMES)}")
     pipeline = get_pipeline(name, definitions)
-    first = STEP_NAMES.index(start_at)
-    skipped, steps = pipeline.steps(batch)[:first], pipeline.steps(batch)[first:]
+    every, first = pipeline.steps(batch), STEP_NAMES.index(start_at)
+    skipped, steps = every[:first], every[first:]
     if skipped:
         log.info("%s: starting at %s (skipping %s)", name, start_at,
                  ", ".join(s.name for s in skipped))

@@ -193,7 +193,7 @@ def test_run_pipeline_in_process_end_to_end(spark, cfg, tmp_path):
     assert spark.table(f"{db}.predictions_mlp").count() == 178    # and nothing added
 
 
-def test_an_unknown_first_step_is_named(tmp_path):
+def test_an_unknown_first_step_is_named():
     with pytest.raises(ConfigError, match="unknown pipeline step 'fit'; steps: ingest, curate"):
         run_pipeline(None, load_config(environ={}), "wine_mlp", "b1", start_at="fit")
     with pytest.raises(SystemExit):

@@ -142,4 +142,3 @@ def test_a_checkpoint_cut_short_is_never_resumed_from(tmp_path):
     assert last_checkpoint(folder) == (1, first)
     save_checkpoint(lambda path: Path(path).write_bytes(b"epoch two"), folder, 2)
     assert last_checkpoint(folder) == (2, str(tmp_path / "epoch-002.weights.h5"))
-

@@ -180,8 +180,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     callbacks.append(clock)
 
     history: dict[str, list[float]] = {}
-    fit_seconds = 0.0
-    fit_start = fit_end = time.monotonic()
+    fit_start = fit_end = time.monotonic()     # equal when there is nothing left to fit
     if initial_epoch < epochs:
         train_reader, train_ds = _dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
                                           None, True, spec.seed + hvd.rank(), _regression(spec))
@@ -197,7 +196,6 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
                             verbose=0)
             history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
             fit_end = time.monotonic()
-            fit_seconds = fit_end - fit_start
         finally:
             train_reader.stop(), val_reader.stop()
             train_reader.join(), val_reader.join()
@@ -210,7 +208,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         "rank": hvd.rank(), "size": hvd.size(), "gpu": gpu, "trainable_weights": trainable,
         "weights": weights_digest(model.get_weights()),
         "initial_epoch": initial_epoch, "epochs_run": len(history.get("loss", [])),
-        "steps_per_epoch": steps, "history": history, "fit_seconds": fit_seconds,
+        "steps_per_epoch": steps, "history": history, "fit_seconds": fit_end - fit_start,
         "epoch_seconds": [end - begin for begin, end in clock.epochs],
         "before_epochs_seconds": clock.epochs[0][0] - fit_start if clock.epochs else 0.0,
         "after_epochs_seconds": fit_end - clock.epochs[-1][1] if clock.epochs else 0.0,
