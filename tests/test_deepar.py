@@ -18,7 +18,7 @@ from lakehouse.tables import layer_table
 from models.deepar import FAMILY
 from models.deepar.baselines import seasonal_naive
 from models.deepar.evaluate import forecast_metrics
-from models.deepar.features import SeriesTooShortError
+from models.deepar.features import SeriesTooShortError, window_spec
 from models.deepar.network import load, sample_paths
 from models.deepar.scoring import UnknownSeriesError
 from models.features import build_features
@@ -102,6 +102,19 @@ def test_windows_hold_out_the_horizon_and_rebuild_is_a_noop(spark, cfg, panel):
     assert len(train_files) >= 2 * cfg.train.num_proc
     again = FAMILY.features(spark, cfg, PANEL, dict(WINDOW))
     assert again.version == panel.version                     # same silver version: no-op
+
+    # A table an earlier release wrote, before `static` existed, with the same build key:
+    # the next build adds the column instead of rebuilding, and training can read it.
+    location = delta.table_location(spark, panel.table)
+    key = delta.commit_json(spark, panel.table, panel.version)
+    (spark.read.format("delta").load(location).drop("static").write.format("delta")
+     .mode("overwrite").option("overwriteSchema", "true")
+     .option("userMetadata", json.dumps(key)).save(location))
+    old = delta.snapshot(spark, panel.table).data_version
+    upgraded = FAMILY.features(spark, cfg, PANEL, dict(WINDOW))
+    assert upgraded.version == old                            # no rebuild of the rows
+    delta.check_schema(spark.table(panel.table).schema, window_spec(PANEL).schema,
+                       panel.table)
 
 
 def test_series_shorter_than_a_window_is_a_clear_error(spark, cfg):

@@ -316,7 +316,8 @@ def build_windows(spark: SparkSession, cfg: Config, dataset: str,
     rows, pinned = silver_rows(spark, cfg, cfg.datasets[dataset])
     silver_table, silver_version = pinned.table, pinned.data_version
     key = build_key(declared, silver_version, p)
-    gold = window_spec(dataset).full_name(cfg.catalog.database)
+    # A table an earlier release built gains the columns added since (nullable) first.
+    gold = delta.ensure_table(spark, window_spec(dataset), cfg.catalog.database)
     if built_key(spark, cfg, dataset) == key:
         log.info("%s: %s is already built from %s v%d with this declaration", dataset, gold,
                  silver_table, silver_version)
