@@ -124,6 +124,7 @@ def bench_mlp(spark, cfg, epochs: int) -> list[tuple]:
     print(format_table(["model", "accuracy", "roc_auc", "total s", "fit s"],
                        [(n, round(a, 4), round(r, 4) if r else None, round(t, 1), round(f, 1))
                         for n, a, r, t, f in rows]))
+    print_fit_times(ours.ranks)
     return [("mlp", r["rank"], r["peak_rss_mb"]) for r in ours.ranks]
 
 
@@ -165,6 +166,7 @@ def bench_mlp_regression(spark, cfg, epochs: int) -> list[tuple]:
     print(format_table(["model", "rmse", "mae", "r2", "total s", "fit s"],
                        [(n, round(r, 1), round(a, 1), round(q, 4) if q is not None else None,
                          round(t, 1), round(f, 1)) for n, r, a, q, t, f in rows]))
+    print_fit_times(ours.ranks)
     return [("mlp regression", r["rank"], r["peak_rss_mb"]) for r in ours.ranks]
 
 
@@ -205,14 +207,19 @@ def bench_cnn(spark, cfg, epochs: int) -> list[tuple]:
                          round(hvd_ips / plain_ips, 3)),
                         ("same Keras model, one plain process", plain_acc, round(plain_s, 1),
                          int(plain_ips), 1.0)]))
+    print_fit_times(ours.ranks)
+    return [("cnn", r["rank"], r["peak_rss_mb"]) for r in ours.ranks]
+
+
+def print_fit_times(ranks: list[dict]) -> None:
+    """Where each Horovod rank's ``fit`` time went: before, during and after its epochs."""
     print("\nwhere each rank's fit time went (s)\n")
     print(format_table(["rank", "fit", "before epochs", "epochs", "after epochs", "each epoch"],
                        [(r["rank"], round(r["fit_seconds"], 1),
                          round(r["before_epochs_seconds"], 1), round(sum(r["epoch_seconds"]), 1),
                          round(r["after_epochs_seconds"], 1),
                          " ".join(f"{s:.1f}" for s in r["epoch_seconds"]))
-                        for r in sorted(ours.ranks, key=lambda r: r["rank"])]))
-    return [("cnn", r["rank"], r["peak_rss_mb"]) for r in ours.ranks]
+                        for r in sorted(ranks, key=lambda r: r["rank"])]))
 
 
 def main() -> None:
