@@ -6,8 +6,12 @@ import dataclasses
 import socket
 from pathlib import Path
 
+from pyspark.sql import functions as F
+
+from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.datasets import parse_datasets
+from lakehouse.maintain import lakehouse_tables
 
 
 def with_paths(cfg: Config, **paths: Path | str) -> Config:
@@ -51,3 +55,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def table_state(spark, cfg: Config) -> dict[str, tuple[int, int, int]]:
+    """Per table of the lakehouse: latest version, rows and an order-independent hash."""
+    state = {}
+    for name in lakehouse_tables(spark, cfg):
+        df = spark.table(name)
+        digest = df.select(F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))).first()[0]
+        state[name] = (delta.current_version(spark, name), df.count(), int(digest or 0))
+    return state

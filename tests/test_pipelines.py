@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pyspark.sql import functions as F
 
 from jobs.cli import build_parser, main
 from jobs.pipeline import run_pipeline
@@ -168,29 +167,6 @@ def test_cli_run_names_unknown_pipeline(spark, cfg, capsys):
                  "--set", f"catalog.database={cfg.catalog.database}"])
     assert code == 2
     assert "unknown pipeline 'nope'" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_run_pipeline_in_process_end_to_end(spark, cfg, tmp_path):
-    definitions = _write(tmp_path, {"wine_mlp": {
-        "sources": ["wine"], "features": "wine", "family": "mlp",
-        "params": {"epochs": 2, "batch_size": 32, "hidden": [16]}}})
-    results = run_pipeline(spark, cfg, "wine_mlp", "b1", definitions)
-    assert [r.name for r in results] == list(STEP_NAMES)
-    db = cfg.catalog.database
-    gold = spark.table(f"{db}.gold_wine")
-    predictions = spark.table(f"{db}.predictions_mlp")
-    assert predictions.count() == gold.count() == 178
-    assert predictions.join(gold, "row_id").count() == 178
-    lineage = predictions.groupBy("model_name", "model_version", "input_table").count().collect()
-    assert [tuple(r) for r in lineage] == [("wine_mlp", 1, f"{db}.gold_wine", 178)]
-    models = spark.table(f"{db}.models").filter(F.col("name") == "wine_mlp").collect()
-    assert [(m["version"], m["training_table"]) for m in models] == [(1, f"{db}.gold_wine")]
-    assert spark.table(f"{db}.bronze_wine").select("_ingest_batch").distinct().collect()[0][0] \
-        == "b1"
-    again = run_pipeline(spark, cfg, "wine_mlp", "b1", definitions, start_at="train")
-    assert [r.name for r in again] == ["train", "score"]          # ingest .. features skipped
-    assert spark.table(f"{db}.predictions_mlp").count() == 178    # and nothing added
 
 
 def test_an_unknown_first_step_is_named():

@@ -12,20 +12,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-import yaml
-from pyspark.sql import functions as F
-
-from jobs.pipeline import run_pipeline
 from lakehouse import delta
 from lakehouse.config import load_config
 from lakehouse.curate import curate
 from lakehouse.ingest import ingest
-from lakehouse.maintain import lakehouse_tables, maintain
+from lakehouse.maintain import maintain
 from lakehouse.session import hold_lakehouse
 from models.runner import staging_dir
 from models.store import ModelStore
-from tests.helpers import AMOUNT_POSITIVE, orders_entry, with_datasets
+from tests.helpers import AMOUNT_POSITIVE, orders_entry, table_state, with_datasets
 
 HEADER = "order_id,placed_at,amount,status\n"
 
@@ -39,16 +34,6 @@ def _landing(tmp_path: Path) -> Path:
     landing.mkdir()
     (landing / "day1.csv").write_text(HEADER + "1,,10,NEW\n2,,-5,PAID\n3,,oops,NEW\n")
     return landing
-
-
-def _state(spark, cfg) -> dict[str, tuple[int, int, int]]:
-    """Per table: latest version, rows and an order-independent content hash."""
-    state = {}
-    for name in lakehouse_tables(spark, cfg):
-        df = spark.table(name)
-        digest = df.select(F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))).first()[0]
-        state[name] = (delta.current_version(spark, name), df.count(), int(digest or 0))
-    return state
 
 
 def test_snapshot_data_version_ignores_maintenance_and_noop_commits(spark, cfg):
@@ -131,10 +116,10 @@ def test_recurating_with_a_new_batch_quarantines_each_record_once(spark, cfg, tm
         [("d1", 2), ("d2", 2)]
 
     maintain(spark, cfg)
-    maintained = _state(spark, cfg)
+    maintained = table_state(spark, cfg)
     [third] = curate(spark, cfg, ["orders"])
     assert third.skipped and third.bronze_version == again.bronze_version
-    assert _state(spark, cfg) == maintained
+    assert table_state(spark, cfg) == maintained
 
 
 def test_a_curated_version_is_not_read_again_until_its_declaration_changes(
@@ -161,37 +146,6 @@ def test_a_curated_version_is_not_read_again_until_its_declaration_changes(
     assert settled.skipped and len(reads) == 1
     counts = spark.table(quality).filter("stage = 'curate'").groupBy("rule").count().collect()
     assert sorted(tuple(r) for r in counts) == [("amount_positive", 2), ("status_new", 1)]
-
-
-@pytest.mark.slow
-def test_maintain_then_rerun_writes_nothing_and_starts_no_training(spark, cfg, tmp_path,
-                                                                   monkeypatch, capsys):
-    cfg = with_datasets(cfg, _orders(_landing(tmp_path)))
-    definitions = tmp_path / "pipelines.yml"
-    definitions.write_text(yaml.safe_dump({"defaults": {}, "pipelines": {"wine_mlp": {
-        "sources": ["wine", "orders"], "features": "wine", "family": "mlp",
-        "params": {"epochs": 1, "batch_size": 32, "hidden": [8]}}}}))
-    run_pipeline(spark, cfg, "wine_mlp", "b1", definitions)
-    db = cfg.catalog.database
-    assert spark.table(f"{db}.ops_quarantine").count() == 2        # 'oops' and amount -5
-    assert spark.table(f"{db}.predictions_mlp").count() == 178
-
-    shown = {r["tableName"] for r in spark.sql(f"SHOW TABLES IN {db}").collect()
-             if not r["isTemporary"] and not r["tableName"].endswith("_latest")}
-    maintained = maintain(spark, cfg)
-    assert {r.table.split(".")[1] for r in maintained} == shown   # every table, once
-    gold = next(r for r in maintained if r.table.endswith("gold_wine"))
-    assert not gold.optimized                                     # shards stay one per rank
-    before = _state(spark, cfg)
-
-    def no_horovod(*args, **kwargs):
-        raise AssertionError("a re-run started a Horovod job")
-
-    monkeypatch.setattr("models.runner.run_ranks", no_horovod)
-    for batch in ("b2", "b1"):
-        run_pipeline(spark, cfg, "wine_mlp", batch, definitions)
-    assert _state(spark, cfg) == before
-    assert spark.table(f"{db}.models").count() == 1
 
 
 def test_staging_removes_folders_of_killed_runs_only(cfg, tmp_path):
