@@ -1,8 +1,10 @@
 """The command line, maintenance, the table list, and a real spark-submit run."""
 
 import dataclasses
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -12,8 +14,8 @@ from lakehouse.config import MaintainConfig, load_config
 from lakehouse.errors import ConfigError
 from lakehouse.ingest import ingest
 from lakehouse.maintain import maintain
-from lakehouse.submit import submit_command
-from tests.helpers import with_paths
+from lakehouse.submit import beeline_command, submit_command, submit_env, thrift_command
+from tests.helpers import free_port, with_paths
 
 
 def test_table_list_has_counts_and_versions(spark, cfg, tmp_path):
@@ -77,12 +79,14 @@ def test_submit_command_carries_delta_and_interpreter():
 
 
 @pytest.mark.slow
-def test_spark_submit_runs_ingest_job(spark, tmp_path):
-    """A real spark-submit in its own process, with its own home (Derby allows one JVM)."""
+def test_spark_submit_ingest_then_beeline_through_a_thrift_server(spark, tmp_path):
+    """A real spark-submit in its own process, with its own home (Derby allows one JVM);
+    then a real Thrift server over that home on a free loopback port, queried with
+    pyspark's beeline."""
     home = tmp_path / "home"
+    overrides = [f"home={home}", "spark.master=local[1]", "spark.ui_enabled=false"]
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "submit", "--set", f"home={home}",
-         "--set", "spark.master=local[1]", "--set", "spark.ui_enabled=false",
+        [sys.executable, "-m", "jobs.cli", "submit", *[a for o in overrides for a in ("--set", o)],
          "ingest", "wine", "--batch", "s1"],
         capture_output=True, text=True, timeout=600, check=False,
     )
@@ -93,6 +97,32 @@ def test_spark_submit_runs_ingest_job(spark, tmp_path):
     df = spark.read.format("delta").load(str(table_dir))
     assert df.count() == 178
     assert {r._ingest_batch for r in df.select("_ingest_batch").distinct().collect()} == {"s1"}
+
+    cfg = load_config(overrides, environ={})
+    port, log_path = free_port(), tmp_path / "thrift.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(thrift_command(cfg, port), env=submit_env(cfg), stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(1)
+        out = subprocess.run(
+            beeline_command(port, "SELECT label_name, count(*) AS n FROM lakeforge.bronze_wine "
+                                  "GROUP BY label_name ORDER BY label_name"),
+            capture_output=True, text=True, timeout=300, check=False, env=submit_env(cfg))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # beeline echoes its prompt ("0: jdbc:hive2://...>"), the CSV header follows it.
+    rows = [line for line in out.stdout.splitlines() if line.startswith("class_")]
+    assert "label_name,n" in out.stdout
+    assert rows == ["class_0,59", "class_1,71", "class_2,48"]
 
 
 def test_hive_session_folders_stay_in_the_home_not_in_tmp(spark, base_cfg):

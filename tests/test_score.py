@@ -1,13 +1,8 @@
-"""Batch scoring into Delta, SQL views over predictions, and JDBC through the Thrift server."""
+"""Batch scoring into Delta and SQL views over predictions."""
 
 import dataclasses
-import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,12 +14,10 @@ from lakehouse.config import CatalogConfig
 from lakehouse.curate import curate
 from lakehouse.errors import SchemaMismatchError
 from lakehouse.ingest import ingest
-from lakehouse.submit import beeline_command, submit_env, thrift_command
 from models.features import build_features
 from models.mlp import FAMILY
 from models.scoring import score
 from models.store import ModelNotFoundError, ModelStore
-from tests.helpers import free_port
 
 
 def _register(spark, cfg, table, tmp_path, run_id, seed):
@@ -204,42 +197,3 @@ def test_scoring_errors_name_the_problem(spark, cfg, wine_model):
     spark.table(gold.table).drop("features").write.format("delta").saveAsTable(nofeat)
     with pytest.raises(SchemaMismatchError, match="column 'features' is missing"):
         score(spark, cfg, "mlp", "wine_mlp", input_table=nofeat)
-
-
-@pytest.mark.slow
-def test_beeline_queries_tables_through_thrift_server(tmp_path):
-    """A real Thrift server on a free loopback port, queried with pyspark's beeline."""
-    from lakehouse.config import load_config
-
-    home = tmp_path / "home"
-    overrides = [f"home={home}", "spark.master=local[1]", "spark.ui_enabled=false"]
-    job = subprocess.run([sys.executable, "-m", "jobs.cli", "submit",
-                          *[a for o in overrides for a in ("--set", o)], "ingest", "wine"],
-                         capture_output=True, text=True, timeout=600, check=False)
-    assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
-    cfg = load_config(overrides, environ={})
-    port = free_port()
-    log = Path(tmp_path / "thrift.log").open("w")
-    server = subprocess.Popen(thrift_command(cfg, port), env=submit_env(cfg), stdout=log,
-                              stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert server.poll() is None, Path(tmp_path / "thrift.log").read_text()[-3000:]
-            time.sleep(2)
-        out = subprocess.run(
-            beeline_command(port, "SELECT label_name, count(*) AS n FROM lakeforge.bronze_wine "
-                                  "GROUP BY label_name ORDER BY label_name"),
-            capture_output=True, text=True, timeout=300, check=False, env=submit_env(cfg))
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
-    assert out.returncode == 0, out.stderr[-2000:]
-    # beeline echoes its prompt ("0: jdbc:hive2://...>"), the CSV header follows it.
-    rows = [line for line in out.stdout.splitlines() if line.startswith("class_")]
-    assert "label_name,n" in out.stdout
-    assert rows == ["class_0,59", "class_1,71", "class_2,48"]
