@@ -5,7 +5,7 @@
 #   3. Horovod 0.28.1 built against TensorFlow with Gloo (wheel cached),
 #   4. Delta Lake's JVM jars and the PostgreSQL JDBC driver (for the shared metastore)
 #      in the local Maven repository,
-#   5. a class-data-sharing archive of the Spark driver JVM (lakehouse/jvm.py), so
+#   5. a class-data-sharing archive of the Spark driver JVM (lakehouse/class_archive.py), so
 #      that every job starts about 4 s sooner.
 # A second run with nothing changed only checks and takes seconds.
 set -euo pipefail
@@ -135,7 +135,7 @@ main() {
     fingerprint > "$STAMP"
   fi
   check
-  "$VENV/bin/python" -m lakehouse.jvm \
+  "$VENV/bin/python" -m lakehouse.class_archive \
     || say "the JVM class archive was not built; jobs start without it (see above)"
   say "done in $((SECONDS - start)) s"
 }

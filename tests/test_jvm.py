@@ -5,7 +5,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from lakehouse.jvm import _prune, archive_options, archive_path, driver_archive
+from lakehouse.class_archive import _prune, driver_archive
+from lakehouse.jvm import archive_options, archive_path
 from lakehouse.session import spark_conf
 
 

@@ -19,13 +19,7 @@ ABOVE = {
 
 def _imports(path: Path) -> list[tuple[int, str]]:
     """Every module an import statement names, anywhere in the file (functions too)."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.append((node.lineno, node.module))
-    return found
+    return _imports_of(ast.parse(path.read_text(), str(path)))
 
 
 @pytest.mark.parametrize("package", sorted(ABOVE))
@@ -42,3 +36,42 @@ def test_the_walk_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("import os\n\ndef f():\n    from models.runner import train\n")
     assert (4, "models.runner") in _imports(module)
+
+
+def _project_imports_in_functions(path: Path) -> list[tuple[int, str]]:
+    """Imports of the project's own packages made inside a function body."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            found += [(line, module) for line, module in _imports_of(fn)
+                      if module.split(".")[0] in PROJECT]
+    return found
+
+
+def _imports_of(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+    return found
+
+
+PROJECT = ("lakehouse", "models", "pipelines", "jobs")
+
+
+@pytest.mark.parametrize("package", sorted(ABOVE))
+def test_no_module_of_a_lower_layer_imports_the_project_inside_a_function(package):
+    """A project import inside a function is how a cycle hides; the layers need none."""
+    hidden = [f"{path.relative_to(PROJECT_ROOT)}:{line} imports {module}"
+              for path in sorted((PROJECT_ROOT / package).rglob("*.py"))
+              for line, module in _project_imports_in_functions(path)]
+    assert hidden == []
+
+
+def test_the_function_walk_finds_a_hidden_project_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import os\n\ndef f():\n    import json\n"
+                      "    from lakehouse.session import x\n")
+    assert _project_imports_in_functions(module) == [(5, "lakehouse.session")]
