@@ -15,6 +15,7 @@ way warms it up and is left out of the median.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import uuid
 
@@ -38,7 +39,7 @@ def main() -> None:
     spark.sql(f"CREATE TABLE {table} (a BIGINT, b STRING) USING delta")
     location = spark.sql(f"DESCRIBE DETAIL {table}").first()["location"]
     rows = spark.range(args.rows).selectExpr("id AS a", "cast(id AS string) AS b")
-    tokens = iter(range(1_000_000))
+    tokens = itertools.count()
 
     def append(by_name: bool, token: bool) -> None:
         writer = rows.write.format("delta").mode("append")
