@@ -38,7 +38,9 @@ LINEAGE_NAMES = tuple(f.name for f in BRONZE_LINEAGE)
 # skips files, and collecting them for every data column would only slow ingest.
 BRONZE_PROPERTIES = {"delta.dataSkippingStatsColumns": "_ingest_batch,_source,_ingested_at,_record"}
 
-# Gold tables read by Petastorm must be plain Parquet snapshots (DESIGN.md section 2).
+# Petastorm reads a gold table's Parquet files directly, not through Delta: a file must
+# hold exactly its rows (no deletion vectors) under its columns' own names (no column
+# mapping), so that a snapshot's files are the table's rows.
 TRAINING_TABLE_PROPERTIES = {
     "delta.enableDeletionVectors": "false",
     "delta.columnMapping.mode": "none",

@@ -62,7 +62,7 @@ def cfg(spark, base_cfg: Config) -> Config:
 
 
 # The files whose tests run several processes for minutes (`--durations`), longest first.
-LONGEST_FILES = ("test_dags.py", "test_reruns.py", "test_metastore.py", "test_cluster.py")
+LONGEST_FILES = ("test_dags.py", "test_reruns.py", "test_cluster.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

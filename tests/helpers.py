@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from pyspark.sql import functions as F
 
 from lakehouse import delta
-from lakehouse.config import Config
+from lakehouse.config import Config, load_config
 from lakehouse.datasets import parse_datasets
 from lakehouse.maintain import lakehouse_tables
+from lakehouse.submit import beeline_command, submit_env
 
 
 def with_paths(cfg: Config, **paths: Path | str) -> Config:
@@ -65,3 +69,36 @@ def table_state(spark, cfg: Config) -> dict[str, tuple[int, int, int]]:
         digest = df.select(F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))).first()[0]
         state[name] = (delta.current_version(spark, name), df.count(), int(digest or 0))
     return state
+
+
+def lakeforge(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """Start ``lakeforge ARGS`` in a process of its own, its output piped."""
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def succeeded(proc: subprocess.Popen, timeout: int = 1500) -> str:
+    """The output of a started command, which must exit with 0."""
+    out = proc.communicate(timeout=timeout)[0]
+    assert proc.returncode == 0, f"{proc.args}:\n{out[-4000:]}"
+    return out
+
+
+def wait_listening(port: int, server: subprocess.Popen, wait: float = 600) -> None:
+    """Wait until a server process listens on ``port`` on the loopback interface."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "the server stopped before it listened"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(2)
+    raise AssertionError(f"nothing listened on {port} within {wait} s")
+
+
+def beeline(env: dict[str, str], port: int, query: str) -> str:
+    """Run a query through a Thrift server with beeline (CSV output)."""
+    out = subprocess.run(beeline_command(port, query), capture_output=True, text=True,
+                         timeout=600, check=False, env=submit_env(load_config(environ=env)))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout

@@ -3,7 +3,9 @@
 Airflow 3 lives in ``.venv-airflow`` (scripts/setup-airflow.sh), apart from the
 project's stack, so each check runs a short script with that interpreter: a real
 DagBag over ``pipelines/dags``, and ``dag.test()`` running real spark-submit jobs
-against a temporary LAKEFORGE_HOME with its own SQLite metadata DB.
+against a temporary LAKEFORGE_HOME with its own SQLite metadata DB. Then a real
+scheduler runs two DAGs at once on a lakehouse with the shared PostgreSQL metastore,
+and on that lakehouse several jobs run at once beside the Thrift server.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from lakehouse.config import PROJECT_ROOT
 from pipelines.definitions import AIRFLOW_BATCH, STEP_NAMES, load_pipelines
-from tests.helpers import free_port
+from tests.helpers import beeline, free_port, lakeforge, orders_entry, succeeded, wait_listening
 
 AIRFLOW_PYTHON = PROJECT_ROOT / ".venv-airflow" / "bin" / "python"
 DAGS = PROJECT_ROOT / "pipelines" / "dags"
@@ -225,63 +228,142 @@ class Scheduler:
                          for p in sorted(self.home.glob("*.log")))
 
 
-@pytest.mark.slow
-def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(airflow_env, spark):
-    """Parallelism 2, LocalExecutor, two pipelines' DAG runs side by side on one lakehouse
-    whose catalog is the shared PostgreSQL metastore: five spark-submit tasks each, the
-    data interval's date as the ingest batch, and predictions with their lineage. (That
-    re-running a batch adds nothing is the jobs' property, tested on the jobs and
-    pipelines themselves.)"""
+SOURCES = ("north", "south", "east", "west")
+SMALL = {"epochs": 2, "batch_size": 64, "hidden": [8]}
+
+
+@pytest.fixture(scope="module")
+def shared_lake(airflow_env, spark):
+    """A lakehouse on a local PostgreSQL metastore (started here) on which the scheduler
+    runs two pipelines' DAGs side by side; the tables those runs left are read right
+    after them. The lakehouse then hosts the jobs-at-once test.
+
+    The home is outside pytest's private temp folder: as root, PostgreSQL runs as its own
+    user, who must be able to reach its data directory.
+    """
     root = Path(tempfile.mkdtemp(prefix="lakeforge-airflow-"))
-    root.chmod(0o755)   # PostgreSQL runs as its own user and must reach home/postgres
+    root.chmod(0o755)
+    entries = root / "entries"
+    entries.mkdir()
+    regions = {}
+    for i, name in enumerate(SOURCES):
+        landing = root / "landing" / name
+        landing.mkdir(parents=True)
+        rows = "".join(f"{i * 1000 + n},,{n},NEW\n" for n in range(200 + 10 * i))
+        (landing / "day1.csv").write_text("order_id,placed_at,amount,status\n" + rows)
+        regions[name] = orders_entry(landing)
+    (entries / "regions.yml").write_text(json.dumps({"datasets": regions}))
     definitions = root / "pipelines.yml"
-    small = {"epochs": 2, "batch_size": 64, "hidden": [8]}
     definitions.write_text(yaml.safe_dump({"defaults": {"schedule": None}, "pipelines": {
         "wine_mlp": {"sources": ["wine"], "features": "wine", "family": "mlp",
-                     "params": small},
+                     "params": SMALL},
         "breast_cancer_mlp": {"sources": ["breast_cancer"], "features": "breast_cancer",
-                              "family": "mlp", "params": small}}}))
+                              "family": "mlp", "params": SMALL}}}))
     lake = {**airflow_env, "LAKEFORGE_HOME": str(root / "home"),
             "AIRFLOW_LAKEFORGE_PIPELINES": str(definitions),
+            "LAKEFORGE_CATALOG__DATASET_DIRS": json.dumps([str(entries)]),
             "LAKEFORGE_METASTORE__KIND": "postgres",
             "LAKEFORGE_METASTORE__PORT": str(free_port())}
-    lakeforge = [sys.executable, "-m", "jobs.cli", "metastore"]
-    started = subprocess.run([*lakeforge, "start"], env=lake, capture_output=True, text=True,
-                             timeout=300, check=False)
-    assert started.returncode == 0, started.stdout + started.stderr
+    succeeded(lakeforge(lake, "metastore", "start"), timeout=300)
     runs = {"wine_mlp": "both-1", "breast_cancer_mlp": "both-2"}
+    warehouse = root / "home" / "warehouse" / "lakeforge.db"
     try:
         with Scheduler(lake, root / "airflow", parallelism=2) as airflow:
             airflow.wait_for_dags(list(runs))
             for dag, run_id in runs.items():
                 airflow.trigger(dag, run_id, "2026-11-20T00:00:00+00:00")
             airflow.start_scheduler()   # both runs queued: its first loop starts both
-            states = airflow.wait_for_runs(runs)
-            assert {d: s["state"] for d, s in states.items()} == dict.fromkeys(runs, "success"), \
-                airflow.logs()
+            states = {d: s["state"] for d, s in airflow.wait_for_runs(runs).items()}
+            logs = airflow.logs()
             times = {d: airflow.task_times(d, r) for d, r in runs.items()}
+        yield SimpleNamespace(env=lake, root=root, states=states, logs=logs, times=times,
+                              after=_dag_outcome(spark, warehouse) if
+                              set(states.values()) == {"success"} else None)
     finally:
-        subprocess.run([*lakeforge, "stop"], env=lake, capture_output=True, timeout=120,
-                       check=False)
-    (a, b) = times.values()
-    overlap = max(min(x[2], y[2]) - max(x[1], y[1]) for x in a for y in b)
-    assert overlap > 0, times                                  # the two ran side by side
-    warehouse = root / "home" / "warehouse" / "lakeforge.db"
+        lakeforge(lake, "metastore", "stop").communicate(timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
 
+
+def _dag_outcome(spark, warehouse: Path) -> dict:
+    """What the two DAG runs left in the tables the test of those runs checks."""
     def table(name: str):
         return spark.read.format("delta").load(str(warehouse / name))
 
-    for dataset, rows in (("wine", 178), ("breast_cancer", 569)):
-        batches = table(f"bronze_{dataset}").groupBy("_ingest_batch").count().collect()
-        assert [tuple(b) for b in batches] == [("20261120", rows)]  # the data interval's date
-        assert table(f"silver_{dataset}").count() == rows
-    assert sorted((r.name, r.version) for r in table("models").collect()) == \
-        [("breast_cancer_mlp", 1), ("wine_mlp", 1)]
     predictions = table("predictions_mlp")
-    lineage = {r["model_name"]: r.asDict() for r in predictions.groupBy(
-        "model_name", "model_version", "input_table", "input_version", "run_id").count().collect()}
-    assert {m: (r["count"], r["model_version"], r["input_table"]) for m, r in lineage.items()} \
-        == {"wine_mlp": (178, 1, "lakeforge.gold_wine"),
-            "breast_cancer_mlp": (569, 1, "lakeforge.gold_breast_cancer")}
-    assert predictions.filter("prediction IS NULL OR probability IS NULL").count() == 0
-    shutil.rmtree(root, ignore_errors=True)
+    return {
+        "batches": {d: sorted(tuple(b) for b in table(f"bronze_{d}").groupBy("_ingest_batch")
+                              .count().collect()) for d in ("wine", "breast_cancer")},
+        "silver": {d: table(f"silver_{d}").count() for d in ("wine", "breast_cancer")},
+        "models": sorted((r.name, r.version) for r in table("models").collect()),
+        "lineage": {r["model_name"]: (r["count"], r["model_version"], r["input_table"])
+                    for r in predictions.groupBy("model_name", "model_version",
+                                                 "input_table").count().collect()},
+        "unscored": predictions.filter("prediction IS NULL OR probability IS NULL").count(),
+    }
+
+
+@pytest.mark.slow
+def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(shared_lake):
+    """Parallelism 2, LocalExecutor, two pipelines' DAG runs side by side on one lakehouse
+    whose catalog is the shared PostgreSQL metastore: five spark-submit tasks each, the
+    data interval's date as the ingest batch, and predictions with their lineage. (That
+    re-running a batch adds nothing is the jobs' property, tested on the jobs and
+    pipelines themselves.)"""
+    assert shared_lake.states == dict.fromkeys(shared_lake.states, "success"), shared_lake.logs
+    (a, b) = shared_lake.times.values()
+    overlap = max(min(x[2], y[2]) - max(x[1], y[1]) for x in a for y in b)
+    assert overlap > 0, shared_lake.times                       # the two ran side by side
+    after = shared_lake.after
+    assert after["batches"] == {"wine": [("20261120", 178)],       # the data interval's date
+                                "breast_cancer": [("20261120", 569)]}
+    assert after["silver"] == {"wine": 178, "breast_cancer": 569}
+    assert after["models"] == [("breast_cancer_mlp", 1), ("wine_mlp", 1)]
+    assert after["lineage"] == {"wine_mlp": (178, 1, "lakeforge.gold_wine"),
+                                "breast_cancer_mlp": (569, 1, "lakeforge.gold_breast_cancer")}
+    assert after["unscored"] == 0
+
+
+@pytest.mark.slow
+def test_jobs_at_once_on_the_shared_lakehouse_all_land_exactly(spark, shared_lake):
+    """On the lakehouse the two DAG runs left: four ingests, two scorings of their model
+    into one predictions table and a training, all at once, with the Thrift server
+    answering SQL alongside; every count is exact and no job met a lock."""
+    assert shared_lake.after is not None, f"the DAG runs this builds on failed: " \
+                                          f"{shared_lake.states}\n{shared_lake.logs}"
+    lake, root = shared_lake.env, shared_lake.root
+    port, server_log = free_port(), root / "thrift.log"
+    server = subprocess.Popen(                                # the Thrift server alongside
+        [sys.executable, "-m", "jobs.cli", "sql-server", "--port", str(port)], env=lake,
+        stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_listening(port, server)
+        jobs = [lakeforge(lake, "ingest", name, "--batch", "b1") for name in SOURCES]
+        jobs += [lakeforge(lake, "score", "mlp", "--model", "wine_mlp", "--run-id", run)
+                 for run in ("again-1", "again-2")]
+        jobs.append(lakeforge(lake, "train", "mlp", "--dataset", "wine", "--name",
+                              "wine_mlp_2", "--param", "epochs=1", "--param", "hidden=[8]"))
+        answer = beeline(lake, port, "SELECT count(*) AS n FROM lakeforge.gold_wine")
+        outputs = [succeeded(job) for job in jobs]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=120)
+    assert "178" in answer.splitlines(), answer + server_log.read_text()[-3000:]  # mid-jobs
+    assert not any("Another instance of Derby" in out for out in outputs)
+
+    tables = root / "home" / "warehouse" / "lakeforge.db"
+
+    def table(name: str):
+        return spark.read.format("delta").load(str(tables / name))
+
+    for i, name in enumerate(SOURCES):
+        bronze = table(f"bronze_{name}")
+        assert bronze.count() == bronze.select("order_id").distinct().count() == 200 + 10 * i
+    runs = {r["run_id"]: r["count"] for r in table("predictions_mlp").groupBy("run_id").count()
+            .collect()}
+    assert runs.pop("again-1") == runs.pop("again-2") == 178
+    assert sorted(runs.values()) == [178, 569]                 # the DAG runs' own
+    models = sorted((r.name, r.version) for r in table("models").collect())
+    assert models == [("breast_cancer_mlp", 1), ("wine_mlp", 1), ("wine_mlp_2", 1)]
+
+    listed = succeeded(lakeforge(lake, "tables"))
+    assert all(f"lakeforge.bronze_{name}" in listed for name in SOURCES)

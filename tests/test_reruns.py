@@ -84,9 +84,12 @@ def clean(spark, base_cfg, tmp_path_factory):
     rows = "".join(f"{i},,{(i % 7) - 1},NEW\n" for i in range(ORDERS)) + "x,,1,NEW\n"
     (landing / "day1.csv").write_text("order_id,placed_at,amount,status\n" + rows)
     definitions = root / "pipelines.yml"
+    # Batches of 4 make an epoch about 15 steps per rank, a second or two: ten epochs
+    # leave the kill test's training several seconds after its first checkpoint to be
+    # killed in (it is killed at most 3 s after it), and no early stop cuts them short.
     definitions.write_text(yaml.safe_dump({"defaults": {}, "pipelines": {"wine_mlp": {
         "sources": ["wine", "orders"], "features": "wine", "family": "mlp",
-        "params": {"epochs": 25, "batch_size": 4, "hidden": [8], "patience": 50}}}}))
+        "params": {"epochs": 10, "batch_size": 4, "hidden": [8], "patience": 50}}}}))
     db = f"t_{uuid.uuid4().hex[:10]}"
     spark.sql(f"CREATE DATABASE {db}")
     cfg = with_datasets(dataclasses.replace(base_cfg, catalog=CatalogConfig(database=db)),
@@ -180,6 +183,7 @@ def test_every_job_killed_midway_then_rerun_equals_a_clean_run(clean, spark, tmp
     out = (tmp_path / "final.log").read_text(errors="replace")
     assert final.returncode == 0, f"the run after the kills:\n{out[-3000:]}"
     print("kills:", outcome)
+    assert outcome["train"] == "killed", outcome                # mid-training, not after
 
     got = {p.name: _fingerprint(spark, str(p)) for p in tables.iterdir()
            if (p / "_delta_log").is_dir()}
