@@ -84,16 +84,24 @@ def succeeded(proc: subprocess.Popen, timeout: int = 1500) -> str:
     return out
 
 
-def wait_listening(port: int, server: subprocess.Popen, wait: float = 600) -> None:
-    """Wait until a server process listens on ``port`` on the loopback interface."""
+def wait_listening(port: int, server: subprocess.Popen, log: Path | None = None,
+                   wait: float = 600) -> None:
+    """Wait until a server process listens on ``port`` on the loopback interface.
+
+    A server that exits, or does not listen within ``wait`` seconds, fails the test with
+    the tail of its ``log``.
+    """
+    def tail() -> str:
+        return log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        assert server.poll() is None, "the server stopped before it listened"
+        assert server.poll() is None, f"the server stopped before it listened:\n{tail()}"
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
-        time.sleep(2)
-    raise AssertionError(f"nothing listened on {port} within {wait} s")
+        time.sleep(1)
+    raise AssertionError(f"nothing listened on {port} within {wait} s:\n{tail()}")
 
 
 def beeline(env: dict[str, str], port: int, query: str) -> str:

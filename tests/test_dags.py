@@ -336,7 +336,7 @@ def test_jobs_at_once_on_the_shared_lakehouse_all_land_exactly(spark, shared_lak
         [sys.executable, "-m", "jobs.cli", "sql-server", "--port", str(port)], env=lake,
         stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_listening(port, server)
+        wait_listening(port, server, server_log)
         jobs = [lakeforge(lake, "ingest", name, "--batch", "b1") for name in SOURCES]
         jobs += [lakeforge(lake, "score", "mlp", "--model", "wine_mlp", "--run-id", run)
                  for run in ("again-1", "again-2")]

@@ -1,10 +1,8 @@
 """The command line, maintenance, the table list, and a real spark-submit run."""
 
 import dataclasses
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,7 +13,7 @@ from lakehouse.errors import ConfigError
 from lakehouse.ingest import ingest
 from lakehouse.maintain import maintain
 from lakehouse.submit import beeline_command, submit_command, submit_env, thrift_command
-from tests.helpers import free_port, with_paths
+from tests.helpers import free_port, wait_listening, with_paths
 
 
 def test_table_list_has_counts_and_versions(spark, cfg, tmp_path):
@@ -104,13 +102,7 @@ def test_spark_submit_ingest_then_beeline_through_a_thrift_server(spark, tmp_pat
         server = subprocess.Popen(thrift_command(cfg, port), env=submit_env(cfg), stdout=log,
                                   stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            time.sleep(1)
+        wait_listening(port, server, log_path, wait=240)
         out = subprocess.run(
             beeline_command(port, "SELECT label_name, count(*) AS n FROM lakeforge.bronze_wine "
                                   "GROUP BY label_name ORDER BY label_name"),
