@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -69,6 +71,20 @@ def table_state(spark, cfg: Config) -> dict[str, tuple[int, int, int]]:
         digest = df.select(F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))).first()[0]
         state[name] = (delta.current_version(spark, name), df.count(), int(digest or 0))
     return state
+
+
+def small_job_env(home: Path, entries: Path | None = None) -> dict[str, str]:
+    """The environment of lakeforge jobs started as processes on a small lakehouse.
+
+    Two local cores, no UI, two shuffle partitions, a 1 GB driver, ``home`` as
+    LAKEFORGE_HOME, and (if given) a folder of extra catalog entries.
+    """
+    env = {**os.environ, "LAKEFORGE_HOME": str(home), "LAKEFORGE_SPARK__MASTER": "local[2]",
+           "LAKEFORGE_SPARK__UI_ENABLED": "false", "LAKEFORGE_SPARK__SHUFFLE_PARTITIONS": "2",
+           "LAKEFORGE_SPARK__DRIVER_MEMORY": "1g"}
+    if entries is not None:
+        env["LAKEFORGE_CATALOG__DATASET_DIRS"] = json.dumps([str(entries)])
+    return env
 
 
 def lakeforge(env: dict[str, str], *args: str) -> subprocess.Popen:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -30,7 +31,15 @@ import yaml
 
 from lakehouse.config import PROJECT_ROOT
 from pipelines.definitions import AIRFLOW_BATCH, STEP_NAMES, load_pipelines
-from tests.helpers import beeline, free_port, lakeforge, orders_entry, succeeded, wait_listening
+from tests.helpers import (
+    beeline,
+    free_port,
+    lakeforge,
+    orders_entry,
+    small_job_env,
+    succeeded,
+    wait_listening,
+)
 
 AIRFLOW_PYTHON = PROJECT_ROOT / ".venv-airflow" / "bin" / "python"
 DAGS = PROJECT_ROOT / "pipelines" / "dags"
@@ -67,11 +76,9 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Airflow set up (venv once, a fresh metadata DB here), and the run's environment."""
     root = tmp_path_factory.mktemp("airflow")
     definitions = root / "pipelines.yml"
-    env = {**os.environ, "LAKEFORGE_HOME": str(root / "home"),
+    env = {**small_job_env(root / "home"),
            "AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_LAKEFORGE_PIPELINES": str(definitions),
-           "LAKEFORGE_SPARK__MASTER": "local[2]", "LAKEFORGE_SPARK__UI_ENABLED": "false",
-           "LAKEFORGE_SPARK__DRIVER_MEMORY": "1g", "LAKEFORGE_SPARK__SHUFFLE_PARTITIONS": "2"}
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_LAKEFORGE_PIPELINES": str(definitions)}
     # The shipped definitions, with a short training run for breast_cancer_mlp.
     data = yaml.safe_load((PROJECT_ROOT / "pipelines" / "pipelines.yml").read_text())
     data["pipelines"]["breast_cancer_mlp"]["params"] = {"epochs": 3, "batch_size": 64}
@@ -276,7 +283,8 @@ def shared_lake(airflow_env, spark):
             states = {d: s["state"] for d, s in airflow.wait_for_runs(runs).items()}
             logs = airflow.logs()
             times = {d: airflow.task_times(d, r) for d, r in runs.items()}
-        yield SimpleNamespace(env=lake, root=root, states=states, logs=logs, times=times,
+        yield SimpleNamespace(env=lake, root=root, warehouse=warehouse, states=states,
+                              logs=logs, times=times,
                               after=_dag_outcome(spark, warehouse) if
                               set(states.values()) == {"success"} else None)
     finally:
@@ -284,11 +292,14 @@ def shared_lake(airflow_env, spark):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _delta(spark, warehouse: Path, name: str):
+    """A table of the lakehouse, read by path (the test session has its own catalog)."""
+    return spark.read.format("delta").load(str(warehouse / name))
+
+
 def _dag_outcome(spark, warehouse: Path) -> dict:
     """What the two DAG runs left in the tables the test of those runs checks."""
-    def table(name: str):
-        return spark.read.format("delta").load(str(warehouse / name))
-
+    table = functools.partial(_delta, spark, warehouse)
     predictions = table("predictions_mlp")
     return {
         "batches": {d: sorted(tuple(b) for b in table(f"bronze_{d}").groupBy("_ingest_batch")
@@ -350,10 +361,7 @@ def test_jobs_at_once_on_the_shared_lakehouse_all_land_exactly(spark, shared_lak
     assert "178" in answer.splitlines(), answer + server_log.read_text()[-3000:]  # mid-jobs
     assert not any("Another instance of Derby" in out for out in outputs)
 
-    tables = root / "home" / "warehouse" / "lakeforge.db"
-
-    def table(name: str):
-        return spark.read.format("delta").load(str(tables / name))
+    table = functools.partial(_delta, spark, shared_lake.warehouse)
 
     for i, name in enumerate(SOURCES):
         bronze = table(f"bronze_{name}")

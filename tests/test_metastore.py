@@ -7,14 +7,13 @@ two Airflow DAG runs among them, are tested in test_dags.)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, lakeforge, orders_entry, succeeded
+from tests.helpers import free_port, lakeforge, orders_entry, small_job_env, succeeded
 
 
 @pytest.mark.slow
@@ -29,11 +28,8 @@ def test_a_derby_lakehouse_moves_to_postgres_with_register():
     rows = "".join(f"{n},,{n},NEW\n" for n in range(200))
     (landing / "day1.csv").write_text("order_id,placed_at,amount,status\n" + rows)
     (entries / "north.yml").write_text(json.dumps({"datasets": {"north": orders_entry(landing)}}))
-    derby = {**os.environ, "LAKEFORGE_HOME": str(root / "home"),
-             "LAKEFORGE_SPARK__MASTER": "local[2]", "LAKEFORGE_SPARK__UI_ENABLED": "false",
-             "LAKEFORGE_SPARK__SHUFFLE_PARTITIONS": "2", "LAKEFORGE_SPARK__DRIVER_MEMORY": "1g",
-             "LAKEFORGE_CATALOG__DATASET_DIRS": json.dumps([str(entries)]),
-             "LAKEFORGE_METASTORE__KIND": "derby", "LAKEFORGE_METASTORE__PORT": str(free_port())}
+    derby = {**small_job_env(root / "home", entries), "LAKEFORGE_METASTORE__KIND": "derby",
+             "LAKEFORGE_METASTORE__PORT": str(free_port())}
     postgres = {**derby, "LAKEFORGE_METASTORE__KIND": "postgres"}
     try:
         succeeded(lakeforge(derby, "ingest", "north", "--batch", "b1"))
