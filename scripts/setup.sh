@@ -2,9 +2,10 @@
 # One idempotent set-up step for lakeforge on a fresh Debian machine:
 #   1. the Debian data packages and build tools,
 #   2. a virtualenv at .venv with the pinned stack (scripts/requirements*.txt), installed
-#      by uv (parallel downloads, no bytecode compiled up front: about 3x faster than
-#      pip on a fresh machine; pip is the fallback),
-#   3. Horovod 0.28.1 built against TensorFlow with Gloo (wheel cached),
+#      by uv (scripts/pip-install.sh: twice as fast as pip on a fresh machine; pip is
+#      the fallback),
+#   3. Horovod 0.28.1 built against TensorFlow with Gloo, without debug info
+#      (scripts/cxx-release.sh; wheel cached),
 #   4. Delta Lake's JVM jars and the PostgreSQL JDBC driver (for the shared metastore)
 #      fetched from Maven Central (LAKEFORGE_MAVEN_URL) into the local Maven repository,
 #      checked against the repository's SHA-1,
@@ -32,7 +33,7 @@ die() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
 source scripts/pip-install.sh
 
 fingerprint() {
-  cat scripts/setup.sh scripts/pip-install.sh scripts/requirements.txt scripts/requirements-data.txt \
+  cat scripts/setup.sh scripts/pip-install.sh scripts/cxx-release.sh scripts/requirements.txt scripts/requirements-data.txt \
     scripts/constraints.txt pyproject.toml \
     | sha256sum | cut -d' ' -f1
 }
@@ -78,15 +79,17 @@ horovod() {
     command -v g++ >/dev/null || die "g++ is needed to build Horovod"
     PATH="$VENV/bin:$PATH" HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
       HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
-      MAKEFLAGS="-j$(nproc)" \
+      MAKEFLAGS="-j$(nproc)" CXX="$ROOT/scripts/cxx-release.sh" \
       "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps "horovod==$HOROVOD_VERSION" -w "$wheels" \
       > "$CACHE/horovod-build.log" 2>&1 \
       || die "Horovod build failed; see $CACHE/horovod-build.log"
   fi
   say "installing cached Horovod wheel"
-  # with Horovod's runtime dependencies (not horovod[spark]: it pins pyarrow < 11)
-  pip_install -c scripts/constraints.txt "$(ls "$wheels"/horovod-"$HOROVOD_VERSION"-*.whl)" \
-    cloudpickle psutil pyyaml packaging || die "installing the Horovod wheel failed"
+  pip_install --no-deps "$wheels"/horovod-"$HOROVOD_VERSION"-*.whl \
+    || die "installing the Horovod wheel failed"
+  # Horovod's runtime dependencies (not horovod[spark]: it pins pyarrow < 11)
+  pip_install -c scripts/constraints.txt cloudpickle psutil pyyaml packaging \
+    || die "installing Horovod's dependencies failed"
 }
 
 # maven_jar GROUP ARTIFACT VERSION: one jar into the local Maven repository, unless there.
