@@ -17,8 +17,8 @@ pip_install() {
     local settings=(UV_NATIVE_TLS=1)
     [ -n "${PIP_INDEX_URL:-}" ] && settings+=("UV_DEFAULT_INDEX=${UV_DEFAULT_INDEX:-$PIP_INDEX_URL}")
     case "${PIP_FIND_LINKS:-}" in
-      http*://*) settings+=("UV_FIND_LINKS=$PIP_FIND_LINKS") ;;
-      ?*) [ -d "$PIP_FIND_LINKS" ] && settings+=("UV_FIND_LINKS=$PIP_FIND_LINKS") ;;
+      http*://*) settings+=("UV_FIND_LINKS=${UV_FIND_LINKS:-$PIP_FIND_LINKS}") ;;
+      ?*) [ -d "$PIP_FIND_LINKS" ] && settings+=("UV_FIND_LINKS=${UV_FIND_LINKS:-$PIP_FIND_LINKS}") ;;
     esac
     env "${settings[@]}" "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" "$@"
   else
