@@ -33,8 +33,8 @@ die() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
 source scripts/pip-install.sh
 
 fingerprint() {
-  cat scripts/setup.sh scripts/pip-install.sh scripts/cxx-release.sh scripts/requirements.txt scripts/requirements-data.txt \
-    scripts/constraints.txt pyproject.toml \
+  cat scripts/setup.sh scripts/pip-install.sh scripts/cxx-release.sh scripts/requirements.txt \
+    scripts/requirements-data.txt scripts/constraints.txt pyproject.toml \
     | sha256sum | cut -d' ' -f1
 }
 
@@ -77,10 +77,13 @@ horovod() {
   if ! ls "$wheels"/horovod-"$HOROVOD_VERSION"-*.whl >/dev/null 2>&1; then
     say "building Horovod $HOROVOD_VERSION with TensorFlow + Gloo (takes a few minutes once)"
     command -v g++ >/dev/null || die "g++ is needed to build Horovod"
+    # --no-cache-dir: a wheel pip built earlier (with other flags) is never reused; the
+    # wheel folder above is the cache.
     PATH="$VENV/bin:$PATH" HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
       HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
       MAKEFLAGS="-j$(nproc)" CXX="$ROOT/scripts/cxx-release.sh" \
-      "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps "horovod==$HOROVOD_VERSION" -w "$wheels" \
+      "$VENV/bin/pip" wheel -q --no-cache-dir --no-build-isolation --no-deps \
+      "horovod==$HOROVOD_VERSION" -w "$wheels" \
       > "$CACHE/horovod-build.log" 2>&1 \
       || die "Horovod build failed; see $CACHE/horovod-build.log"
   fi
