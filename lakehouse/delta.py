@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from py4j.protocol import Py4JError
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.observation import Observation
 from pyspark.sql.types import StructType
 
 from lakehouse.errors import CommitConflictError, SchemaMismatchError, TableNotFoundError
@@ -369,7 +371,7 @@ def committed_writes(spark: SparkSession, full_name: str, app_ids: Sequence[str]
         return dict.fromkeys(app_ids)
 
 
-def append_once(df: DataFrame, full_name: str, app_id: str) -> None:
+def append_once(df: DataFrame, full_name: str, app_id: str) -> bool:
     """Append ``df`` unless a write with this ``app_id`` was already committed.
 
     Uses Delta's idempotent writes (``txnAppId``/``txnVersion``): the commit
@@ -380,13 +382,33 @@ def append_once(df: DataFrame, full_name: str, app_id: str) -> None:
         df: rows to append.
         full_name: target table.
         app_id: identifies this logical write (e.g. ``ingest/flights/batch-7``).
+
+    Returns:
+        Whether this call committed the rows; False when a write with this id had
+        been committed before (by an earlier run, or by a concurrent one that won).
     """
-    with_retries(
-        lambda: df.write.format("delta").mode("append")
-        .option("txnAppId", app_id).option("txnVersion", 0)
-        .saveAsTable(full_name),
-        what=f"append to {full_name}",
-    )
+    def attempt() -> Observation:
+        # Delta skips a write whose id it has seen before running its query, so the
+        # observation completes only when this attempt wrote the rows; an attempt that
+        # lost a commit conflict is retried with an observation of its own.
+        ran = Observation(f"append_{uuid.uuid4().hex}")
+        (df.observe(ran, F.count(F.lit(1)).alias("rows")).write.format("delta")
+         .mode("append").option("txnAppId", app_id).option("txnVersion", 0)
+         .saveAsTable(full_name))
+        return ran
+
+    return observed(with_retries(attempt, what=f"append to {full_name}"))
+
+
+def observed(observation: Observation) -> bool:
+    """Whether the plan an observation watches ran (a write Delta skipped never runs it).
+
+    PySpark has no non-blocking check, so this asks the JVM observation's future. Spark
+    also completes it, with no metrics, when a plan holding it ended without running it.
+    """
+    if observation._jo is None or not observation._jo.future().isCompleted():
+        return False
+    return bool(observation.get)
 
 
 def with_retries(action: Callable[[], T], what: str, attempts: int = 5,

@@ -126,7 +126,7 @@ def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str
     else:
         files, changed = _new_files(spark, entry, claims)
         if files:
-            _claim(spark, cfg, entry, batch, files)
+            files = _claim(spark, cfg, entry, batch, files)
     if not files:
         result = IngestResult(entry.name, bronze, batch, 0, 0, 0, 0, skipped=True,
                               changed=changed, resumed=tuple(resumed))
@@ -190,13 +190,25 @@ def _table_version(spark: SparkSession, entry: Dataset) -> int:
 
 
 def _claim(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,
-           files: list[FileInfo]) -> None:
+           files: list[FileInfo]) -> list[FileInfo]:
+    """Claim files for a batch; return the files the batch holds.
+
+    Another run of the same batch (a retry while the first one still runs) may claim it
+    between this run's read of the claims and its own claim. Delta then skips this
+    claim, and the batch goes on with the files the other run claimed: a file only this
+    run listed stays new, for the next batch.
+    """
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     spec = table("ops.ingest_files")
     rows = [(entry.name, batch, f.path, f.size, f.modified_at, now) for f in files]
     df = spark.createDataFrame(rows, spec.schema)
-    delta.append_once(df, spec.full_name(cfg.catalog.database),
-                      f"lakeforge/ingest/{entry.name}/{batch}/files")
+    if delta.append_once(df, spec.full_name(cfg.catalog.database),
+                         f"lakeforge/ingest/{entry.name}/{batch}/files"):
+        return files
+    theirs = _claimed(_claims(spark, cfg, entry.name), batch)
+    log.warning("%s: batch %s was claimed by another run first; going on with its %d "
+                "file(s)", entry.name, batch, len(theirs))
+    return theirs
 
 
 def read_dataset(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec,
@@ -232,6 +244,17 @@ def _parse_files(batches: Iterator[pd.DataFrame], parse, options: ParseOptions):
                     yield frame.assign(**{SOURCE_FILE: path})
 
 
+def bronze_rows(rows: DataFrame, spec: TableSpec, dataset: str, batch: str,
+                now: dt.datetime) -> DataFrame:
+    """The records read well (from :func:`read_dataset`) as bronze rows, lineage added."""
+    return rows.filter(F.col(ERROR).isNull()).select(
+        *[F.col(f.name).cast(f.dataType) for f in spec.fields],
+        F.lit(batch).alias("_ingest_batch"), F.lit(dataset).alias("_source"),
+        F.col(SOURCE_FILE).alias("_source_file"),
+        F.col(RECORD).alias("_record"), F.lit(now).cast("timestamp").alias("_ingested_at"),
+    )
+
+
 def _load(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, batch: str,
           files: list[FileInfo]) -> tuple[int, int]:
     """Read a batch's files and write bronze, quarantine and quality, each exactly once.
@@ -248,14 +271,8 @@ def _load(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, bat
     counted = Observation(f"ingest_{uuid.uuid4().hex}")
     rows = read_dataset(spark, cfg, entry, spec, files).observe(
         counted, F.count(F.lit(1)).alias("read"), F.count(F.col(ERROR)).alias("bad"))
-    good = rows.filter(F.col(ERROR).isNull()).select(
-        *[F.col(f.name).cast(f.dataType) for f in spec.fields],
-        F.lit(batch).alias("_ingest_batch"), F.lit(entry.name).alias("_source"),
-        F.col(SOURCE_FILE).alias("_source_file"),
-        F.col(RECORD).alias("_record"), F.lit(now).cast("timestamp").alias("_ingested_at"),
-    )
-    delta.append_once(good, bronze, app_id)
-    if _observed(counted):
+    delta.append_once(bronze_rows(rows, spec, entry.name, batch, now), bronze, app_id)
+    if delta.observed(counted):
         n_read, n_bad = counted.get["read"], counted.get["bad"]
     else:
         # Every column takes part, so Spark's CSV reader checks each record's field count.
@@ -278,11 +295,3 @@ def _load(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, bat
     log.info("%s: batch %s: %d file(s), %s read = %s bronze + %s quarantined", entry.name,
              batch, len(files), f"{n_read:,}", f"{n_good:,}", f"{n_bad:,}")
     return n_good, n_bad
-
-
-def _observed(observation: Observation) -> bool:
-    """Whether the observed plan ran; a write Delta skipped (txnAppId seen) never runs it.
-
-    PySpark has no non-blocking check, so this asks the JVM observation's future.
-    """
-    return bool(observation._jo is not None and observation._jo.future().isCompleted())

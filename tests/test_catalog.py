@@ -291,7 +291,7 @@ def test_crash_between_writes_finishes_the_batch_exactly_once(spark, cfg, tmp_pa
     def crash_on_quarantine(df, name, app_id):
         if app_id.endswith("/quarantine"):
             raise RuntimeError("killed")
-        real_append(df, name, app_id)
+        return real_append(df, name, app_id)
 
     monkeypatch.setattr(ingest_module.delta, "append_once", crash_on_quarantine)
     with pytest.raises(RuntimeError, match="killed"):
@@ -308,6 +308,48 @@ def test_crash_between_writes_finishes_the_batch_exactly_once(spark, cfg, tmp_pa
     batches = _t(spark, cfg, "ops_quality").select("batch").orderBy("batch").collect()
     assert [r.batch for r in batches] == ["b1", "b2"]
     assert bronze.groupBy("order_id").count().filter(F.col("count") > 1).count() == 0
+
+
+def test_a_retry_that_loses_the_claim_of_its_batch_takes_the_claimed_files(spark, cfg,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    import lakehouse.ingest as ingest_module
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    header = "order_id,placed_at,amount,status\n"
+    (landing / "d1.csv").write_text(header + "11,,1,NEW\n")
+    cfg = with_datasets(cfg, _orders(landing))
+    real_load, real_claims = ingest_module._load, ingest_module._claims
+
+    def killed(*args):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(ingest_module, "_load", killed)       # run 1 claims d1, then dies
+    with pytest.raises(RuntimeError, match="killed"):
+        ingest(spark, cfg, ["orders"], "b1")
+    monkeypatch.setattr(ingest_module, "_load", real_load)
+    # A retry of b1 that read the claims before run 1 committed its claim, with d2.csv
+    # landed since: it lists d1 and d2, loses the claim, and must load d1 only.
+    (landing / "d2.csv").write_text(header + "21,,1,NEW\n")
+    reads = []
+
+    def stale_first(spark_, cfg_, dataset):
+        reads.append(dataset)
+        return real_claims(spark_, cfg_, "none" if len(reads) == 1 else dataset)
+
+    monkeypatch.setattr(ingest_module, "_claims", stale_first)
+    [retry] = ingest(spark, cfg, ["orders"], "b1")
+    monkeypatch.setattr(ingest_module, "_claims", real_claims)
+    assert (retry.files, retry.bronze) == (1, 1) and len(reads) == 2
+    [later] = ingest(spark, cfg, ["orders"], "b2")
+    assert (later.files, later.bronze) == (1, 1)
+    bronze = _t(spark, cfg, "bronze_orders")
+    assert sorted((r.order_id, r._ingest_batch) for r in bronze.collect()) == [
+        (11, "b1"), (21, "b2")]
+    claimed = _t(spark, cfg, "ops_ingest_files").select("batch", "path").collect()
+    assert sorted((r.batch, Path(r.path).name) for r in claimed) == [
+        ("b1", "d1.csv"), ("b2", "d2.csv")]
 
 
 @pytest.mark.slow
