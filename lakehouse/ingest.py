@@ -206,8 +206,9 @@ def _claim(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,
                          f"lakeforge/ingest/{entry.name}/{batch}/files"):
         return files
     theirs = _claimed(_claims(spark, cfg, entry.name), batch)
-    log.warning("%s: batch %s was claimed by another run first; going on with its %d "
-                "file(s)", entry.name, batch, len(theirs))
+    if [f.path for f in theirs] != [f.path for f in files]:
+        log.warning("%s: batch %s was claimed by another run first; going on with its %d "
+                    "file(s)", entry.name, batch, len(theirs))
     return theirs
 
 
