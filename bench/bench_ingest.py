@@ -95,7 +95,7 @@ def plain(spark, source: str, out: str) -> None:
      .write.mode("overwrite").parquet(out))
 
 
-def breakdown(spark, cfg, landing: Path, scale: int, repeat: int) -> list[tuple[str, float]]:
+def breakdown(spark, landing: Path, scale: int, repeat: int) -> list[tuple[str, float]]:
     """Median seconds of each step from Spark's CSV reader to a bronze append, same files."""
     entry = declared(landing)["bench_flights"]
     spec, _ = dataset_tables(spark, entry)
@@ -173,7 +173,7 @@ def main() -> None:
                 assert landed == n, (way, landed, n)
         base, new, nxt = (statistics.median(times[k]) for k in ("parquet", "new", "next"))
         if args.breakdown:
-            steps = [*breakdown(spark, cfg, landing, scale, args.repeat),
+            steps = [*breakdown(spark, landing, scale, args.repeat),
                      ("lakeforge ingest, next batch (above)", nxt)]
             step_rows += [(f"{scale}x", step, round(t, 2), int(n / t), round(base / t, 2))
                           for step, t in steps]
