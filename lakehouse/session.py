@@ -124,7 +124,7 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         "spark.databricks.delta.snapshotPartitions": str(sc.shuffle_partitions),
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(sc.shuffle_partitions),
         # Bronze's _record numbers the rows of a batch: every value differs, so Parquet's
-        # dictionary is built for nothing and dropped per page (4 % of an ingest's time).
+        # dictionary is built for nothing and dropped per page (4 % of a bronze append's time).
         "spark.hadoop.parquet.enable.dictionary#_record": "false",
         "spark.ui.enabled": str(sc.ui_enabled).lower(),
         "spark.ui.showConsoleProgress": "false",
