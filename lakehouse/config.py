@@ -123,6 +123,8 @@ class Config:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     datasets: Mapping[str, Dataset] = field(default_factory=dict)
+    # bundled data set -> the file of the user's own that overrides (part of) its entry
+    overrides: Mapping[str, str] = field(default_factory=dict)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metastore: MetastoreConfig = field(default_factory=MetastoreConfig)
@@ -179,9 +181,13 @@ def load_config(
     if not (conf_dir / "base").is_dir():
         raise ConfigError(f"config folder {conf_dir}/base does not exist")
     merged: dict[str, Any] = {}
+    bundled: set[str] = set()
+    overridden: dict[str, str] = {}
     for layer in ("base", "local"):
         for path in sorted((conf_dir / layer).glob("*.yml")):
-            _deep_merge(merged, _read_yaml(path))
+            tree = _read_yaml(path)
+            _note_datasets(tree, path, layer == "base", bundled, overridden)
+            _deep_merge(merged, tree)
     for key, value in env.items():
         if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):] not in ENV_NOT_CONFIG:
             dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
@@ -195,11 +201,28 @@ def load_config(
     cfg = _build(Config, merged, "")
     for folder in cfg.catalog.dataset_dirs:
         for path in sorted(project_path(folder).glob("*.yml")):
-            _deep_merge(raw_datasets, _read_yaml(path).get("datasets") or {})
+            tree = _read_yaml(path)
+            _note_datasets(tree, path, False, bundled, overridden)
+            _deep_merge(raw_datasets, tree.get("datasets") or {})
     datasets, problems = parse_datasets(raw_datasets)
     if problems:
         raise ConfigError("the data catalog has problems:\n  " + "\n  ".join(problems))
-    return dataclasses.replace(cfg, home=project_path(cfg.home).resolve(), datasets=datasets)
+    return dataclasses.replace(cfg, home=project_path(cfg.home).resolve(), datasets=datasets,
+                               overrides=overridden)
+
+
+def _note_datasets(tree: Mapping[str, Any], path: Path, is_bundled: bool, bundled: set[str],
+                   overrides: dict[str, str]) -> None:
+    """Remember the bundled entries, and which user file overrides one of them."""
+    entries = tree.get("datasets")
+    if not isinstance(entries, Mapping):
+        return
+    if is_bundled:
+        bundled.update(entries)
+        return
+    for name in entries:
+        if name in bundled:
+            overrides[name] = str(path)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

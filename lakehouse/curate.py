@@ -4,35 +4,60 @@ Each data set's catalog entry gives an optional SQL select (renames, ``try_cast`
 derived columns), the silver keys and named quality rules (:mod:`lakehouse.quality`).
 Rows that break a ``quarantine`` rule go to quarantine naming every rule they broke;
 the rest are deduplicated on the keys (latest ingest wins) and merged into silver.
-Counts per rule go to ``ops_quality``. A data set is curated once per bronze data
-version (maintenance of bronze is not a new version) and silver declaration:
-re-running changes nothing, and when the rule counts of that version and declaration
-are already in ``ops_quality`` (the last write of a curation) it reads nothing either.
+
+**The declaration is the truth.** Silver always holds what a clean curation of all of
+bronze under the entry's current declaration (select, keys, rules and the columns they
+give) would hold. ``ops_curations`` records which ingest batches silver holds and the
+fingerprint of the declaration they were curated under:
+
+- *Incremental* (the daily case): only the batches whose ingest completed since the last
+  curation under the same declaration are read from bronze (Delta skips the files of
+  other batches), checked and merged. Rule counts go to ``ops_quality`` per batch.
+- *Rebuild*: when the declaration changed, silver's columns no longer fit it, or
+  ``--rebuild`` is asked, all of bronze is read again. Silver becomes exactly the clean
+  result in one commit (rows that now pass arrive, rows that now fail leave for the
+  quarantine, ``MERGE`` touches only rows that differ); a change of columns or keys
+  replaces the table's rows and schema in one commit, history kept. The data set's
+  curate-stage quarantine rows and its ``ops_curations`` rows are replaced to match.
+  Entries that share a silver table are rebuilt together, each under its own rules.
+
+Every write is idempotent: a re-run after a kill at any point finishes the curation
+and adds no row twice; a curation with nothing new reads no bronze at all.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakehouse import delta
+from lakehouse import delta, silver
 from lakehouse.config import Config
 from lakehouse.dataset_check import check_datasets, dataset_tables
 from lakehouse.datasets import Dataset
 from lakehouse.errors import QualityError
-from lakehouse.quality import apply_rules, count_rules, quality_rows, quarantine_rows, raise_on_fail
+from lakehouse.quality import (
+    BatchCount,
+    apply_rules,
+    count_batches,
+    ingested_batches,
+    quarantine_rows,
+    raise_on_fail,
+    total_counts,
+)
 from lakehouse.sources.base import ERROR, RAW
 from lakehouse.tables import LINEAGE_NAMES, TableSpec, table
 
 log = logging.getLogger(__name__)
+DECLARATION = "_declaration"
+
 
 @dataclass(frozen=True)
 class CurateResult:
@@ -41,31 +66,39 @@ class CurateResult:
     source: str
     table: str
     bronze_version: int
-    valid: int | None       # None: already curated, nothing was read or counted
+    batches: tuple[str, ...]    # the ingest batches read (every batch on a rebuild)
+    valid: int | None           # None: already curated, nothing was read or counted
     rejected: int | None
     inserted: int
     updated: int
+    deleted: int
+    rows: int | None            # silver's rows afterwards
     skipped: bool
+    rebuilt: str = ""           # why silver was rebuilt from all of bronze
 
     def summary(self) -> str:
         """One log line."""
         if self.skipped:
-            return (f"{self.source}: {self.table} already curated from bronze "
-                    f"v{self.bronze_version}; nothing to do")
-        return (f"{self.source}: {self.valid:,} valid, {self.rejected:,} quarantined -> "
-                f"{self.table} +{self.inserted:,} new, {self.updated:,} updated "
-                f"(bronze v{self.bronze_version})")
+            return (f"{self.source}: {self.table} holds every ingested batch under the "
+                    f"current declaration; nothing to do")
+        how = f"rebuilt ({self.rebuilt})" if self.rebuilt else \
+            f"{len(self.batches)} new batch(es)"
+        return (f"{self.source}: {how}: {self.valid:,} valid, {self.rejected:,} quarantined "
+                f"-> {self.table} +{self.inserted:,} new, {self.updated:,} updated, "
+                f"{self.deleted:,} removed, {self.rows:,} rows (bronze v{self.bronze_version})")
 
 
 def curate(spark: SparkSession, cfg: Config, names: Sequence[str],
-           batch: str | None = None) -> list[CurateResult]:
+           batch: str | None = None, rebuild: bool = False) -> list[CurateResult]:
     """Curate sources from bronze into silver.
 
     Args:
         spark: the session.
         cfg: configuration.
         names: data set names, or ``["all"]``.
-        batch: only this ingest batch (default: every batch in bronze).
+        batch: only this ingest batch, if it is not curated yet (default: every batch
+            not curated yet). A rebuild reads every batch.
+        rebuild: rebuild silver from all of bronze even if the declaration is unchanged.
 
     Returns:
         One result per data set.
@@ -75,11 +108,23 @@ def curate(spark: SparkSession, cfg: Config, names: Sequence[str],
         QualityError: when a rule with ``on_fail: fail`` is broken (nothing is written).
     """
     entries = check_datasets(spark, cfg, names)
-    return [curate_dataset(spark, cfg, e, batch) for e in entries]
+    return [curate_dataset(spark, cfg, e, batch, rebuild) for e in entries]
+
+
+def declaration(entry: Dataset, spec: TableSpec) -> str:
+    """The fingerprint of an entry's silver declaration: select, keys, rules and columns."""
+    body = {"select": list(entry.silver.select), "keys": list(entry.silver.keys),
+            "rules": [[r.name, r.expr, r.on_fail] for r in entry.silver.rules],
+            "columns": spec.data_schema.simpleString()}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def to_silver(rows: DataFrame, entry: Dataset, bronze: TableSpec) -> DataFrame:
-    """Bronze rows in the silver shape (the entry's select), with lineage and ``_raw``."""
+    """Bronze rows in the silver shape (the entry's select), with lineage and ``_raw``.
+
+    The select sees bronze's lineage columns too (``_source_file``, ``_ingest_batch``,
+    ``_ingested_at``, ...), so a silver column can be derived from them.
+    """
     carried = [*LINEAGE_NAMES, RAW]
     with_raw = rows.withColumn(RAW, F.to_json(F.struct(*[f.name for f in bronze.fields])))
     if not entry.silver.select:
@@ -96,152 +141,245 @@ def latest_per_key(df: DataFrame, spec: TableSpec) -> DataFrame:
     return df.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
 
 
-def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
-                   batch: str | None = None) -> CurateResult:
-    """Curate one data set (see :func:`curate`).
+@dataclass(frozen=True)
+class _Tables:
+    bronze: delta.Snapshot
+    silver: str
+    quarantine: str
+    quality: str
+    curations: str
 
-    Keyed on the bronze table's data version (:class:`lakehouse.delta.Snapshot`), so
-    maintenance of bronze causes no work. Writes nothing that is already there: silver
-    changes only by rows that differ, each quarantined record is written once per data
-    set, stage and ingest batch, and the rule counts once per bronze data version.
-    """
+
+@dataclass(frozen=True)
+class _Scope:
+    """What one curation reads and how it writes silver."""
+
+    entries: tuple[Dataset, ...]      # whose bronze rows are read
+    batches: tuple[str, ...] | None   # None: all their rows
+    rebuild: str = ""                 # why silver is rebuilt ("": a merge of new rows)
+
+
+def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
+                   batch: str | None = None, rebuild: bool = False) -> CurateResult:
+    """Curate one data set (see :func:`curate` and the module docstring)."""
     db = cfg.catalog.database
     bronze_spec, silver_spec = dataset_tables(spark, entry)
-    bronze = delta.snapshot(spark, bronze_spec.full_name(db))
-    silver = delta.ensure_table(spark, silver_spec, db)
-    quarantine = delta.ensure_table(spark, table("ops.quarantine"), db)
-    quality = delta.ensure_table(spark, table("ops.quality"), db)
-    rules = entry.silver.rules
-    app_id = f"lakeforge/curate/{entry.name}/{batch or '*'}"
-    # The rule counts are a curation's last write: once they are in, so is the rest.
-    # Ids written before the declaration's digest was part of them still count (a
-    # re-run after an upgrade writes no second set of counts).
-    declared = hashlib.sha256(repr((entry.silver, silver_spec.fields)).encode()).hexdigest()
-    quality_id = f"{app_id}/v{bronze.data_version}/{declared[:12]}/quality"
-    legacy_id = f"{app_id}/v{bronze.data_version}/quality"
-    counted = delta.committed_writes(spark, quality, [quality_id, legacy_id]) if rules else {}
-    if counted.get(quality_id) is not None:
-        result = CurateResult(entry.name, silver, bronze.data_version, None, None, 0, 0,
-                              skipped=True)
+    tables = _Tables(delta.snapshot(spark, bronze_spec.full_name(db)),
+                     silver_spec.full_name(db),
+                     *(delta.ensure_table(spark, table(k), db)
+                       for k in ("ops.quarantine", "ops.quality", "ops.curations")))
+    scope = _scope(spark, cfg, entry, silver_spec, tables, batch, rebuild)
+    if scope is None:
+        result = CurateResult(entry.name, tables.silver, tables.bronze.data_version, (),
+                              None, None, 0, 0, 0, None, skipped=True)
         log.info(result.summary())
         return result
+    if scope.rebuild:
+        log.info("%s: rebuilding %s from all of bronze: %s", entry.name, tables.silver,
+                 scope.rebuild)
+        if batch is not None:
+            log.info("%s: --batch %s is ignored by a rebuild, which reads every batch",
+                     entry.name, batch)
+    if not delta.table_exists(spark, tables.silver):
+        delta.ensure_table(spark, silver_spec, db)
+    return _curate(spark, entry, scope, tables, bronze_spec, silver_spec)
 
-    rows = delta.read_version(spark, bronze.table, bronze.version)
-    rows = rows.filter(F.col("_source") == entry.name)
+
+def _scope(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec,
+           tables: _Tables, batch: str | None, rebuild: bool) -> _Scope | None:
+    """Whether to rebuild, which batches to read, or None when there is nothing to do."""
+    declared = declaration(entry, spec)
+    held = _curated(spark, tables.curations, entry.name)
+    reason = "asked (--rebuild)" if rebuild else ""
+    if delta.table_exists(spark, tables.silver):
+        change = silver.schema_change(spark.table(tables.silver).schema, spec)
+        if change:
+            reason = f"its columns changed: {change}"
+        elif set(held) - {declared}:
+            reason = reason or "its silver declaration changed"
+    elif held:
+        reason = f"{tables.silver} is missing"
+    if reason:
+        sharing = tuple(e for e in cfg.datasets.values() if e.table_name == entry.table_name)
+        return _Scope(sharing if entry in sharing else (entry,), None, reason)
+    if not held:
+        return _Scope((entry,), None)   # the first curation: every row bronze holds
+    pending = ingested_batches(spark, tables.quality, entry.name) - held[declared]
     if batch is not None:
-        rows = rows.filter(F.col("_ingest_batch") == batch)
-    checked = apply_rules(to_silver(rows, entry, bronze_spec), rules).persist()
+        pending &= {batch}
+    return _Scope((entry,), tuple(sorted(pending))) if pending else None
+
+
+def _curated(spark: SparkSession, curations: str, dataset: str) -> dict[str, set[str]]:
+    """The batches silver holds for a data set, by the declaration they were curated under."""
+    held: dict[str, set[str]] = {}
+    rows = (spark.table(curations).filter(F.col("dataset") == dataset)
+            .select("declaration", "batch").collect())
+    for r in rows:
+        held.setdefault(r.declaration, set()).add(r.batch)
+    return held
+
+
+def _read(spark: SparkSession, scope: _Scope, tables: _Tables, bronze_spec: TableSpec,
+          silver_spec: TableSpec) -> DataFrame:
+    """The scope's bronze rows, shaped and checked by each entry's own declaration."""
+    rows = delta.read_version(spark, tables.bronze.table, tables.bronze.version)
+    if scope.batches is not None:
+        rows = rows.filter(F.col("_ingest_batch").isin(list(scope.batches)))
+    parts = [apply_rules(to_silver(rows.filter(F.col("_source") == e.name), e, bronze_spec),
+                         e.silver.rules)
+             .withColumn(DECLARATION, F.lit(declaration(e, silver_spec)))
+             for e in scope.entries]
+    return functools.reduce(DataFrame.unionByName, parts)
+
+
+def _curate(spark: SparkSession, entry: Dataset, scope: _Scope, tables: _Tables,
+            bronze_spec: TableSpec, silver_spec: TableSpec) -> CurateResult:
+    checked = _read(spark, scope, tables, bronze_spec, silver_spec).persist()
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     try:
-        total, rule_counts = _count(checked, rules, entry.name, batch)
-        raise_on_fail(checked, rule_counts, entry.name, batch or "*")
-        n_bad = checked.filter(F.col(ERROR).isNotNull()).count() if rules else 0
-        n_good = total - n_bad
-        updates = latest_per_key(checked.filter(F.col(ERROR).isNull()), silver_spec)
-        with _txn(spark, app_id, bronze.data_version):
-            merged = _merge(spark, silver, silver_spec, updates)
-        metrics = _last_metrics(spark, silver) if merged else {}
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        wrote = merged
-        if n_bad:
-            wrote |= _quarantine_once(spark, quarantine, entry.name, quarantine_rows(
-                checked.filter(F.col(ERROR).isNotNull()), entry.name, silver, "curate",
-                F.col("_ingest_batch"), now), f"{app_id}/v{bronze.data_version}/quarantine")
-        # A batch with no rows in bronze checked nothing.
-        if rule_counts and total and counted.get(legacy_id) is None:
-            wrote |= _append_counted(spark, quality, quality_rows(
-                spark, entry.name, silver, "curate", batch or "*",
-                [c.row() for c in rule_counts], now), quality_id)
+        counts = {e.name: _count(checked.filter(F.col("_source") == e.name), e, scope)
+                  for e in scope.entries}
+        for e in scope.entries:
+            raise_on_fail(checked.filter(F.col("_source") == e.name),
+                          total_counts(counts[e.name]), e.name, _label(scope))
+        written = _write_silver(spark, scope, tables.silver, silver_spec,
+                                latest_per_key(checked.filter(F.col(ERROR).isNull()),
+                                               silver_spec))
+        n_bad = sum(b.rejected for batches in counts.values() for b in batches)
+        rejected = checked.filter(F.col(ERROR).isNotNull())
+        _write_quarantine(spark, scope, tables, silver_spec, rejected, n_bad, now)
+        _write_counts(spark, scope, tables, silver_spec, counts, now)
     finally:
         checked.unpersist()
-    result = CurateResult(entry.name, silver, bronze.data_version, n_good, n_bad,
-                          metrics.get("numTargetRowsInserted", 0),
-                          metrics.get("numTargetRowsUpdated", 0), skipped=not wrote)
-    for c in rule_counts:
-        if c.warned:
-            log.warning("%s: rule %s (%s) warned on %s of %s rows", entry.name, c.rule, c.expr,
-                        f"{c.warned:,}", f"{c.checked:,}")
+    mine = counts[entry.name]
+    for e in scope.entries:
+        _log_counts(e, counts[e.name])
+    result = CurateResult(
+        entry.name, tables.silver, tables.bronze.data_version,
+        tuple(b.batch for b in mine) if scope.batches is None else scope.batches,
+        sum(b.rows - b.rejected for b in mine), sum(b.rejected for b in mine),
+        written.inserted, written.updated, written.deleted, spark.table(tables.silver).count(),
+        skipped=False, rebuilt=scope.rebuild)
     log.info(result.summary())
     return result
 
 
-def _quarantine_once(spark: SparkSession, quarantine: str, dataset: str, rows: DataFrame,
-                     app_id: str) -> bool:
-    """Append the quarantined records the table does not hold yet; whether any were new.
-
-    A record is known by data set, stage, ingest batch, file and record number, so a
-    re-curation of bronze (with a new batch in it) does not quarantine old records twice.
-    """
-    held = (spark.table(quarantine)
-            .filter((F.col("source") == dataset) & (F.col("stage") == "curate"))
-            .select("batch", "source_file", "record"))
-    on = [rows["batch"] == held["batch"], rows["source_file"].eqNullSafe(held["source_file"]),
-          rows["record"].eqNullSafe(held["record"])]
-    return _append_counted(spark, quarantine, rows.join(held, on, "left_anti"), app_id)
+def _label(scope: _Scope) -> str:
+    return "*" if scope.batches is None else ", ".join(scope.batches)
 
 
-def _append_counted(spark: SparkSession, target: str, rows: DataFrame, app_id: str) -> bool:
-    """:func:`delta.append_once`; whether it committed (an already-seen id or no rows do not)."""
-    before = delta.current_version(spark, target)
-    delta.append_once(rows, target, app_id)
-    return delta.current_version(spark, target) != before
-
-
-def _count(checked: DataFrame, rules, dataset: str, batch: str | None):
-    """Rows and rule counts; a bad cast in the entry's select surfaces here, named."""
+def _count(checked: DataFrame, entry: Dataset, scope: _Scope) -> list[BatchCount]:
+    """Counts per batch; a bad cast in the entry's select surfaces here, named."""
     try:
-        counts = count_rules(checked, rules)
-        return (counts[0].checked if counts else checked.count()), counts
+        return count_batches(checked, entry.silver.rules)
     except Exception as exc:  # noqa: BLE001 - Spark raises JVM errors of many classes
         if "CAST_INVALID_INPUT" in str(exc) or "ARITHMETIC_OVERFLOW" in str(exc):
             raise QualityError(
-                f"data set {dataset!r}, batch {batch or '*'}: silver.select failed on a value "
-                f"(ANSI mode: a bad CAST throws; use try_cast): {str(exc).splitlines()[0]}"
-            ) from exc
+                f"data set {entry.name!r}, batch {_label(scope)}: silver.select failed on a "
+                f"value (ANSI mode: a bad CAST throws; use try_cast): "
+                f"{str(exc).splitlines()[0]}") from exc
         raise
 
 
-def _merge(spark: SparkSession, silver: str, spec: TableSpec, updates: DataFrame) -> bool:
-    """MERGE the rows that differ from silver; whether it committed.
+def _write_silver(spark: SparkSession, scope: _Scope, target: str, spec: TableSpec,
+                  rows: DataFrame) -> silver.Written:
+    """Merge new rows; on a rebuild make silver equal ``rows`` (replace it if it must)."""
+    if not scope.rebuild:
+        names = "+".join(e.name for e in scope.entries)
+        return silver.upsert(spark, target, spec, rows,
+                             f"lakeforge/curate/{names}/{_digest(scope, spec)}")
+    if silver.schema_change(spark.table(target).schema, spec):
+        return silver.replace(spark, target, spec, rows)
+    if silver.has_duplicate_keys(spark, target, spec.keys):
+        log.info("%s: rows share keys under the declared keys; replacing its rows", target)
+        return silver.replace(spark, target, spec, rows)
+    return silver.sync(spark, target, spec, rows)
 
-    Rows equal to what silver holds (same keys, same 64-bit hash of every column) are
-    dropped first, so a MERGE that would change nothing commits nothing (Delta would
-    rewrite every file it matched) and the files it does rewrite hold changed rows.
+
+def _digest(scope: _Scope, spec: TableSpec) -> str:
+    """Names this scope's logical writes (the same batches under the same declarations)."""
+    body = [[(e.name, declaration(e, spec)) for e in scope.entries], scope.batches,
+            scope.rebuild]
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
+
+
+def _write_quarantine(spark: SparkSession, scope: _Scope, tables: _Tables, spec: TableSpec,
+                      rejected: DataFrame, n_rejected: int, now: dt.datetime) -> None:
+    """The rejected rows; a rebuild replaces the data sets' curate-stage rows with them."""
+    rows = quarantine_rows(rejected, F.col("_source"), tables.silver, "curate",
+                           F.col("_ingest_batch"), now, F.col(DECLARATION))
+    names = [e.name for e in scope.entries]
+    if scope.rebuild:
+        owned = f"source IN ({_sql_list(names)}) AND stage = 'curate'"
+        _replace_rows(spark, tables.quarantine, rows, owned)
+        return
+    if not n_rejected:
+        return
+    held = (spark.table(tables.quarantine)
+            .filter(F.col("source").isin(names) & (F.col("stage") == "curate"))
+            .select("source", "batch", "source_file", "record"))
+    on = [rows["source"] == held["source"], rows["batch"] == held["batch"],
+          rows["source_file"].eqNullSafe(held["source_file"]),
+          rows["record"].eqNullSafe(held["record"])]
+    delta.append_once(rows.join(held, on, "left_anti"), tables.quarantine,
+                      f"lakeforge/curate/{'+'.join(names)}/{_digest(scope, spec)}/quarantine")
+
+
+def _write_counts(spark: SparkSession, scope: _Scope, tables: _Tables, spec: TableSpec,
+                  counts: dict[str, list[BatchCount]], now: dt.datetime) -> None:
+    """Rule counts per batch to ``ops_quality``, then the batches to ``ops_curations``.
+
+    ``ops_curations`` is written last: once a batch is there, its curation is complete.
     """
-    data_cols = [f.name for f in spec.fields]
-    digest = F.xxhash64(*data_cols).alias("_digest")
-    source = updates.select(*data_cols, digest)
-    held = spark.table(silver).select(*spec.keys, digest)
-    same = [source[k].eqNullSafe(held[k]) for k in spec.keys]
-    changes = source.join(held, [*same, source["_digest"] == held["_digest"]],
-                          "left_anti").drop("_digest")
-    if changes.isEmpty():
-        return False
-    on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in spec.keys)
-    assignments = {f"`{c}`": f"s.`{c}`" for c in data_cols}
-    before = delta.current_version(spark, silver)
+    quality, curated = [], []
+    for e in scope.entries:
+        declared = declaration(e, spec)
+        found = {b.batch: b for b in counts[e.name]}
+        batches = scope.batches if scope.batches is not None else sorted(found)
+        for name in batches:
+            b = found.get(name, BatchCount(name, 0, 0, ()))
+            quality += [(e.name, tables.silver, "curate", name, *c.row(), now, declared)
+                        for c in b.rules]
+            curated.append((e.name, tables.silver, name, declared,
+                            tables.bronze.version, b.rows, b.rows - b.rejected, b.rejected, now))
+    names = [e.name for e in scope.entries]
+    app_id = f"lakeforge/curate/{'+'.join(names)}/{_digest(scope, spec)}"
+    if quality:
+        rows = spark.createDataFrame(quality, table("ops.quality").schema)
+        held = spark.table(tables.quality).filter(
+            F.col("dataset").isin(names) & (F.col("stage") == "curate"))
+        keys = ["dataset", "batch", "rule", "declaration"]
+        fresh = rows.join(held.select(*keys), [rows[k].eqNullSafe(held[k]) for k in keys],
+                          "left_anti")
+        delta.append_once(fresh, tables.quality, f"{app_id}/quality")
+    rows = spark.createDataFrame(curated, table("ops.curations").schema)
+    if not curated and not scope.rebuild:
+        return
+    if scope.rebuild:
+        _replace_rows(spark, tables.curations, rows, f"dataset IN ({_sql_list(names)})")
+        return
+    held = spark.table(tables.curations).filter(F.col("dataset").isin(names))
+    keys = ["dataset", "batch", "declaration"]
+    delta.append_once(rows.join(held.select(*keys), keys, "left_anti"), tables.curations,
+                      f"{app_id}/curations")
+
+
+def _replace_rows(spark: SparkSession, target: str, rows: DataFrame, owned: str) -> None:
+    """Replace the rows of ``target`` that meet ``owned`` (SQL) with ``rows``, one commit."""
+    if rows.isEmpty() and spark.table(target).filter(owned).isEmpty():
+        return
     delta.with_retries(
-        lambda: DeltaTable.forName(spark, silver).alias("t")
-        .merge(changes.alias("s"), on)
-        .whenMatchedUpdate(set=assignments)
-        .whenNotMatchedInsert(values=assignments)
-        .execute(),
-        what=f"merge into {silver}",
-    )
-    return delta.current_version(spark, silver) != before   # False: this txn was done
+        lambda: rows.write.format("delta").mode("overwrite").option("replaceWhere", owned)
+        .saveAsTable(target), what=f"replace rows of {target} where {owned}")
 
 
-def _last_metrics(spark: SparkSession, full_name: str) -> dict[str, int]:
-    last = DeltaTable.forName(spark, full_name).history(1).collect()[0]
-    return {k: int(v) for k, v in (last["operationMetrics"] or {}).items() if v.isdigit()}
+def _sql_list(values: Sequence[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
-@contextmanager
-def _txn(spark: SparkSession, app_id: str, version: int):
-    """Make the DML inside idempotent per (app_id, version) with Delta's txn confs."""
-    spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
-    spark.conf.set("spark.databricks.delta.write.txnVersion", str(version))
-    try:
-        yield
-    finally:
-        spark.conf.unset("spark.databricks.delta.write.txnAppId")
-        spark.conf.unset("spark.databricks.delta.write.txnVersion")
+def _log_counts(entry: Dataset, counts: list[BatchCount]) -> None:
+    for c in total_counts(counts):
+        if c.warned:
+            log.warning("%s: rule %s (%s) warned on %s of %s rows", entry.name, c.rule, c.expr,
+                        f"{c.warned:,}", f"{c.checked:,}")

@@ -30,7 +30,7 @@ from lakehouse.kinds import series_features, text_features
 from lakehouse.landing import list_files
 from lakehouse.sources import PARSERS
 from lakehouse.sources.native import TEXT_FIELDS
-from lakehouse.tables import TableSpec, dataset_specs
+from lakehouse.tables import BRONZE_LINEAGE, LINEAGE_NAMES, TableSpec, dataset_specs
 
 BINARY_FIELDS = [
     StructField("path", StringType(), True),
@@ -94,11 +94,17 @@ def bronze_fields(spark: SparkSession, entry: Dataset) -> list[StructField]:
 
 def silver_fields(spark: SparkSession, entry: Dataset,
                   bronze: Sequence[StructField]) -> list[StructField]:
-    """The silver columns: the entry's select over bronze (bronze's columns without one)."""
+    """The silver columns: the entry's select over bronze (bronze's columns without one).
+
+    The select sees bronze's lineage columns too, so a silver column may be derived from
+    them (``_source_file AS path``); a lineage column itself is carried beside the data
+    and is not a silver column under its own name.
+    """
     if not entry.silver.select:
         return list(bronze)
-    empty = spark.createDataFrame([], StructType(list(bronze)))
-    return list(empty.selectExpr(*entry.silver.select).schema.fields)
+    empty = spark.createDataFrame([], StructType([*bronze, *BRONZE_LINEAGE]))
+    return [f for f in empty.selectExpr(*entry.silver.select).schema.fields
+            if f.name not in LINEAGE_NAMES]
 
 
 def dataset_tables(spark: SparkSession, entry: Dataset) -> tuple[TableSpec, TableSpec]:

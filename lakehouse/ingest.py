@@ -39,7 +39,7 @@ from lakehouse.config import Config
 from lakehouse.dataset_check import check_datasets, dataset_tables
 from lakehouse.datasets import Dataset
 from lakehouse.landing import FileInfo, list_files, local_path
-from lakehouse.quality import quality_rows, quarantine_rows
+from lakehouse.quality import ingested_batches, quality_rows, quarantine_rows
 from lakehouse.sources import get_parser, parse_options
 from lakehouse.sources.base import ERROR, RAW, RECORD, ParseOptions
 from lakehouse.sources.native import SOURCE_FILE, explain_column, read_files, read_table
@@ -110,7 +110,8 @@ def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str
     for key in ("ops.quarantine", "ops.ingest_files", "ops.quality"):
         delta.ensure_table(spark, table(key), db)
     claims = _claims(spark, cfg, entry.name)
-    done = _completed_batches(spark, cfg, entry.name) if len(claims) else set()
+    quality = table("ops.quality").full_name(db)
+    done = ingested_batches(spark, quality, entry.name) if len(claims) else set()
     resumed = []
     for pending in sorted(set(claims.batch) - done - {batch}):
         files = _claimed(claims, pending)
@@ -150,14 +151,6 @@ def _claims(spark: SparkSession, cfg: Config, dataset: str) -> pd.DataFrame:
 def _claimed(claims: pd.DataFrame, batch: str) -> list[FileInfo]:
     mine = claims[claims.batch == batch].sort_values("path")
     return [FileInfo(r.path, int(r.size), r.modified_at) for r in mine.itertuples()]
-
-
-def _completed_batches(spark: SparkSession, cfg: Config, dataset: str) -> set[str]:
-    quality = table("ops.quality").full_name(cfg.catalog.database)
-    rows = (spark.table(quality)
-            .filter((F.col("dataset") == dataset) & (F.col("stage") == "ingest"))
-            .select("batch").distinct().collect())
-    return {r.batch for r in rows}
 
 
 def _new_files(spark: SparkSession, entry: Dataset, claims: pd.DataFrame

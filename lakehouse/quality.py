@@ -24,6 +24,7 @@ from lakehouse.sources.native import SOURCE_FILE
 from lakehouse.tables import table
 
 BROKEN = "_rules"
+BATCH = "_ingest_batch"
 
 
 @dataclass(frozen=True)
@@ -66,24 +67,63 @@ def apply_rules(df: DataFrame, rules: Sequence[Rule]) -> DataFrame:
     return out.withColumn(ERROR, reason.cast("string"))
 
 
-def count_rules(checked: DataFrame, rules: Sequence[Rule]) -> list[RuleCount]:
-    """Per rule: rows checked, passed, and warned / quarantined / failed (one pass)."""
-    if not rules:
-        return []
-    aggs = [F.count(F.lit(1)).alias("_n")]
+@dataclass(frozen=True)
+class BatchCount:
+    """How one ingest batch fared: rows checked, rows quarantined, and each rule's counts."""
+
+    batch: str
+    rows: int
+    rejected: int
+    rules: tuple[RuleCount, ...]
+
+
+def count_batches(checked: DataFrame, rules: Sequence[Rule]) -> list[BatchCount]:
+    """Per ingest batch: rows, rows rejected, and per rule the counts (one pass).
+
+    Args:
+        checked: rows from :func:`apply_rules` with their ``_ingest_batch``.
+        rules: the rules they were checked against.
+
+    Returns:
+        One count per batch that has rows, in batch order.
+    """
+    aggs = [F.count(F.lit(1)).alias("_n"), F.count(F.col(ERROR)).alias("_bad")]
     aggs += [F.sum(F.array_contains(BROKEN, r.name).cast("long")).alias(f"_{i}")
              for i, r in enumerate(rules)]
-    row = checked.agg(*aggs).first()
-    total = int(row["_n"])
     counts = []
-    for i, rule in enumerate(rules):
-        broke = int(row[f"_{i}"] or 0)
-        counts.append(RuleCount(
-            rule.name, rule.on_fail, rule.expr, total, total - broke,
-            broke if rule.on_fail == "warn" else 0,
-            broke if rule.on_fail == "quarantine" else 0,
-            broke if rule.on_fail == "fail" else 0))
+    for row in sorted(checked.groupBy(BATCH).agg(*aggs).collect(), key=lambda r: r[BATCH]):
+        total = int(row["_n"])
+        per_rule = []
+        for i, rule in enumerate(rules):
+            broke = int(row[f"_{i}"] or 0)
+            per_rule.append(RuleCount(
+                rule.name, rule.on_fail, rule.expr, total, total - broke,
+                broke if rule.on_fail == "warn" else 0,
+                broke if rule.on_fail == "quarantine" else 0,
+                broke if rule.on_fail == "fail" else 0))
+        counts.append(BatchCount(row[BATCH], total, int(row["_bad"]), tuple(per_rule)))
     return counts
+
+
+def total_counts(batches: Sequence[BatchCount]) -> list[RuleCount]:
+    """Each rule's counts summed over the batches."""
+    totals: dict[str, RuleCount] = {}
+    for batch in batches:
+        for c in batch.rules:
+            seen = totals.get(c.rule)
+            totals[c.rule] = c if seen is None else RuleCount(
+                c.rule, c.action, c.expr, seen.checked + c.checked, seen.passed + c.passed,
+                seen.warned + c.warned, seen.quarantined + c.quarantined,
+                seen.failed + c.failed)
+    return list(totals.values())
+
+
+def ingested_batches(spark: SparkSession, quality: str, dataset: str) -> set[str]:
+    """The batches whose ingest completed (their ``ingest`` counts are its last write)."""
+    rows = (spark.table(quality)
+            .filter((F.col("dataset") == dataset) & (F.col("stage") == "ingest"))
+            .select("batch").distinct().collect())
+    return {r.batch for r in rows}
 
 
 def raise_on_fail(checked: DataFrame, counts: Sequence[RuleCount], dataset: str,
@@ -98,26 +138,34 @@ def raise_on_fail(checked: DataFrame, counts: Sequence[RuleCount], dataset: str,
                 f"{sample[RAW] if sample else '?'}")
 
 
-def quarantine_rows(rejected: DataFrame, source: str, target: str, stage: str,
-                    batch: str | Column, now: dt.datetime) -> DataFrame:
+def _value(value: str | Column) -> Column:
+    return value if isinstance(value, Column) else F.lit(value)
+
+
+def quarantine_rows(rejected: DataFrame, source: str | Column, target: str, stage: str,
+                    batch: str | Column, now: dt.datetime,
+                    declaration: str | Column | None = None) -> DataFrame:
     """Shape rejected rows (``_error``, ``_raw``, ``_record``, ``_source_file``, ``_rules``).
 
-    ``batch`` is the ingest batch: a name, or a column holding each row's own.
+    ``source`` and ``batch`` are the data set and the ingest batch: names, or columns
+    holding each row's own. ``declaration`` is the fingerprint of the silver declaration
+    whose rules rejected the rows (None at ingest).
     """
     return rejected.select(
-        F.lit(source).alias("source"), F.lit(target).alias("target_table"),
-        F.lit(stage).alias("stage"),
-        (batch if isinstance(batch, Column) else F.lit(batch)).alias("batch"),
+        _value(source).alias("source"), F.lit(target).alias("target_table"),
+        F.lit(stage).alias("stage"), _value(batch).alias("batch"),
         F.regexp_replace(SOURCE_FILE, "^file:(//)?", "").alias("source_file"),
         F.col(RECORD).alias("record"),
         F.col(ERROR).alias("reason"), F.col(RAW).alias("raw"),
         F.lit(now).cast("timestamp").alias("quarantined_at"),
         F.col(BROKEN).cast("array<string>").alias("rules"),
+        _value(declaration).cast("string").alias("declaration"),
     )
 
 
 def quality_rows(spark: SparkSession, dataset: str, target: str, stage: str, batch: str,
-                 stats: Sequence[tuple], now: dt.datetime) -> DataFrame:
+                 stats: Sequence[tuple], now: dt.datetime,
+                 declaration: str | None = None) -> DataFrame:
     """Rows of ``ops_quality``: one per rule, from ``RuleCount.row()``-shaped tuples."""
-    rows = [(dataset, target, stage, batch, *s, now) for s in stats]
+    rows = [(dataset, target, stage, batch, *s, now, declaration) for s in stats]
     return spark.createDataFrame(rows, table("ops.quality").schema)

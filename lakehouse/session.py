@@ -112,6 +112,9 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.catalogImplementation": "hive",
         **metastore_conf(cfg),
         "spark.hadoop.hive.metastore.schema.verification": "false",
+        # Delta keeps a table's schema in its own log; when a rebuild changes a column's
+        # type, Hive's copy would refuse it and log an error although the change is done.
+        "spark.hadoop.hive.metastore.disallow.incompatible.col.type.changes": "false",
         # Hive's session folders default to /tmp/<session id>_resources and /tmp/<user>,
         # and nothing removes them: one per job, for ever. They stay in the home instead.
         "spark.hadoop.hive.downloaded.resources.dir": str(cfg.home / "tmp" / "hive-resources"),

@@ -106,6 +106,7 @@ _QUARANTINE = (
     _f("raw", StringType()),
     _f("quarantined_at", TimestampType(), False),
     _f("rules", ArrayType(StringType())),
+    _f("declaration", StringType()),     # the silver declaration's fingerprint (curate)
 )
 _QUALITY = (
     _f("dataset", StringType(), False),
@@ -121,6 +122,18 @@ _QUALITY = (
     _f("quarantined", LongType(), False),
     _f("failed", LongType(), False),
     _f("checked_at", TimestampType(), False),
+    _f("declaration", StringType()),     # the silver declaration's fingerprint (curate)
+)
+_CURATIONS = (
+    _f("dataset", StringType(), False),
+    _f("target_table", StringType(), False),
+    _f("batch", StringType(), False),
+    _f("declaration", StringType(), False),
+    _f("bronze_version", LongType(), False),
+    _f("rows", LongType(), False),
+    _f("valid", LongType(), False),
+    _f("quarantined", LongType(), False),
+    _f("curated_at", TimestampType(), False),
 )
 _INGEST_FILES = (
     _f("dataset", StringType(), False),
@@ -153,6 +166,11 @@ def _registry() -> dict[str, TableSpec]:
     specs["ops.quality"] = TableSpec(
         "ops", "quality", _QUALITY, ("dataset", "stage", "batch", "rule"),
         comment="per batch and quality rule: rows checked, passed, warned, quarantined, failed",
+    )
+    specs["ops.curations"] = TableSpec(
+        "ops", "curations", _CURATIONS, ("dataset", "batch"),
+        comment="per data set: the ingest batches its silver table holds, and the "
+                "fingerprint of the silver declaration they were curated under",
     )
     specs["ops.ingest_files"] = TableSpec(
         "ops", "ingest_files", _INGEST_FILES, ("dataset", "path"),

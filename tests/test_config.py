@@ -69,3 +69,18 @@ def test_an_empty_value_empties_a_string_setting_and_is_no_number(tmp_path):
     assert cfg.spark.java_options == ""
     with pytest.raises(ConfigError, match=r"spark.shuffle_partitions=''.*integer"):
         load_config(["spark.shuffle_partitions="], conf_dir=conf, environ={})
+
+
+def test_an_entry_overriding_a_bundled_one_is_named_with_its_file(tmp_path):
+    entry = "  {name}:\n    source: {{table: sales.{name}}}\n    silver: {{keys: [id]}}\n"
+    base = "datasets:\n" + entry.format(name="orders") + entry.format(name="stock")
+    conf = _conf_dir(tmp_path, base, "datasets:\n  orders:\n    description: mine\n")
+    mine = tmp_path / "mine"  # a folder of the user's own entries
+    mine.mkdir()
+    (mine / "extra.yml").write_text("datasets:\n" + entry.format(name="stock")
+                                    + entry.format(name="fresh"))
+    cfg = load_config(conf_dir=conf, environ={"LAKEFORGE_CATALOG__DATASET_DIRS": f"[{mine}]"})
+    assert cfg.overrides == {"orders": str(conf / "local" / "a.yml"),
+                             "stock": str(mine / "extra.yml")}
+    assert cfg.datasets["orders"].description == "mine"
+    assert cfg.datasets["orders"].source.table == "sales.orders"     # the rest stays

@@ -105,11 +105,13 @@ def test_recurating_with_a_new_batch_quarantines_each_record_once(spark, cfg, tm
     assert (first.valid, first.rejected, first.skipped) == (1, 1, False)
     silver_version = delta.current_version(spark, f"{db}.silver_orders")
 
-    # The same rows landed again under a new name: bronze grows, silver has nothing new.
+    # The same rows landed again under a new name: bronze grows, silver has nothing new,
+    # and only the new batch is read.
     (landing / "day1-copy.csv").write_text((landing / "day1.csv").read_text())
     ingest(spark, cfg, ["orders"], "d2")
     [again] = curate(spark, cfg, ["orders"])
-    assert (again.valid, again.rejected) == (2, 2) and again.inserted == 0
+    assert (again.valid, again.rejected, again.batches) == (1, 1, ("d2",))
+    assert again.inserted == 0
     assert delta.current_version(spark, f"{db}.silver_orders") == silver_version
     curated = spark.table(f"{db}.ops_quarantine").filter("stage = 'curate'")
     assert sorted((r.batch, json.loads(r.raw)["order_id"]) for r in curated.collect()) == \

@@ -1,0 +1,113 @@
+"""Daily curate benchmark: does a curate cost what the new batch costs, or the lake's history?
+
+A landing folder receives one CSV file of orders a day, each of the same size
+(``--rows``; about 2 % of the rows break a quarantine rule, 5 % update an order of an
+earlier day). Each day is ingested, then curated, and the curate is timed; so is a
+same-work peer on the same day's rows: a Spark ``MERGE`` of that day's bronze rows,
+with the same rules as filters and one row per key, into a plain Delta table. It prints
+every day's times, then day 1, 10 and 30 and the ratios. Targets: the 30th day's
+curate within 1.3x the 1st's (flat), and the peer's time / lakeforge's >= 0.8.
+
+    make bench-curate
+    .venv/bin/python bench/bench_curate.py --days 10 --rows 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import statistics
+import tempfile
+from pathlib import Path
+
+from common import session, timed
+from delta.tables import DeltaTable
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
+from lakehouse.catalog import format_table
+from lakehouse.curate import curate
+from lakehouse.datasets import parse_datasets
+from lakehouse.ingest import ingest
+
+RULES = [{"name": "amount_positive", "expr": "amount > 0", "on_fail": "quarantine"},
+         {"name": "known_status", "expr": "status IN ('NEW', 'PAID', 'SHIPPED')",
+          "on_fail": "warn"}]
+COLUMNS = ["order_id", "placed_at", "amount", "status"]
+
+
+def write_day(folder: Path, day: int, rows: int, rng: random.Random) -> None:
+    """One day's CSV file: new orders, some updates of earlier days' orders, some bad rows."""
+    lines = [",".join(COLUMNS)]
+    for i in range(rows):
+        order = rng.randrange(1, (day - 1) * rows + 1) if day > 1 and rng.random() < 0.05 \
+            else (day - 1) * rows + i + 1
+        amount = -1.0 if rng.random() < 0.02 else round(rng.uniform(1, 500), 2)
+        status = rng.choice(("NEW", "PAID", "SHIPPED", "LOST"))
+        lines.append(f"{order},2026-11-{1 + day % 28:02d} 10:{i % 60:02d}:00,{amount},{status}")
+    (folder / f"day{day:03d}.csv").write_text("\n".join(lines) + "\n")
+
+
+def peer_merge(spark, bronze: str, target: str, day: str) -> None:
+    """The same work without lakeforge: filter the day's rows by the rules, MERGE them."""
+    rows = (spark.table(bronze).filter(F.col("_ingest_batch") == day)
+            .filter("amount > 0"))
+    latest = Window.partitionBy("order_id").orderBy(F.col("_record").desc())
+    rows = rows.withColumn("_n", F.row_number().over(latest)).filter("_n = 1").select(*COLUMNS)
+    (DeltaTable.forName(spark, target).alias("t")
+     .merge(rows.alias("s"), "t.order_id = s.order_id")
+     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--rows", type=int, default=100_000, help="rows per daily file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-curate-"))
+    cfg, spark = session([f"home={work / 'home'}", "catalog.database=bench_curate",
+                          *args.overrides])
+    landing = work / "landing"
+    landing.mkdir()
+    entries, problems = parse_datasets({"orders": {
+        "source": {"files": str(landing), "format": "csv", "options": {"header": True},
+                   "schema": "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, "
+                             "status STRING"},
+        "silver": {"keys": ["order_id"], "rules": RULES}}})
+    assert not problems, problems
+    cfg = dataclasses.replace(cfg, datasets=entries)
+    db = cfg.catalog.database
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+    spark.sql(f"CREATE TABLE {db}.peer_orders (order_id BIGINT, placed_at TIMESTAMP, "
+              f"amount DOUBLE, status STRING) USING delta")
+    rng = random.Random(7)
+    table = []
+    for day in range(1, args.days + 1):
+        write_day(landing, day, args.rows, rng)
+        batch = f"d{day:03d}"
+        ingest(spark, cfg, ["orders"], batch)
+        ours = timed(lambda b=batch: curate(spark, cfg, ["orders"], b))
+        theirs = timed(lambda b=batch: peer_merge(spark, f"{db}.bronze_orders",
+                                                  f"{db}.peer_orders", b))
+        table.append((day, ours, theirs))
+        print(f"day {day}: curate {ours:.2f} s, peer {theirs:.2f} s", flush=True)
+    print(format_table(["day", "curate s", "peer s", "peer / curate"],
+                       [(d, f"{o:.2f}", f"{t:.2f}", f"{t / o:.2f}") for d, o, t in table]))
+    picked = [row for row in table if row[0] in (1, 10, 30) or row[0] == args.days]
+    first, last = table[0], table[-1]
+    print(format_table(
+        ["measure", "value", "target"],
+        [*((f"curate day {d} (s)", f"{o:.2f}", "") for d, o, _ in picked),
+         *((f"peer day {d} (s)", f"{t:.2f}", "") for d, _, t in picked),
+         (f"curate day {last[0]} / day 1", f"{last[1] / first[1]:.2f}", "<= 1.3"),
+         (f"peer day {last[0]} / day 1", f"{last[2] / first[2]:.2f}", ""),
+         ("peer / curate, median of the days",
+          f"{statistics.median(t / o for _, o, t in table):.2f}", ">= 0.8")]))
+    spark.sql(f"DROP DATABASE {db} CASCADE")
+
+
+if __name__ == "__main__":
+    main()
