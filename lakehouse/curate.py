@@ -241,8 +241,9 @@ def _curate(spark: SparkSession, entry: Dataset, scope: _Scope, tables: _Tables,
         counts = {e.name: _count(checked.filter(F.col("_source") == e.name), e, scope)
                   for e in scope.entries}
         for e in scope.entries:
+            failed = [b.batch for b in counts[e.name] if any(c.failed for c in b.rules)]
             raise_on_fail(checked.filter(F.col("_source") == e.name),
-                          total_counts(counts[e.name]), e.name, _label(scope))
+                          total_counts(counts[e.name]), e.name, ", ".join(failed))
         written = _write_silver(spark, scope, tables.silver, silver_spec,
                                 latest_per_key(checked.filter(F.col(ERROR).isNull()),
                                                silver_spec))

@@ -203,6 +203,13 @@ class FeatureTransform:
             return 0
         return len(self.classes) or len(self.spec.class_names)
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The name of each class index (empty for a regression or when not declared)."""
+        if self.spec.task == "regression":
+            return ()
+        return self.classes or tuple(self.spec.class_names)
+
     def to_json(self) -> str:
         """The transform as JSON (stored with the gold table and with models)."""
         return json.dumps(asdict(self), sort_keys=True)

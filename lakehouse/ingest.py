@@ -42,7 +42,13 @@ from lakehouse.landing import FileInfo, list_files, local_path
 from lakehouse.quality import ingested_batches, quality_rows, quarantine_rows
 from lakehouse.sources import get_parser, parse_options
 from lakehouse.sources.base import ERROR, RAW, RECORD, ParseOptions
-from lakehouse.sources.native import SOURCE_FILE, explain_column, read_files, read_table
+from lakehouse.sources.native import (
+    SOURCE_FILE,
+    explain_column,
+    read_files,
+    read_table,
+    reject_unreadable_images,
+)
 from lakehouse.tables import TableSpec, table
 
 log = logging.getLogger(__name__)
@@ -215,7 +221,10 @@ def read_dataset(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSp
         latest = source.version is None and _table_version(spark, entry) == version
         return read_table(spark, source, fields, version, latest=latest)
     if source.kind == "files":
-        return read_files(spark, source, fields, [f.path for f in files])
+        rows = read_files(spark, source, fields, [f.path for f in files])
+        if entry.kind == "image" and source.format == "binaryFile":
+            rows = reject_unreadable_images(rows)
+        return rows
     options = parse_options(fields, dict(source.options), cfg.ingest.batch_rows,
                             cfg.ingest.max_raw_chars)
     out_schema = StructType([

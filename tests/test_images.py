@@ -148,3 +148,26 @@ def test_cnn_trains_on_images_of_other_shapes_and_scores_raw_images(spark, cfg, 
     assert predictions.count() == spark.table(silver).count() - 1 == 201
     new = predictions.filter(F.col("row_id") == 20_001).first()
     assert new["prediction"] == 1                            # classes (blue, red): red
+
+
+def test_a_folder_of_images_per_label_quarantines_a_stray_file(spark, cfg, tmp_path):
+    rng = random.Random(3)
+    for label, red in (("red", True), ("blue", False)):
+        (tmp_path / "scans" / label).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "scans" / label / f"{i}.png").write_bytes(_tile(rng, red))
+    (tmp_path / "scans" / "README.txt").write_text("scans of the tiles, one folder a colour")
+    cfg = with_datasets(cfg, {"scans": {
+        "kind": "image", "roles": {"id": "path", "image": "content", "label": "label"},
+        "source": {"files": str(tmp_path / "scans"), "format": "binaryFile"},
+        "silver": {"keys": ["path"],
+                   "select": ["path", "content", "_ingest_batch AS batch",
+                              "regexp_extract(path, '/([^/]+)/[^/]+$', 1) AS label"]}}})
+    [ingested] = ingest(spark, cfg, ["scans"], "b1")
+    assert (ingested.read, ingested.bronze, ingested.quarantined) == (5, 4, 1)
+    [stray] = spark.table(f"{cfg.catalog.database}.ops_quarantine").collect()
+    assert stray.reason.startswith("not an image Pillow can read: cannot identify image file")
+    assert stray.source_file.endswith("README.txt") and '"length":39' in stray.raw
+    curate(spark, cfg, ["scans"])
+    silver = spark.table(f"{cfg.catalog.database}.silver_scans").collect()
+    assert sorted((r.label, r.batch) for r in silver) == [("blue", "b1")] * 2 + [("red", "b1")] * 2

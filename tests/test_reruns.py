@@ -35,7 +35,8 @@ from tests.helpers import AMOUNT_POSITIVE, orders_entry, table_state, with_datas
 # runs use different databases and homes), and what a training that resumed from a
 # checkpoint learnt (its predictions, not their rows).
 VOLATILE = {"artifact", "metrics", "probability", "probabilities", "predicted",
-            "prediction", "target_table", "input_table", "training_table", "run_id"}
+            "prediction", "prediction_label", "target_table", "input_table", "training_table",
+            "run_id"}
 
 
 def _orders(landing: Path) -> dict:

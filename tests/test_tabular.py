@@ -181,6 +181,8 @@ def test_mlp_trains_and_scores_a_declared_data_set(spark, cfg, tmp_path, monkeyp
     assert predictions.count() == spark.table(f"{db}.silver_shops").count() == 481
     mars = predictions.filter(F.col("row_id") == 9001).first()
     assert mars["prediction"] in (0, 1) and 0.5 <= mars["probability"] <= 1.0
+    named = predictions.select("prediction", "prediction_label").distinct().collect()
+    assert named and all(r.prediction_label == ["no", "yes"][r.prediction] for r in named)
 
     # The same inputs again: the registered run is returned, no Horovod job starts.
     def no_ranks(*args, **kwargs):
@@ -200,7 +202,8 @@ def test_mlp_trains_and_scores_a_declared_data_set(spark, cfg, tmp_path, monkeyp
     assert (Path(regression.artifact) / "predicted_vs_actual.png").stat().st_size > 0
     values = score(spark, cfg, "mlp", regression.name)
     out = spark.table(values.table).filter(F.col("run_id") == values.run_id)
-    assert out.filter(F.col("value").isNull() | F.col("prediction").isNotNull()).count() == 0
+    assert out.filter(F.col("value").isNull() | F.col("prediction").isNotNull()
+                      | F.col("prediction_label").isNotNull()).count() == 0
     assert out.count() == spark.table(built.table).count()
 
     with pytest.raises(ConfigError, match="task='classification', but feature set "

@@ -17,6 +17,7 @@ position in the read), ``_error`` (null, or a marker that the record is rejected
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 
@@ -101,6 +102,38 @@ def with_status(df: DataFrame, fields: Sequence[StructField], corrupt: Column,
         F.when(error.isNotNull(), raw).alias(RAW),
         source_file.alias(SOURCE_FILE),
     )
+
+
+def reject_unreadable_images(rows: DataFrame) -> DataFrame:
+    """Reject ``binaryFile`` rows whose ``content`` is not an image Pillow can read.
+
+    For an image data set read as files: a stray text file in the folder is quarantined
+    at ingest with the reason, its raw text being the file's path, length and time.
+    """
+    problem = F.pandas_udf(_image_problems, StringType())(F.col("content"))
+    described = F.to_json(F.struct("path", "length", "modificationTime"))
+    return (rows.withColumn("_image_problem", problem)
+            .withColumn(RAW, F.when(F.col(ERROR).isNull() & F.col("_image_problem").isNotNull(),
+                                    described).otherwise(F.col(RAW)))
+            .withColumn(ERROR, F.coalesce(F.col(ERROR), F.col("_image_problem")))
+            .drop("_image_problem"))
+
+
+def _image_problems(contents: pd.Series) -> pd.Series:
+    """Executor side: why each file is not an image (None for the images)."""
+    from PIL import Image
+
+    def problem(data: bytes | None) -> str | None:
+        if data is None:
+            return None
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
+            return None
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad bytes
+            return f"not an image Pillow can read: {str(exc).split(' <')[0]}"
+
+    return contents.map(problem)
 
 
 def check_columns(actual: StructType, fields: Sequence[StructField], what: str) -> None:

@@ -26,6 +26,7 @@ from pyspark.sql.types import (
     FloatType,
     IntegerType,
     LongType,
+    StringType,
     StructField,
     StructType,
 )
@@ -43,11 +44,12 @@ CLASSIFIER_FIELDS = (
     _f("row_id", LongType(), False), _f("prediction", IntegerType()),
     _f("probability", FloatType()), _f("probabilities", ArrayType(FloatType())),
 )
-# Added after the first release, so after the lineage (existing tables gain it at the end):
-# the predicted value of a regression (prediction and probabilities are then NULL).
-REGRESSION_FIELDS = (_f("value", FloatType()),)
+# Added after the first release, so after the lineage (existing tables gain them at the
+# end): the predicted value of a regression (prediction and probabilities are then NULL),
+# and the name of the predicted class (NULL when the model knows no class names).
+LATE_FIELDS = (_f("value", FloatType()), _f("prediction_label", StringType()))
 _OUT = StructType([StructField(f.name, f.dataType, True)
-                   for f in (*CLASSIFIER_FIELDS, *REGRESSION_FIELDS)])
+                   for f in (*CLASSIFIER_FIELDS, *LATE_FIELDS[:1])])
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,11 @@ def score_classifier(spark: SparkSession, cfg: Config, record: ModelRecord, df: 
     """
     table = record.name
     transform_file = os.path.join(record.artifact, TRANSFORM_FILE)
-    if "features" not in df.columns and os.path.exists(transform_file):
+    transform = None
+    if os.path.exists(transform_file):
         with open(transform_file) as fh:
             transform = FeatureTransform.from_json(fh.read())
+    if "features" not in df.columns and transform is not None:
         df = features_for_scoring(df, transform)
         if transform.spec.image is not None:
             unreadable = df.filter(F.col("features").isNull()).count()
@@ -167,4 +171,8 @@ def score_classifier(spark: SparkSession, cfg: Config, record: ModelRecord, df: 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch",
                    str(arrow_batch_rows(first["n"] if first else 1)))
     scorer = functools.partial(score_batches, artifact=record.artifact, loads=loads)
-    return df.select("row_id", "features").mapInArrow(scorer, schema=_OUT)
+    scored = df.select("row_id", "features").mapInArrow(scorer, schema=_OUT)
+    names = transform.class_names if transform is not None else ()
+    label = F.element_at(F.array(*map(F.lit, names)), F.col("prediction") + 1) if names \
+        else F.lit(None)
+    return scored.withColumn("prediction_label", label.cast("string"))

@@ -4,7 +4,7 @@ import math
 from typing import Any
 
 from lakehouse.errors import ConfigError
-from models.classifier.scoring import CLASSIFIER_FIELDS, REGRESSION_FIELDS, score_classifier
+from models.classifier.scoring import CLASSIFIER_FIELDS, LATE_FIELDS, score_classifier
 from models.classifier.train import KerasTrainer
 from models.cnn.network import build
 from models.cnn.params import CnnParams
@@ -27,7 +27,7 @@ FAMILY = Family(
     trainer=KerasTrainer("cnn"),
     scorer=score_classifier,
     prediction_fields=CLASSIFIER_FIELDS,
-    prediction_late_fields=REGRESSION_FIELDS,
+    prediction_late_fields=LATE_FIELDS,
     normalise=False,
     check=check,
 )

@@ -1,6 +1,6 @@
 """MLP family: dense layers with batch normalisation and dropout over tabular vectors."""
 
-from models.classifier.scoring import CLASSIFIER_FIELDS, REGRESSION_FIELDS, score_classifier
+from models.classifier.scoring import CLASSIFIER_FIELDS, LATE_FIELDS, score_classifier
 from models.classifier.train import KerasTrainer
 from models.family import Family
 from models.mlp.network import build
@@ -14,7 +14,7 @@ FAMILY = Family(
     trainer=KerasTrainer("mlp"),
     scorer=score_classifier,
     prediction_fields=CLASSIFIER_FIELDS,
-    prediction_late_fields=REGRESSION_FIELDS,
+    prediction_late_fields=LATE_FIELDS,
     normalise=True,
     tasks=("classification", "regression"),
 )
