@@ -159,7 +159,8 @@ def check_dataset(spark: SparkSession, entry: Dataset) -> list[str]:
             problems.append(f"{where}.roles.{role}: {column!r} is not a silver column; "
                             f"columns: {', '.join(sorted(columns))}")
     if is_declared(entry):
-        problems += _check_features(entry, empty)
+        for name, view in entry.feature_sets().items():
+            problems += _check_features(view, empty, entry.features_key(name))
     elif entry.kind in KIND_SETTINGS:
         try:
             KIND_SETTINGS[entry.kind](entry)
@@ -168,11 +169,10 @@ def check_dataset(spark: SparkSession, entry: Dataset) -> list[str]:
     return problems
 
 
-def _check_features(entry: Dataset, empty: DataFrame) -> list[str]:
+def _check_features(entry: Dataset, empty: DataFrame, where: str) -> list[str]:
     """A declared tabular feature set: its keys, and its SQL over the silver columns."""
-    where = f"datasets.{entry.name}.features"
     try:
-        spec = parse_features(entry)
+        spec = parse_features(entry, where)
     except ConfigError as exc:
         return str(exc).split("\n  ")[1:]
     problems = []

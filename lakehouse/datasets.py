@@ -26,7 +26,7 @@ An entry::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 FORMATS = ("csv", "json", "parquet", "text", "binaryFile")
@@ -140,6 +140,28 @@ class Dataset:
         """The bronze/silver table's short name."""
         return self.table or self.name
 
+    def feature_sets(self) -> dict[str, Dataset]:
+        """The feature sets a tabular or image entry declares, by name.
+
+        ``features: {label: ..., ...}`` declares one set, named like the entry. Named
+        sets, ``features: {price: {label: ...}, cut: {label: ...}}``, are called
+        ``<entry>_price`` and ``<entry>_cut``: each has its own gold table and models,
+        over the entry's one bronze and silver table. Each set is returned as the entry
+        with that set's declaration as its ``features``.
+        """
+        if self.kind not in ("tabular", "image") or not self.features:
+            return {}
+        if _named_sets(self.features):
+            return {f"{self.name}_{key}": replace(self, features=dict(body))
+                    for key, body in self.features.items()}
+        return {self.name: self} if "label" in self.features else {}
+
+    def features_key(self, feature_set: str) -> str:
+        """Where a feature set is declared, for messages (``datasets.e.features.price``)."""
+        named = feature_set != self.name and _named_sets(self.features)
+        return f"datasets.{self.name}.features" + \
+            (f".{feature_set[len(self.name) + 1:]}" if named else "")
+
     def role_columns(self) -> list[tuple[str, str]]:
         """(role, column) pairs, list roles expanded."""
         pairs: list[tuple[str, str]] = []
@@ -147,6 +169,12 @@ class Dataset:
             for column in (value,) if isinstance(value, str) else value:
                 pairs.append((role, column))
         return pairs
+
+
+def _named_sets(features: Mapping[str, Any]) -> bool:
+    """Whether ``features`` holds named feature sets: each a mapping with a label."""
+    return "label" not in features and all(
+        isinstance(body, Mapping) and "label" in body for body in features.values())
 
 
 _ENTRY_KEYS = ("kind", "roles", "description", "table", "source", "silver", "features")
@@ -216,6 +244,7 @@ def parse_datasets(raw: Any) -> tuple[dict[str, Dataset], list[str]]:
         if entry is not None:
             entries[name] = entry
     _check_shared_tables(entries, problems)
+    _check_feature_set_names(entries, problems)
     return entries, problems.items
 
 
@@ -359,3 +388,19 @@ def _check_shared_tables(entries: Mapping[str, Dataset], problems: _Problems) ->
                 problems.add(f"datasets.{entry.name}.{what}",
                              f"shares table {entry.table_name!r} with {other.name!r} but "
                              f"declares a different {what}")
+
+
+def _check_feature_set_names(entries: Mapping[str, Dataset], problems: _Problems) -> None:
+    """A named feature set's name is a plain name that no entry or other set has."""
+    seen: dict[str, str] = {}
+    for entry in entries.values():
+        for name in entry.feature_sets():
+            where = entry.features_key(name)
+            if name != entry.name and not name.replace("_", "a").isalnum() \
+                    or name != name.lower():
+                problems.add(where, "a feature set name is lower case letters, digits and _")
+            elif name != entry.name and name in entries:
+                problems.add(where, f"feature set {name!r} has the name of a data set")
+            elif name in seen and seen[name] != entry.name:
+                problems.add(where, f"feature set {name!r} is also declared by {seen[name]!r}")
+            seen[name] = entry.name

@@ -260,18 +260,22 @@ class FeatureTransform:
 
 def is_declared(entry: Dataset | None) -> bool:
     """Whether a catalog entry declares a feature set (tabular or image, with a label)."""
-    return (entry is not None and entry.kind in ("tabular", "image")
-            and "label" in entry.features)
+    return entry is not None and bool(entry.feature_sets())
 
 
-def parse_features(entry: Dataset) -> FeatureSpec:
+def parse_features(entry: Dataset, where: str = "") -> FeatureSpec:
     """The feature set a tabular or image catalog entry declares.
+
+    Args:
+        entry: the entry, its ``features`` holding one set's declaration
+            (:meth:`lakehouse.datasets.Dataset.feature_sets`).
+        where: the declaration's key for messages (default ``datasets.<entry>.features``).
 
     Raises:
         ConfigError: every problem of the ``features`` block, each naming the data set,
             the key and the value.
     """
-    where = f"datasets.{entry.name}.features"
+    where = where or f"datasets.{entry.name}.features"
     raw = entry.features
     image_kind = entry.kind == "image"
     known = _IMAGE_KEYS if image_kind else _KEYS

@@ -26,7 +26,7 @@ from pyspark.sql.types import ArrayType, FloatType, IntegerType, LongType, Strin
 from lakehouse import declared, delta
 from lakehouse.config import Config
 from lakehouse.datasets import Dataset
-from lakehouse.declared import FeatureTransform, is_declared, parse_features
+from lakehouse.declared import FeatureTransform, parse_features
 from lakehouse.errors import ConfigError, SourceError
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, layer_table, register
 
@@ -66,9 +66,19 @@ def gold_spec(name: str, regression: bool = False) -> TableSpec:
     ), replace=True)   # a declaration may switch between classification and regression
 
 
+def declared_feature_sets(cfg: Config) -> dict[str, Dataset]:
+    """Every declared (tabular or image) feature set of the catalog, by name.
+
+    A data set's one set is named like it; named sets are ``<data set>_<set>``
+    (:meth:`lakehouse.datasets.Dataset.feature_sets`).
+    """
+    return {name: view for entry in cfg.datasets.values()
+            for name, view in entry.feature_sets().items()}
+
+
 def class_names(cfg: Config, dataset: str) -> list[str] | None:
-    """A data set's class names, from its catalog entry's ``features.class_names``."""
-    entry = cfg.datasets.get(dataset)
+    """A feature set's class names, from its declaration's ``class_names``."""
+    entry = declared_feature_sets(cfg).get(dataset)
     names = entry.features.get("class_names") if entry is not None else None
     return [str(n) for n in names] if names else None
 
@@ -96,10 +106,11 @@ def build_gold(spark: SparkSession, cfg: Config, name: str,
         SourceError: no data set of that name declares features.
     """
     partitions = partitions or max(4, 2 * cfg.train.num_proc)
-    if not is_declared(cfg.datasets.get(name)):
-        raise SourceError(f"no feature set {name!r}; data sets that declare features: "
-                          f"{', '.join(feature_sets(cfg))}")
-    return _build_declared(spark, cfg, cfg.datasets[name], partitions)
+    sets = declared_feature_sets(cfg)
+    if name not in sets:
+        raise SourceError(f"no feature set {name!r}; declared feature sets: "
+                          f"{', '.join(sets)}")
+    return _build_declared(spark, cfg, name, sets[name], partitions)
 
 
 def silver_rows(spark: SparkSession, cfg: Config, entry: Dataset,
@@ -157,8 +168,8 @@ def entry_of(cfg: Config, name: str, kind: str) -> Dataset:
 
 
 def feature_sets(cfg: Config) -> list[str]:
-    """The data sets that declare a feature set (tabular or image)."""
-    return [name for name, entry in cfg.datasets.items() if is_declared(entry)]
+    """The declared feature sets (tabular or image), by name."""
+    return list(declared_feature_sets(cfg))
 
 
 def transform_of(spark: SparkSession, table: str, version: int) -> FeatureTransform | None:
@@ -174,7 +185,7 @@ def _written_with(spark: SparkSession, table: str,
     return meta.get("key"), transform
 
 
-def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
+def _build_declared(spark: SparkSession, cfg: Config, name: str, entry: Dataset,
                     partitions: int) -> FeatureSet:
     """A declared feature set: fit on the training split, write, keep the transform.
 
@@ -182,18 +193,18 @@ def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
     commit with the transform): the same rows with the same declaration are not built
     again; a changed declaration is, even back to an earlier one.
     """
-    spec = parse_features(entry)
+    spec = parse_features(entry, entry.features_key(name))
     db = cfg.catalog.database
     rows, pinned = silver_rows(spark, cfg, entry)
     silver = pinned.table
     key = {"silver_version": pinned.data_version, "spec": spec.digest()}
-    target = gold_spec(entry.name, spec.task == "regression")
+    target = gold_spec(name, spec.task == "regression")
     gold = target.full_name(db)
     retype = delta.table_exists(spark, gold) and \
         spark.table(gold).schema["label"].dataType != target.schema["label"].dataType
     if retype:   # the declaration's task changed: the label column changes type
         log.info("%s: the task is now %s; %s is rewritten with a %s label (its earlier "
-                 "versions keep theirs)", entry.name, spec.task, gold,
+                 "versions keep theirs)", name, spec.task, gold,
                  target.schema["label"].dataType.simpleString())
     else:
         gold = delta.ensure_table(spark, target, db)
@@ -202,7 +213,7 @@ def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
     prepared_rows = 0
     if built_key == key and transform is not None:
         log.info("%s: %s v%d is already built from %s v%d with this declaration",
-                 entry.name, gold, current.data_version, silver, pinned.data_version)
+                 name, gold, current.data_version, silver, pinned.data_version)
     else:
         prepared = declared.prepare(rows, spec)
         transform = declared.fit(prepared, spec)
@@ -219,13 +230,13 @@ def _build_declared(spark: SparkSession, cfg: Config, entry: Dataset,
     shape = table.agg(F.count(F.lit(1)).alias("n"), F.max("label").alias("top")).first()
     if prepared_rows > shape["n"]:   # kept rows counted in the table, not by recomputing them
         log.info("%s: %d rows have no split, no label or no readable image and are left out",
-                 entry.name, prepared_rows - shape["n"])
+                 name, prepared_rows - shape["n"])
     version = built.data_version
     n_classes = transform.n_classes or (int(shape["top"]) + 1
                                         if spec.task == "classification" and shape["top"]
                                         is not None else 0)
     names = transform.feature_names
-    log.info("%s: %s v%d holds %d rows x %d features (%s, from %s v%d)", entry.name, gold,
+    log.info("%s: %s v%d holds %d rows x %d features (%s, from %s v%d)", name, gold,
              version, shape["n"], len(names), spec.task, silver, pinned.data_version)
-    return FeatureSet(entry.name, gold, version, shape["n"], len(names), n_classes,
+    return FeatureSet(name, gold, version, shape["n"], len(names), n_classes,
                       tuple(names))

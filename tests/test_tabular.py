@@ -220,3 +220,46 @@ def test_mlp_trains_and_scores_a_declared_data_set(spark, cfg, tmp_path, monkeyp
                          ({"epochz": 3}, "unknown mlp parameter key 'epochz'")):
         with pytest.raises(ConfigError, match=message):
             train(spark, cfg, "mlp", "shops", params=bad)
+
+
+def _two_sets(folder: Path) -> dict:
+    """One entry of shops declaring two named feature sets: a class and a number."""
+    entry = _entry(folder)
+    base = entry.pop("features")
+    entry["features"] = {"busy": {**base, "label": "busy"},
+                         "revenue": {**base, "label": "revenue", "task": "regression"}}
+    return entry
+
+
+def test_named_feature_sets_are_checked_and_named_by_their_key(tmp_path):
+    entry = _two_sets(tmp_path)
+    entry["features"]["busy"]["task"] = "ranking"
+    parsed, problems = parse_datasets({"shop": entry})
+    assert not problems and list(parsed["shop"].feature_sets()) == ["shop_busy", "shop_revenue"]
+    shop = parsed["shop"]
+    with pytest.raises(ConfigError, match=r"datasets.shop.features.busy.task: 'ranking'"):
+        parse_features(shop.feature_sets()["shop_busy"], shop.features_key("shop_busy"))
+    _, problems = parse_datasets({"shop": _two_sets(tmp_path), "shop_busy": _entry(tmp_path)})
+    assert problems == ["datasets.shop.features.busy: feature set 'shop_busy' has the name "
+                        "of a data set"]
+
+
+def test_one_data_set_trains_two_models_from_two_named_feature_sets(spark, cfg, tmp_path):
+    _shops(tmp_path / "landing")
+    cfg = with_datasets(cfg, {"shop": _two_sets(tmp_path / "landing")})
+    ingest(spark, cfg, ["shop"], "b1")
+    curate(spark, cfg, ["shop"])
+    busy = build_features(spark, cfg, "shop_busy", partitions=2)
+    revenue = build_features(spark, cfg, "shop_revenue", partitions=2)
+    assert (dict(spark.table(busy.table).dtypes)["label"],
+            dict(spark.table(revenue.table).dtypes)["label"]) == ("int", "float")
+    assert busy.rows == revenue.rows == 480
+    db = cfg.catalog.database
+    tables = {r.tableName for r in spark.sql(f"SHOW TABLES IN {db}").collect()}
+    assert {t for t in tables if "shop" in t} == {
+        "bronze_shop", "silver_shop", "gold_shop_busy", "gold_shop_revenue"}
+    quick = {**FAST, "epochs": 3, "patience": 3}
+    classes = train(spark, cfg, "mlp", "shop_busy", params=quick).model
+    values = train(spark, cfg, "mlp", "shop_revenue", params=quick).model
+    assert (classes.name, values.name) == ("shop_busy_mlp", "shop_revenue_mlp")
+    assert "roc_auc" in classes.metrics and "rmse" in values.metrics
