@@ -391,16 +391,18 @@ def _check_shared_tables(entries: Mapping[str, Dataset], problems: _Problems) ->
 
 
 def _check_feature_set_names(entries: Mapping[str, Dataset], problems: _Problems) -> None:
-    """A named feature set's name is a plain name that no entry or other set has."""
-    seen: dict[str, str] = {}
+    """A named feature set's name is a plain name that no data set or other set has."""
+    declared_by: dict[str, str] = {}
     for entry in entries.values():
         for name in entry.feature_sets():
+            if name == entry.name:      # the unnamed form: the data set's own name
+                continue
             where = entry.features_key(name)
-            if name != entry.name and not name.replace("_", "a").isalnum() \
-                    or name != name.lower():
+            if not name.replace("_", "a").isalnum() or name != name.lower():
                 problems.add(where, "a feature set name is lower case letters, digits and _")
-            elif name != entry.name and name in entries:
+            elif name in entries:
                 problems.add(where, f"feature set {name!r} has the name of a data set")
-            elif name in seen and seen[name] != entry.name:
-                problems.add(where, f"feature set {name!r} is also declared by {seen[name]!r}")
-            seen[name] = entry.name
+            elif name in declared_by:
+                problems.add(where, f"feature set {name!r} is also declared by data set "
+                                    f"{declared_by[name]!r}")
+            declared_by[name] = entry.name
