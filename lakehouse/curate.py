@@ -244,7 +244,7 @@ def _curate(spark: SparkSession, entry: Dataset, scope: _Scope, tables: _Tables,
             failed = [b.batch for b in counts[e.name] if any(c.failed for c in b.rules)]
             raise_on_fail(checked.filter(F.col("_source") == e.name),
                           total_counts(counts[e.name]), e.name, ", ".join(failed))
-        written = _write_silver(spark, scope, tables.silver, silver_spec,
+        written = _write_silver(spark, scope, tables, silver_spec,
                                 latest_per_key(checked.filter(F.col(ERROR).isNull()),
                                                silver_spec))
         n_bad = sum(b.rejected for batches in counts.values() for b in batches)
@@ -283,13 +283,14 @@ def _count(checked: DataFrame, entry: Dataset, scope: _Scope) -> list[BatchCount
         raise
 
 
-def _write_silver(spark: SparkSession, scope: _Scope, target: str, spec: TableSpec,
+def _write_silver(spark: SparkSession, scope: _Scope, tables: _Tables, spec: TableSpec,
                   rows: DataFrame) -> silver.Written:
     """Merge new rows; on a rebuild make silver equal ``rows`` (replace it if it must)."""
+    target = tables.silver
     if not scope.rebuild:
         names = "+".join(e.name for e in scope.entries)
         return silver.upsert(spark, target, spec, rows,
-                             f"lakeforge/curate/{names}/{_digest(scope, spec)}")
+                             f"lakeforge/curate/{names}/{_digest(scope, spec, tables.bronze)}")
     if silver.schema_change(spark.table(target).schema, spec):
         return silver.replace(spark, target, spec, rows)
     if silver.has_duplicate_keys(spark, target, spec.keys):
@@ -298,10 +299,14 @@ def _write_silver(spark: SparkSession, scope: _Scope, target: str, spec: TableSp
     return silver.sync(spark, target, spec, rows)
 
 
-def _digest(scope: _Scope, spec: TableSpec) -> str:
-    """Names this scope's logical writes (the same batches under the same declarations)."""
+def _digest(scope: _Scope, spec: TableSpec, bronze: delta.Snapshot) -> str:
+    """Names this scope's logical writes (Delta's ``txnAppId``).
+
+    The same batches of the same bronze version under the same declarations: a retry
+    of a killed curate, or the same curate twice at once.
+    """
     body = [[(e.name, declaration(e, spec)) for e in scope.entries], scope.batches,
-            scope.rebuild]
+            scope.rebuild, bronze.version]
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
@@ -324,7 +329,8 @@ def _write_quarantine(spark: SparkSession, scope: _Scope, tables: _Tables, spec:
           rows["source_file"].eqNullSafe(held["source_file"]),
           rows["record"].eqNullSafe(held["record"])]
     delta.append_once(rows.join(held, on, "left_anti"), tables.quarantine,
-                      f"lakeforge/curate/{'+'.join(names)}/{_digest(scope, spec)}/quarantine")
+                      f"lakeforge/curate/{'+'.join(names)}/{_digest(scope, spec, tables.bronze)}"
+                      "/quarantine")
 
 
 def _write_counts(spark: SparkSession, scope: _Scope, tables: _Tables, spec: TableSpec,
@@ -345,7 +351,7 @@ def _write_counts(spark: SparkSession, scope: _Scope, tables: _Tables, spec: Tab
             curated.append((e.name, tables.silver, name, declared,
                             tables.bronze.version, b.rows, b.rows - b.rejected, b.rejected, now))
     names = [e.name for e in scope.entries]
-    app_id = f"lakeforge/curate/{'+'.join(names)}/{_digest(scope, spec)}"
+    app_id = f"lakeforge/curate/{'+'.join(names)}/{_digest(scope, spec, tables.bronze)}"
     if quality:
         rows = spark.createDataFrame(quality, table("ops.quality").schema)
         held = spark.table(tables.quality).filter(
