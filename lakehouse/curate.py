@@ -157,6 +157,7 @@ class _Scope:
     entries: tuple[Dataset, ...]      # whose bronze rows are read
     batches: tuple[str, ...] | None   # None: all their rows
     rebuild: str = ""                 # why silver is rebuilt ("": a merge of new rows)
+    columns_changed: bool = False     # the rebuild must replace silver's schema too
 
 
 def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
@@ -191,6 +192,7 @@ def _scope(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec,
     declared = declaration(entry, spec)
     held = _curated(spark, tables.curations, entry.name)
     reason = "asked (--rebuild)" if rebuild else ""
+    change = ""
     if delta.table_exists(spark, tables.silver):
         change = silver.schema_change(spark.table(tables.silver).schema, spec)
         if change:
@@ -201,7 +203,7 @@ def _scope(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec,
         reason = f"{tables.silver} is missing"
     if reason:
         sharing = tuple(e for e in cfg.datasets.values() if e.table_name == entry.table_name)
-        return _Scope(sharing if entry in sharing else (entry,), None, reason)
+        return _Scope(sharing if entry in sharing else (entry,), None, reason, bool(change))
     if not held:
         return _Scope((entry,), None)   # the first curation: every row bronze holds
     pending = ingested_batches(spark, tables.quality, entry.name) - held[declared]
@@ -291,7 +293,7 @@ def _write_silver(spark: SparkSession, scope: _Scope, tables: _Tables, spec: Tab
         names = "+".join(e.name for e in scope.entries)
         return silver.upsert(spark, target, spec, rows,
                              f"lakeforge/curate/{names}/{_digest(scope, spec, tables.bronze)}")
-    if silver.schema_change(spark.table(target).schema, spec):
+    if scope.columns_changed:
         return silver.replace(spark, target, spec, rows)
     if silver.has_duplicate_keys(spark, target, spec.keys):
         log.info("%s: rows share keys under the declared keys; replacing its rows", target)
@@ -360,9 +362,9 @@ def _write_counts(spark: SparkSession, scope: _Scope, tables: _Tables, spec: Tab
         fresh = rows.join(held.select(*keys), [rows[k].eqNullSafe(held[k]) for k in keys],
                           "left_anti")
         delta.append_once(fresh, tables.quality, f"{app_id}/quality")
-    rows = spark.createDataFrame(curated, table("ops.curations").schema)
     if not curated and not scope.rebuild:
         return
+    rows = spark.createDataFrame(curated, table("ops.curations").schema)
     if scope.rebuild:
         _replace_rows(spark, tables.curations, rows, f"dataset IN ({_sql_list(names)})")
         return
