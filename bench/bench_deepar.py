@@ -24,11 +24,11 @@ from common import session
 
 from lakehouse import delta
 from lakehouse.catalog import format_table
-from lakehouse.features import silver_rows
+from lakehouse.featuresets import build_features
+from lakehouse.featuresets.contract import silver_rows
+from lakehouse.featuresets.series import series_of, series_points
 from lakehouse.tables import layer_table
 from models.deepar.baselines import HISTORY_SEASONS, ets, seasonal_naive
-from models.deepar.features import series_of, series_points
-from models.features import build_features
 from models.runner import train
 
 METHODS = (("lakeforge DeepAR, Horovod 2 ranks", "deepar"), ("seasonal naive", "seasonal_naive"),

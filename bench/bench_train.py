@@ -27,9 +27,9 @@ from common import session
 
 from lakehouse.catalog import format_table
 from lakehouse.curate import curate
+from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
 from models.evaluate import classification_metrics, regression_metrics
-from models.features import build_features
 from models.runner import train
 
 HIDDEN = [64, 32]

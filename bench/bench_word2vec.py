@@ -25,7 +25,7 @@ import numpy as np
 from common import session
 
 from lakehouse.catalog import format_table
-from models.features import build_features
+from lakehouse.featuresets import build_features
 from models.runner import train
 from models.word2vec import FAMILY
 from models.word2vec.evaluate import Embeddings

@@ -229,7 +229,7 @@ def _blank(value: int | None) -> int | str:
 
 
 def _cmd_features(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from models.features import build_features
+    from lakehouse.featuresets import build_features
 
     for name in args.names:
         build_features(spark, cfg, name, params=_parse_params(args.params))

@@ -12,8 +12,8 @@ from jobs.report import write_report
 from lakehouse.catalog import create_views, format_table, list_tables, run_sql
 from lakehouse.config import Config
 from lakehouse.curate import curate
+from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
-from models.features import build_features
 
 log = logging.getLogger(__name__)
 

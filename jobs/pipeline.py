@@ -21,8 +21,8 @@ from lakehouse.catalog import create_views
 from lakehouse.config import Config
 from lakehouse.curate import curate
 from lakehouse.errors import ConfigError
+from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
-from models.features import build_features
 from models.runner import train
 from models.scoring import score
 from pipelines.definitions import STEP_NAMES, Pipeline, get_pipeline

@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta, silver
 from lakehouse.config import Config
-from lakehouse.dataset_check import check_datasets, dataset_tables
+from lakehouse.dataset_check import DatasetPlan, check_datasets, plan_dataset
 from lakehouse.datasets import Dataset
 from lakehouse.errors import QualityError
 from lakehouse.quality import (
@@ -107,8 +107,8 @@ def curate(spark: SparkSession, cfg: Config, names: Sequence[str],
         CatalogError: when an entry cannot be used (checked before anything is written).
         QualityError: when a rule with ``on_fail: fail`` is broken (nothing is written).
     """
-    entries = check_datasets(spark, cfg, names)
-    return [curate_dataset(spark, cfg, e, batch, rebuild) for e in entries]
+    plans = check_datasets(spark, cfg, names)
+    return [curate_dataset(spark, cfg, p.entry, batch, rebuild, p) for p in plans]
 
 
 def declaration(entry: Dataset, spec: TableSpec) -> str:
@@ -161,10 +161,16 @@ class _Scope:
 
 
 def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
-                   batch: str | None = None, rebuild: bool = False) -> CurateResult:
-    """Curate one data set (see :func:`curate` and the module docstring)."""
+                   batch: str | None = None, rebuild: bool = False,
+                   plan: DatasetPlan | None = None) -> CurateResult:
+    """Curate one data set (see :func:`curate` and the module docstring).
+
+    ``plan``: the entry's tables as the catalog check worked them out; without it the
+    entry is checked here.
+    """
     db = cfg.catalog.database
-    bronze_spec, silver_spec = dataset_tables(spark, entry)
+    plan = plan or plan_dataset(spark, entry)
+    bronze_spec, silver_spec = plan.bronze, plan.silver
     tables = _Tables(delta.snapshot(spark, bronze_spec.full_name(db)),
                      silver_spec.full_name(db),
                      *(delta.ensure_table(spark, table(k), db)

@@ -9,9 +9,10 @@ are reported at once, each naming the data set, the key and the value.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pyspark.errors import AnalysisException, ParseException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     BinaryType,
@@ -24,10 +25,11 @@ from pyspark.sql.types import (
 
 from lakehouse.config import Config
 from lakehouse.datasets import Dataset
-from lakehouse.declared import is_declared, parse_features
-from lakehouse.errors import CatalogError, ConfigError, LakeforgeError, SourceError
-from lakehouse.kinds import series_features, text_features
-from lakehouse.landing import list_files
+from lakehouse.errors import CatalogError, LakeforgeError, SourceError
+from lakehouse.featuresets import kind
+from lakehouse.featuresets.contract import first_line
+from lakehouse.landing import FileInfo, list_files
+from lakehouse.problems import Problems
 from lakehouse.sources import PARSERS
 from lakehouse.sources.native import TEXT_FIELDS
 from lakehouse.tables import BRONZE_LINEAGE, LINEAGE_NAMES, TableSpec, dataset_specs
@@ -73,8 +75,13 @@ def _not_null_columns(ddl: str) -> set[str]:
             if p.strip() and p.upper().split()[-2:] == ["NOT", "NULL"]}
 
 
-def bronze_fields(spark: SparkSession, entry: Dataset) -> list[StructField]:
-    """The bronze data columns: the declared DDL, else what the format or table holds."""
+def bronze_fields(spark: SparkSession, entry: Dataset,
+                  files: Sequence[FileInfo] | None = None) -> list[StructField]:
+    """The bronze data columns: the declared DDL, else what the format or table holds.
+
+    ``files``: the entry's files when already listed (else they are listed here, if the
+    schema has to be read from them).
+    """
     spec = entry.source
     if spec.schema:
         return parse_ddl(spark, spec.schema)
@@ -88,8 +95,8 @@ def bronze_fields(spark: SparkSession, entry: Dataset) -> list[StructField]:
             reader = reader.option("versionAsOf", spec.version)
         df = reader.load(spec.delta) if spec.delta else reader.table(spec.table)
         return list(df.schema.fields)
-    files = [f.path for f in list_files(spark, entry)]
-    return list(spark.read.format(spec.format).options(**spec.options).load(files).schema)
+    paths = [f.path for f in (files if files is not None else list_files(spark, entry))]
+    return list(spark.read.format(spec.format).options(**spec.options).load(paths).schema)
 
 
 def silver_fields(spark: SparkSession, entry: Dataset,
@@ -113,110 +120,124 @@ def dataset_tables(spark: SparkSession, entry: Dataset) -> tuple[TableSpec, Tabl
     return dataset_specs(entry, bronze, silver_fields(spark, entry, bronze))
 
 
-KIND_SETTINGS = {"series": series_features, "text": text_features}
+@dataclass(frozen=True)
+class DatasetPlan:
+    """A data set as Spark sees it, worked out once per job by the catalog check.
+
+    Ingest and curate take it from :func:`check_datasets` instead of listing files and
+    resolving schemas again.
+
+    Attributes:
+        entry: the catalog entry.
+        files: its files as listed when it was checked (None for a table source).
+        bronze: the bronze table's spec.
+        silver: the silver table's spec.
+    """
+
+    entry: Dataset
+    files: tuple[FileInfo, ...] | None
+    bronze: TableSpec
+    silver: TableSpec
 
 
-def check_dataset(spark: SparkSession, entry: Dataset) -> list[str]:
-    """Every problem of one entry that needs Spark to see; empty when it is usable."""
+def plan_dataset(spark: SparkSession, entry: Dataset) -> DatasetPlan:
+    """Check one entry and return its plan.
+
+    Raises:
+        CatalogError: listing every problem of the entry.
+    """
+    problems = Problems()
+    plan = _check_entry(spark, entry, problems)
+    problems.raise_if_any(CatalogError, "the data catalog has problems")
+    assert plan is not None
+    return plan
+
+
+def check_dataset(spark: SparkSession, entry: Dataset, problems: Problems | None = None
+                  ) -> list[str]:
+    """Every problem of one entry that needs Spark to see; empty when it is usable.
+
+    Args:
+        spark: the session.
+        entry: the catalog entry.
+        problems: where to add them (default: a new collection).
+
+    Returns:
+        The entry's problems, each naming the key and what was expected.
+    """
+    found = Problems()
+    _check_entry(spark, entry, found)
+    if problems is not None:
+        problems.extend(found)
+    return found.items
+
+
+def _check_entry(spark: SparkSession, entry: Dataset,
+                 problems: Problems) -> DatasetPlan | None:
+    """Add the entry's problems; its plan when it has none."""
+    before = len(problems.items)
     where = f"datasets.{entry.name}"
     spec = entry.source
-    problems: list[str] = []
+    files = None
     if spec.parser and spec.parser not in PARSERS:
-        problems.append(f"{where}.source.parser: {spec.parser!r} is not a parser; known: "
-                        f"{', '.join(PARSERS)}")
+        problems.add(f"{where}.source.parser", f"{spec.parser!r} is not a parser; known: "
+                                               f"{', '.join(PARSERS)}")
     if spec.kind in ("files", "parser"):
         try:
-            list_files(spark, entry)
+            files = tuple(list_files(spark, entry))
         except LakeforgeError as exc:
-            problems.append(f"{where}.source.files: {exc}")
+            problems.add(f"{where}.source.files", str(exc))
             if not spec.schema:
-                return problems
+                return None
     try:
-        bronze = bronze_fields(spark, entry)
+        bronze = bronze_fields(spark, entry, files)
     except (ParseException, AnalysisException, LakeforgeError) as exc:
         key = "schema" if spec.schema else ("table" if spec.kind == "table" else "files")
         value = spec.schema or spec.table or spec.delta
-        problems.append(f"{where}.source.{key}: {value!r} cannot be used: {_first_line(exc)}")
-        return problems
-    silver = _check_select(spark, entry, bronze, problems)
-    if silver is None:
-        return problems
+        problems.add(f"{where}.source.{key}", f"{value!r} cannot be used: {first_line(exc)}")
+        return None
+    try:
+        silver = silver_fields(spark, entry, bronze)
+    except (ParseException, AnalysisException) as exc:
+        problems.add(f"{where}.silver.select", f"{list(entry.silver.select)!r} does not fit "
+                                               f"the bronze columns: {first_line(exc)}")
+        return None
     columns = {f.name for f in silver}
     for key in entry.silver.keys:
         if key not in columns:
-            problems.append(f"{where}.silver.keys: {key!r} is not a silver column; "
-                            f"columns: {', '.join(sorted(columns))}")
+            problems.add(f"{where}.silver.keys", f"{key!r} is not a silver column; "
+                                                 f"columns: {', '.join(sorted(columns))}")
     empty = spark.createDataFrame([], StructType(silver))
     for i, rule in enumerate(entry.silver.rules):
         try:
             empty.select(F.expr(rule.expr).cast("boolean")).schema  # noqa: B018 - analyses
         except (ParseException, AnalysisException) as exc:
-            problems.append(f"{where}.silver.rules[{i}].expr: {rule.expr!r} (rule "
-                            f"{rule.name!r}) is not a SQL boolean over the silver columns: "
-                            f"{_first_line(exc)}")
+            problems.add(f"{where}.silver.rules[{i}].expr",
+                         f"{rule.expr!r} (rule {rule.name!r}) is not a SQL boolean over the "
+                         f"silver columns: {first_line(exc)}")
     for role, column in entry.role_columns():
         if column not in columns:
-            problems.append(f"{where}.roles.{role}: {column!r} is not a silver column; "
-                            f"columns: {', '.join(sorted(columns))}")
-    if is_declared(entry):
-        for name, view in entry.feature_sets().items():
-            problems += _check_features(view, empty, entry.features_key(name))
-    elif entry.kind in KIND_SETTINGS:
-        try:
-            KIND_SETTINGS[entry.kind](entry)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    return problems
-
-
-def _check_features(entry: Dataset, empty: DataFrame, where: str) -> list[str]:
-    """A declared tabular feature set: its keys, and its SQL over the silver columns."""
-    try:
-        spec = parse_features(entry, where)
-    except ConfigError as exc:
-        return str(exc).split("\n  ")[1:]
-    problems = []
-    checks = [("label", spec.label), *((f"numeric.{f.name}", f.expr) for f in spec.numeric),
-              *((f"categorical.{f.name}", f.expr) for f in spec.categorical)]
-    if spec.where:
-        checks.append(("where", f"CAST(({spec.where}) AS BOOLEAN)"))
-    if spec.split.by in ("column", "time"):
-        checks.append(("split.column", f"`{spec.split.column}`"))
-    for key, expr in checks:
-        try:
-            empty.select(F.expr(expr)).schema  # noqa: B018 - analyses
-        except (ParseException, AnalysisException) as exc:
-            problems.append(f"{where}.{key}: {expr!r} is not SQL over the silver columns: "
-                            f"{_first_line(exc)}")
-    return problems
-
-
-def _check_select(spark: SparkSession, entry: Dataset, bronze: list[StructField],
-                  problems: list[str]) -> list[StructField] | None:
-    try:
-        return silver_fields(spark, entry, bronze)
-    except (ParseException, AnalysisException) as exc:
-        problems.append(f"datasets.{entry.name}.silver.select: {list(entry.silver.select)!r} "
-                        f"does not fit the bronze columns: {_first_line(exc)}")
+            problems.add(f"{where}.roles.{role}", f"{column!r} is not a silver column; "
+                                                  f"columns: {', '.join(sorted(columns))}")
+    if entry.kind:
+        kind(entry.kind).check(entry, empty, problems)
+    if len(problems.items) > before:
         return None
+    return DatasetPlan(entry, files, *dataset_specs(entry, bronze, silver))
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def check_datasets(spark: SparkSession, cfg: Config, names: Sequence[str]) -> list[Dataset]:
+def check_datasets(spark: SparkSession, cfg: Config,
+                   names: Sequence[str]) -> list[DatasetPlan]:
     """Resolve and check the named entries (or ``all``) before a job touches them.
 
     Returns:
-        The entries, in order.
+        Each entry's plan (its files and tables), in order.
 
     Raises:
         CatalogError: listing every problem, each naming data set, key and value.
     """
     entries = resolve_datasets(cfg, names)
-    problems = [p for e in entries for p in check_dataset(spark, e)]
-    if problems:
-        raise CatalogError("the data catalog has problems:\n  " + "\n  ".join(problems))
-    return entries
+    problems = Problems()
+    plans = [_check_entry(spark, entry, problems) for entry in entries]
+    problems.raise_if_any(CatalogError, "the data catalog has problems")
+    return [p for p in plans if p is not None]

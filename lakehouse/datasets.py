@@ -29,18 +29,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lakehouse.featuresets import KINDS, LABELLED, LIST_ROLES, ROLES
+from lakehouse.problems import Problems
+
 FORMATS = ("csv", "json", "parquet", "text", "binaryFile")
-KINDS = ("tabular", "image", "text", "series", "stream")
 ACTIONS = ("warn", "quarantine", "fail")
-# kind -> (required roles, optional roles); roles in LIST_ROLES name several columns.
-ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "tabular": (("id",), ("label", "features", "timestamp")),
-    "image": (("id", "image"), ("label", "split")),
-    "text": (("id", "text"), ("title", "group")),
-    "series": (("item_id", "timestamp", "target"), ("group", "title", "static", "dynamic")),
-    "stream": (("order", "values"), ("stream_id", "label", "split", "group")),
-}
-LIST_ROLES = frozenset({"features", "values", "static", "dynamic"})
 
 
 @dataclass(frozen=True)
@@ -149,7 +142,7 @@ class Dataset:
         over the entry's one bronze and silver table. Each set is returned as the entry
         with that set's declaration as its ``features``.
         """
-        if self.kind not in ("tabular", "image") or not self.features:
+        if self.kind not in LABELLED or not self.features:
             return {}
         if _named_sets(self.features):
             return {f"{self.name}_{key}": replace(self, features=dict(body))
@@ -184,45 +177,6 @@ _SILVER_KEYS = ("keys", "select", "rules")
 _RULE_KEYS = ("name", "expr", "on_fail")
 
 
-class _Problems:
-    """Collects every problem of a catalog so one run names them all."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, where: str, what: str) -> None:
-        self.items.append(f"{where}: {what}")
-
-    def mapping(self, value: Any, where: str, known: tuple[str, ...]) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.add(where, f"expected a mapping, got {value!r}")
-            return {}
-        for key in value:
-            if key not in known:
-                self.add(f"{where}.{key}", f"unknown key; known keys here: {', '.join(known)}")
-        return value
-
-    def text(self, value: Any, where: str) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, Mapping | list | tuple | bool):
-            self.add(where, f"expected a string, got {value!r}")
-            return ""
-        return str(value)
-
-    def texts(self, value: Any, where: str) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            return (value,)
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            self.add(where, f"expected a string or a list of strings, got {value!r}")
-            return ()
-        return tuple(value)
-
-
 def parse_datasets(raw: Any) -> tuple[dict[str, Dataset], list[str]]:
     """Parse the ``datasets`` section of the config.
 
@@ -232,7 +186,7 @@ def parse_datasets(raw: Any) -> tuple[dict[str, Dataset], list[str]]:
     Returns:
         The entries by name, and every problem found (empty when all are well formed).
     """
-    problems = _Problems()
+    problems = Problems()
     entries: dict[str, Dataset] = {}
     for name, body in problems.mapping(raw, "datasets", tuple(raw or ())).items():
         where = f"datasets.{name}"
@@ -248,7 +202,7 @@ def parse_datasets(raw: Any) -> tuple[dict[str, Dataset], list[str]]:
     return entries, problems.items
 
 
-def _parse_entry(name: str, body: Any, where: str, problems: _Problems) -> Dataset | None:
+def _parse_entry(name: str, body: Any, where: str, problems: Problems) -> Dataset | None:
     if body is None:
         problems.add(where, "the entry is empty; it needs at least a source")
         return None
@@ -273,7 +227,7 @@ def _parse_entry(name: str, body: Any, where: str, problems: _Problems) -> Datas
                    features=dict(features))
 
 
-def _parse_source(raw: Any, where: str, problems: _Problems) -> SourceSpec:
+def _parse_source(raw: Any, where: str, problems: Problems) -> SourceSpec:
     body = problems.mapping(raw, where, _SOURCE_KEYS)
     options = body.get("options") or {}
     if not isinstance(options, Mapping):
@@ -325,7 +279,7 @@ def _option_text(value: Any) -> str:
     return str(value)
 
 
-def _parse_silver(raw: Any, where: str, problems: _Problems) -> SilverSpec:
+def _parse_silver(raw: Any, where: str, problems: Problems) -> SilverSpec:
     body = problems.mapping(raw, where, _SILVER_KEYS)
     rules: list[Rule] = []
     raw_rules = body.get("rules") or []
@@ -354,7 +308,7 @@ def _parse_silver(raw: Any, where: str, problems: _Problems) -> SilverSpec:
 
 
 def _parse_roles(kind: str, raw: Any, where: str,
-                 problems: _Problems) -> dict[str, str | tuple[str, ...]]:
+                 problems: Problems) -> dict[str, str | tuple[str, ...]]:
     required, optional = ROLES.get(kind, ((), ()))
     if not kind:
         if raw:
@@ -374,7 +328,7 @@ def _parse_roles(kind: str, raw: Any, where: str,
     return roles
 
 
-def _check_shared_tables(entries: Mapping[str, Dataset], problems: _Problems) -> None:
+def _check_shared_tables(entries: Mapping[str, Dataset], problems: Problems) -> None:
     first: dict[str, Dataset] = {}
     for entry in entries.values():
         other = first.setdefault(entry.table_name, entry)
@@ -390,7 +344,7 @@ def _check_shared_tables(entries: Mapping[str, Dataset], problems: _Problems) ->
                              f"declares a different {what}")
 
 
-def _check_feature_set_names(entries: Mapping[str, Dataset], problems: _Problems) -> None:
+def _check_feature_set_names(entries: Mapping[str, Dataset], problems: Problems) -> None:
     """A named feature set's name is a plain name that no data set or other set has."""
     declared_by: dict[str, str] = {}
     for entry in entries.values():

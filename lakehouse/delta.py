@@ -320,9 +320,17 @@ def commit_metadata(spark: SparkSession, full_name: str, version: int) -> str | 
 
 
 def commit_json(spark: SparkSession, full_name: str, version: int) -> dict:
-    """:func:`commit_metadata` as the JSON object writers store there (``{}`` if none)."""
+    """:func:`commit_metadata` as the JSON object writers store there.
+
+    ``{}`` when there is none, or when it is not a JSON object (plain text an earlier
+    release wrote).
+    """
     raw = commit_metadata(spark, full_name, version)
-    return json.loads(raw) if raw else {}
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def read_data_version(spark: SparkSession, full_name: str, data_version: int) -> DataFrame:

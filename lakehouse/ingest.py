@@ -36,7 +36,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from lakehouse import delta
 from lakehouse.config import Config
-from lakehouse.dataset_check import check_datasets, dataset_tables
+from lakehouse.dataset_check import DatasetPlan, check_datasets, plan_dataset
 from lakehouse.datasets import Dataset
 from lakehouse.landing import FileInfo, list_files, local_path
 from lakehouse.quality import ingested_batches, quality_rows, quarantine_rows
@@ -103,15 +103,20 @@ def ingest(spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
     Raises:
         CatalogError: when an entry cannot be used (checked before anything is written).
     """
-    entries = check_datasets(spark, cfg, names)
-    return [ingest_dataset(spark, cfg, e, batch) for e in entries]
+    plans = check_datasets(spark, cfg, names)
+    return [ingest_dataset(spark, cfg, p.entry, batch, p) for p in plans]
 
 
-def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str
-                   ) -> IngestResult:
-    """Ingest one data set for one batch (see the module docstring)."""
+def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,
+                   plan: DatasetPlan | None = None) -> IngestResult:
+    """Ingest one data set for one batch (see the module docstring).
+
+    ``plan``: the entry as the catalog check worked it out (its files and tables);
+    without it the entry is checked here.
+    """
     db = cfg.catalog.database
-    bronze_spec, _ = dataset_tables(spark, entry)
+    plan = plan or plan_dataset(spark, entry)
+    bronze_spec = plan.bronze
     bronze = delta.ensure_table(spark, bronze_spec, db)
     for key in ("ops.quarantine", "ops.ingest_files", "ops.quality"):
         delta.ensure_table(spark, table(key), db)
@@ -131,7 +136,7 @@ def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str
     if batch in set(claims.batch):
         files, changed = _claimed(claims, batch), ()
     else:
-        files, changed = _new_files(spark, entry, claims)
+        files, changed = _new_files(spark, plan, claims)
         if files:
             files = _claim(spark, cfg, entry, batch, files)
     if not files:
@@ -159,15 +164,16 @@ def _claimed(claims: pd.DataFrame, batch: str) -> list[FileInfo]:
     return [FileInfo(r.path, int(r.size), r.modified_at) for r in mine.itertuples()]
 
 
-def _new_files(spark: SparkSession, entry: Dataset, claims: pd.DataFrame
+def _new_files(spark: SparkSession, plan: DatasetPlan, claims: pd.DataFrame
                ) -> tuple[list[FileInfo], tuple[str, ...]]:
     """Files no batch has claimed, and claimed files that changed since."""
+    entry = plan.entry
     if entry.source.kind == "table":
         version = _table_version(spark, entry)
         label = f"{entry.source.table or entry.source.delta}@v{version}"
         current = [FileInfo(label, -1, None)]
     else:
-        current = list_files(spark, entry)
+        current = list(plan.files) if plan.files is not None else list_files(spark, entry)
     seen = {r.path: (int(r.size), r.modified_at) for r in claims.itertuples()}
     new = [f for f in current if f.path not in seen]
     changed = tuple(f.path for f in current if f.path in seen

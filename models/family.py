@@ -7,12 +7,14 @@ A family is a folder ``models/<family>/`` with the same files for the same roles
 * ``train.py``: its :class:`FamilyTrainer`, the driver-side steps of one training run;
 * ``rank.py``: what each Horovod rank runs;
 * ``scoring.py``: batch scoring on executors;
-* a features module when it builds its own gold table from a data set of its kind
-  (word2vec, DeepAR, RCF), and its network or model code.
+* its network or model code.
 
-The MLP and the CNN are Keras classifiers (or a regressor) over the lakehouse's
-declared feature tables; they share ``models/classifier/`` (trainer, rank, scoring)
-and differ in ``network.py`` and ``params.py``. :func:`models.runner.train` is the one
+A family trains on one kind of data set and reads its feature sets (gold tables)
+through :mod:`lakehouse.featuresets`, which builds them; no family builds a table of
+its own. The MLP and the CNN are Keras classifiers (or a regressor) over labelled
+feature sets; they share ``models/classifier/`` (trainer, rank, scoring), and their
+Keras-only settings (network, normalisation, tasks, shape check) live with that
+trainer (:class:`models.classifier.train.KerasTrainer`). :func:`models.runner.train` is the one
 training template: it checks the kind and the parameters, pins the table, asks the
 trainer for its plan, derives the run id, returns an already registered run without
 starting Horovod, stages, runs the ranks, evaluates and registers.
@@ -94,52 +96,34 @@ class Family:
     Attributes:
         name: family name (the folder under ``models/``).
         kind: the kind of data set it trains on (``tabular``, ``image``, ``text``,
-            ``series`` or ``stream``, as catalog entries declare ``kind:``).
-        build: ``build(params, n_features, n_classes, mean, variance)`` -> Keras model;
-            runs inside Horovod ranks.
+            ``series`` or ``stream``, as catalog entries declare ``kind:``); its
+            feature sets come from :mod:`lakehouse.featuresets`.
         params: the family's typed training parameters, a frozen dataclass whose
             defaults are the family's defaults and whose ``__post_init__`` checks ranges.
-        normalise: whether the runner fits per-feature mean/variance on the
-            training split and hands them to ``build``.
         trainer: its :class:`FamilyTrainer`.
         scorer: ``scorer(spark, cfg, record, df, loads)`` -> DataFrame with the
             columns ``prediction_fields`` (``df``: the pinned input; ``loads``: an
             accumulator to add 1 to per model load on an executor); the shared
             scorer (:func:`models.scoring.score`) adds lineage and writes exactly once.
-        features: ``features(spark, cfg, dataset, params)`` ->
-            :class:`lakehouse.features.FeatureSet`, building the family's gold table
-            from any catalog entry of its ``kind``.
-        datasets: feature sets ``features`` builds that are not one catalog entry
-            (word2vec's ``corpus``: every bundled text corpus together).
         prediction_fields: StructFields of ``predictions_<name>`` before lineage.
         prediction_late_fields: StructFields added after the first release, so after
             the lineage (existing tables gain them at the end).
         prediction_keys: columns that identify a prediction within one run.
-        tasks: what the family learns from a tabular feature set (``classification``,
-            ``regression``); training another task stops on the driver.
-        check: ``check(params, n_features)`` raising ConfigError when the parameters
-            do not fit the feature set (run on the driver before any rank starts).
     """
 
     name: str
     kind: str
-    build: Callable[..., Any] | None = None
-    params: type | None = None
-    normalise: bool = True
-    trainer: FamilyTrainer | None = None
-    scorer: Callable[..., Any] | None = None
-    features: Callable[..., Any] | None = None
-    datasets: tuple[str, ...] = ()
+    params: type
+    trainer: FamilyTrainer
+    scorer: Callable[..., Any]
     prediction_fields: tuple[Any, ...] = ()
     prediction_late_fields: tuple[Any, ...] = ()
     prediction_keys: tuple[str, ...] = ("row_id",)
-    tasks: tuple[str, ...] = ("classification",)
-    check: Callable[[dict[str, Any], int], None] | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:
         """The default training parameters, as plain values."""
-        return dataclasses.asdict(self.params()) if self.params is not None else {}
+        return dataclasses.asdict(self.params())
 
     def check_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """The defaults overridden by ``given``, typed and checked on the driver.
@@ -148,25 +132,8 @@ class Family:
             ConfigError: an unknown parameter, a value of the wrong type or out of range,
                 naming the family, the parameter and the value.
         """
-        if self.params is None:
-            return dict(given or {})
         return dataclasses.asdict(load_typed(self.params, dict(given or {}),
                                              f"{self.name} parameter"))
-
-
-def family_for_dataset(cfg: Config, dataset: str) -> Family | None:
-    """The family whose own feature builder makes ``dataset``, if any.
-
-    That is a family that names ``dataset`` among its ``datasets``, or one with a
-    builder for the kind of the catalog entry ``dataset``.
-    """
-    entry = cfg.datasets.get(dataset)
-    for name in FAMILY_NAMES:
-        family = get_family(name)
-        if family.features is not None and (
-                dataset in family.datasets or (entry is not None and entry.kind == family.kind)):
-            return family
-    return None
 
 
 def check_kind(family: Family, cfg: Config, dataset: str) -> None:

@@ -14,14 +14,14 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import load_config
 from lakehouse.errors import ConfigError
+from lakehouse.featuresets import build_features
+from lakehouse.featuresets.series import SeriesTooShortError, window_spec
 from lakehouse.tables import layer_table
 from models.deepar import FAMILY
 from models.deepar.baselines import seasonal_naive
 from models.deepar.evaluate import forecast_metrics
-from models.deepar.features import SeriesTooShortError, window_spec
 from models.deepar.network import load, sample_paths
 from models.deepar.scoring import UnknownSeriesError
-from models.features import build_features
 from models.runner import snapshot_files, train
 from models.scoring import score
 from tests.helpers import silver_spec, with_datasets
@@ -100,7 +100,7 @@ def test_windows_hold_out_the_horizon_and_rebuild_is_a_noop(spark, cfg, panel):
     assert sorted(gold.groupby("series_id").series_idx.first()) == list(range(5))
     train_files = snapshot_files(spark.table(panel.table))["train"]
     assert len(train_files) >= 2 * cfg.train.num_proc
-    again = FAMILY.features(spark, cfg, PANEL, dict(WINDOW))
+    again = build_features(spark, cfg, PANEL, params=dict(WINDOW))
     assert again.version == panel.version                     # same silver version: no-op
 
     # A table an earlier release wrote, before `static` existed, with the same build key:
@@ -111,7 +111,7 @@ def test_windows_hold_out_the_horizon_and_rebuild_is_a_noop(spark, cfg, panel):
      .mode("overwrite").option("overwriteSchema", "true")
      .option("userMetadata", json.dumps(key)).save(location))
     old = delta.snapshot(spark, panel.table).data_version
-    upgraded = FAMILY.features(spark, cfg, PANEL, dict(WINDOW))
+    upgraded = build_features(spark, cfg, PANEL, params=dict(WINDOW))
     assert upgraded.version == old                            # no rebuild of the rows
     delta.check_schema(spark.table(panel.table).schema, window_spec(PANEL).schema,
                        panel.table)
@@ -122,9 +122,9 @@ def test_series_shorter_than_a_window_is_a_clear_error(spark, cfg):
     with pytest.raises(SeriesTooShortError,
                        match=r"S9 \(15 periods\) shorter than context_length 12 \+ "
                              r"prediction_length 6 = 18"):
-        FAMILY.features(spark, cfg, PANEL, dict(WINDOW))
+        build_features(spark, cfg, PANEL, params=dict(WINDOW))
     with pytest.raises(ConfigError, match="unknown parameter.*lag"):
-        FAMILY.features(spark, cfg, PANEL, {"lag": 3})
+        build_features(spark, cfg, PANEL, params={"lag": 3})
 
 
 def test_metrics_against_hand_computed_values():
@@ -155,7 +155,7 @@ def test_lag_features_read_values_whole_seasons_back():
 def test_cosine_schedule_decays_and_a_resumed_run_continues_it():
     import tensorflow as tf
 
-    from lakehouse.kinds import frequency
+    from lakehouse.featuresets.series import frequency
     from models.deepar.network import build, network_config
     from models.deepar.rank import optimizer
 
@@ -216,7 +216,7 @@ def weekly(spark, cfg):
 
 
 def test_declared_series_settings_are_checked_and_named():
-    from lakehouse.kinds import series_features
+    from lakehouse.featuresets.series import series_of
 
     base = load_config(environ={})
     for bad, message in (({"freq": "fortnight"}, "freq: 'fortnight' is not a frequency; "
@@ -227,12 +227,12 @@ def test_declared_series_settings_are_checked_and_named():
                          ({"freq": "day", "lags": 3}, "unknown key\\(s\\) lags")):
         entry = {"stores": {**WEEKLY["stores"], "features": {**WINDOW, **bad}}}
         with pytest.raises(ConfigError, match=f"datasets.stores.features.*{message}"):
-            series_features(with_datasets(base, entry).datasets["stores"])
-    daily = series_features(with_datasets(base, {"stores": {**WEEKLY["stores"], "features": {
-        "freq": "day", **WINDOW}}}).datasets["stores"])
+            series_of(with_datasets(base, entry), "stores")
+    daily = series_of(with_datasets(base, {"stores": {**WEEKLY["stores"], "features": {
+        "freq": "day", **WINDOW}}}), "stores")
     assert daily.season_length == 7 and daily.freq.days == 1
-    half_hourly = series_features(with_datasets(base, {"stores": {**WEEKLY["stores"],
-        "features": {"freq": "30 minutes", **WINDOW}}}).datasets["stores"])
+    half_hourly = series_of(with_datasets(base, {"stores": {**WEEKLY["stores"],
+        "features": {"freq": "30 minutes", **WINDOW}}}), "stores")
     assert (half_hourly.freq.seconds, half_hourly.season_length) == (1800, 48)
 
 

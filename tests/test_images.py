@@ -17,11 +17,10 @@ from pyspark.sql import functions as F
 
 from lakehouse.curate import curate
 from lakehouse.datasets import parse_datasets
-from lakehouse.declared import decode_image, parse_features
 from lakehouse.errors import ConfigError
-from lakehouse.features import transform_of
+from lakehouse.featuresets import build_features
+from lakehouse.featuresets.declared import decode_image, parse_features, transform_of
 from lakehouse.ingest import ingest
-from models.features import build_features
 from models.runner import train
 from models.scoring import score
 from tests.helpers import with_datasets

@@ -12,7 +12,7 @@ from jobs.cli import build_parser, main
 from jobs.pipeline import run_pipeline
 from lakehouse.config import load_config
 from lakehouse.errors import ConfigError
-from lakehouse.features import feature_sets
+from lakehouse.featuresets import feature_sets
 from lakehouse.submit import submit_command
 from pipelines.definitions import STEP_NAMES, get_pipeline, load_pipelines
 
@@ -51,15 +51,16 @@ def test_shipped_definitions_cover_every_use_case_with_valid_steps():
 
 
 def test_every_pipeline_trains_its_family_on_a_feature_set_of_its_kind():
-    from models.family import family_for_dataset, get_family
+    from models.family import get_family
 
     cfg = load_config(environ={})
+    sets = feature_sets(cfg)
     for p in load_pipelines().values():
         family = get_family(p.family)
-        if p.features in feature_sets(cfg):
-            assert cfg.datasets[p.features].kind == family.kind, p.name
-        else:
-            assert family_for_dataset(cfg, p.features) is family, p.name
+        kind, entry = sets[p.features]
+        assert kind.name == family.kind, p.name
+        if entry is not None:
+            assert entry.kind == family.kind, p.name
 
 
 class _Called(Exception):
@@ -88,12 +89,12 @@ def test_in_process_steps_call_what_the_command_lines_call(monkeypatch, name):
         return record
 
     import lakehouse.curate
+    import lakehouse.featuresets
     import lakehouse.ingest
-    import models.features
     import models.runner
     import models.scoring
     for module, attr in [(lakehouse.ingest, "ingest"), (lakehouse.curate, "curate"),
-                         (models.features, "build_features"), (models.runner, "train"),
+                         (lakehouse.featuresets, "build_features"), (models.runner, "train"),
                          (models.scoring, "score")]:
         stand_in = recorder(getattr(module, attr))
         monkeypatch.setattr(module, attr, stand_in)      # what the CLI imports when it runs

@@ -11,8 +11,8 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.errors import ConfigError, SchemaMismatchError
-from models.features import build_features
-from models.rcf.features import window_labels
+from lakehouse.featuresets import build_features
+from lakehouse.featuresets.stream import window_labels
 from models.rcf.forest import build_forest, codisp, merge, reservoir_samples
 from models.rcf.transform import (
     Moments,

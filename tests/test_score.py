@@ -13,8 +13,8 @@ from lakehouse.catalog import create_views, run_sql
 from lakehouse.config import CatalogConfig
 from lakehouse.curate import curate
 from lakehouse.errors import SchemaMismatchError
+from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
-from models.features import build_features
 from models.mlp import FAMILY
 from models.scoring import score
 from models.store import ModelNotFoundError, ModelStore

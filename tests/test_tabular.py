@@ -16,11 +16,10 @@ from lakehouse import delta
 from lakehouse.curate import curate
 from lakehouse.dataset_check import check_datasets
 from lakehouse.datasets import parse_datasets
-from lakehouse.declared import OTHER, parse_features
 from lakehouse.errors import CatalogError, ConfigError
-from lakehouse.features import transform_of
+from lakehouse.featuresets import build_features
+from lakehouse.featuresets.declared import OTHER, parse_features, transform_of
 from lakehouse.ingest import ingest
-from models.features import build_features
 from models.runner import train
 from models.scoring import score
 from models.store import TRANSFORM_FILE

@@ -10,10 +10,10 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.curate import curate
 from lakehouse.errors import SchemaMismatchError, TableNotFoundError
-from lakehouse.features import gold_spec
+from lakehouse.featuresets import build_features
+from lakehouse.featuresets.declared import gold_spec
 from lakehouse.ingest import ingest
 from models.classifier.rank import train_rank
-from models.features import build_features
 from models.rank import RankSpec, last_checkpoint, save_checkpoint
 from models.runner import run_ranks, snapshot_files, train
 from models.store import ModelNotFoundError, ModelStore, load_artifact

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.errors import ConfigError, SourceError
-from models.features import build_features
+from lakehouse.featuresets import build_features
 from models.runner import train
 from models.scoring import score
 from models.word2vec.evaluate import Embeddings

@@ -153,10 +153,10 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
 
     gpu = _pin_gpu()
     tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
-    family = get_family(spec.family)
+    trainer = get_family(spec.family).trainer
     mean = np.asarray(spec.mean, dtype=np.float32) if spec.mean is not None else None
     var = np.asarray(spec.variance, dtype=np.float32) if spec.variance is not None else None
-    model = family.build({**spec.params, **spec.extra}, spec.n_features, spec.n_classes,
+    model = trainer.build({**spec.params, **spec.extra}, spec.n_features, spec.n_classes,
                          mean, var)
     _compile(model, spec, hvd)
 

@@ -32,8 +32,8 @@ from pyspark.sql.types import (
 )
 
 from lakehouse.config import Config
-from lakehouse.declared import FeatureTransform, features_for_scoring
 from lakehouse.errors import SchemaMismatchError
+from lakehouse.featuresets.declared import FeatureTransform, features_for_scoring
 from lakehouse.tables import _f
 from models.scoring import load_once, task_threads
 from models.store import MODEL_FILE, TRANSFORM_FILE, ModelRecord, load_artifact

@@ -9,6 +9,7 @@ test metrics and plots (a confusion matrix, or predicted against true values).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pyspark.sql.types import ArrayType, FloatType, IntegerType
 
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SchemaMismatchError, TableNotFoundError
-from lakehouse.features import class_names, transform_of
+from lakehouse.featuresets.declared import class_names, transform_of
 from lakehouse.tables import layer_table
 from models.classifier.rank import train_rank
 from models.evaluate import (
@@ -30,7 +31,7 @@ from models.evaluate import (
     plot_predicted,
     regression_metrics,
 )
-from models.family import FamilyTrainer, TrainPlan, get_family
+from models.family import FamilyTrainer, TrainPlan
 from models.rank import RankSpec
 from models.runner import snapshot_files
 from models.store import TRANSFORM_FILE
@@ -70,9 +71,24 @@ class KerasTrainer(FamilyTrainer):
 
     rank_fn = staticmethod(train_rank)
 
-    def __init__(self, family: str) -> None:
-        """A trainer for the family called ``family`` (its network and checks)."""
-        self.family = family
+    def __init__(self, family: str, build: Callable[..., Any], *, normalise: bool = True,
+                 tasks: tuple[str, ...] = ("classification",),
+                 check: Callable[[dict[str, Any], int], None] | None = None) -> None:
+        """A trainer for the family called ``family``.
+
+        Args:
+            family: the family's name.
+            build: ``build(params, n_features, n_classes, mean, variance)`` -> Keras
+                model; runs inside Horovod ranks (module-level, so it pickles).
+            normalise: fit per-feature mean and variance on the training split and hand
+                them to ``build``.
+            tasks: what the family learns (``classification``, ``regression``);
+                another task stops on the driver.
+            check: ``check(params, n_features)`` raising ConfigError when the
+                parameters do not fit the feature set (on the driver).
+        """
+        self.family, self.build, self.normalise = family, build, normalise
+        self.tasks, self.check = tasks, check
 
     def table(self, cfg: Config, dataset: str) -> str:
         """``gold_<dataset>``."""
@@ -81,12 +97,11 @@ class KerasTrainer(FamilyTrainer):
     def plan(self, spark: SparkSession, cfg: Config, dataset: str, df: DataFrame, table: str,
              version: int, params: dict[str, Any]) -> TrainPlan:
         """Task and image shape from the table's declaration; columns and shapes checked."""
-        family = get_family(self.family)
         merged = dict(params)
         transform = transform_of(spark, table, version)
         task = transform.spec.task if transform is not None else "classification"
-        if task not in family.tasks:
-            raise ConfigError(f"{self.family} trains {' and '.join(family.tasks)} models; "
+        if task not in self.tasks:
+            raise ConfigError(f"{self.family} trains {' and '.join(self.tasks)} models; "
                               f"feature set {dataset!r} is a {task}")
         if merged.get("task") not in (None, task):
             raise ConfigError(f"{self.family}: task={merged['task']!r}, but feature set "
@@ -104,8 +119,8 @@ class KerasTrainer(FamilyTrainer):
         n_features = max((r["width"] or 0 for r in shape), default=0)
         n_classes = 0 if task == "regression" else \
             int(max((r["top"] or 0 for r in shape), default=0)) + 1
-        if family.check is not None:
-            family.check(merged, n_features)
+        if self.check is not None:
+            self.check(merged, n_features)
         state = {"df": df, "rows": rows, "task": task, "transform": transform,
                  "dataset": dataset, "n_features": n_features, "n_classes": n_classes}
         summary = f"{rows} rows, {n_features} features, {n_classes} classes"
@@ -118,11 +133,10 @@ class KerasTrainer(FamilyTrainer):
 
     def rank_spec(self, cfg: Config, plan: TrainPlan, run_id: str, staged: Path) -> RankSpec:
         """Scaling and target statistics fitted on the training split; the transform kept."""
-        family = get_family(self.family)
         state, params = plan.state, plan.params
         df, task = state["df"], state["task"]
         n_features, n_classes = state["n_features"], state["n_classes"]
-        mean, var = scaling(df, n_features) if family.normalise else (None, None)
+        mean, var = scaling(df, n_features) if self.normalise else (None, None)
         extra: dict[str, Any] = {}
         if task == "regression":
             target = df.filter(F.col("split") == "train").agg(

@@ -22,12 +22,9 @@ def check(params: dict[str, Any], n_features: int) -> None:
 FAMILY = Family(
     name="cnn",
     kind="image",
-    build=build,
     params=CnnParams,
-    trainer=KerasTrainer("cnn"),
+    trainer=KerasTrainer("cnn", build, normalise=False, check=check),
     scorer=score_classifier,
     prediction_fields=CLASSIFIER_FIELDS,
     prediction_late_fields=LATE_FIELDS,
-    normalise=False,
-    check=check,
 )

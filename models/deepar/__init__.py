@@ -7,10 +7,9 @@ against seasonal naive and ETS; scoring (``lakeforge score deepar --model
 us_employment_deepar``) forecasts past the end of every series into
 ``predictions_deepar``. Any series data set of the catalog trains the same way, at
 any frequency from minutes to years, with optional static (categorical) and dynamic
-(numeric, known ahead) covariates declared as roles (:mod:`lakehouse.kinds`).
+(numeric, known ahead) covariates declared as roles (:mod:`lakehouse.featuresets.series`).
 """
 
-from models.deepar.features import build_windows
 from models.deepar.params import DeepArParams
 from models.deepar.scoring import LATE_FIELDS, PREDICTION_FIELDS, score_deepar
 from models.deepar.train import DeepArTrainer
@@ -20,10 +19,8 @@ FAMILY = Family(
     name="deepar",
     kind="series",
     params=DeepArParams,
-    normalise=False,
     trainer=DeepArTrainer(),
     scorer=score_deepar,
-    features=build_windows,
     prediction_fields=PREDICTION_FIELDS,
     prediction_keys=("series_id", "step"),
     prediction_late_fields=LATE_FIELDS,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lakehouse.kinds import Frequency
+from lakehouse.featuresets.series import Frequency
 
 WEIGHTS_FILE = "deepar.weights.h5"
 CONFIG_FILE = "deepar.json"

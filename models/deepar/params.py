@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lakehouse.params import at_least, in_range, one_of, positive
 from models.deepar.network import LIKELIHOODS
-from models.params import at_least, in_range, one_of, positive
 
 LR_SCHEDULES = ("cosine", "constant")
 

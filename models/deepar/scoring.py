@@ -27,8 +27,8 @@ from pyspark.sql.types import DateType, FloatType, IntegerType, StringType, Time
 
 from lakehouse.config import Config
 from lakehouse.errors import LakeforgeError, SchemaMismatchError
+from lakehouse.featuresets.series import WINDOW_FIELDS
 from lakehouse.tables import _f
-from models.deepar.features import WINDOW_FIELDS
 from models.deepar.network import (
     WEIGHTS_FILE,
     covariate_sizes,

@@ -21,10 +21,10 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, TableNotFoundError
-from lakehouse.features import silver_rows
+from lakehouse.featuresets.contract import silver_rows
+from lakehouse.featuresets.series import series_of, series_points, window_spec
 from models.deepar.baselines import as_matrix, baselines
 from models.deepar.evaluate import coverage, forecast_metrics, plot_fan
-from models.deepar.features import series_of, series_points, window_spec
 from models.deepar.network import network_config
 from models.deepar.rank import train_rank
 from models.evaluate import plot_history

@@ -9,12 +9,10 @@ from models.mlp.params import MlpParams
 FAMILY = Family(
     name="mlp",
     kind="tabular",
-    build=build,
     params=MlpParams,
-    trainer=KerasTrainer("mlp"),
+    trainer=KerasTrainer("mlp", build, normalise=True,
+                         tasks=("classification", "regression")),
     scorer=score_classifier,
     prediction_fields=CLASSIFIER_FIELDS,
     prediction_late_fields=LATE_FIELDS,
-    normalise=True,
-    tasks=("classification", "regression"),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models.params import at_least, in_range, one_of, positive, whole_numbers
+from lakehouse.params import at_least, in_range, one_of, positive, whole_numbers
 
 TASKS = ("classification", "regression")
 

@@ -1,7 +1,6 @@
 """Random Cut Forest family: anomaly scores of shingled streams (robust RCF, vectorised)."""
 
 from models.family import Family
-from models.rcf.features import build_shingles
 from models.rcf.params import RcfParams
 from models.rcf.scoring import PREDICTION_FIELDS, score_rcf
 from models.rcf.train import RcfTrainer
@@ -10,10 +9,8 @@ FAMILY = Family(
     name="rcf",
     kind="stream",
     params=RcfParams,
-    normalise=False,
     trainer=RcfTrainer(),
     scorer=score_rcf,
-    features=build_shingles,
     prediction_fields=PREDICTION_FIELDS,
     prediction_keys=("stream_id", "t"),
 )

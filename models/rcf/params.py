@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.params import at_least, one_of
+from lakehouse.params import at_least, one_of
 from models.rcf.transform import TRANSFORMS
 
 

@@ -16,8 +16,8 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError
+from lakehouse.featuresets.stream import channels_of, shingles_spec, window_labels
 from models.family import FamilyTrainer, TrainPlan
-from models.rcf.features import channels_of, shingles_spec, window_labels
 from models.rcf.plot import plot_anomalies
 from models.rcf.rank import RcfSpec, rcf_rank
 from models.runner import snapshot_files

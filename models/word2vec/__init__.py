@@ -1,6 +1,6 @@
 """word2vec family: skip-gram (or CBOW) with negative sampling on Horovod ranks.
 
-* Features (:mod:`models.word2vec.features`): Spark tokenises ``silver_documents`` into
+* Features (:mod:`lakehouse.featuresets.text`): Spark tokenises ``silver_documents`` into
   ``gold_word2vec_vocab`` and ``gold_word2vec_corpus`` (``lakeforge features corpus``;
   parameters ``corpora``, ``min_count`` (5), ``max_sentence_length`` (1000),
   ``partitions``).
@@ -19,7 +19,6 @@ synchronisations, and ``neighbours``, the k of scoring. On the demo corpus
 """
 
 from models.family import Family
-from models.word2vec.features import build_corpus
 from models.word2vec.params import Word2VecParams
 from models.word2vec.scoring import PREDICTION_FIELDS, score_words
 from models.word2vec.train import Word2VecTrainer
@@ -28,11 +27,8 @@ FAMILY = Family(
     name="word2vec",
     kind="text",
     params=Word2VecParams,
-    normalise=False,
     trainer=Word2VecTrainer(),
     scorer=score_words,
-    features=build_corpus,
-    datasets=("corpus",),
     prediction_fields=PREDICTION_FIELDS,
     prediction_keys=("word",),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lakehouse.errors import ConfigError
-from models.params import at_least, one_of
+from lakehouse.params import at_least, one_of
 
 
 @dataclass(frozen=True)

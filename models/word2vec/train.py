@@ -24,7 +24,8 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, SourceError
-from lakehouse.features import entry_of
+from lakehouse.featuresets.contract import entry_of
+from lakehouse.featuresets.text import ALL_CORPORA, build_metadata, corpus_specs
 from lakehouse.tables import layer_table
 from models.evaluate import plot_history
 from models.family import FamilyTrainer, TrainPlan
@@ -36,7 +37,6 @@ from models.word2vec.evaluate import (
     plot_neighbours,
     similarity_spearman,
 )
-from models.word2vec.features import ALL_CORPORA, build_metadata, corpus_specs
 from models.word2vec.rank import Word2VecSpec, train_word2vec_rank
 
 log = logging.getLogger(__name__)

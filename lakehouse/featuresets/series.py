@@ -1,8 +1,32 @@
-"""DeepAR gold tables: fixed-length training windows per series, built with Spark.
+"""The series kind: a panel of time series cut into fixed-length windows with Spark.
+
+A series data set's catalog entry::
+
+    sales:
+      kind: series
+      roles: {item_id: store, timestamp: day, target: units,
+              static: [region], dynamic: [price]}   # static and dynamic are optional
+      features:
+        freq: day                 # minute, hour, day, week, month, quarter or year,
+                                  # optionally "N units": "30 minutes", "2 weeks"
+        context_length: 28        # periods the model sees
+        prediction_length: 14     # periods it forecasts; also the held-out horizon
+        season_length: 7          # optional; default: a day's periods below a day,
+                                  # else 7, 52, 12, 4, 1
+
+``static`` columns are categories of a series (its region, its format): each gets an
+embedding. ``dynamic`` columns are numbers known for every period, including the
+periods to forecast (a price, a holiday flag): rows with those future periods, the
+target left empty, give the forecast its inputs.
+
+The timestamp of a series is a DATE or TIMESTAMP column; each period is identified by
+its index on the frequency's calendar (minutes, hours, days or weeks since 1970-01-01
+00:00 UTC; months, quarters or years), so consecutive periods differ by exactly one
+and a gap is visible.
 
 ``gold_deepar_<dataset>`` holds one row per window of ``context_length +
 prediction_length`` consecutive periods of one series of a series data set (its
-catalog entry's roles and ``features:``, :mod:`lakehouse.kinds`):
+catalog entry's roles and ``features:``):
 
 * ``test``: one window per series, its last ``prediction_length`` values are the
   held-out horizon (the last periods of the series);
@@ -23,7 +47,7 @@ day of week, hour of day ..., from 0), ``scale`` (DeepAR's ``1 + mean |context|`
 ``target`` and the silver version it was cut from (``source_version``), so baselines
 can read the same history.
 
-Covariates, when the entry declares them (:mod:`lakehouse.kinds`):
+Covariates, when the entry declares them:
 
 * ``static_idx``: per ``static`` role, the series' category as an index from 1 (0:
   none), dense over every series of the table; a series' category is its latest;
@@ -39,10 +63,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
-from typing import Any
+import re
+from dataclasses import asdict, dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
@@ -57,10 +81,144 @@ from pyspark.sql.window import Window
 
 from lakehouse import delta
 from lakehouse.config import Config
-from lakehouse.errors import ConfigError, LakeforgeError
-from lakehouse.features import FeatureSet, entry_of, silver_rows
-from lakehouse.kinds import Frequency, SeriesFeatures, period_index, series_features
+from lakehouse.datasets import Dataset
+from lakehouse.errors import LakeforgeError
+from lakehouse.featuresets.contract import (
+    FeatureSet,
+    Kind,
+    build_once,
+    built_meta,
+    entry_of,
+    silver_rows,
+)
+from lakehouse.problems import SettingError
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register
+
+
+@dataclass(frozen=True)
+class Frequency:
+    """A calendar step: a whole number of months, or of seconds."""
+
+    name: str
+    months: int          # per period, for month-based frequencies; else 0
+    seconds: int         # per period, for minute- to week-based frequencies; else 0
+    season_length: int   # default periods per season
+
+    @property
+    def days(self) -> int:
+        """Whole days per period (0 below a day)."""
+        return self.seconds // DAY
+
+
+DAY = 86_400
+_UNITS = {"minute": (0, 60), "hour": (0, 3600), "day": (0, DAY), "week": (0, 7 * DAY),
+          "month": (1, 0), "quarter": (3, 0), "year": (12, 0)}
+_SEASONS = {"week": 52, "month": 12, "quarter": 4, "year": 1}
+_FREQ = re.compile(r"^\s*(\d+)?\s*(minute|hour|day|week|month|quarter|year)s?\s*$")
+FREQUENCY_UNITS = tuple(_UNITS)   # each may take a whole multiple: "15 minutes"
+
+
+def frequency(text: str) -> Frequency:
+    """The frequency written as ``unit`` or ``N unit`` (``hour``, ``30 minutes``, ``day``).
+
+    The default season is a day for steps below a day (24 hours, 48 half hours), a
+    week for days, and a year for weeks, months and quarters.
+
+    Raises:
+        ValueError: not a unit of :data:`FREQUENCY_UNITS`, or a multiple below 1.
+    """
+    match = _FREQ.match(str(text))
+    if not match or (match.group(1) is not None and int(match.group(1)) < 1):
+        raise ValueError(f"{text!r} is not a frequency; write one of {', '.join(_UNITS)}, "
+                         f"optionally after a whole number (for example '30 minutes')")
+    n, unit = int(match.group(1) or 1), match.group(2)
+    months, seconds = (n * x for x in _UNITS[unit])
+    if seconds and seconds < DAY:
+        season = DAY // seconds if DAY % seconds == 0 else 1
+    elif seconds == DAY:
+        season = 7
+    else:
+        season = _SEASONS.get(unit, 1) // n if n == 1 or _SEASONS.get(unit, 1) % n == 0 else 1
+    name = unit if n == 1 else f"{n} {unit}s"
+    return Frequency(name, months, seconds, max(season, 1))
+
+
+def period_index(when: Column, freq: Frequency) -> Column:
+    """The period's index on the frequency's calendar, of a DATE or TIMESTAMP Column.
+
+    Periods since 1970-01-01 00:00 UTC, or months / quarters / years since year 0 for
+    month-based frequencies (an int Column).
+    """
+    if freq.seconds:
+        stamp = F.unix_seconds(when.cast("timestamp"))
+        return F.floor(stamp / freq.seconds).cast("int")
+    return F.floor((F.year(when) * 12 + F.month(when) - 1) / freq.months).cast("int")
+
+
+@dataclass(frozen=True)
+class SeriesSettings:
+    """How a series data set is cut into windows (``features:`` of a series entry).
+
+    Attributes:
+        freq: the calendar step (:func:`frequency`): ``month``, ``30 minutes``, ...
+        context_length: periods a model sees.
+        prediction_length: periods it forecasts; also the held-out horizon.
+        season_length: periods per season (default: the frequency's).
+        stride: periods between the starts of two training windows.
+    """
+
+    freq: str = ""
+    context_length: int = 0
+    prediction_length: int = 0
+    season_length: int = 0
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        try:
+            frequency(self.freq)
+        except ValueError as exc:
+            raise SettingError("freq", str(exc)) from None
+        for key in ("context_length", "prediction_length"):
+            if getattr(self, key) < 1:
+                raise SettingError(key, "missing; a whole number >= 1")
+
+
+@dataclass(frozen=True)
+class SeriesFeatures:
+    """How a series data set is cut into DeepAR windows."""
+
+    freq: Frequency
+    season_length: int
+    context_length: int
+    prediction_length: int
+    item_id: str
+    timestamp: str
+    target: str
+    static: tuple[str, ...] = ()    # categorical columns, one value per series
+    dynamic: tuple[str, ...] = ()   # numeric columns known for every period, future ones too
+
+
+def series_features(entry: Dataset, settings: SeriesSettings) -> SeriesFeatures:
+    """A series entry's settings resolved with its roles and its frequency."""
+    freq = frequency(settings.freq)
+    return SeriesFeatures(
+        freq=freq, season_length=settings.season_length or freq.season_length,
+        context_length=settings.context_length, prediction_length=settings.prediction_length,
+        item_id=str(entry.roles["item_id"]), timestamp=str(entry.roles["timestamp"]),
+        target=str(entry.roles["target"]), static=tuple(entry.roles.get("static") or ()),
+        dynamic=tuple(entry.roles.get("dynamic") or ()))
+
+
+def series_of(cfg: Config, dataset: str) -> SeriesFeatures:
+    """The declared series settings of catalog entry ``dataset`` (kind ``series``).
+
+    Raises:
+        SourceError: no such entry or one of another kind.
+        ConfigError: its ``features:`` block is wrong (named).
+    """
+    entry = entry_of(cfg, dataset, "series")
+    return series_features(entry, KIND.settings_of(entry))
+
 
 log = logging.getLogger(__name__)
 ROW_ID_STRIDE = 1_000_000   # row_id = series_idx * ROW_ID_STRIDE + window start
@@ -69,8 +227,6 @@ ROW_ID_STRIDE = 1_000_000   # row_id = series_idx * ROW_ID_STRIDE + window start
 class SeriesTooShortError(LakeforgeError):
     """A series has fewer periods than one context plus one prediction window."""
 
-
-FEATURE_PARAMS = ("context_length", "prediction_length", "stride", "partitions")
 
 WINDOW_FIELDS = (
     _f("row_id", LongType(), False),
@@ -100,36 +256,6 @@ def window_spec(dataset: str) -> TableSpec:
         "gold", f"deepar_{dataset}", WINDOW_FIELDS, ("row_id",), partition_by=("split",),
         properties=TRAINING_TABLE_PROPERTIES,
         comment=f"{dataset} DeepAR windows (context + prediction) per series"))
-
-
-def series_of(cfg: Config, dataset: str) -> SeriesFeatures:
-    """The series settings of catalog entry ``dataset`` (kind ``series``).
-
-    Raises:
-        SourceError: no such entry or one of another kind.
-        ConfigError: its ``features:`` block is wrong (named).
-    """
-    return series_features(entry_of(cfg, dataset, "series"))
-
-
-def window_params(series: SeriesFeatures, params: dict[str, Any]) -> dict[str, int]:
-    """Feature parameters merged over the data set's declared lengths and checked.
-
-    Raises:
-        ConfigError: for an unknown key or a length that is not a positive integer.
-    """
-    unknown = sorted(set(params) - set(FEATURE_PARAMS))
-    if unknown:
-        raise ConfigError(f"deepar features: unknown parameter(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(FEATURE_PARAMS)}")
-    merged = {"context_length": series.context_length,
-              "prediction_length": series.prediction_length, "stride": 1, "partitions": 0,
-              **params}
-    for key in ("context_length", "prediction_length", "stride"):
-        if not isinstance(merged[key], int) or merged[key] < 1:
-            raise ConfigError(f"deepar features: {key} must be a positive integer, "
-                              f"got {merged[key]!r}")
-    return merged
 
 
 def _covariates(series: SeriesFeatures) -> list:
@@ -289,52 +415,9 @@ def windows(series: DataFrame, season_length: int, context: int, prediction: int
         (F.element_at("t", s + length) - first_t == length - 1).alias("complete"))
 
 
-def build_windows(spark: SparkSession, cfg: Config, dataset: str,
-                  params: dict[str, Any]) -> Any:
-    """Build (or keep, if already built from the same silver version) ``gold_deepar_<dataset>``.
-
-    Args:
-        spark: the session.
-        cfg: configuration.
-        dataset: a catalog entry of kind ``series`` (``us_employment``,
-            ``visnights`` or the user's own; :mod:`lakehouse.kinds`).
-        params: ``context_length``, ``prediction_length`` (default: the declared ones),
-            ``stride`` between train windows (default 1), ``partitions`` (Parquet
-            files per split, default twice the Horovod ranks, at least 4).
-
-    Returns:
-        A :class:`lakehouse.features.FeatureSet` (``n_features`` = window length).
-
-    Raises:
-        SeriesTooShortError: a series has fewer periods than one window, or its
-            last window spans a gap.
-        TableNotFoundError: the data set's silver table does not exist.
-    """
-    declared = series_of(cfg, dataset)
-    p = window_params(declared, params)
-    context, prediction = p["context_length"], p["prediction_length"]
-    rows, pinned = silver_rows(spark, cfg, cfg.datasets[dataset])
-    silver_table, silver_version = pinned.table, pinned.data_version
-    key = build_key(declared, silver_version, p)
-    # A table an earlier release built gains the columns added since (nullable) first.
-    gold = delta.ensure_table(spark, window_spec(dataset), cfg.catalog.database)
-    if built_key(spark, cfg, dataset) == key:
-        log.info("%s: %s is already built from %s v%d with this declaration", dataset, gold,
-                 silver_table, silver_version)
-    else:
-        _build(spark, cfg, dataset, rows, declared, key, p["partitions"])
-    built = delta.snapshot(spark, gold)
-    version = built.data_version
-    counts = {r["split"]: r["count"] for r in
-              delta.read_version(spark, gold, built.version).groupBy("split").count().collect()}
-    log.info("%s: %s v%d holds %s windows of %d+%d periods (from %s v%d)", dataset, gold,
-             version, counts, context, prediction, silver_table, silver_version)
-    return FeatureSet(f"deepar_{dataset}", gold, version, sum(counts.values()),
-                      context + prediction, 0, ("target",))
-
-
-def _build(spark: SparkSession, cfg: Config, dataset: str, rows: DataFrame,
-           declared: SeriesFeatures, key: dict, partitions: int) -> None:
+def _windows(spark: SparkSession, cfg: Config, dataset: str, rows: DataFrame,
+             declared: SeriesFeatures, key: dict) -> DataFrame:
+    """Every complete window of the data set's series (cached; the caller unpersists)."""
     context, prediction = key["context_length"], key["prediction_length"]
     future = future_points(rows, declared) if declared.dynamic else None
     known_series, known_static = given_indices(spark, cfg, dataset, declared)
@@ -348,12 +431,8 @@ def _build(spark: SparkSession, cfg: Config, dataset: str, rows: DataFrame,
         check_lengths(series, dataset, context + prediction, context, prediction)
         cut = windows(series, declared.season_length, context, prediction, key["stride"],
                       key["silver_version"], len(declared.dynamic)).cache()
-        try:
-            _check_test_windows(cut, dataset)
-            _write(spark, cfg, dataset, cut.filter("complete").drop("complete"), key,
-                   partitions)
-        finally:
-            cut.unpersist()
+        _check_test_windows(cut, dataset)
+        return cut.filter("complete").drop("complete")
     finally:
         series.unpersist()
 
@@ -370,7 +449,7 @@ def given_indices(spark: SparkSession, cfg: Config, dataset: str, declared: Seri
         return {}, None
     current = delta.snapshot(spark, gold)
     test = delta.read_version(spark, gold, current.version).filter(F.col("split") == "test")
-    key = built_key(spark, cfg, dataset) or {}
+    key = built_meta(spark, gold).get("key") or {}
     same_static = (bool(declared.static) and "static" in test.columns
                    and key.get("declared", {}).get("static") == list(declared.static))
     # One test window per series: its row holds the series' indices and categories.
@@ -398,41 +477,73 @@ def _check_test_windows(rows: DataFrame, dataset: str) -> None:
             f"their recent history is not contiguous")
 
 
-def build_key(series: SeriesFeatures, silver_version: int, p: dict[str, int]) -> dict:
+def build_key(series: SeriesFeatures, silver_version: int, stride: int) -> dict:
     """What a windows table is a function of, kept in the commit that wrote it.
 
-    The silver data version, the declaration and the window parameters (not how many
+    The silver data version, the declaration and the window lengths (not how many
     files hold the rows).
     """
     declared = {k: v for k, v in asdict(series).items() if k != "freq"}
     return {"silver_version": silver_version, "freq": series.freq.name,
-            "declared": json.loads(json.dumps(declared)),
-            **{k: p[k] for k in ("context_length", "prediction_length", "stride")}}
+            "declared": json.loads(json.dumps(declared)), "stride": stride,
+            "context_length": series.context_length,
+            "prediction_length": series.prediction_length}
 
 
-def _write(spark: SparkSession, cfg: Config, dataset: str, df: DataFrame, key: dict,
-           partitions: int) -> str:
-    """Overwrite the gold table by path, keyed on :func:`build_key` (kept in the commit).
+class SeriesKind(Kind):
+    """Series data sets: one value per period per series, with optional covariates.
 
-    The caller checked the key against the table's current data version, so this is a
-    deliberate change (or the first build); a run killed before the commit left nothing.
+    Fitted on the training part (each series' periods before its held-out horizon):
+    nothing but each window's scale, DeepAR's ``1 + mean |context|``, from the window's
+    own context. Indices of series and static categories are kept from the previous
+    build. The gold table is ``gold_deepar_<data set>`` (:data:`WINDOW_FIELDS`).
     """
-    target = window_spec(dataset)
-    gold = delta.ensure_table(spark, target, cfg.catalog.database)
-    partitions = partitions or max(4, 2 * cfg.train.num_proc)
-    # Rows in hashed order inside each file, so a file is not a run of neighbouring
-    # windows of one series (Petastorm reads row groups in file order).
-    (df.select(*target.schema.fieldNames()).repartition(partitions, "split", "row_id")
-     .sortWithinPartitions(F.xxhash64("row_id")).write.format("delta").mode("overwrite")
-     .option("userMetadata", json.dumps({"key": key}))
-     # By path: an overwrite by name would go through the catalog's REPLACE TABLE.
-     .save(delta.table_location(spark, gold)))
-    return gold
+
+    name = "series"
+    settings = SeriesSettings
+    params = ("context_length", "prediction_length", "stride")
+
+    def gold_spec(self, name: str, settings: SeriesSettings) -> TableSpec:
+        """``gold_deepar_<data set>``."""
+        return window_spec(name)
+
+    def build(self, spark: SparkSession, cfg: Config, name: str, entry: Dataset | None,
+              settings: SeriesSettings, partitions: int | None) -> FeatureSet:
+        """Cut every series into windows; the last one of each is its test window.
+
+        Returns:
+            The windows table (``n_features``: the window length).
+
+        Raises:
+            SeriesTooShortError: a series has fewer periods than one window, or its
+                last window spans a gap.
+            TableNotFoundError: the data set's silver table does not exist.
+        """
+        declared = series_features(entry, settings)
+        context, prediction = declared.context_length, declared.prediction_length
+        rows, pinned = silver_rows(spark, cfg, entry)
+        key = build_key(declared, pinned.data_version, settings.stride)
+        cut: list[DataFrame] = []
+
+        def gold_rows() -> DataFrame:
+            cut.append(_windows(spark, cfg, name, rows, declared, key))
+            return cut[-1]
+
+        try:
+            # Rows in hashed order inside each file, so a file is not a run of neighbouring
+            # windows of one series (Petastorm reads row groups in file order).
+            build = build_once(spark, cfg, window_spec(name), key, gold_rows,
+                               partitions=partitions, order=F.xxhash64("row_id"))
+        finally:
+            for df in cut:
+                df.unpersist()
+        counts = {r["split"]: r["count"] for r in
+                  build.rows(spark).groupBy("split").count().collect()}
+        log.info("%s: %s v%d holds %s windows of %d+%d periods (from %s v%d)", name,
+                 build.table, build.snapshot.data_version, counts, context, prediction,
+                 pinned.table, pinned.data_version)
+        return FeatureSet(f"deepar_{name}", build.table, build.snapshot.data_version,
+                          sum(counts.values()), context + prediction, 0, ("target",))
 
 
-def built_key(spark: SparkSession, cfg: Config, dataset: str) -> dict | None:
-    """The :func:`build_key` the windows table's current data was written with."""
-    gold = window_spec(dataset).full_name(cfg.catalog.database)
-    if not delta.table_exists(spark, gold):
-        return None
-    return delta.commit_json(spark, gold, delta.snapshot(spark, gold).data_version).get("key")
+KIND = SeriesKind()

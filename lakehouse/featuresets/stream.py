@@ -1,4 +1,4 @@
-"""Shingling in Spark: consecutive windows of a stream as points for the forest.
+"""The stream kind: shingling in Spark, consecutive windows of a stream as points.
 
 A shingle of size ``s`` ending at time ``t`` holds the stream's values at the
 ``s`` consecutive positions up to ``t``; each keeps its stream, split, start and
@@ -12,19 +12,19 @@ parts) so Horovod ranks can read shards of it through Petastorm.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, LongType, StringType
 
-from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SchemaMismatchError, SourceError
-from lakehouse.features import FeatureSet, entry_of, silver_rows
+from lakehouse.featuresets.contract import FeatureSet, Kind, build_once, silver_rows
+from lakehouse.problems import SettingError
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register
-from models.rcf.params import RcfParams
 
 log = logging.getLogger(__name__)
 _NUMERIC = ("double", "float", "int", "bigint", "smallint", "tinyint")
@@ -110,76 +110,85 @@ def stream_points(rows: DataFrame, entry: Dataset) -> DataFrame:
          else F.lit(None).cast("int")).alias("label"))
 
 
-def build_shingles(spark: SparkSession, cfg: Config, stream: str,
-                   params: dict) -> FeatureSet:
-    """Build ``gold.shingles_<stream>`` from a stream data set (a no-op if already built).
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a stream data set is shingled (``features:`` of a stream entry).
 
-    Every stream of the data set (``stream_id``) and split is shingled on its own;
-    with several value columns a shingle holds ``shingle_size`` points of all of
-    them, oldest first (``[v1(t-s+1), v2(t-s+1), ..., v1(t), v2(t)]``).
-
-    Args:
-        spark: the session.
-        cfg: configuration.
-        stream: a catalog entry of kind ``stream`` (``mitdb``, ``kdd_tsad_135`` or
-            the user's own).
-        params: ``shingle_size`` (default 8).
-
-    Returns:
-        The gold table with its version, row count and shingle width
-        (``n_features``: shingle size times value columns).
-
-    Raises:
-        ConfigError: a shingle size below 1 or larger than a part of the stream.
-        SourceError: not a stream data set, or no points in silver yet.
-        SchemaMismatchError: a role names a missing or non-numeric column.
+    Attributes:
+        shingle_size: consecutive points per shingle (a model must be trained with it).
     """
-    size = int(params.get("shingle_size", RcfParams().shingle_size))
-    if size < 1:
-        raise ConfigError(f"shingle_size must be at least 1, got {size}")
-    entry = entry_of(cfg, stream, "stream")
-    db = cfg.catalog.database
-    rows, pinned = silver_rows(spark, cfg, entry)
-    points = stream_points(rows, entry).filter(
-        F.forall("values", lambda v: v.isNotNull() & ~F.isnan(v)))
-    parts = {(r["stream_id"], r["split"]): r["n"] for r in
-             points.groupBy("stream_id", "split").agg(F.count("*").alias("n")).collect()}
-    if not parts:
-        raise SourceError(f"stream data set {stream!r} has no points in {pinned.table}; "
-                          f"ingest and curate it first")
-    short = {p: n for p, n in parts.items() if n < size}
-    if short:
-        shown = ", ".join(f"{s} {p}: {n} points" for (s, p), n in sorted(short.items()))
-        raise ConfigError(f"shingle_size {size} is larger than stream data set {stream!r} "
-                          f"({shown})")
-    window = Window.partitionBy("stream_id", "split").orderBy("t").rowsBetween(-(size - 1), 0)
-    shingled = (points
-                .withColumn("shingle", F.flatten(F.collect_list("values").over(window)))
-                .withColumn("t_start", F.first("t").over(window))
-                .withColumn("n", F.count("t").over(window))
-                .filter(F.col("n") == size)
-                .select(F.xxhash64("stream_id", "split", "t").alias("row_id"), "split",
-                        "stream_id", "t", "t_start", "shingle", "label"))
-    spec = shingles_spec(stream)
-    gold = delta.ensure_table(spark, spec, db)
-    partitions = max(4, 2 * cfg.train.num_proc)
-    writer = shingled.repartition(partitions, "split", "row_id").write.format("delta")
-    width = size * channels_of(entry)
-    current = spark.table(gold).select(F.size("shingle").alias("n")).first()
-    if current is None or current["n"] == width:
-        # Built from this silver version already (with this size): Delta skips the write.
-        writer = (writer.option("txnAppId", f"lakeforge/features/shingles/{stream}")
-                  .option("txnVersion", pinned.data_version))
-    else:
-        log.info("%s: shingle width changes from %d to %d; rewriting", gold, current["n"], width)
-    writer.mode("overwrite").save(delta.table_location(spark, gold))
-    built = delta.snapshot(spark, gold)
-    version = built.data_version
-    n_rows = delta.read_version(spark, gold, built.version).count()
-    log.info("%s: %s v%d holds %d shingles of %d points x %d values (from %s v%d)",
-             stream, gold, version, n_rows, size, channels_of(entry), pinned.table,
-             pinned.data_version)
-    return FeatureSet(stream, gold, version, n_rows, width, 0, shingle_names(entry, size))
+
+    shingle_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.shingle_size < 1:
+            raise SettingError("shingle_size", f"{self.shingle_size} is not a whole number >= 1")
+
+
+class StreamKind(Kind):
+    """Stream data sets: ordered points of one or more values per ``stream_id``.
+
+    Nothing is fitted: a shingle is the stream's raw values. The gold table
+    ``gold_shingles_<stream>`` holds ``row_id``, ``split``, ``stream_id``, ``t``,
+    ``t_start``, ``shingle`` (ARRAY<DOUBLE>) and ``label``, partitioned by ``split``.
+    """
+
+    name = "stream"
+    settings = StreamSettings
+    params = ("shingle_size",)
+
+    def gold_spec(self, name: str, settings: StreamSettings) -> TableSpec:
+        """``gold_shingles_<stream>``."""
+        return shingles_spec(name)
+
+    def build(self, spark: SparkSession, cfg: Config, name: str, entry: Dataset | None,
+              settings: StreamSettings, partitions: int | None) -> FeatureSet:
+        """Shingle every stream (``stream_id``) and split on its own.
+
+        With several value columns a shingle holds ``shingle_size`` points of all of
+        them, oldest first (``[v1(t-s+1), v2(t-s+1), ..., v1(t), v2(t)]``).
+
+        Raises:
+            ConfigError: a shingle size larger than a part of the stream.
+            SourceError: no points in silver yet.
+            SchemaMismatchError: a role names a missing or non-numeric column.
+        """
+        size = settings.shingle_size
+        rows, pinned = silver_rows(spark, cfg, entry)
+        points = stream_points(rows, entry).filter(
+            F.forall("values", lambda v: v.isNotNull() & ~F.isnan(v)))
+        key = {"silver_version": pinned.data_version, "shingle_size": size,
+               "roles": {r: entry.roles[r] for r in sorted(entry.roles)}}
+
+        def shingles() -> DataFrame:
+            parts = {(r["stream_id"], r["split"]): r["n"] for r in
+                     points.groupBy("stream_id", "split").agg(F.count("*").alias("n")).collect()}
+            if not parts:
+                raise SourceError(f"stream data set {name!r} has no points in {pinned.table}; "
+                                  f"ingest and curate it first")
+            short = {p: n for p, n in parts.items() if n < size}
+            if short:
+                shown = ", ".join(f"{s} {p}: {n} points" for (s, p), n in sorted(short.items()))
+                raise ConfigError(f"shingle_size {size} is larger than stream data set "
+                                  f"{name!r} ({shown})")
+            window = Window.partitionBy("stream_id", "split").orderBy("t") \
+                .rowsBetween(-(size - 1), 0)
+            return (points
+                    .withColumn("shingle", F.flatten(F.collect_list("values").over(window)))
+                    .withColumn("t_start", F.first("t").over(window))
+                    .withColumn("n", F.count("t").over(window))
+                    .filter(F.col("n") == size)
+                    .select(F.xxhash64("stream_id", "split", "t").alias("row_id"), "split",
+                            "stream_id", "t", "t_start", "shingle", "label"))
+
+        build = build_once(spark, cfg, shingles_spec(name), key, shingles,
+                           partitions=partitions)
+        n_rows = build.rows(spark).count()
+        log.info("%s: %s v%d holds %d shingles of %d points x %d values (from %s v%d)",
+                 name, build.table, build.snapshot.data_version, n_rows, size,
+                 channels_of(entry), pinned.table, pinned.data_version)
+        return FeatureSet(name, build.table, build.snapshot.data_version, n_rows,
+                          size * channels_of(entry), 0, shingle_names(entry, size))
 
 
 def value_columns(entry: Dataset) -> list[str]:
@@ -196,3 +205,6 @@ def channels_of(entry: Dataset | None) -> int:
 def shingle_names(entry: Dataset, size: int) -> tuple[str, ...]:
     """Names of a shingle's positions, oldest first (``value_lag7`` .. ``value_lag0``)."""
     return tuple(f"{v}_lag{size - 1 - i}" for i in range(size) for v in value_columns(entry))
+
+
+KIND = StreamKind()

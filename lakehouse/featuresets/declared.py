@@ -55,18 +55,40 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame
+from pyspark.errors import AnalysisException, ParseException
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, BooleanType, FloatType, IntegralType, StringType
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    FloatType,
+    IntegerType,
+    IntegralType,
+    LongType,
+    StringType,
+)
 
+from lakehouse.config import Config
 from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SchemaMismatchError
+from lakehouse.featuresets import LABELLED, kind
+from lakehouse.featuresets.contract import (
+    FeatureSet,
+    Kind,
+    build_once,
+    built_meta,
+    first_line,
+    silver_rows,
+)
+from lakehouse.problems import Problems
+from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register
 
 TASKS = ("classification", "regression")
 IMPUTE = ("mean", "median", "zero")
@@ -80,6 +102,7 @@ _IMAGE_KEYS = ("label", "task", "where", "image", "split", "class_names", "id")
 _IMAGE_INPUT_KEYS = ("column", "encoding", "height", "width", "channels")
 IMAGE_ENCODINGS = ("raw", "encoded")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+log = logging.getLogger(__name__)
 _NUMERIC_KEYS = ("name", "expr", "impute")
 _CATEGORICAL_KEYS = ("name", "expr", "encode", "max_categories", "min_count")
 _SPLIT_KEYS = ("by", "key", "column", "val_pct", "test_pct", "val_from", "test_from")
@@ -258,37 +281,45 @@ class FeatureTransform:
         return label.cast("int").alias("label")
 
 
-def is_declared(entry: Dataset | None) -> bool:
-    """Whether a catalog entry declares a feature set (tabular or image, with a label)."""
-    return entry is not None and bool(entry.feature_sets())
-
-
-def parse_features(entry: Dataset, where: str = "") -> FeatureSpec:
+def parse_features(entry: Dataset, where: str = "",
+                   problems: Problems | None = None) -> FeatureSpec | None:
     """The feature set a tabular or image catalog entry declares.
 
     Args:
         entry: the entry, its ``features`` holding one set's declaration
             (:meth:`lakehouse.datasets.Dataset.feature_sets`).
         where: the declaration's key for messages (default ``datasets.<entry>.features``).
+        problems: where to add the declaration's problems (then None is returned when
+            it has any); without it they are raised.
 
     Raises:
         ConfigError: every problem of the ``features`` block, each naming the data set,
-            the key and the value.
+            the key and the value (only without ``problems``).
     """
     where = where or f"datasets.{entry.name}.features"
     raw = entry.features
     image_kind = entry.kind == "image"
     known = _IMAGE_KEYS if image_kind else _KEYS
-    problems: list[str] = []
+    found = Problems()
+    spec = _parse(entry, raw, where, image_kind, known, found)
+    if problems is None:
+        found.raise_if_any(ConfigError, f"{entry.kind} features of data set {entry.name!r}")
+    else:
+        problems.extend(found)
+    return None if found else spec
+
+
+def _parse(entry: Dataset, raw: Mapping[str, Any], where: str, image_kind: bool,
+           known: tuple[str, ...], problems: Problems) -> FeatureSpec:
     for key in raw:
         if key not in known:
-            problems.append(f"{where}.{key}: unknown key; known keys here: {', '.join(known)}")
+            problems.add(f"{where}.{key}", f"unknown key; known keys here: {', '.join(known)}")
     label = raw.get("label")
     if not isinstance(label, str) or not label.strip():
-        problems.append(f"{where}.label: expected a column or SQL expression, got {label!r}")
+        problems.add(f"{where}.label", f"expected a column or SQL expression, got {label!r}")
     task = raw.get("task", "classification")
     if task not in (("classification",) if image_kind else TASKS):
-        problems.append(f"{where}.task: {task!r} is not one of "
+        problems.add(f"{where}.task", f"{task!r} is not one of "
                         f"{'classification' if image_kind else ', '.join(TASKS)}")
     numeric: tuple[NumericFeature, ...] = ()
     categorical: tuple[CategoricalFeature, ...] = ()
@@ -300,16 +331,13 @@ def parse_features(entry: Dataset, where: str = "") -> FeatureSpec:
     split = _split(raw.get("split"), f"{where}.split", problems)
     class_names = raw.get("class_names") or ()
     if not isinstance(class_names, list | tuple):
-        problems.append(f"{where}.class_names: expected a list, got {class_names!r}")
+        problems.add(f"{where}.class_names", f"expected a list, got {class_names!r}")
         class_names = ()
     entity = raw.get("id") or entry.roles.get("id")
     if not isinstance(entity, str) or not entity:
-        problems.append(f"datasets.{entry.name}.roles.id: a feature set needs an id column "
+        problems.add(f"datasets.{entry.name}.roles.id", "a feature set needs an id column "
                         "(or features.id as SQL); it keys the predictions")
         entity = ""
-    if problems:
-        raise ConfigError(f"{entry.kind} features of data set "
-                          f"{entry.name!r}:\n  " + "\n  ".join(problems))
     if not split.key:
         split = replace(split, key=entity)
     return FeatureSpec(dataset=entry.name, id=entity, label=label, task=task,
@@ -318,11 +346,11 @@ def parse_features(entry: Dataset, where: str = "") -> FeatureSpec:
                        class_names=tuple(str(c) for c in class_names), image=image)
 
 
-def _columns(raw: Mapping[str, Any], where: str, problems: list[str]
+def _columns(raw: Mapping[str, Any], where: str, problems: Problems
              ) -> tuple[tuple[NumericFeature, ...], tuple[CategoricalFeature, ...]]:
     default_impute = raw.get("impute", "mean")
     if default_impute not in IMPUTE:
-        problems.append(f"{where}.impute: {default_impute!r} is not one of {', '.join(IMPUTE)}")
+        problems.add(f"{where}.impute", f"{default_impute!r} is not one of {', '.join(IMPUTE)}")
         default_impute = "mean"
     numeric = tuple(
         NumericFeature(**_item(item, f"{where}.numeric[{i}]", _NUMERIC_KEYS, problems,
@@ -335,87 +363,87 @@ def _columns(raw: Mapping[str, Any], where: str, problems: list[str]
                                        problems)))
     for i, f in enumerate(numeric):
         if f.impute not in IMPUTE:
-            problems.append(f"{where}.numeric[{i}].impute: {f.impute!r} is not one of "
+            problems.add(f"{where}.numeric[{i}].impute", f"{f.impute!r} is not one of "
                             f"{', '.join(IMPUTE)}")
     for i, f in enumerate(categorical):
         if f.encode not in ENCODINGS:
-            problems.append(f"{where}.categorical[{i}].encode: {f.encode!r} is not one of "
+            problems.add(f"{where}.categorical[{i}].encode", f"{f.encode!r} is not one of "
                             f"{', '.join(ENCODINGS)}")
         for key in ("max_categories", "min_count"):
             value = getattr(f, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{where}.categorical[{i}].{key}: expected a whole number "
+                problems.add(f"{where}.categorical[{i}].{key}", f"expected a whole number "
                                 f">= 1, got {value!r}")
     names = [f.name for f in (*numeric, *categorical)]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"{where}: feature {name!r} is declared twice")
+        problems.add(f"{where}", f"feature {name!r} is declared twice")
     if not names:
-        problems.append(f"{where}: declare at least one numeric or categorical feature")
+        problems.add(f"{where}", "declare at least one numeric or categorical feature")
     return numeric, categorical
 
 
-def _image(raw: Any, where: str, entry: Dataset, problems: list[str]) -> ImageInput | None:
+def _image(raw: Any, where: str, entry: Dataset, problems: Problems) -> ImageInput | None:
     if not isinstance(raw, Mapping):
-        problems.append(f"{where}: expected a mapping with height, width and channels, "
+        problems.add(f"{where}", f"expected a mapping with height, width and channels, "
                         f"got {raw!r}")
         return None
     for key in raw:
         if key not in _IMAGE_INPUT_KEYS:
-            problems.append(f"{where}.{key}: unknown key; known keys here: "
+            problems.add(f"{where}.{key}", f"unknown key; known keys here: "
                             f"{', '.join(_IMAGE_INPUT_KEYS)}")
     column = raw.get("column") or entry.roles.get("image")
     if not isinstance(column, str) or not column:
-        problems.append(f"{where}.column: missing; name the column of images (or the image "
+        problems.add(f"{where}.column", "missing; name the column of images (or the image "
                         "role)")
     encoding = raw.get("encoding", "raw")
     if encoding not in IMAGE_ENCODINGS:
-        problems.append(f"{where}.encoding: {encoding!r} is not one of "
+        problems.add(f"{where}.encoding", f"{encoding!r} is not one of "
                         f"{', '.join(IMAGE_ENCODINGS)}")
     for key in ("height", "width"):
         value = raw.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            problems.append(f"{where}.{key}: expected a whole number of pixels, got {value!r}")
+            problems.add(f"{where}.{key}", f"expected a whole number of pixels, got {value!r}")
     channels = raw.get("channels", 1)
     if channels not in _MODES:
-        problems.append(f"{where}.channels: {channels!r} is not one of 1, 3, 4")
+        problems.add(f"{where}.channels", f"{channels!r} is not one of 1, 3, 4")
     return ImageInput(column=str(column or ""), encoding=str(encoding),
                       height=raw.get("height") or 0, width=raw.get("width") or 0,
                       channels=channels)
 
 
-def _list(value: Any, where: str, problems: list[str]) -> list[Any]:
+def _list(value: Any, where: str, problems: Problems) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        problems.append(f"{where}: expected a list, got {value!r}")
+        problems.add(f"{where}", f"expected a list, got {value!r}")
         return []
     return value
 
 
-def _item(item: Any, where: str, known: tuple[str, ...], problems: list[str],
+def _item(item: Any, where: str, known: tuple[str, ...], problems: Problems,
           defaults: dict[str, Any]) -> dict[str, Any]:
     """A feature given as a column name or as a mapping with a ``name``."""
     if isinstance(item, str):
         return {**defaults, "name": item, "expr": f"`{item}`"}
     if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
-        problems.append(f"{where}: expected a column name or a mapping with a name, got {item!r}")
+        problems.add(f"{where}", f"expected a column name or a mapping with a name, got {item!r}")
         return {**defaults, "name": f"?{where}", "expr": "NULL"}
     for key in item:
         if key not in known:
-            problems.append(f"{where}.{key}: unknown key; known keys here: {', '.join(known)}")
+            problems.add(f"{where}.{key}", f"unknown key; known keys here: {', '.join(known)}")
     body = {k: v for k, v in item.items() if k in known}
     return {**defaults, **body, "expr": str(body.get("expr") or f"`{body['name']}`")}
 
 
-def _split(raw: Any, where: str, problems: list[str]) -> Split:
+def _split(raw: Any, where: str, problems: Problems) -> Split:
     if raw is None:
         return Split()
     if not isinstance(raw, Mapping):
-        problems.append(f"{where}: expected a mapping, got {raw!r}")
+        problems.add(f"{where}", f"expected a mapping, got {raw!r}")
         return Split()
     for key in raw:
         if key not in _SPLIT_KEYS:
-            problems.append(f"{where}.{key}: unknown key; known keys here: "
+            problems.add(f"{where}.{key}", f"unknown key; known keys here: "
                             f"{', '.join(_SPLIT_KEYS)}")
     given = {k: v for k, v in raw.items() if k in _SPLIT_KEYS}
     if given.get("by") == "column":
@@ -423,18 +451,18 @@ def _split(raw: Any, where: str, problems: list[str]) -> Split:
         given["test_pct"] = 0
     split = Split(**given)
     if split.by not in SPLITS:
-        problems.append(f"{where}.by: {split.by!r} is not one of {', '.join(SPLITS)}")
+        problems.add(f"{where}.by", f"{split.by!r} is not one of {', '.join(SPLITS)}")
     if split.by in ("column", "time") and not split.column:
-        problems.append(f"{where}.column: a split by {split.by} needs a column")
+        problems.add(f"{where}.column", f"a split by {split.by} needs a column")
     if split.by == "time" and not (split.val_from and split.test_from):
-        problems.append(f"{where}: a split by time needs val_from and test_from")
+        problems.add(f"{where}", "a split by time needs val_from and test_from")
     for key in ("val_pct", "test_pct"):
         value = getattr(split, key)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 100:
-            problems.append(f"{where}.{key}: expected a whole percentage, got {value!r}")
+            problems.add(f"{where}.{key}", f"expected a whole percentage, got {value!r}")
     if split.by == "hash" and isinstance(split.val_pct, int) and isinstance(split.test_pct, int) \
             and split.val_pct + split.test_pct >= 100:
-        problems.append(f"{where}: val_pct + test_pct leaves no training rows")
+        problems.add(f"{where}", "val_pct + test_pct leaves no training rows")
     return split
 
 
@@ -611,3 +639,130 @@ def apply(prepared: DataFrame, transform: FeatureTransform) -> DataFrame:
 def features_for_scoring(df: DataFrame, transform: FeatureTransform) -> DataFrame:
     """``row_id`` and ``features`` of raw rows (a silver-shaped table) for a stored model."""
     return df.select(row_id(df, transform.spec.id), transform.features(df))
+
+
+GOLD_FIELDS = (
+    _f("row_id", LongType(), False),
+    _f("split", StringType(), False),
+    _f("features", ArrayType(FloatType())),
+    _f("label", IntegerType()),
+)
+
+
+def gold_spec(name: str, regression: bool = False) -> TableSpec:
+    """The registry entry of a labelled gold table (registered on first use).
+
+    A regression's ``label`` is the target value (FLOAT), a classification's the class
+    index (INT).
+    """
+    fields = GOLD_FIELDS if not regression else (*GOLD_FIELDS[:3], _f("label", FloatType()))
+    return register(TableSpec(
+        "gold", name, fields, ("row_id",), partition_by=("split",),
+        properties=TRAINING_TABLE_PROPERTIES, comment=f"{name} features for training",
+    ), replace=True)   # a declaration may switch between classification and regression
+
+
+def transform_of(spark: SparkSession, table: str, version: int) -> FeatureTransform | None:
+    """The fitted transform a labelled gold table was written with, at ``version``."""
+    meta = built_meta(spark, table, version)
+    return FeatureTransform.from_json(meta["transform"]) if "transform" in meta else None
+
+
+class LabelledKind(Kind):
+    """A kind whose ``features:`` declares labelled sets (tabular and image).
+
+    The settings are a :class:`FeatureSpec` (parsed with every problem named at once).
+    Fitted on the training split: fill-in values, vocabularies, string classes and
+    array widths (a :class:`FeatureTransform`, kept in the gold table's commit). The
+    gold table holds ``row_id``, ``split``, ``features`` (ARRAY<FLOAT>) and ``label``
+    (INT class index, or FLOAT for a regression), partitioned by ``split``.
+    """
+
+    settings = FeatureSpec
+
+    def sets(self, cfg: Config) -> dict[str, Dataset | None]:
+        """Each entry's declared sets: one named like it, or ``<entry>_<set>``."""
+        return {name: view for entry in cfg.datasets.values() if entry.kind == self.name
+                for name, view in entry.feature_sets().items()}
+
+    def settings_of(self, entry: Dataset | None, params: Mapping[str, Any] | None = None,
+                    where: str = "") -> FeatureSpec:
+        """The parsed declaration; a labelled set takes no parameters."""
+        if params:
+            raise ConfigError(f"feature set {entry.name if entry else '?'!r} takes no "
+                              f"parameters; got {', '.join(params)}")
+        return parse_features(entry, where)
+
+    def check(self, entry: Dataset, silver: DataFrame, problems: Problems) -> None:
+        """Every set's keys, and its SQL analysed over the silver columns."""
+        for name, view in entry.feature_sets().items():
+            where = entry.features_key(name)
+            spec = parse_features(view, where, problems)
+            if spec is None:
+                continue
+            checks = [("label", spec.label),
+                      *((f"numeric.{f.name}", f.expr) for f in spec.numeric),
+                      *((f"categorical.{f.name}", f.expr) for f in spec.categorical)]
+            if spec.where:
+                checks.append(("where", f"CAST(({spec.where}) AS BOOLEAN)"))
+            if spec.split.by in ("column", "time"):
+                checks.append(("split.column", f"`{spec.split.column}`"))
+            for key, expr in checks:
+                try:
+                    silver.select(F.expr(expr)).schema  # noqa: B018 - analyses
+                except (ParseException, AnalysisException) as exc:
+                    problems.add(f"{where}.{key}", f"{expr!r} is not SQL over the silver "
+                                                   f"columns: {first_line(exc)}")
+
+    def gold_spec(self, name: str, settings: FeatureSpec) -> TableSpec:
+        """``gold_<set>`` (:func:`gold_spec`)."""
+        return gold_spec(name, settings.task == "regression")
+
+    def build(self, spark: SparkSession, cfg: Config, name: str, entry: Dataset | None,
+              settings: FeatureSpec, partitions: int | None) -> FeatureSet:
+        """Fit on the training split, write, keep the transform in the commit.
+
+        Keyed on the silver table's data version and the declaration's digest.
+        """
+        spec = settings
+        rows, pinned = silver_rows(spark, cfg, entry)
+        fitted: dict[str, Any] = {}
+
+        def gold_rows() -> DataFrame:
+            prepared = prepare(rows, spec)
+            fitted["prepared"], fitted["transform"] = prepared, fit(prepared, spec)
+            out = apply(prepared, fitted["transform"])
+            return out.filter(F.col("split").isNotNull() & F.col("label").isNotNull()
+                              & F.col("features").isNotNull())
+
+        build = build_once(spark, cfg, self.gold_spec(name, spec),
+                           {"silver_version": pinned.data_version, "spec": spec.digest()},
+                           gold_rows, partitions=partitions,
+                           meta=lambda: {"transform": fitted["transform"].to_json()})
+        transform = FeatureTransform.from_json(build.meta["transform"])
+        shape = build.rows(spark).agg(F.count(F.lit(1)).alias("n"),
+                                      F.max("label").alias("top")).first()
+        if build.built:   # kept rows counted in the table, not by recomputing them
+            left_out = fitted["prepared"].count() - shape["n"]
+            if left_out:
+                log.info("%s: %d rows have no split, no label or no readable image and are "
+                         "left out", name, left_out)
+        n_classes = transform.n_classes or (int(shape["top"]) + 1
+                                            if spec.task == "classification"
+                                            and shape["top"] is not None else 0)
+        names = transform.feature_names
+        log.info("%s: %s v%d holds %d rows x %d features (%s, from %s v%d)", name,
+                 build.table, build.snapshot.data_version, shape["n"], len(names), spec.task,
+                 pinned.table, pinned.data_version)
+        return FeatureSet(name, build.table, build.snapshot.data_version, shape["n"],
+                          len(names), n_classes, tuple(names))
+
+
+def class_names(cfg: Config, feature_set: str) -> list[str] | None:
+    """A labelled feature set's declared ``class_names`` (None when it declares none)."""
+    for kind_name in LABELLED:
+        entry = kind(kind_name).sets(cfg).get(feature_set)
+        if entry is not None:
+            names = entry.features.get("class_names")
+            return [str(n) for n in names] if names else None
+    return None

@@ -1,10 +1,11 @@
-"""Checks shared by the families' typed training parameters (``models/<family>/params.py``).
+"""Range checks shared by typed settings: training parameters and feature settings.
 
-Each family declares its parameters as a frozen dataclass whose defaults are the
-family's defaults; :meth:`models.family.Family.check_params` builds it with the
-configuration's typed loader (types checked, unknown keys named) and the dataclass's
-``__post_init__`` checks ranges with these helpers, on the driver, before anything
-starts. Every message names the family, the parameter and the value.
+Each model family declares its parameters (``models/<family>/params.py``), and each
+kind of data set its feature settings (:mod:`lakehouse.featuresets`), as a frozen
+dataclass whose defaults are the defaults, built with the configuration's typed
+loader (types checked, unknown keys named); the dataclass's ``__post_init__`` checks
+ranges with these helpers, on the driver, before anything
+starts. Every message names the family (or the settings), the parameter and the value.
 """
 
 from __future__ import annotations
