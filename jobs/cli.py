@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -26,7 +27,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set spark.master=local[2] (repeatable)")
     p.add_argument("--conf-dir", default=None, help="config folder with base/ and local/")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and Spark's own log (with Java stack traces) on the "
+                        "terminal too; it always goes to a file under HOME/logs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,7 +385,6 @@ def _cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
-    import dataclasses
     import json
     import shlex
 
@@ -421,6 +423,48 @@ COMMANDS: dict[str, Callable] = {
 }
 
 
+def _from_spark(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised because of, an error of Spark's JVM."""
+    from lakehouse.errors import error_condition
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if hasattr(exc, "java_exception") or error_condition(exc) is not None:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    java = getattr(exc, "java_exception", None)   # py4j's first line names only the call
+    text = java.toString() if java is not None else str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _traced(exc: BaseException) -> str:
+    """Where the driver's log (Spark's stack traces) is, for a failure that came from Spark.
+
+    The Python traceback is added to that log. Empty when Spark had no part in it.
+    """
+    if "pyspark" not in sys.modules or not _from_spark(exc):
+        return ""
+    import traceback
+
+    from pyspark.sql import SparkSession
+
+    from lakehouse.session import spark_log_file
+
+    spark = SparkSession.getActiveSession()
+    path = spark_log_file(spark) if spark is not None else None
+    if path is None:
+        return ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(f"{dt.datetime.now():%Y-%m-%d %H:%M:%S} lakeforge: "
+                  f"{''.join(traceback.format_exception(exc))}")
+    return f" (stack trace: {path})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command.
 
@@ -429,7 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The process exit code: 0 on success, 2 for a lakeforge error (bad input,
-        config or data), which is printed as one line naming the problem.
+        config or data), which is printed as one line naming the problem, 1 for any
+        other error of Spark (one line too; the stack traces are in the driver's log
+        file, and on the terminal with ``--verbose``).
     """
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -437,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         cfg = load_config(args.overrides, args.conf_dir)
+        if args.verbose:
+            cfg = dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, console_log=True))
         if args.command == "catalog":
             return _cmd_catalog(cfg, args)
         if args.command == "submit":
@@ -450,8 +498,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark = build_spark(cfg)
         COMMANDS[args.command](spark, cfg, args)
     except LakeforgeError as exc:
-        print(f"lakeforge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lakeforge {args.command}: error: {exc}{_traced(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if args.verbose or not _from_spark(exc):
+            raise
+        print(f"lakeforge {args.command}: error: {_first_line(exc)}{_traced(exc)}",
+              file=sys.stderr)
+        return 1
     log.info("%s finished in %.1f s", args.command, time.monotonic() - start)
     return 0
 

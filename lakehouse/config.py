@@ -46,6 +46,7 @@ class SparkConfig:
     maven_repo: str = "~/.m2/repository"
     python: str = ""
     log4j_config: str = "conf/log4j2.properties"
+    console_log: bool = False
     java_options: str = ""
     class_archive: bool = True
     class_archive_dir: str = "~/.cache/lakeforge/jvm"
@@ -143,6 +144,11 @@ class Config:
     def checkpoint_dir(self) -> Path:
         """Training checkpoints and Spark checkpoints."""
         return self.home / "checkpoints"
+
+    @property
+    def log_dir(self) -> Path:
+        """Each driver's log file: Spark's own log, stack traces included."""
+        return self.home / "logs"
 
     @property
     def model_dir(self) -> Path:

@@ -42,7 +42,7 @@ from lakehouse import delta, silver
 from lakehouse.config import Config
 from lakehouse.dataset_check import DatasetPlan, check_datasets, plan_dataset
 from lakehouse.datasets import Dataset
-from lakehouse.errors import QualityError
+from lakehouse.errors import QualityError, error_condition
 from lakehouse.quality import (
     BatchCount,
     apply_rules,
@@ -57,6 +57,8 @@ from lakehouse.tables import LINEAGE_NAMES, TableSpec, table
 
 log = logging.getLogger(__name__)
 DECLARATION = "_declaration"
+# Conditions of a value that an ANSI-mode select cannot convert (a task fails with them).
+SELECT_VALUE_ERRORS = frozenset({"CAST_INVALID_INPUT", "ARITHMETIC_OVERFLOW"})
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,7 @@ def _count(checked: DataFrame, entry: Dataset, scope: _Scope) -> list[BatchCount
     try:
         return count_batches(checked, entry.silver.rules)
     except Exception as exc:  # noqa: BLE001 - Spark raises JVM errors of many classes
-        if "CAST_INVALID_INPUT" in str(exc) or "ARITHMETIC_OVERFLOW" in str(exc):
+        if error_condition(exc) in SELECT_VALUE_ERRORS:
             raise QualityError(
                 f"data set {entry.name!r}, batch {_label(scope)}: silver.select failed on a "
                 f"value (ANSI mode: a bad CAST throws; use try_cast): "

@@ -19,17 +19,32 @@ from pyspark.sql import functions as F
 from pyspark.sql.observation import Observation
 from pyspark.sql.types import StructType
 
-from lakehouse.errors import CommitConflictError, SchemaMismatchError, TableNotFoundError
+from lakehouse.errors import (
+    CommitConflictError,
+    SchemaMismatchError,
+    TableNotFoundError,
+    error_condition,
+    java_classes,
+)
 from lakehouse.tables import TableSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CREATE_ATTEMPTS = 12   # waits 1 + 2 + ... + 11 s: past STALE_CREATE_SECONDS
-# What Spark and Delta say when another job created the table (or its folder) first.
-CREATE_RACES = ("DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION", "TABLE_OR_VIEW_ALREADY_EXISTS",
-                "LOCATION_ALREADY_EXISTS", "already exists",
-                # Both committed version 0 of the new table's log; one of them lost.
-                "DELTA_PROTOCOL_CHANGED")
+# Error conditions of Spark and Delta when another job created the table (or its folder)
+# first.
+CREATE_RACES = frozenset({
+    "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION", "TABLE_OR_VIEW_ALREADY_EXISTS",
+    "LOCATION_ALREADY_EXISTS",
+    # Both committed version 0 of the new table's log; one of them lost.
+    "DELTA_PROTOCOL_CHANGED",
+})
+# The one race without a condition of its own: both jobs passed Spark's check that the
+# table is not in the catalog, and the Hive metastore refuses the second registration.
+# Spark 4's HiveClientImpl.createTable does not convert the metastore's exception (it
+# does for databases), and HiveExternalCatalog wraps any metastore client error in the
+# generic _LEGACY_ERROR_TEMP_3065; the metastore's exception class says what happened.
+HIVE_ALREADY_EXISTS = "org.apache.hadoop.hive.metastore.api.AlreadyExistsException"
 STALE_CREATE_SECONDS = 60
 # Conflicts a commit can lose to a concurrent writer; the operation is safe to retry
 # (appends carry txnAppId, merges are keyed).
@@ -56,6 +71,14 @@ def is_commit_conflict(exc: BaseException) -> bool:
     return name.startswith(("io.delta.exceptions.Concurrent",
                             "org.apache.spark.sql.delta.Concurrent")) \
         or name.endswith(("MetadataChangedException", "DeltaConcurrentModificationException"))
+
+
+def is_create_race(exc: BaseException) -> bool:
+    """Whether ``exc`` says another job created the same table (or its folder) first.
+
+    Recognised by error condition, or for the Hive metastore's refusal by its class.
+    """
+    return error_condition(exc) in CREATE_RACES or HIVE_ALREADY_EXISTS in java_classes(exc)
 
 
 def table_exists(spark: SparkSession, full_name: str) -> bool:
@@ -91,7 +114,7 @@ def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
         except Exception as exc:
             # Another job on a shared metastore is creating the same table right now
             # (Spark's errors, or a raw Py4JJavaError from DeltaTableBuilder.execute).
-            if not any(race in str(exc) for race in CREATE_RACES) or attempt == CREATE_ATTEMPTS:
+            if not is_create_race(exc) or attempt == CREATE_ATTEMPTS:
                 raise
             log.info("%s is being created by another job; waiting (attempt %d)", full_name,
                      attempt)

@@ -37,3 +37,61 @@ class LakehouseBusyError(LakeforgeError):
 
 class QualityError(LakeforgeError):
     """A quality rule with ``on_fail: fail`` was broken; names the rule, batch and a row."""
+
+
+def error_condition(exc: BaseException) -> str | None:
+    """The error condition of a Spark or Delta error, e.g. ``CAST_INVALID_INPUT``.
+
+    PySpark's exceptions (``AnalysisException``, ``NumberFormatException``, Delta's
+    Python conflict classes) answer ``getCondition()``. An error PySpark leaves
+    unconverted is a ``Py4JJavaError`` (Delta's ``DeltaTableBuilder.execute`` raises
+    those): its Java exception answers when it is a ``SparkThrowable``, as Spark's and
+    Delta's are. A Java exception without a condition of its own gives the condition of
+    the first error it wraps that has one.
+
+    Args:
+        exc: any exception.
+
+    Returns:
+        The condition, or None for errors that have none (not from Spark or Delta).
+    """
+    get = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
+    if callable(get) and (condition := get()):
+        return condition
+    for java in _java_chain(exc):
+        condition = _java_condition(java)
+        if condition:
+            return condition
+    return None
+
+
+def java_classes(exc: BaseException) -> tuple[str, ...]:
+    """Class names of the Java exception behind ``exc`` and of the errors it wraps.
+
+    Args:
+        exc: any exception; a Py4JJavaError or a PySpark exception converted from one.
+
+    Returns:
+        Outermost first; empty when no Java exception is behind ``exc``.
+    """
+    return tuple(java.getClass().getName() for java in _java_chain(exc))
+
+
+def _java_chain(exc: BaseException) -> list:
+    # Py4JJavaError.java_exception; PySpark keeps the Java exception it converted in
+    # _origin (what its own getCondition reads).
+    java = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    chain = []
+    while java is not None and len(chain) < 20:
+        chain.append(java)
+        java = java.getCause()
+    return chain
+
+
+def _java_condition(java) -> str | None:
+    from py4j.protocol import Py4JError
+
+    try:
+        return java.getCondition()
+    except Py4JError:   # not a SparkThrowable: no such method
+        return None

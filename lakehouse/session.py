@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 LOCK_FILE = "lakehouse.lock"
+LOG_FILE_PROPERTY = "lakeforge.log.file"         # read by conf/log4j2.properties
+LOG_CONSOLE_PROPERTY = "lakeforge.log.console"
+# PySpark's own Python loggers: each logs a failed query's Java stack trace as JSON.
+QUERY_CONTEXT_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
 _HELD: dict[Path, int] = {}   # lock file -> open descriptor, for the process's lifetime
+_LOG_FILES: dict[Path, Path] = {}   # log folder -> this process's log file in it
 
 
 def delta_jars(spark_cfg: SparkConfig) -> list[Path]:
@@ -90,6 +95,29 @@ def executor_python(spark_cfg: SparkConfig) -> str:
     return spark_cfg.python or sys.executable
 
 
+def driver_log_file(cfg: Config) -> Path:
+    """The log file of a driver this process starts: one per process, under ``log_dir``.
+
+    Args:
+        cfg: the loaded configuration.
+
+    Returns:
+        ``HOME/logs/spark-YYYYmmdd-HHMMSS-PID.log``; the file (and its folder) appears
+        with its first line.
+    """
+    folder = cfg.log_dir
+    if folder not in _LOG_FILES:
+        now = dt.datetime.now(dt.UTC)
+        _LOG_FILES[folder] = folder / f"spark-{now:%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    return _LOG_FILES[folder]
+
+
+def spark_log_file(spark: SparkSession) -> Path | None:
+    """The log file the session's driver writes (set when its JVM started), if any."""
+    name = spark.sparkContext._jvm.java.lang.System.getProperty(LOG_FILE_PROPERTY)
+    return Path(name) if name else None
+
+
 def spark_conf(cfg: Config) -> dict[str, str]:
     """Every Spark setting lakeforge needs, as ``spark-submit --conf`` pairs.
 
@@ -103,7 +131,9 @@ def spark_conf(cfg: Config) -> dict[str, str]:
     java_options = [f"-Dderby.system.home={cfg.home}"]
     log4j = project_path(sc.log4j_config)
     if log4j.is_file():
-        java_options.append(f"-Dlog4j2.configurationFile=file:{log4j}")
+        java_options += [f"-Dlog4j2.configurationFile=file:{log4j}",
+                         f"-D{LOG_FILE_PROPERTY}={driver_log_file(cfg)}",
+                         f"-D{LOG_CONSOLE_PROPERTY}={'all' if sc.console_log else 'off'}"]
     java_options += sc.java_options.split()
     conf = {
         "spark.sql.extensions": DELTA_EXTENSION,
@@ -218,6 +248,27 @@ def build_spark(cfg: Config) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
+    if not cfg.spark.console_log:
+        _query_context_logs_to(spark_log_file(spark))
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {cfg.catalog.database}")
     log.info("spark %s up: master=%s home=%s", spark.version, cfg.spark.master, cfg.home)
     return spark
+
+
+def _query_context_logs_to(log_file: Path | None) -> None:
+    """Send PySpark's query-context loggers to the driver's log file, not the terminal.
+
+    When a query fails, PySpark logs the error with its Java stack trace from Python,
+    to stderr through a handler of its own (the loggers do not propagate).
+    """
+    from pyspark.logger import PySparkLogger
+
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    for name in QUERY_CONTEXT_LOGGERS:
+        logger = PySparkLogger.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.addHandler(logging.FileHandler(log_file, delay=True) if log_file
+                          else logging.NullHandler())

@@ -88,7 +88,7 @@ def start_rank():
     return hvd
 
 
-def _pin_gpu() -> bool:
+def pin_gpu() -> bool:
     """One GPU per rank (by local rank) with memory growth; mixed precision on GPU."""
     import horovod.tensorflow.keras as hvd
     import tensorflow as tf

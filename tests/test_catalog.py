@@ -10,7 +10,7 @@ from jobs.cli import main
 from lakehouse import delta
 from lakehouse.config import load_config
 from lakehouse.curate import curate
-from lakehouse.errors import CatalogError, ConfigError, QualityError
+from lakehouse.errors import CatalogError, ConfigError, QualityError, error_condition
 from lakehouse.ingest import ingest
 from tests.helpers import orders_entry, with_datasets
 
@@ -203,8 +203,22 @@ def test_select_with_a_bad_cast_is_named(spark, cfg, tmp_path):
                    "schema": "id INT, code STRING"},
         "silver": {"keys": ["id"], "select": ["id", "CAST(code AS INT) AS code"]}}})
     ingest(spark, cfg, ["codes"], "b1")
-    with pytest.raises(QualityError, match="'codes'.*silver.select.*try_cast"):
+    with pytest.raises(QualityError, match="'codes'.*silver.select.*try_cast") as err:
         curate(spark, cfg, ["codes"])
+    assert error_condition(err.value.__cause__) == "CAST_INVALID_INPUT"
+
+
+def test_select_that_overflows_is_named(spark, cfg, tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_text("id,code\n1,12\n2,3000000\n")
+    cfg = with_datasets(cfg, {"codes": {
+        "source": {"files": str(f), "format": "csv", "options": {"header": True},
+                   "schema": "id INT, code INT"},
+        "silver": {"keys": ["id"], "select": ["id", "code * 1000 AS code"]}}})
+    ingest(spark, cfg, ["codes"], "b1")
+    with pytest.raises(QualityError, match="'codes'.*silver.select.*ARITHMETIC_OVERFLOW") as err:
+        curate(spark, cfg, ["codes"])
+    assert error_condition(err.value.__cause__) == "ARITHMETIC_OVERFLOW"
 
 
 def test_catalog_check_names_dataset_key_and_value(spark, cfg, tmp_path):

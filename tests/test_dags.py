@@ -144,6 +144,32 @@ def test_job_failing_on_its_input_fails_without_retries(airflow_env, tmp_path):
     assert str(missing) in output
 
 
+SUBMIT_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from airflow.sdk.exceptions import AirflowFailException
+    from pipelines.dag_factory import LakeforgeSubmitOperator
+    op = LakeforgeSubmitOperator(task_id="ingest", job="ingest", project=sys.argv[1],
+                                 python=sys.argv[2], spark_binary=sys.argv[3],
+                                 application_args=["nosuch", "--batch", "b1"])
+    try:
+        op.execute({"params": {"set": []}})
+        failed = None
+    except AirflowFailException as exc:
+        failed = str(exc)
+    print("RESULT " + json.dumps({"code": op.submit_exit_code(), "failed": failed}))
+""")
+
+
+def test_submit_exit_code_is_read_from_the_finished_spark_submit(airflow_env):
+    """A real spark-submit of a job that stops on its input (exit code 2): the operator
+    reads the code from the process, not from the provider's message."""
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    result, output = _airflow(airflow_env, SUBMIT_SCRIPT, str(PROJECT_ROOT), sys.executable,
+                              str(spark_submit))
+    assert result["code"] == 2, output[-5000:]
+    assert result["failed"] and "failed on its input or config" in result["failed"]
+
+
 class Scheduler:
     """A real Airflow: API server, DAG processor and scheduler (LocalExecutor), started
     as their own process groups on free ports, with SQLite metadata under ``home``. The

@@ -1,12 +1,19 @@
 """Delta helpers: commit retries (no Spark session), creates that lose a race, versions."""
 
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
 import delta.exceptions as dx
 import pytest
+from delta.tables import DeltaTable
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import AnalysisException
 from pyspark.sql.types import LongType
 
 from lakehouse import delta
 from lakehouse.delta import with_retries
-from lakehouse.errors import CommitConflictError
+from lakehouse.errors import CommitConflictError, error_condition, java_classes
 from lakehouse.tables import TableSpec, _f
 
 
@@ -35,32 +42,87 @@ def test_commit_conflicts_are_retried_then_reported():
         with_retries(other, "append", backoff=0)
 
 
-def test_a_create_that_loses_the_race_ends_with_the_winners_table(spark, cfg, monkeypatch):
-    """Two jobs on a fresh lakehouse create the same ops table at once (seen with two
-    Airflow DAGs): the loser's commit of version 0 fails with DELTA_PROTOCOL_CHANGED,
-    as a raw Py4JJavaError. It must find the winner's table, not fail the job."""
+def _create_at_once(spark, spec, full_name, create, jobs=3) -> tuple[list, list]:
+    """``create`` called by ``jobs`` threads at the same moment: results and errors."""
+    barrier, results, errors = threading.Barrier(jobs), [], []
+
+    def one():
+        barrier.wait()
+        try:
+            results.append(create(spark, spec, full_name))
+        except Exception as exc:  # noqa: BLE001 - collected for the test to inspect
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_creates_that_lose_the_race_are_recognised_by_condition(spark, cfg):
+    """Jobs on a fresh lakehouse create the same ops table at once (seen with two
+    Airflow DAGs): the losers' commits of version 0 fail with DELTA_PROTOCOL_CHANGED,
+    as a raw Py4JJavaError from DeltaTableBuilder.execute."""
+    db = cfg.catalog.database
+    errors = []
+    for attempt in range(5):
+        spec = TableSpec("ops", f"race{attempt}", (_f("id", LongType(), False),), ("id",))
+        errors += _create_at_once(spark, spec, spec.full_name(db), delta._create)[1]
+        if any(isinstance(e, Py4JJavaError) for e in errors):
+            break
+    # A thread that starts late meets the winner's table or folder instead: a race too.
+    assert errors and {error_condition(e) for e in errors} <= delta.CREATE_RACES
+    assert all(delta.is_create_race(e) for e in errors)
+    lost_commit = [e for e in errors if isinstance(e, Py4JJavaError)]
+    assert lost_commit, "no create lost the commit of version 0 in 5 tries"
+    assert {error_condition(e) for e in lost_commit} == {"DELTA_PROTOCOL_CHANGED"}
+
+    made = TableSpec("ops", "race0", (_f("id", LongType(), False),), ("id",))
+    with pytest.raises(AnalysisException) as exists:      # a converted PySpark error
+        DeltaTable.create(spark).tableName(made.full_name(db)).addColumns(made.schema) \
+            .execute()
+    assert error_condition(exists.value) == "TABLE_OR_VIEW_ALREADY_EXISTS"
+    assert delta.is_create_race(exists.value)
+
+    folder = Path(urlparse(spark.catalog.getDatabase(db).locationUri).path) / "ops_taken"
+    folder.mkdir(parents=True)
+    (folder / "part-0.parquet").write_text("another job's first file")
+    taken = TableSpec("ops", "taken", made.fields, ("id",))
+    with pytest.raises(AnalysisException) as non_empty:
+        delta._create(spark, taken, taken.full_name(db))
+    assert error_condition(non_empty.value) == "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"
+    assert delta.is_create_race(non_empty.value)
+
+    bad = TableSpec("ops", "bad", (_f("a,b", LongType(), False),), ("a,b",))
+    with pytest.raises(AnalysisException) as not_a_race:
+        delta.ensure_table(spark, bad, db)                 # raised at once, not retried
+    assert error_condition(not_a_race.value) == "DELTA_INVALID_CHARACTERS_IN_COLUMN_NAMES"
+    assert not delta.is_create_race(not_a_race.value)
+
+
+def test_the_metastores_refusal_of_a_second_registration_is_a_race(spark, cfg):
+    """The race without a condition: the Hive metastore refuses a table it already
+    holds (Spark does not convert that error for tables). Raised here by Spark's own
+    metastore client, as Hive raises it below Spark's wrapper."""
+    db = cfg.catalog.database
+    spark.sql(f"CREATE TABLE {db}.plain (id BIGINT) USING parquet")
+    hive = spark._jsparkSession.sharedState().externalCatalog().unwrapped()
+    with pytest.raises(Py4JJavaError) as refused:
+        hive.client().createTable(hive.getTable(db, "plain"), False)
+    assert error_condition(refused.value) is None
+    assert delta.HIVE_ALREADY_EXISTS in java_classes(refused.value)
+    assert delta.is_create_race(refused.value)
+
+
+def test_jobs_creating_one_table_at_once_all_end_with_it(spark, cfg):
     spec = TableSpec("ops", "race", (_f("id", LongType(), False),), ("id",))
-    real, calls = delta._create, []
-
-    def lose_to_another_job(spark, spec, full_name):
-        calls.append(full_name)
-        real(spark, spec, full_name)                       # the other job's create wins
-        raise RuntimeError("An error occurred while calling o179.execute.\n: io.delta."
-                           "exceptions.ProtocolChangedException: [DELTA_PROTOCOL_CHANGED] The "
-                           "protocol version of the Delta table has been changed by a "
-                           "concurrent update.")
-
-    monkeypatch.setattr(delta, "_create", lose_to_another_job)
-    name = delta.ensure_table(spark, spec, cfg.catalog.database)
-    assert calls == [name] and delta.current_version(spark, name) == 0
-
-    def broken(spark, spec, full_name):
-        raise RuntimeError("[DELTA_INVALID_CHARACTERS_IN_COLUMN_NAME] not a race")
-
-    monkeypatch.setattr(delta, "_create", broken)
-    other = TableSpec("ops", "race_other", spec.fields, ("id",))
-    with pytest.raises(RuntimeError, match="not a race"):
-        delta.ensure_table(spark, other, cfg.catalog.database)
+    full_name = spec.full_name(cfg.catalog.database)
+    results, errors = _create_at_once(
+        spark, spec, full_name, lambda s, sp, _: delta.ensure_table(s, sp, cfg.catalog.database))
+    assert errors == [] and results == [full_name] * 3
+    assert delta.current_version(spark, full_name) == 0
 
 
 def test_current_version_sees_commits_made_through_other_handles(spark, cfg):

@@ -1,8 +1,10 @@
 """The command line, maintenance, the table list, and a real spark-submit run."""
 
 import dataclasses
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +15,7 @@ from lakehouse.errors import ConfigError
 from lakehouse.ingest import ingest
 from lakehouse.maintain import maintain
 from lakehouse.submit import beeline_command, submit_command, submit_env, thrift_command
-from tests.helpers import free_port, wait_listening, with_paths
+from tests.helpers import free_port, small_job_env, wait_listening, with_paths
 
 
 def test_table_list_has_counts_and_versions(spark, cfg, tmp_path):
@@ -61,6 +63,41 @@ def test_cli_names_unknown_source(spark, cfg, capsys):
 def test_cli_names_bad_config_value(capsys):
     assert main(["tables", "--set", "spark.shuffle_partitions=lots"]) == 2
     assert "spark.shuffle_partitions='lots'" in capsys.readouterr().err
+
+
+CODES = """datasets:
+  codes:
+    source: {files: %s, format: csv, options: {header: true}, schema: "id INT, code STRING"}
+    silver: {keys: [id], select: ["id", "CAST(code AS INT) AS code"]}
+"""
+
+
+def test_a_failing_spark_job_shows_one_line_and_logs_the_trace(tmp_path):
+    """A blank value that silver.select casts (ANSI mode): the terminal gets lakeforge's
+    one line naming the log file; Spark's stack traces are in that file."""
+    landing, entries = tmp_path / "landing", tmp_path / "entries"
+    landing.mkdir()
+    entries.mkdir()
+    (landing / "a.csv").write_text("id,code\n1,12\n2, \n")
+    (entries / "codes.yml").write_text(CODES % (landing / "*.csv"))
+    env = small_job_env(tmp_path / "home", entries)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+
+    ingested = run("ingest", "codes", "--batch", "b1")
+    assert ingested.returncode == 0, ingested.stderr[-3000:]
+    curated = run("curate", "codes")
+    assert curated.returncode == 2, curated.stderr[-3000:]
+    errors = [ln for ln in curated.stderr.splitlines() if ln.startswith("lakeforge curate: error")]
+    assert len(errors) == 1 and "CAST_INVALID_INPUT" in errors[0], curated.stderr[-3000:]
+    assert "at org.apache.spark" not in curated.stderr
+    logged = re.search(r"\(stack trace: (\S+)\)$", errors[0])
+    assert logged and Path(logged[1]).parent == tmp_path / "home" / "logs"
+    trace = Path(logged[1]).read_text()
+    assert "ERROR Executor: Exception in task" in trace and "at org.apache.spark" in trace
+    assert "Traceback" in trace and "QualityError" in trace
 
 
 def test_submit_command_carries_delta_and_interpreter():

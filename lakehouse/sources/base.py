@@ -1,4 +1,4 @@
-"""What every source shares: the Source record and record-level parsing helpers.
+"""What every parser shares: its settings and record-level parsing helpers.
 
 Parsers run inside executors: each is a top-level function ``parse(path, options)``
 that yields pandas frames holding the bronze data columns plus ``_record`` (the
@@ -37,25 +37,6 @@ class ParseOptions:
     def get(self, key: str, default: str = "") -> str:
         """A source-specific setting (for example the bible command)."""
         return dict(self.extra).get(key, default)
-
-
-@dataclass(frozen=True)
-class Source:
-    """A raw data source and the bronze dataset it feeds.
-
-    Attributes:
-        name: source name used on the command line.
-        dataset: registry dataset (``bronze.<dataset>``) it is ingested into.
-        locate: driver-side function returning the source's file paths.
-        parse: executor-side parser, ``parse(path, options) -> frames``.
-        description: one line for ``--help`` and logs.
-    """
-
-    name: str
-    dataset: str
-    locate: Callable[..., list[str]]
-    parse: Callable[[str, ParseOptions], Iterator[pd.DataFrame]]
-    description: str
 
 
 def coerce(value: Any, kind: str, column: str, nullable: bool) -> Any:

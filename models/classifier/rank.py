@@ -20,8 +20,8 @@ import numpy as np
 from models.family import get_family
 from models.rank import (
     RankSpec,
-    _pin_gpu,
     last_checkpoint,
+    pin_gpu,
     save_checkpoint,
     start_rank,
     weights_digest,
@@ -151,7 +151,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     import tensorflow as tf
 
 
-    gpu = _pin_gpu()
+    gpu = pin_gpu()
     tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
     trainer = get_family(spec.family).trainer
     mean = np.asarray(spec.mean, dtype=np.float32) if spec.mean is not None else None

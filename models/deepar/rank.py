@@ -22,8 +22,8 @@ from models.deepar import network
 from models.deepar.network import sample_paths, summarise, window_loss
 from models.rank import (
     RankSpec,
-    _pin_gpu,
     last_checkpoint,
+    pin_gpu,
     save_checkpoint,
     start_rank,
     weights_digest,
@@ -160,7 +160,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     import tensorflow as tf
 
 
-    gpu = _pin_gpu()
+    gpu = pin_gpu()
     tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
     config, params = spec.extra["network"], spec.params
     net = network.build(config)

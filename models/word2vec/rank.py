@@ -165,11 +165,6 @@ def make_steps(tf, w_in, w_out, table: np.ndarray, negative: int, seed: int):
     return sg_block, cbow_block
 
 
-def alpha_at(progress: float, alpha: float, min_alpha: float) -> float:
-    """Linearly decayed learning rate at ``progress`` in [0, 1] of all training."""
-    return max(min_alpha, alpha - (alpha - min_alpha) * progress)
-
-
 def train_word2vec_rank(spec: Word2VecSpec) -> dict[str, Any]:
     """Train on this rank's shard; rank 0 checkpoints and writes ``embeddings.npy``.
 
