@@ -21,15 +21,20 @@ from typing import Any, ClassVar
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType
 
 from lakehouse import delta
 from lakehouse.config import Config, load_typed
 from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SourceError
 from lakehouse.problems import Problems, SettingError
-from lakehouse.tables import TableSpec, layer_table
+from lakehouse.tables import TableSpec, _f, layer_table
 
 log = logging.getLogger(__name__)
+
+# Every gold table starts with these: the row's key, and the split it belongs to (the
+# table is partitioned by it, so each Horovod rank reads a split's files through Petastorm).
+ROW_FIELDS = (_f("row_id", LongType(), False), _f("split", StringType(), False))
 
 
 @dataclass(frozen=True)

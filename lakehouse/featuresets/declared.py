@@ -71,7 +71,6 @@ from pyspark.sql.types import (
     FloatType,
     IntegerType,
     IntegralType,
-    LongType,
     StringType,
 )
 
@@ -80,6 +79,7 @@ from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SchemaMismatchError
 from lakehouse.featuresets import LABELLED, kind
 from lakehouse.featuresets.contract import (
+    ROW_FIELDS,
     FeatureSet,
     Kind,
     build_once,
@@ -642,8 +642,7 @@ def features_for_scoring(df: DataFrame, transform: FeatureTransform) -> DataFram
 
 
 GOLD_FIELDS = (
-    _f("row_id", LongType(), False),
-    _f("split", StringType(), False),
+    *ROW_FIELDS,
     _f("features", ArrayType(FloatType())),
     _f("label", IntegerType()),
 )

@@ -84,6 +84,7 @@ from lakehouse.config import Config
 from lakehouse.datasets import Dataset
 from lakehouse.errors import LakeforgeError
 from lakehouse.featuresets.contract import (
+    ROW_FIELDS,
     FeatureSet,
     Kind,
     build_once,
@@ -229,8 +230,7 @@ class SeriesTooShortError(LakeforgeError):
 
 
 WINDOW_FIELDS = (
-    _f("row_id", LongType(), False),
-    _f("split", StringType(), False),
+    *ROW_FIELDS,
     _f("series_idx", IntegerType(), False),
     _f("series_id", StringType(), False),
     _f("start", DateType(), False),

@@ -22,7 +22,13 @@ from pyspark.sql.types import ArrayType, DoubleType, IntegerType, LongType, Stri
 from lakehouse.config import Config
 from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SchemaMismatchError, SourceError
-from lakehouse.featuresets.contract import FeatureSet, Kind, build_once, silver_rows
+from lakehouse.featuresets.contract import (
+    ROW_FIELDS,
+    FeatureSet,
+    Kind,
+    build_once,
+    silver_rows,
+)
 from lakehouse.problems import SettingError
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register
 
@@ -30,8 +36,7 @@ log = logging.getLogger(__name__)
 _NUMERIC = ("double", "float", "int", "bigint", "smallint", "tinyint")
 
 SHINGLE_FIELDS = (
-    _f("row_id", LongType(), False),
-    _f("split", StringType(), False),
+    *ROW_FIELDS,
     _f("stream_id", StringType(), False),
     _f("t", LongType(), False),
     _f("t_start", LongType(), False),

@@ -48,6 +48,7 @@ from lakehouse.config import Config
 from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SourceError, TableNotFoundError
 from lakehouse.featuresets.contract import (
+    ROW_FIELDS,
     FeatureSet,
     Kind,
     build_once,
@@ -79,7 +80,7 @@ def corpus_specs(dataset: str) -> tuple[TableSpec, TableSpec]:
                               f"min_count times"))
     corpus = register(TableSpec(
         "gold", f"word2vec_corpus{suffix}",
-        (_f("row_id", LongType(), False), _f("split", StringType(), False),
+        (*ROW_FIELDS,
          _f("tokens", ArrayType(IntegerType()))),
         ("row_id",), partition_by=("split",), properties=TRAINING_TABLE_PROPERTIES,
         comment=f"word2vec training sentences of {dataset} as vocabulary ids"))
