@@ -195,30 +195,22 @@ def test_rule_actions_warn_quarantine_and_fail(spark, cfg, tmp_path):
     assert delta.current_version(spark, f"{cfg.catalog.database}.silver_orders") == version
 
 
-def test_select_with_a_bad_cast_is_named(spark, cfg, tmp_path):
+@pytest.mark.parametrize("rows, ddl, select, condition", [
+    ("1,12\n2,x7", "id INT, code STRING", "CAST(code AS INT) AS code", "CAST_INVALID_INPUT"),
+    ("1,12\n2,3000000", "id INT, code INT", "code * 1000 AS code", "ARITHMETIC_OVERFLOW"),
+])
+def test_select_that_fails_on_a_value_is_named(spark, cfg, tmp_path, rows, ddl, select,
+                                                condition):
     f = tmp_path / "a.csv"
-    f.write_text("id,code\n1,12\n2,x7\n")
+    f.write_text(f"id,code\n{rows}\n")
     cfg = with_datasets(cfg, {"codes": {
         "source": {"files": str(f), "format": "csv", "options": {"header": True},
-                   "schema": "id INT, code STRING"},
-        "silver": {"keys": ["id"], "select": ["id", "CAST(code AS INT) AS code"]}}})
+                   "schema": ddl},
+        "silver": {"keys": ["id"], "select": ["id", select]}}})
     ingest(spark, cfg, ["codes"], "b1")
     with pytest.raises(QualityError, match="'codes'.*silver.select.*try_cast") as err:
         curate(spark, cfg, ["codes"])
-    assert error_condition(err.value.__cause__) == "CAST_INVALID_INPUT"
-
-
-def test_select_that_overflows_is_named(spark, cfg, tmp_path):
-    f = tmp_path / "a.csv"
-    f.write_text("id,code\n1,12\n2,3000000\n")
-    cfg = with_datasets(cfg, {"codes": {
-        "source": {"files": str(f), "format": "csv", "options": {"header": True},
-                   "schema": "id INT, code INT"},
-        "silver": {"keys": ["id"], "select": ["id", "code * 1000 AS code"]}}})
-    ingest(spark, cfg, ["codes"], "b1")
-    with pytest.raises(QualityError, match="'codes'.*silver.select.*ARITHMETIC_OVERFLOW") as err:
-        curate(spark, cfg, ["codes"])
-    assert error_condition(err.value.__cause__) == "ARITHMETIC_OVERFLOW"
+    assert error_condition(err.value.__cause__) == condition
 
 
 def test_catalog_check_names_dataset_key_and_value(spark, cfg, tmp_path):
