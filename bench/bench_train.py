@@ -190,7 +190,7 @@ def bench_cnn(spark, cfg, epochs: int) -> list[tuple]:
     x_test, y_test = split_arrays(spark, table, "test")
     x_val, y_val = split_arrays(spark, table, "val")     # validated every epoch, like ours
     tf.keras.utils.set_random_seed(cfg.train.seed)
-    model = FAMILY.build(dict(ours.model.params), x_train.shape[1], 10)
+    model = FAMILY.trainer.build(dict(ours.model.params), x_train.shape[1], 10)
     model.compile(tf.keras.optimizers.Adam(params["learning_rate"]),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()

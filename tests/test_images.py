@@ -92,10 +92,10 @@ def test_cnn_image_shape_must_hold_the_feature_count():
     from models.cnn import FAMILY
 
     params = FAMILY.check_params({"image_shape": [8, 8, 1]})
-    FAMILY.check(params, 64)
+    FAMILY.trainer.check(params, 64)
     with pytest.raises(ConfigError, match=r"cnn: image_shape=\[8, 8, 1\] holds 64 numbers, "
                                           "but the feature set has 65 per row"):
-        FAMILY.check(params, 65)
+        FAMILY.trainer.check(params, 65)
     with pytest.raises(ConfigError, match=r"cnn parameter image_shape=\[8, 8\]: must be 3 "
                                           "whole numbers >= 1"):
         FAMILY.check_params({"image_shape": [8, 8]})

@@ -27,7 +27,7 @@ def _register(spark, cfg, table, tmp_path, run_id, seed):
     train = spark.table(table).filter("split = 'train'").select("features", "label").toPandas()
     x, y = np.stack(train.features.to_numpy()), train.label.to_numpy()
     tf.keras.utils.set_random_seed(seed)
-    model = FAMILY.build({**FAMILY.defaults, "hidden": [8]}, x.shape[1], 3,
+    model = FAMILY.trainer.build({**FAMILY.defaults, "hidden": [8]}, x.shape[1], 3,
                          x.mean(axis=0), x.var(axis=0))
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=2, verbose=0)
