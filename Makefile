@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint metastore sql-server bench-ingest bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore lake-server sql-server bench-ingest bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,6 +52,9 @@ bench-append: setup  ## one small Delta append: catalog or path, with or without
 
 metastore: setup    ## start the shared PostgreSQL metastore (LAKEFORGE_METASTORE__KIND=postgres)
 	$(VENV)/bin/lakeforge metastore start $(ARGS)
+
+lake-server: setup  ## a local S3 server (S3Proxy) for a lake on object storage; prints its settings
+	$(VENV)/bin/lakeforge lake-server start $(ARGS)
 
 sql-server: setup   ## Spark Thrift server (JDBC) on 127.0.0.1:10000 over the catalog
 	$(VENV)/bin/lakeforge sql-server $(ARGS)

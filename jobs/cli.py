@@ -139,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["start", "stop", "status", "init", "register"])
     _add_common(p)
 
+    p = sub.add_parser(
+        "lake-server", help="a local S3-compatible server (S3Proxy) for the lake: start, stop, "
+                            "status, env",
+        description="Runs S3Proxy on lake.server.host:port with its objects under home/s3, to "
+                    "put the lake on object storage on this machine. `start` runs it and "
+                    "creates the bucket; `env` prints the environment that puts a job's lake "
+                    "on it (lake root, endpoint, credentials); `status` and `stop` do what "
+                    "they say.")
+    p.add_argument("action", choices=["start", "stop", "status", "env"])
+    p.add_argument("--prefix", default="lake",
+                   help="the lake's folder inside the bucket (default: lake)")
+    _add_common(p)
+
     p = sub.add_parser("tables", help="list tables with row counts and Delta versions")
     _add_common(p)
 
@@ -306,6 +319,26 @@ def _cmd_metastore(cfg: Config, args: argparse.Namespace) -> int:
         up = metastore.running(cfg)
         print(f"local PostgreSQL metastore {'running' if up else 'not running'} on {where} "
               f"(metastore.kind={ms.kind})")
+        return 0 if up else 1
+    return 0
+
+
+def _cmd_lake_server(cfg: Config, args: argparse.Namespace) -> int:
+    from lakehouse import objectstore
+
+    if args.action == "start":
+        url = objectstore.start(cfg)
+        print(f"S3 server running on {url} (objects in {objectstore.state_dir(cfg) / 'data'});"
+              f" put a job's lake on it with:")
+    if args.action in ("start", "env"):
+        for key, value in objectstore.environment(cfg, args.prefix).items():
+            print(f"export {key}={value}")
+    elif args.action == "stop":
+        print("stopped" if objectstore.stop(cfg) else "not running")
+    else:
+        up = objectstore.running(cfg)
+        print(f"local S3 server {'running' if up else 'not running'} on "
+              f"{objectstore.endpoint(cfg)}")
         return 0 if up else 1
     return 0
 
@@ -493,6 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_sql_server(cfg, args)
         if args.command == "metastore" and args.action != "register":
             return _cmd_metastore(cfg, args)
+        if args.command == "lake-server":
+            return _cmd_lake_server(cfg, args)
         from lakehouse.session import build_spark
 
         spark = build_spark(cfg)

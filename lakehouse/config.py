@@ -106,6 +106,57 @@ class MetastoreConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """How the lake reaches S3 or an S3-compatible store.
+
+    Credentials come from AWS's standard chain (environment variables, a profile, the
+    instance's role), never from here.
+
+    Attributes:
+        endpoint: the store's URL (``http://127.0.0.1:9090``); empty: AWS.
+        region: the region requests are signed for (S3-compatible stores accept any).
+        path_style: ``http://host/bucket/key`` instead of ``http://bucket.host/key``
+            (most S3-compatible servers need it).
+        hadoop_aws_version: ``org.apache.hadoop:hadoop-aws``, at the Hadoop version of
+            Spark's own client jars.
+        aws_sdk_version: ``software.amazon.awssdk:bundle``, the version that hadoop-aws
+            release is built with.
+    """
+
+    endpoint: str = ""
+    region: str = "us-east-1"
+    path_style: bool = False
+    hadoop_aws_version: str = "3.4.1"
+    aws_sdk_version: str = "2.24.6"
+
+
+@dataclass(frozen=True)
+class LakeServerConfig:
+    """The local S3-compatible server (S3Proxy) that ``lakeforge lake-server`` runs."""
+
+    host: str = "127.0.0.1"
+    port: int = 9090
+    bucket: str = "lakeforge"
+    s3proxy_version: str = "4.1.0"
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    """Where every durable table lives.
+
+    Attributes:
+        root: the lake's root: ``s3a://bucket/prefix``, ``hdfs://namenode/path``,
+            ``file:/path`` or a local folder; empty: the home folder.
+        s3: how ``s3a://`` roots are reached.
+        server: the local S3 server.
+    """
+
+    root: str = ""
+    s3: S3Config = field(default_factory=S3Config)
+    server: LakeServerConfig = field(default_factory=LakeServerConfig)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Horovod training settings."""
 
@@ -129,11 +180,27 @@ class Config:
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metastore: MetastoreConfig = field(default_factory=MetastoreConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
 
     @property
-    def warehouse_dir(self) -> Path:
-        """Managed tables of the catalog."""
-        return self.home / "warehouse"
+    def lake_root(self) -> str:
+        """The lake's root: a URI (``s3a://bucket/prefix``), or the home folder's path."""
+        return self.lake.root.rstrip("/") if self.lake.root else str(self.home)
+
+    @property
+    def lake_scheme(self) -> str:
+        """The lake's filesystem: ``s3a``, ``hdfs``, ``file``, ..."""
+        root = self.lake_root
+        return root.split("://", 1)[0] if "://" in root else "file"
+
+    def lake_path(self, *parts: str) -> str:
+        """A location under the lake's root (a URI, or a local path for a local lake)."""
+        return "/".join([self.lake_root, *parts])
+
+    @property
+    def warehouse_dir(self) -> str:
+        """Managed tables of the catalog, under the lake's root."""
+        return self.lake_path("warehouse")
 
     @property
     def metastore_dir(self) -> Path:
@@ -142,7 +209,7 @@ class Config:
 
     @property
     def checkpoint_dir(self) -> Path:
-        """Training checkpoints and Spark checkpoints."""
+        """Training checkpoints."""
         return self.home / "checkpoints"
 
     @property
@@ -214,7 +281,29 @@ def load_config(
     if problems:
         raise ConfigError("the data catalog has problems:\n  " + "\n  ".join(problems))
     return dataclasses.replace(cfg, home=project_path(cfg.home).resolve(), datasets=datasets,
-                               overrides=overridden)
+                               overrides=overridden, lake=_lake(cfg.lake))
+
+
+def _lake(lake: LakeConfig) -> LakeConfig:
+    """The lake section with a local root made absolute, and a root Hadoop can open.
+
+    Raises:
+        ConfigError: an ``s3://`` or ``s3n://`` root (Hadoop's S3 filesystem is ``s3a://``),
+            or an object-store root without a bucket.
+    """
+    root = lake.root.strip()
+    if not root:
+        return lake
+    scheme, _, rest = root.partition("://")
+    if not rest:
+        return dataclasses.replace(lake, root=str(project_path(root).resolve()))
+    if scheme in ("s3", "s3n"):
+        raise ConfigError(f"config value lake.root={root!r}: Hadoop reaches S3 as s3a://; "
+                          f"write s3a://{rest}")
+    if scheme == "s3a" and not rest.split("/", 1)[0]:
+        raise ConfigError(f"config value lake.root={root!r}: name the bucket "
+                          f"(s3a://bucket/prefix)")
+    return dataclasses.replace(lake, root=root.rstrip("/"))
 
 
 def _note_datasets(tree: Mapping[str, Any], path: Path, is_bundled: bool, bundled: set[str],

@@ -35,6 +35,10 @@ class LakehouseBusyError(LakeforgeError):
     """Another process holds a lakehouse whose embedded Derby metastore admits one."""
 
 
+class LakeUnreachableError(LakeforgeError):
+    """The lake's filesystem (an object store, HDFS) refuses or does not answer."""
+
+
 class QualityError(LakeforgeError):
     """A quality rule with ``on_fail: fail`` was broken; names the rule, batch and a row."""
 

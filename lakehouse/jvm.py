@@ -23,7 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
-from lakehouse.config import Config
+from lakehouse.config import Config, SparkConfig
 
 
 def java_binary() -> Path | None:
@@ -33,7 +33,41 @@ def java_binary() -> Path | None:
     return Path(os.path.realpath(found)) if found and Path(found).exists() else None
 
 
-def _spark_jars() -> Path:
+def delta_jars(spark_cfg: SparkConfig) -> list[Path]:
+    """Delta's jars in the local Maven repository, or ``[]`` if any is missing.
+
+    Args:
+        spark_cfg: the Spark section of the config (Delta and Scala versions, repo).
+
+    Returns:
+        Paths of ``delta-spark`` and ``delta-storage`` jars when both exist.
+    """
+    repo = Path(os.path.expanduser(spark_cfg.maven_repo)) / "io" / "delta"
+    version = spark_cfg.delta_version
+    jars = [
+        repo / f"delta-spark_{spark_cfg.scala_version}" / version
+        / f"delta-spark_{spark_cfg.scala_version}-{version}.jar",
+        repo / "delta-storage" / version / f"delta-storage-{version}.jar",
+    ]
+    return jars if all(j.is_file() for j in jars) else []
+
+
+def s3_jars(cfg: Config) -> list[Path]:
+    """``hadoop-aws`` and the AWS SDK bundle in the local Maven repository (set-up fetches them).
+
+    Spark's own jars carry Hadoop's client without its S3 filesystem; these give it
+    ``s3a://``.
+    """
+    repo = Path(os.path.expanduser(cfg.spark.maven_repo))
+    s3 = cfg.lake.s3
+    return [repo / "org" / "apache" / "hadoop" / "hadoop-aws" / s3.hadoop_aws_version
+            / f"hadoop-aws-{s3.hadoop_aws_version}.jar",
+            repo / "software" / "amazon" / "awssdk" / "bundle" / s3.aws_sdk_version
+            / f"bundle-{s3.aws_sdk_version}.jar"]
+
+
+def spark_jars() -> Path:
+    """The folder of Spark's own jars (inside the pyspark install)."""
     from pyspark.find_spark_home import _find_spark_home
 
     return Path(_find_spark_home()) / "jars"
@@ -56,7 +90,7 @@ def archive_path(cfg: Config, extra_classpath: str = "") -> Path | None:
     # (path, size and modification time), so the digest covers exactly that: a checkout
     # or virtualenv in another place, or jars installed again, get an archive of their own.
     digest = hashlib.sha256()
-    entries = [java, *sorted(_spark_jars().glob("*.jar")),
+    entries = [java, *sorted(spark_jars().glob("*.jar")),
                *(Path(entry) for entry in extra_classpath.split(os.pathsep) if entry)]
     for entry in entries:
         stat = entry.stat() if entry.exists() else None

@@ -224,20 +224,36 @@ def register_tables(spark: SparkSession, cfg: Config) -> list[str]:
     """Add every Delta table under the warehouse to the current metastore.
 
     Each ``<warehouse>/<database>.db/<table>`` folder with a ``_delta_log`` becomes
-    ``<database>.<table>`` at that location (tables already defined are left alone).
+    ``<database>.<table>`` at that location (tables already defined are left alone). The
+    warehouse is listed through Hadoop's filesystem, so a lake on object storage works too.
 
     Returns:
         The tables added.
     """
+    jvm = spark.sparkContext._jvm
+    warehouse = jvm.org.apache.hadoop.fs.Path(cfg.warehouse_dir)
+    fs = warehouse.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     added = []
-    for db_dir in sorted(cfg.warehouse_dir.glob("*.db")):
-        database = db_dir.name.removesuffix(".db")
+    if not fs.exists(warehouse):
+        return added
+
+    def folders(path):   # sub-folders, by name
+        return sorted((s.getPath() for s in fs.listStatus(path) if s.isDirectory()),
+                      key=lambda p: p.getName())
+
+    for db_dir in folders(warehouse):
+        if not db_dir.getName().endswith(".db"):
+            continue
+        database = db_dir.getName().removesuffix(".db")
         spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-        for table_dir in sorted(p for p in db_dir.iterdir() if (p / "_delta_log").is_dir()):
-            name = f"`{database}`.`{table_dir.name}`"
-            if spark.catalog.tableExists(f"{database}.{table_dir.name}"):
+        for table_dir in folders(db_dir):
+            if not fs.exists(jvm.org.apache.hadoop.fs.Path(table_dir, "_delta_log")):
                 continue
-            spark.sql(f"CREATE TABLE {name} USING delta LOCATION '{table_dir.resolve()}'")
-            added.append(f"{database}.{table_dir.name}")
+            table = table_dir.getName()
+            if spark.catalog.tableExists(f"{database}.{table}"):
+                continue
+            spark.sql(f"CREATE TABLE `{database}`.`{table}` USING delta "
+                      f"LOCATION '{table_dir.toString()}'")
+            added.append(f"{database}.{table}")
     log.info("registered %d table(s) in the metastore", len(added))
     return added

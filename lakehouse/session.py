@@ -11,9 +11,10 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from lakehouse import logstore
 from lakehouse.config import Config, SparkConfig, project_path
-from lakehouse.errors import ConfigError, LakehouseBusyError
-from lakehouse.jvm import archive_options
+from lakehouse.errors import ConfigError, LakehouseBusyError, LakeUnreachableError
+from lakehouse.jvm import archive_options, delta_jars, s3_jars
 
 log = logging.getLogger(__name__)
 
@@ -25,26 +26,44 @@ LOG_CONSOLE_PROPERTY = "lakeforge.log.console"
 # PySpark's own Python loggers: each logs a failed query's Java stack trace as JSON.
 QUERY_CONTEXT_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
 _HELD: dict[Path, int] = {}   # lock file -> open descriptor, for the process's lifetime
+# The AWS SDK's own chain: environment variables, system properties, a profile, web
+# identity, the container's or the instance's role.
+AWS_DEFAULT_CHAIN = "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
 _LOG_FILES: dict[Path, Path] = {}   # log folder -> this process's log file in it
 
 
-def delta_jars(spark_cfg: SparkConfig) -> list[Path]:
-    """Delta's jars in the local Maven repository, or ``[]`` if any is missing.
+def lake_conf(cfg: Config) -> dict[str, str]:
+    """Hadoop settings of the lake's filesystem (``s3a://``: endpoint, region, credentials).
 
-    Args:
-        spark_cfg: the Spark section of the config (Delta and Scala versions, repo).
+    Credentials come from the AWS SDK's default chain: the ``AWS_ACCESS_KEY_ID`` and
+    ``AWS_SECRET_ACCESS_KEY`` environment variables, a profile, the instance's role.
 
-    Returns:
-        Paths of ``delta-spark`` and ``delta-storage`` jars when both exist.
+    Raises:
+        ConfigError: an ``s3a://`` lake whose jars set-up has not fetched.
     """
-    repo = Path(os.path.expanduser(spark_cfg.maven_repo)) / "io" / "delta"
-    version = spark_cfg.delta_version
-    jars = [
-        repo / f"delta-spark_{spark_cfg.scala_version}" / version
-        / f"delta-spark_{spark_cfg.scala_version}-{version}.jar",
-        repo / "delta-storage" / version / f"delta-storage-{version}.jar",
-    ]
-    return jars if all(j.is_file() for j in jars) else []
+    if cfg.lake_scheme != "s3a":
+        return {}
+    missing = [str(j) for j in s3_jars(cfg) if not j.is_file()]
+    if missing:
+        raise ConfigError(f"lake.root={cfg.lake_root!r} needs Hadoop's S3 jars, which are "
+                          f"missing: {', '.join(missing)}; run `make setup`")
+    s3 = cfg.lake.s3
+    conf = {
+        "spark.hadoop.fs.s3a.endpoint.region": s3.region,
+        "spark.hadoop.fs.s3a.path.style.access": str(s3.path_style).lower(),
+        "spark.hadoop.fs.s3a.aws.credentials.provider": AWS_DEFAULT_CHAIN,
+        # Commits atomic across drivers: conditional writes of _delta_log files.
+        "spark.delta.logStore.s3a.impl": logstore.CLASS_NAME,
+        # Fail in seconds, not after the SDK's minutes of retries, when the store is down.
+        "spark.hadoop.fs.s3a.attempts.maximum": "3",
+        "spark.hadoop.fs.s3a.retry.limit": "3",
+        "spark.hadoop.fs.s3a.connection.establish.timeout": "5s",
+    }
+    if s3.endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = s3.endpoint
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = \
+            str(not s3.endpoint.startswith("http://")).lower()
+    return conf
 
 
 def postgres_jar(cfg: Config) -> Path:
@@ -166,11 +185,12 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.sql.session.timeZone": "UTC",
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
-        "spark.checkpoint.dir": str(cfg.checkpoint_dir / "spark"),
+        **lake_conf(cfg),
     }
     jars = delta_jars(sc)
     if jars:
-        conf["spark.jars"] = ",".join(str(j) for j in jars)
+        lake_jars = [*s3_jars(cfg), logstore.build(cfg)] if cfg.lake_scheme == "s3a" else []
+        conf["spark.jars"] = ",".join(str(j) for j in [*jars, *lake_jars])
     else:
         conf["spark.jars.packages"] = delta_packages(sc)
     conf.update(sc.conf)
@@ -250,9 +270,52 @@ def build_spark(cfg: Config) -> SparkSession:
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     if not cfg.spark.console_log:
         _query_context_logs_to(spark_log_file(spark))
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS {cfg.catalog.database}")
-    log.info("spark %s up: master=%s home=%s", spark.version, cfg.spark.master, cfg.home)
+    if cfg.lake_scheme != "file":
+        check_lake(spark, cfg)
+    _ensure_database(spark, cfg)
+    log.info("spark %s up: master=%s home=%s lake=%s", spark.version, cfg.spark.master,
+             cfg.home, cfg.lake_root)
     return spark
+
+
+def check_lake(spark: SparkSession, cfg: Config) -> None:
+    """Reach the lake's root once, so a wrong endpoint or credentials stop with one line.
+
+    Raises:
+        LakeUnreachableError: naming the root, the endpoint and what the store answered.
+    """
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(cfg.lake_root + "/")
+    try:
+        fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        fs.exists(root)
+    except Exception as exc:  # noqa: BLE001 - any JVM error of the store's client
+        cause = exc
+        java = getattr(exc, "java_exception", None)
+        while java is not None and java.getCause() is not None:
+            java = java.getCause()
+        said = (java.toString() if java is not None else str(cause)).splitlines()[0][:300]
+        where = f" at {cfg.lake.s3.endpoint}" if cfg.lake.s3.endpoint else ""
+        raise LakeUnreachableError(f"lake {cfg.lake_root}{where} cannot be reached: {said}"
+                                   ) from None
+
+
+def _ensure_database(spark: SparkSession, cfg: Config) -> None:
+    """Create the database under the lake's warehouse; warn when it lives elsewhere.
+
+    A database keeps the location it was created with (and its tables theirs): after
+    ``lake.root`` changes, the metastore still points at the old lake.
+    """
+    db = cfg.catalog.database
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+    location = spark.catalog.getDatabase(db).locationUri
+    lake = cfg.warehouse_dir
+    if cfg.lake_scheme == "file":
+        lake = "file:" + lake.removeprefix("file:").removeprefix("//")
+    if not location.rstrip("/").startswith(lake.rstrip("/")):
+        log.warning("database %s lives at %s, outside the lake's warehouse %s (it was "
+                    "created before lake.root changed); its tables stay there", db, location,
+                    cfg.warehouse_dir)
 
 
 def _query_context_logs_to(log_file: Path | None) -> None:

@@ -6,10 +6,12 @@
 #      the fallback),
 #   3. Horovod 0.28.1 built against TensorFlow with Gloo, without debug info
 #      (scripts/cxx-release.sh; wheel cached),
-#   4. Delta Lake's JVM jars and the PostgreSQL JDBC driver (for the shared metastore)
+#   4. Delta Lake's JVM jars, the PostgreSQL JDBC driver (for the shared metastore),
+#      hadoop-aws with the AWS SDK (a lake on S3) and S3Proxy (a local S3 server),
 #      fetched from Maven Central (LAKEFORGE_MAVEN_URL) into the local Maven repository,
 #      checked against the repository's SHA-1,
-#   5. a class-data-sharing archive of the Spark driver JVM (lakehouse/class_archive.py), so
+#   5. the S3 log store (lakehouse/java, compiled with javac; lakehouse/logstore.py) and
+#      a class-data-sharing archive of the Spark driver JVM (lakehouse/class_archive.py), so
 #      that every job starts about 4 s sooner.
 # A second run with nothing changed only checks and takes seconds.
 set -euo pipefail
@@ -22,9 +24,13 @@ PY="${LAKEFORGE_PYTHON:-python3.11}"
 HOROVOD_VERSION="0.28.1"
 DELTA_VERSION="$(sed -n 's/^delta-spark==//p' scripts/requirements.txt)"
 PG_JDBC_VERSION="$(sed -n 's/^ *jdbc_version: *"\(.*\)"/\1/p' conf/base/lakeforge.yml)"
+conf_version() { sed -n "s/^ *$1: *\"\(.*\)\"/\1/p" conf/base/lakeforge.yml; }
+HADOOP_AWS_VERSION="$(conf_version hadoop_aws_version)"
+AWS_SDK_VERSION="$(conf_version aws_sdk_version)"
+S3PROXY_VERSION="$(conf_version s3proxy_version)"
 MAVEN_URL="${LAKEFORGE_MAVEN_URL:-https://repo1.maven.org/maven2}"
 M2="$HOME/.m2/repository"
-DEB_PACKAGES=(dataset-fashion-mnist bible-kjv-text bible-kjv postgresql)
+DEB_PACKAGES=(dataset-fashion-mnist bible-kjv-text bible-kjv postgresql openjdk-17-jdk-headless)
 STAMP="$VENV/.lakeforge-setup"
 command -v "$PY" >/dev/null || PY=python3
 
@@ -95,25 +101,28 @@ horovod() {
     || die "installing Horovod's dependencies failed"
 }
 
-# maven_jar GROUP ARTIFACT VERSION: one jar into the local Maven repository, unless there.
-# Fetched directly: mvn dependency:get would resolve all of Spark behind delta-spark
-# (1.3 GB) to use two jars.
+# maven_jar GROUP ARTIFACT VERSION [CLASSIFIER]: one jar into the local Maven repository,
+# unless there. Fetched directly: mvn dependency:get would resolve all of Spark behind
+# delta-spark (1.3 GB) to use two jars. Streamed to disk (the AWS SDK bundle is 558 MB)
+# and checked against the repository's SHA-1 before it takes its name.
 maven_jar() {
-  local rel="${1//.//}/$2/$3/$2-$3.jar"
+  local rel="${1//.//}/$2/$3/$2-$3${4:+-$4}.jar"
   [ -f "$M2/$rel" ] && return 0
-  say "fetching $1:$2:$3 into $M2"
+  say "fetching $1:$2:$3${4:+:$4} into $M2"
   mkdir -p "$(dirname "$M2/$rel")"
   "$PY" - "$MAVEN_URL/$rel" "$M2/$rel" <<'EOF' || die "fetching $1:$2:$3 from $MAVEN_URL failed"
 import hashlib, os, sys, urllib.request
 url, dest = sys.argv[1:]
-with urllib.request.urlopen(url, timeout=300) as response:
-    data = response.read()
 with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
     want = response.read().split()[0].decode()
-if hashlib.sha1(data).hexdigest() != want:
-    sys.exit(f"{url}: SHA-1 {hashlib.sha1(data).hexdigest()} is not the published {want}")
-with open(dest + ".part", "wb") as out:
-    out.write(data)
+digest = hashlib.sha1()
+with urllib.request.urlopen(url, timeout=300) as response, open(dest + ".part", "wb") as out:
+    while chunk := response.read(1 << 20):
+        digest.update(chunk)
+        out.write(chunk)
+if digest.hexdigest() != want:
+    os.remove(dest + ".part")
+    sys.exit(f"{url}: SHA-1 {digest.hexdigest()} is not the published {want}")
 os.replace(dest + ".part", dest)
 EOF
 }
@@ -122,6 +131,10 @@ jars() {
   maven_jar io.delta delta-spark_2.13 "$DELTA_VERSION"
   maven_jar io.delta delta-storage "$DELTA_VERSION"
   maven_jar org.postgresql postgresql "$PG_JDBC_VERSION"
+  # s3a:// for a lake on object storage, and the local S3 server (S3Proxy).
+  maven_jar org.apache.hadoop hadoop-aws "$HADOOP_AWS_VERSION"
+  maven_jar software.amazon.awssdk bundle "$AWS_SDK_VERSION"
+  maven_jar org.gaul s3proxy "$S3PROXY_VERSION" jar-with-dependencies
 }
 
 project() {
@@ -152,6 +165,8 @@ main() {
   check
   "$VENV/bin/python" -m lakehouse.class_archive \
     || say "the JVM class archive was not built; jobs start without it (see above)"
+  "$VENV/bin/python" -m lakehouse.logstore >/dev/null \
+    || die "compiling the S3 log store failed (see above)"
   say "done in $((SECONDS - start)) s"
 }
 

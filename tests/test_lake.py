@@ -1,0 +1,186 @@
+"""A lake on object storage: every table on a real S3 server (S3Proxy), through s3a://."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from pyarrow import fs
+
+from lakehouse import objectstore
+from lakehouse.config import load_config
+from tests.helpers import free_port, small_job_env
+
+ORDERS = """
+datasets:
+  orders:
+    kind: tabular
+    roles: {id: order_id, label: status}
+    source: {files: "%s", format: csv, options: {header: true},
+             schema: "order_id BIGINT NOT NULL, amount DOUBLE, status STRING"}
+    silver:
+      keys: [order_id]
+      rules: [{name: amount_positive, expr: "amount > 0", on_fail: quarantine}]
+    features: {label: "status = 'RETURNED'", numeric: [amount]}
+"""
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """The S3 server, started once for this file on a port of its own."""
+    home = tmp_path_factory.mktemp("s3-home")
+    cfg = load_config([f"home={home}", f"lake.server.port={free_port()}"], environ={})
+    objectstore.start(cfg)
+    yield cfg
+    objectstore.stop(cfg)
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+def _ok(env: dict[str, str], *args: str) -> str:
+    done = _run(env, *args)
+    assert done.returncode == 0, f"{args}:\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+def _row(out: str) -> list[str]:
+    """The values of the one row a `lakeforge sql` printed (its table's last line)."""
+    return [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("(")][-1].split()
+
+
+def test_ingest_curate_and_features_write_every_table_to_the_s3_server(s3, tmp_path):
+    landing, entries, home = tmp_path / "landing", tmp_path / "entries", tmp_path / "home"
+    landing.mkdir()
+    entries.mkdir()
+    rows = [f"{i},{(i % 9) - 1}.5,{'RETURNED' if i % 4 == 0 else 'KEPT'}" for i in range(1, 41)]
+    (landing / "day1.csv").write_text("order_id,amount,status\n" + "\n".join(rows) + "\n")
+    (entries / "orders.yml").write_text(ORDERS % (landing / "*.csv"))
+    env = {**small_job_env(home, entries), **objectstore.environment(s3, "lake1")}
+
+    _ok(env, "ingest", "orders", "--batch", "b1")
+    _ok(env, "ingest", "orders", "--batch", "b1")          # again: exactly once
+    _ok(env, "curate", "orders")
+    _ok(env, "features", "orders")
+    counts = _ok(env, "sql", "SELECT (SELECT count(*) FROM bronze_orders) AS bronze, "
+                             "(SELECT count(*) FROM silver_orders) AS silver, "
+                             "(SELECT count(*) FROM ops_quarantine) AS quarantined, "
+                             "(SELECT count(*) FROM gold_orders) AS gold")
+    bad = sum(1 for i in range(1, 41) if (i % 9) - 1 + 0.5 <= 0)
+    assert _row(counts) == ["40", str(40 - bad), str(bad), str(40 - bad)], counts
+
+    store = objectstore.filesystem(s3)
+    database = f"{s3.lake.server.bucket}/lake1/warehouse/lakeforge.db"
+    tables = {info.base_name for info in store.get_file_info(fs.FileSelector(database))}
+    assert {"bronze_orders", "silver_orders", "gold_orders", "ops_quarantine", "ops_quality",
+            "ops_ingest_files", "ops_curations"} <= tables
+    log = store.get_file_info(fs.FileSelector(f"{database}/silver_orders/_delta_log"))
+    assert any(i.base_name.endswith(".json") for i in log)
+    located = _ok(env, "sql", "DESCRIBE DETAIL silver_orders")
+    assert "s3a://" in located
+    assert not (home / "warehouse").exists()               # nothing of the lake is local
+
+
+def test_a_wrong_endpoint_or_credentials_stop_with_one_line(s3, tmp_path):
+    env = {**small_job_env(tmp_path / "home"), **objectstore.environment(s3, "lake2")}
+    for broken in ({"AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+                   {"LAKEFORGE_LAKE__S3__ENDPOINT": f"http://127.0.0.1:{free_port()}"}):
+        done = _run({**env, **broken}, "tables")
+        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("lakeforge tables")]
+        assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+        assert f"lake s3a://{s3.lake.server.bucket}/lake2" in errors[0]
+        assert "cannot be reached" in errors[0] and "at org.apache" not in done.stderr
+
+
+APPEND = """
+import sys, time
+from pathlib import Path
+from lakehouse.config import load_config
+from lakehouse.session import build_spark
+
+spark = build_spark(load_config())
+path, writer, times, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+(barrier / writer).touch()                 # ready; every writer starts on "go" at once
+while not (barrier / "go").exists():
+    time.sleep(0.05)
+for i in range(times):
+    rows = [(writer, i, j) for j in range(10)]
+    spark.createDataFrame(rows, "writer STRING, i INT, j INT").write.format("delta") \\
+        .mode("append").save(path)
+"""
+
+
+def test_drivers_appending_to_one_s3_table_at_once_lose_no_commit(s3, tmp_path):
+    """Three drivers (each its own home and metastore) append four times each to one
+    Delta table on the S3 server at the same moment: every commit and row is there."""
+    table = f"s3a://{s3.lake.server.bucket}/lake3/concurrent"
+    env = {**small_job_env(tmp_path / "reader"), **objectstore.environment(s3, "lake3")}
+    _ok(env, "sql", f"CREATE TABLE delta.`{table}` (writer STRING, i INT, j INT) USING delta")
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    writers = [subprocess.Popen(
+        [sys.executable, "-c", APPEND, table, f"w{k}", "4", str(barrier)],
+        env={**small_job_env(tmp_path / f"home{k}"), **objectstore.environment(s3, "lake3"),
+             "LAKEFORGE_SPARK__MASTER": "local[1]"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in range(3)]
+    deadline = time.monotonic() + 600
+    while len(list(barrier.iterdir())) < 3 and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in writers), "a writer stopped before the start"
+        time.sleep(0.1)
+    (barrier / "go").touch()
+    for proc in writers:
+        out = proc.communicate(timeout=900)[0]
+        assert proc.returncode == 0, out[-4000:]
+    seen = _ok(env, "sql", f"SELECT count(*), count(DISTINCT writer, i) FROM delta.`{table}`")
+    assert _row(seen) == ["120", "12"], seen
+    store = objectstore.filesystem(s3)
+    log = [i.base_name for i in store.get_file_info(fs.FileSelector(
+        f"{s3.lake.server.bucket}/lake3/concurrent/_delta_log")) if i.base_name.endswith(".json")]
+    assert sorted(log) == [f"{v:020d}.json" for v in range(13)]     # the create, 12 appends
+
+
+REFUSE = """
+import sys
+from lakehouse.config import load_config
+from lakehouse.errors import java_classes
+from lakehouse.session import build_spark
+
+spark = build_spark(load_config())
+jvm, conf = spark._jvm, spark.sparkContext._jsc.hadoopConfiguration()
+print("store", spark.conf.get("spark.delta.logStore.s3a.impl"))
+store = jvm.lakeforge.delta.S3ConditionalLogStore(conf)
+path = jvm.org.apache.hadoop.fs.Path(sys.argv[1])
+
+def write(text, overwrite):
+    lines = jvm.java.util.ArrayList()
+    lines.add(text)
+    try:
+        store.write(path, lines.iterator(), overwrite, conf)
+        return "written"
+    except Exception as exc:
+        return java_classes(exc)[0]
+
+print("first", write('{"a": 1}', False))
+print("again", write('{"a": 2}', False))
+print("overwrite", write('{"a": 3}', True))
+print("read", list(store.read(path, conf)))
+"""
+
+
+def test_the_log_store_refuses_a_second_creation_of_a_commit_file(s3, tmp_path):
+    """What keeps commits atomic across drivers, seen directly: the second creation of
+    a commit file is refused with the exception Delta retries on; an overwrite is not."""
+    env = {**small_job_env(tmp_path / "home"), **objectstore.environment(s3, "lake4")}
+    commit = f"s3a://{s3.lake.server.bucket}/lake4/t/_delta_log/{0:020d}.json"
+    done = subprocess.run([sys.executable, "-c", REFUSE, commit], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert said["store"] == "lakeforge.delta.S3ConditionalLogStore"
+    assert said["first"] == "written" and said["overwrite"] == "written"
+    assert said["again"] == "java.nio.file.FileAlreadyExistsException"
+    assert said["read"] == "['{\"a\": 3}']"
