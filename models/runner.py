@@ -43,10 +43,20 @@ class TrainResult:
 
 
 def snapshot_files(df: DataFrame) -> dict[str, list[str]]:
-    """Parquet files of a pinned snapshot per split (partition-pruned file lists)."""
+    """Parquet files of a pinned snapshot per split (partition-pruned file lists).
+
+    Raises:
+        ConfigError: the files are on an object store or HDFS: the ranks' Petastorm
+            readers open local (or shared-mount) files only for now.
+    """
     files = {}
     for split in ("train", "val", "test"):
         uris = df.filter(F.col("split") == split).inputFiles()
+        remote = [u for u in uris if not u.startswith("file:")]
+        if remote:
+            raise ConfigError(f"training reads {remote[0].split('://')[0]}:// files "
+                              f"({remote[0]}); Horovod ranks read a gold table's files from "
+                              f"a local or shared-mount lake only for now")
         files[split] = sorted(u.replace("file:/", "file:///", 1) if u.startswith("file:/")
                               and not u.startswith("file:///") else u for u in uris)
     return files

@@ -83,6 +83,10 @@ def test_ingest_curate_and_features_write_every_table_to_the_s3_server(s3, tmp_p
     located = _ok(env, "sql", "DESCRIBE DETAIL silver_orders")
     assert "s3a://" in located
     assert not (home / "warehouse").exists()               # nothing of the lake is local
+    trained = _run(env, "train", "mlp", "--dataset", "orders")   # not yet: one clear line
+    errors = [ln for ln in trained.stderr.splitlines() if ln.startswith("lakeforge train")]
+    assert trained.returncode == 2 and len(errors) == 1, trained.stderr[-3000:]
+    assert "training reads s3a:// files" in errors[0]
 
 
 def test_a_wrong_endpoint_or_credentials_stop_with_one_line(s3, tmp_path):
@@ -184,3 +188,31 @@ def test_the_log_store_refuses_a_second_creation_of_a_commit_file(s3, tmp_path):
     assert said["first"] == "written" and said["overwrite"] == "written"
     assert said["again"] == "java.nio.file.FileAlreadyExistsException"
     assert said["read"] == "['{\"a\": 3}']"
+
+
+def test_a_landing_folder_on_s3_is_ingested_file_by_file_exactly_once(s3, tmp_path):
+    """CSV files landing under s3a://: each is ingested once, whichever batch runs again."""
+    store = objectstore.filesystem(s3)
+    landing = f"{s3.lake.server.bucket}/landing5/orders"
+    entries = tmp_path / "entries"
+    entries.mkdir()
+    (entries / "orders.yml").write_text(ORDERS % f"s3a://{landing}/")
+    env = {**small_job_env(tmp_path / "home", entries), **objectstore.environment(s3, "lake5")}
+
+    def land(name: str, first: int) -> None:
+        rows = [f"{i},{i}.5,KEPT" for i in range(first, first + 10)]
+        with store.open_output_stream(f"{landing}/{name}") as out:
+            out.write(("order_id,amount,status\n" + "\n".join(rows) + "\n").encode())
+
+    land("day1.csv", 1)
+    _ok(env, "ingest", "orders", "--batch", "b1")
+    land("day2.csv", 11)
+    _ok(env, "ingest", "orders", "--batch", "b2")
+    _ok(env, "ingest", "orders", "--batch", "b1")          # a batch run again: nothing new
+    seen = _ok(env, "sql", "SELECT count(*), count(DISTINCT order_id), "
+                           "count(DISTINCT _source_file), min(_source_file) FROM bronze_orders")
+    assert _row(seen) == ["20", "20", "2", f"s3a://{landing}/day1.csv"], seen
+    claims = _ok(env, "sql", "SELECT batch, count(*) FROM ops_ingest_files GROUP BY batch "
+                             "ORDER BY batch")
+    assert [ln.split() for ln in claims.splitlines() if ln.split()[:1] in (["b1"], ["b2"])] \
+        == [["b1", "1"], ["b2", "1"]], claims
