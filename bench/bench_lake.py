@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +23,6 @@ from pyarrow import fs
 from lakehouse import objectstore
 from lakehouse.catalog import format_table
 from lakehouse.config import load_config
-from tests.helpers import free_port, small_job_env
 
 STEPS = """
 import json, sys, time
@@ -46,6 +47,18 @@ print("RESULT " + json.dumps(seconds))
 """
 
 
+def _env(home: Path) -> dict[str, str]:
+    """A driver of its own on two local cores, its home (and so its metastore) fresh."""
+    return {**os.environ, "LAKEFORGE_HOME": str(home), "LAKEFORGE_SPARK__MASTER": "local[2]",
+            "LAKEFORGE_SPARK__UI_ENABLED": "false"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _run(env: dict[str, str], dataset: str) -> dict[str, list[float]]:
     done = subprocess.run([sys.executable, "-c", STEPS, dataset], env=env, text=True,
                           capture_output=True, check=False)
@@ -62,11 +75,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-lake-") as work:
         root = Path(work)
-        s3 = load_config([f"home={root / 's3'}", f"lake.server.port={free_port()}"])
+        s3 = load_config([f"home={root / 's3'}", f"lake.server.port={_free_port()}"])
         objectstore.start(s3)
         try:
-            local = _run(small_job_env(root / "local"), args.dataset)
-            remote = _run({**small_job_env(root / "remote"),
+            local = _run(_env(root / "local"), args.dataset)
+            remote = _run({**_env(root / "remote"),
                            **objectstore.environment(s3, "bench")}, args.dataset)
             objects = [i for i in objectstore.filesystem(s3).get_file_info(
                 fs.FileSelector(f"{s3.lake.server.bucket}/bench", recursive=True))
