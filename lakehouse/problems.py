@@ -46,14 +46,9 @@ class Problems:
         self.items.extend(other.items)
 
     def raise_if_any(self, error: type[LakeforgeError], header: str) -> None:
-        """Raise ``error`` listing every problem under ``header`` (nothing when none).
-
-        The error carries the list as ``problems``.
-        """
+        """Raise ``error`` listing every problem under ``header`` (nothing when none)."""
         if self.items:
-            exc = error(header + ":\n  " + "\n  ".join(self.items))
-            exc.problems = list(self.items)   # type: ignore[attr-defined]
-            raise exc
+            raise error(header + ":\n  " + "\n  ".join(self.items))
 
     def mapping(self, value: Any, where: str, known: tuple[str, ...]) -> Mapping[str, Any]:
         """``value`` as a mapping of known keys (``{}`` and a problem when it is not one)."""
@@ -86,11 +81,3 @@ class Problems:
             self.add(where, f"expected a string or a list of strings, got {value!r}")
             return ()
         return tuple(value)
-
-    def whole(self, value: Any, where: str, least: int = 1, what: str = "") -> int:
-        """``value`` as a whole number >= ``least`` (``least`` and a problem otherwise)."""
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            self.add(where, f"expected a whole number{' of ' + what if what else ''} "
-                            f">= {least}, got {value!r}")
-            return least
-        return value

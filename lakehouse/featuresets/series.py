@@ -449,7 +449,7 @@ def given_indices(spark: SparkSession, cfg: Config, dataset: str, declared: Seri
         return {}, None
     current = delta.snapshot(spark, gold)
     test = delta.read_version(spark, gold, current.version).filter(F.col("split") == "test")
-    key = built_meta(spark, gold).get("key") or {}
+    key = built_meta(spark, gold, current.data_version).get("key") or {}
     same_static = (bool(declared.static) and "static" in test.columns
                    and key.get("declared", {}).get("static") == list(declared.static))
     # One test window per series: its row holds the series' indices and categories.

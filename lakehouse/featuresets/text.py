@@ -49,6 +49,7 @@ from lakehouse.datasets import Dataset
 from lakehouse.errors import ConfigError, SourceError, TableNotFoundError
 from lakehouse.featuresets.contract import (
     ROW_FIELDS,
+    Build,
     FeatureSet,
     Kind,
     build_once,
@@ -258,20 +259,19 @@ class TextKind(Kind):
             partitions=partitions, by=(),
             meta=lambda: {"silver_version": pinned.data_version,
                           "vocab_version": vocab_version, "params": settings.recorded})
-        result = _feature_set(spark, name, corpus.table, vocab.table)
+        result = _feature_set(spark, name, corpus, vocab.table)
         log.info("word2vec corpus: %s v%d holds %d sentences over %d words (%s v%d, "
                  "min_count %d)", corpus.table, result.version, result.rows,
                  result.n_features, vocab.table, vocab_version, settings.min_count)
         return result
 
 
-def _feature_set(spark: SparkSession, dataset: str, corpus_table: str,
+def _feature_set(spark: SparkSession, dataset: str, corpus: Build,
                  vocab_table: str) -> FeatureSet:
-    version = delta.snapshot(spark, corpus_table).data_version
-    meta = build_metadata(spark, corpus_table, version)
-    rows = spark.table(corpus_table).count()
-    words = delta.read_data_version(spark, vocab_table, meta["vocab_version"]).count()
-    return FeatureSet(dataset, corpus_table, version, rows, words, 0, ())
+    """The corpus as built: sentences at its snapshot, words of the vocabulary it names."""
+    rows = corpus.rows(spark).count()
+    words = delta.read_data_version(spark, vocab_table, corpus.meta["vocab_version"]).count()
+    return FeatureSet(dataset, corpus.table, corpus.snapshot.data_version, rows, words, 0, ())
 
 
 KIND = TextKind()
