@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lakehouse.config import Config
+from lakehouse.lakefs import LakeFS
 
 
 def write_report(cfg: Config, models: Sequence, queries: Sequence[tuple[str, str]]) -> Path:
@@ -26,7 +27,7 @@ def write_report(cfg: Config, models: Sequence, queries: Sequence[tuple[str, str
     sections = []
     for m in models:
         pngs = []
-        for png in sorted(Path(m.artifact).glob("*.png")):
+        for png in sorted(Path(LakeFS.of(cfg).fetch(m.artifact)).glob("*.png")):
             target = folder / f"{m.name}_v{m.version}_{png.name}"
             shutil.copyfile(png, target)
             pngs.append(f'<img src="{html.escape(target.name)}" alt="{html.escape(png.stem)}">')

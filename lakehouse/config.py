@@ -208,9 +208,9 @@ class Config:
         return self.home / "metastore_db"
 
     @property
-    def checkpoint_dir(self) -> Path:
-        """Training checkpoints."""
-        return self.home / "checkpoints"
+    def checkpoint_dir(self) -> str:
+        """Training checkpoints, under the lake's root (Horovod ranks on any node write them)."""
+        return self.lake_path("checkpoints")
 
     @property
     def log_dir(self) -> Path:
@@ -218,9 +218,9 @@ class Config:
         return self.home / "logs"
 
     @property
-    def model_dir(self) -> Path:
-        """Versioned model artifacts."""
-        return self.home / "models"
+    def model_dir(self) -> str:
+        """Versioned model artifacts, under the lake's root."""
+        return self.lake_path("models")
 
 
 def project_path(path: str | Path) -> Path:

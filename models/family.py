@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from lakehouse.config import Config, load_typed
 from lakehouse.errors import ConfigError
+from lakehouse.lakefs import LakeFS
 
 if TYPE_CHECKING:   # the contract's types only: pipelines and DAG files import this module
     from pyspark.sql import DataFrame, SparkSession
@@ -57,6 +58,26 @@ class TrainPlan:
     recorded: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a training run keeps its files.
+
+    Attributes:
+        run_id: the training run.
+        staged: driver-local folder where the artifact is assembled before it is
+            registered (the trainer's own files, rank 0's files, the plots).
+        outputs: lake folder rank 0 writes its artifact files to (any node reaches it).
+        checkpoints: lake folder of the run's checkpoints (a rerun resumes from them).
+        lake: the lake's filesystem, for the ranks.
+    """
+
+    run_id: str
+    staged: Path
+    outputs: str
+    checkpoints: str
+    lake: LakeFS
+
+
 class FamilyTrainer(ABC):
     """The driver-side steps a family adds to the training template.
 
@@ -80,8 +101,8 @@ class FamilyTrainer(ABC):
         """Checks that only a run still to be trained needs (default: none)."""
 
     @abstractmethod
-    def rank_spec(self, cfg: Config, plan: TrainPlan, run_id: str, staged: Path) -> Any:
-        """The plain, picklable values every rank gets."""
+    def rank_spec(self, cfg: Config, plan: TrainPlan, run: RunPaths) -> Any:
+        """The plain, picklable values every rank gets (files in ``run.staged`` stay local)."""
 
     @abstractmethod
     def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,

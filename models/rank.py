@@ -11,11 +11,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from lakehouse.lakefs import LakeFS, join
 
 CKPT_PATTERN = re.compile(r"^epoch-(\d+)\.weights\.h5$")
 
@@ -30,46 +35,59 @@ class RankSpec:
     rows: dict[str, int]                 # split -> rows
     n_features: int
     n_classes: int
-    checkpoint_dir: str
+    checkpoint_dir: str                  # lake locations
     artifact_dir: str
+    lake: LakeFS = field(default_factory=LakeFS)
     mean: list[float] | None = None
     variance: list[float] | None = None
     seed: int = 7
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def last_checkpoint(checkpoint_dir: str,
+def last_checkpoint(lake: LakeFS, checkpoint_dir: str,
                     pattern: re.Pattern = CKPT_PATTERN) -> tuple[int, str | None]:
-    """The highest completed epoch with a checkpoint, and its file (0, None if none).
+    """The highest completed epoch with a checkpoint, and a local copy of its file.
 
     Args:
-        checkpoint_dir: folder of a run's checkpoints.
+        lake: the lake's filesystem.
+        checkpoint_dir: lake folder of a run's checkpoints.
         pattern: file names of checkpoints, the epoch number as the first group.
-    """
-    best, path = 0, None
-    if os.path.isdir(checkpoint_dir):
-        for name in os.listdir(checkpoint_dir):
-            if (m := pattern.search(name)) and int(m.group(1)) > best:
-                best, path = int(m.group(1)), os.path.join(checkpoint_dir, name)
-    return best, path
-
-
-def save_checkpoint(save, checkpoint_dir: str, epoch: int) -> str:
-    """Write epoch ``epoch``'s checkpoint whole or not at all.
-
-    ``save(path)`` writes a file under a name :func:`last_checkpoint` does not match,
-    which then replaces the epoch's name in one rename: a rank killed mid-write leaves
-    a partial file that no restart reads.
 
     Returns:
-        The checkpoint's path.
+        ``(epoch, local file)``, or ``(0, None)`` when the run has no checkpoint.
     """
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    path = os.path.join(checkpoint_dir, f"epoch-{epoch:03d}.weights.h5")
-    partial = os.path.join(checkpoint_dir, f"partial-{epoch:03d}.weights.h5")
-    save(partial)
-    os.replace(partial, path)
-    return path
+    best, name = 0, None
+    for entry in lake.names(checkpoint_dir):
+        if (m := pattern.search(entry)) and int(m.group(1)) > best:
+            best, name = int(m.group(1)), entry
+    return best, (lake.fetch(join(checkpoint_dir, name)) if name else None)
+
+
+def save_checkpoint(lake: LakeFS, save, checkpoint_dir: str, epoch: int,
+                    suffix: str = ".weights.h5") -> str:
+    """Write epoch ``epoch``'s checkpoint to the lake whole or not at all.
+
+    ``save(path)`` writes a local file, which :meth:`LakeFS.put` sends to the lake
+    atomically: a rank killed mid-write leaves nothing that a restart reads.
+
+    Returns:
+        The checkpoint's lake location.
+    """
+    name = f"epoch-{epoch:03d}{suffix}"
+    with tempfile.TemporaryDirectory(prefix="lakeforge-ckpt-") as scratch:
+        local = os.path.join(scratch, name)
+        save(local)
+        location = join(checkpoint_dir, name)
+        lake.put(local, location)
+    return location
+
+
+@contextmanager
+def artifact_folder(lake: LakeFS, location: str) -> Iterator[str]:
+    """A local folder for rank 0's artifact files, sent to ``location`` on the lake after."""
+    with tempfile.TemporaryDirectory(prefix="lakeforge-artifact-") as folder:
+        yield folder
+        lake.put(folder, location)
 
 
 def start_rank():

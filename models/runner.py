@@ -26,7 +26,8 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, TableNotFoundError
-from models.family import check_kind, get_family
+from lakehouse.lakefs import LakeFS, join
+from models.family import RunPaths, check_kind, get_family
 from models.store import ModelRecord, ModelStore
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,12 @@ class TrainResult:
 def snapshot_files(df: DataFrame) -> dict[str, list[str]]:
     """Parquet files of a pinned snapshot per split (partition-pruned file lists).
 
-    Raises:
-        ConfigError: the files are on an object store or HDFS: the ranks' Petastorm
-            readers open local (or shared-mount) files only for now.
+    Local files as ``file:///path``; files on an object store or HDFS keep their URI
+    (``s3a://bucket/key``), which the ranks open through :class:`LakeFS`.
     """
     files = {}
     for split in ("train", "val", "test"):
         uris = df.filter(F.col("split") == split).inputFiles()
-        remote = [u for u in uris if not u.startswith("file:")]
-        if remote:
-            raise ConfigError(f"training reads {remote[0].split('://')[0]}:// files "
-                              f"({remote[0]}); Horovod ranks read a gold table's files from "
-                              f"a local or shared-mount lake only for now")
         files[split] = sorted(u.replace("file:/", "file:///", 1) if u.startswith("file:/")
                               and not u.startswith("file:///") else u for u in uris)
     return files
@@ -116,13 +111,14 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     if done is not None:
         return done
     trainer.ready(plan, table, version)
-    staged = staging_dir(cfg, run_id)
-    spec = trainer.rank_spec(cfg, plan, run_id, staged)
+    run = run_paths(cfg, run_id)
+    spec = trainer.rank_spec(cfg, plan, run)
     log.info("training %s (%s) on %s v%d: %s; %d ranks, run %s", name, family_name, table,
              version, plan.summary, cfg.train.num_proc, run_id)
     ranks = run_ranks(spec, cfg, type(trainer).rank_fn)
-    metrics = trainer.evaluate(spark, cfg, plan, ranks, staged, name)
-    record = ModelStore(spark, cfg).register(name, family_name, staged,
+    gather(run)
+    metrics = trainer.evaluate(spark, cfg, plan, ranks, run.staged, name)
+    record = ModelStore(spark, cfg).register(name, family_name, run.staged,
                                              plan.recorded or plan.params, metrics, table,
                                              version, run_id)
     seconds = time.monotonic() - start
@@ -152,12 +148,29 @@ def pin_table(spark: SparkSession, table: str, version: int | None) -> tuple[Dat
     return delta.read_version(spark, table, pinned.version), pinned.data_version
 
 
+def run_paths(cfg: Config, run_id: str) -> RunPaths:
+    """A run's local staging folder (fresh), its lake outputs folder (empty) and checkpoints."""
+    lake = LakeFS.of(cfg)
+    staged = staging_dir(cfg, run_id)
+    outputs = cfg.lake_path("runs", run_id)
+    lake.remove(outputs)
+    return RunPaths(run_id, staged, outputs, join(cfg.checkpoint_dir, "train", run_id), lake)
+
+
+def gather(run: RunPaths) -> None:
+    """Bring rank 0's artifact files from the lake into the staging folder, then drop them."""
+    for name in run.lake.names(run.outputs):
+        run.lake.get(join(run.outputs, name), str(run.staged / name))
+    run.lake.remove(run.outputs)
+
+
 def staging_dir(cfg: Config, run_id: str) -> Path:
     """A fresh folder for a run's artifact, under ``LAKEFORGE_HOME/staging/<run id>``.
 
     The process that owns it is written beside it (``<run id>.owner``: host and pid)
     before it exists; folders of processes that are gone (killed runs) are removed
-    here, so a killed training leaves nothing behind once any training starts again.
+    here, with what their ranks left under the lake's ``runs/``, so a killed training
+    leaves nothing behind once any training starts again on that host.
     """
     root = cfg.home / "staging"
     root.mkdir(parents=True, exist_ok=True)
@@ -168,6 +181,7 @@ def staging_dir(cfg: Config, run_id: str) -> Path:
         owner = root / f"{folder.name}.owner"
         if not owner.exists() or _gone(owner.read_text(), host):
             shutil.rmtree(folder, ignore_errors=True)
+            LakeFS.of(cfg).remove(cfg.lake_path("runs", folder.name))
             owner.unlink(missing_ok=True)
     for owner in root.glob("*.owner"):
         if not owner.with_suffix("").exists() and _gone(owner.read_text(), host):

@@ -32,6 +32,7 @@ from pyspark.sql.types import (
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError
+from lakehouse.lakefs import LakeFS
 from lakehouse.tables import TableSpec, _f, register
 from models.family import get_family
 from models.store import ModelStore
@@ -84,8 +85,9 @@ def task_threads() -> int:
     return int(context.cpus()) if context is not None else 0
 
 
-def load_once(artifact: str, filename: str, loader: Callable[[str], Any], loads=None) -> Any:
-    """``loader(artifact)``, called at most once in this process per version of the artifact.
+def load_once(artifact: str, filename: str, loader: Callable[[str], Any], loads=None,
+              lake: LakeFS | None = None) -> Any:
+    """``loader(folder)``, called at most once in this process per version of the artifact.
 
     Every family's scorer keeps what it loads here (a Keras model, a forest, embeddings,
     a DeepAR network). The cache key is ``filename`` inside ``artifact`` with its
@@ -95,16 +97,21 @@ def load_once(artifact: str, filename: str, loader: Callable[[str], Any], loads=
     reused worker, which would walk every loaded object (about 0.17 s per task with
     TensorFlow on a small machine) although the cache lives as long as the worker.
 
+    An artifact on a remote lake is fetched to a local copy first (once per host,
+    :meth:`LakeFS.fetch`); ``loader`` always reads a local folder.
+
     Args:
-        artifact: the model's artifact folder.
+        artifact: the model's artifact folder (a lake location).
         filename: the file in it whose modification time versions the cache entry.
-        loader: loads from the folder.
+        loader: loads from the local folder.
         loads: accumulator, +1 per load (None: not counted).
+        lake: the lake's filesystem (None: a local lake).
     """
-    path = os.path.join(artifact, filename)
+    folder = (lake or LakeFS()).fetch(artifact)
+    path = os.path.join(folder, filename)
     key = f"{path}@{os.path.getmtime(path) if os.path.exists(path) else 0}"
     if key not in _LOADED:
-        _LOADED[key] = loader(artifact)
+        _LOADED[key] = loader(folder)
         if loads is not None:
             loads.add(1)
         if task_threads():

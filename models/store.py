@@ -1,6 +1,7 @@
 """The model store: versioned artifacts plus the ``<database>.models`` Delta table.
 
-Artifacts live under ``LAKEFORGE_HOME/models/<database>/<name>/<run id>``; the table holds
+Artifacts live on the lake under ``models/<database>/<name>/<run id>`` (a folder of the
+home for a local lake); the table holds
 name, version, family, params, metrics, training table and its Delta version, run
 id, artifact path and created_at.
 
@@ -28,6 +29,7 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import CommitConflictError, LakeforgeError
+from lakehouse.lakefs import LakeFS, is_remote, join
 from lakehouse.tables import table
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,8 @@ class ModelStore:
         self.spark, self.cfg = spark, cfg
         self.spec = table("ops.models")
         self.table = delta.ensure_table(spark, self.spec, cfg.catalog.database)
-        self.root = cfg.model_dir / cfg.catalog.database
+        self.lake = LakeFS.of(cfg)
+        self.root = join(cfg.model_dir, cfg.catalog.database)
 
     def find_run(self, name: str, run_id: str) -> ModelRecord | None:
         """The model a run already registered, if any (re-runs do not register twice)."""
@@ -81,10 +84,10 @@ class ModelStore:
     def register(self, name: str, family: str, staged: Path, params: dict[str, Any],
                  metrics: dict[str, float], training_table: str, training_version: int,
                  run_id: str) -> ModelRecord:
-        """Move a staged artifact folder into the store and add its models-table row.
+        """Move a staged artifact folder into the store on the lake and add its row.
 
-        The staged folder is consumed: moved into the store, or deleted when this run
-        had already registered its model.
+        The staged folder is consumed: moved (or copied, to a remote lake) into the
+        store, or deleted when this run had already registered its model.
 
         Args:
             name: model name.
@@ -103,18 +106,21 @@ class ModelStore:
         if existing is not None:
             shutil.rmtree(staged, ignore_errors=True)
             return existing
-        target = self.root / name / run_id
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():   # left by a registration killed before its commit
-            shutil.rmtree(target)
-        shutil.move(staged, target)
+        target = join(self.root, name, run_id)
+        self.lake.remove(target)   # left by a registration killed before its commit
+        if is_remote(target):
+            self.lake.put(str(staged), target)
+            shutil.rmtree(staged, ignore_errors=True)
+        else:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(staged, target)
         for attempt in range(1, REGISTER_ATTEMPTS + 1):
             latest = (self.spark.table(self.table).filter(F.col("name") == name)
                       .agg(F.max("version")).first()[0])
             record = ModelRecord(name, (latest or 0) + 1, family, params, metrics,
-                                 training_table, training_version, run_id, str(target),
+                                 training_table, training_version, run_id, target,
                                  dt.datetime.now(dt.UTC).replace(tzinfo=None))
-            (target / META_FILE).write_text(json.dumps(
+            self.lake.write_text(join(target, META_FILE), json.dumps(
                 {**{k: v for k, v in record.__dict__.items() if k != "created_at"},
                  "created_at": record.created_at.isoformat()}, indent=2, default=str))
             try:
@@ -163,14 +169,17 @@ class ModelStore:
                 loaded (the path and the reason are in the message).
         """
         record = self.get(name, version)
-        return load_artifact(record.artifact), record
+        return load_artifact(record.artifact, self.lake), record
 
 
-def load_artifact(artifact: str):
-    """Load ``model.keras`` from an artifact folder (works on executors too)."""
+def load_artifact(artifact: str, lake: LakeFS | None = None):
+    """Load ``model.keras`` from an artifact folder on the lake (works on executors too)."""
     import tensorflow as tf
 
-    path = Path(artifact) / MODEL_FILE
+    try:
+        path = Path((lake or LakeFS()).fetch(artifact)) / MODEL_FILE
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"model artifact {artifact} does not exist") from None
     if not path.is_file():
         raise ModelNotFoundError(f"model artifact {path} does not exist")
     try:

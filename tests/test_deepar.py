@@ -425,11 +425,12 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
 
 def test_windows_without_covariates_feed_training_batches(spark, cfg, panel):
     """The batches a rank trains on, for a panel declaring no covariates (empty ones)."""
+    from lakehouse.lakefs import LakeFS
     from models.deepar.rank import _train_dataset
 
     c, p = WINDOW["context_length"], WINDOW["prediction_length"]
     files = snapshot_files(spark.table(panel.table))["train"]
-    reader, ds = _train_dataset(files, 8, 0, 1, 7, 1000,
+    reader, ds = _train_dataset(LakeFS(), files, 8, 0, 1, 7, 1000,
                                 {"context_length": c, "prediction_length": p})
     try:
         batches = iter(ds)

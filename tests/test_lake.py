@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,11 +84,50 @@ def test_ingest_curate_and_features_write_every_table_to_the_s3_server(s3, tmp_p
     assert any(i.base_name.endswith(".json") for i in log)
     located = _ok(env, "sql", "DESCRIBE DETAIL silver_orders")
     assert "s3a://" in located
-    assert not (home / "warehouse").exists()               # nothing of the lake is local
-    trained = _run(env, "train", "mlp", "--dataset", "orders")   # not yet: one clear line
-    errors = [ln for ln in trained.stderr.splitlines() if ln.startswith("lakeforge train")]
-    assert trained.returncode == 2 and len(errors) == 1, trained.stderr[-3000:]
-    assert "training reads s3a:// files" in errors[0]
+    # Train with two Horovod ranks reading gold from S3; kill the job after its first
+    # epoch's checkpoint, run it again: it resumes from the checkpoint on S3.
+    train = ("train", "mlp", "--dataset", "orders", "--run-id", "r1", "--param", "epochs=12",
+             "--param", "patience=100")
+    killed = subprocess.Popen([sys.executable, "-m", "jobs.cli", *train], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    checkpoints = f"{s3.lake.server.bucket}/lake1/checkpoints/train/r1"
+    try:
+        for line in killed.stdout:
+            if "epoch 2/12" in line:
+                break
+        _wait_for(lambda: _names(store, checkpoints))
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    saved = _names(store, checkpoints)
+    assert saved and all(n.startswith("epoch-") for n in saved), saved
+    again = _run(env, *train)
+    resumed = again.stdout + again.stderr                   # the ranks' lines are on stderr
+    assert again.returncode == 0, resumed[-4000:]
+    assert "epoch 1/12" not in resumed and "epoch 12/12" in resumed, resumed[-3000:]
+    artifact = f"{database.rsplit('/', 2)[0]}/models/lakeforge/orders_mlp/r1"
+    assert {"model.keras", "meta.json", "history.json"} <= set(_names(store, artifact))
+    assert not _names(store, f"{s3.lake.server.bucket}/lake1/runs")   # gathered, removed
+
+    _ok(env, "score", "mlp", "--model", "orders_mlp")
+    scored = _ok(env, "sql", "SELECT count(*), count(DISTINCT row_id), min(model_version) "
+                             "FROM predictions_mlp")
+    assert _row(scored) == [str(40 - bad), str(40 - bad), "1"], scored
+    assert not (home / "warehouse").exists() and not (home / "models").exists() \
+        and not (home / "checkpoints").exists()           # nothing of the lake is local
+
+
+def _names(store: fs.FileSystem, folder: str) -> list[str]:
+    return sorted(i.base_name for i in store.get_file_info(
+        fs.FileSelector(folder, allow_not_found=True)))
+
+
+def _wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
 
 
 def test_a_wrong_endpoint_or_credentials_stop_with_one_line(s3, tmp_path):

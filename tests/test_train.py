@@ -13,6 +13,7 @@ from lakehouse.errors import SchemaMismatchError, TableNotFoundError
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.declared import gold_spec
 from lakehouse.ingest import ingest
+from lakehouse.lakefs import LakeFS
 from models.classifier.rank import train_rank
 from models.rank import RankSpec, last_checkpoint, save_checkpoint
 from models.runner import run_ranks, snapshot_files, train
@@ -91,7 +92,7 @@ def test_restarted_run_resumes_at_next_epoch(spark, cfg, wine):
     # A run that stopped after 2 epochs: its checkpoints exist, no model was registered.
     df = delta.read_version(spark, wine.table, wine.version)
     rows = {r["split"]: r["count"] for r in df.groupBy("split").count().collect()}
-    ckpt = cfg.checkpoint_dir / "train" / "resume-run"
+    ckpt = Path(cfg.checkpoint_dir) / "train" / "resume-run"
     spec = RankSpec("mlp", {**FAST, "epochs": 2, "task": "classification", "dropout": 0.0},
                     snapshot_files(df), rows, 13, 3, str(ckpt), str(cfg.home / "scratch"),
                     mean=[0.0] * 13, variance=[1.0] * 13)
@@ -128,17 +129,18 @@ def test_store_errors_name_model_and_artifact(spark, cfg, tmp_path):
 
 def test_a_checkpoint_cut_short_is_never_resumed_from(tmp_path):
     """A rank killed while writing its checkpoint leaves the previous epoch's to resume."""
-    folder = str(tmp_path)
-    first = save_checkpoint(lambda path: Path(path).write_bytes(b"epoch one"), folder, 1)
+    folder, lake = str(tmp_path), LakeFS()
+    first = save_checkpoint(lake, lambda path: Path(path).write_bytes(b"epoch one"), folder, 1)
 
     def killed_mid_write(path: str) -> None:
         Path(path).write_bytes(b"half an HDF5 fi")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(killed_mid_write, folder, 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-001.weights.h5",
-                                                          "partial-002.weights.h5"]
-    assert last_checkpoint(folder) == (1, first)
-    save_checkpoint(lambda path: Path(path).write_bytes(b"epoch two"), folder, 2)
-    assert last_checkpoint(folder) == (2, str(tmp_path / "epoch-002.weights.h5"))
+        save_checkpoint(lake, killed_mid_write, folder, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-001.weights.h5"]
+    # Killed while copying to the lake: the copy has a name no restart reads.
+    (tmp_path / ".partial-0a1b2c3d-epoch-002.weights.h5").write_bytes(b"half an HDF5 fi")
+    assert last_checkpoint(lake, folder) == (1, first)
+    save_checkpoint(lake, lambda path: Path(path).write_bytes(b"epoch two"), folder, 2)
+    assert last_checkpoint(lake, folder) == (2, str(tmp_path / "epoch-002.weights.h5"))

@@ -12,14 +12,15 @@ import json
 import os
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lakehouse.lakefs import LakeFS
 from models.family import get_family
 from models.rank import (
     RankSpec,
+    artifact_folder,
     last_checkpoint,
     pin_gpu,
     save_checkpoint,
@@ -28,8 +29,9 @@ from models.rank import (
 )
 
 
-def _dataset(files: list[str], batch_size: int, shard: int | None, shards: int | None,
-             epochs: int | None, shuffle: bool, seed: int, regression: bool = False):
+def _dataset(lake: LakeFS, files: list[str], batch_size: int, shard: int | None,
+             shards: int | None, epochs: int | None, shuffle: bool, seed: int,
+             regression: bool = False):
     """A tf.data pipeline of (features, label) batches from Petastorm.
 
     The label is a class index (int32), or the target value (float32) of a regression.
@@ -41,7 +43,7 @@ def _dataset(files: list[str], batch_size: int, shard: int | None, shards: int |
     reader = make_batch_reader(
         files, schema_fields=["features", "label"], cur_shard=shard, shard_count=shards,
         num_epochs=epochs, shuffle_row_groups=shuffle, seed=seed, workers_count=2,
-        reader_pool_type="thread")
+        reader_pool_type="thread", filesystem=lake.petastorm_filesystem(files[0]))
     ds = make_petastorm_dataset(reader).map(
         lambda b: (tf.cast(b.features, tf.float32),
                    tf.reshape(tf.cast(b.label, tf.float32), [-1, 1]) if regression
@@ -87,13 +89,13 @@ def _progress(size: int, total_epochs: int):
     return Progress()
 
 
-def _checkpoints(checkpoint_dir: str):
+def _checkpoints(lake: LakeFS, checkpoint_dir: str):
     """A Keras callback writing each epoch's weights whole (used on rank 0)."""
     import tensorflow as tf
 
     class Checkpoints(tf.keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            save_checkpoint(self.model.save_weights, checkpoint_dir, epoch + 1)
+            save_checkpoint(lake, self.model.save_weights, checkpoint_dir, epoch + 1)
 
     return Checkpoints()
 
@@ -160,7 +162,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
                          mean, var)
     _compile(model, spec, hvd)
 
-    initial_epoch, ckpt = last_checkpoint(spec.checkpoint_dir)
+    initial_epoch, ckpt = last_checkpoint(spec.lake, spec.checkpoint_dir)
     if ckpt is not None:
         model.load_weights(ckpt)   # every rank reads the same file; broadcast keeps them equal
     batch, epochs = int(spec.params["batch_size"]), int(spec.params["epochs"])
@@ -173,8 +175,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
                                          restore_best_weights=True),
     ]
     if hvd.rank() == 0:
-        Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        callbacks.append(_checkpoints(spec.checkpoint_dir))
+        callbacks.append(_checkpoints(spec.lake, spec.checkpoint_dir))
         callbacks.append(_progress(hvd.size(), epochs))
     clock = _clock()
     callbacks.append(clock)
@@ -182,10 +183,11 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     history: dict[str, list[float]] = {}
     fit_start = fit_end = time.monotonic()     # equal when there is nothing left to fit
     if initial_epoch < epochs:
-        train_reader, train_ds = _dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
-                                          None, True, spec.seed + hvd.rank(), _regression(spec))
-        val_reader, val_ds = _dataset(spec.files.get("val") or spec.files["train"], batch,
-                                      hvd.rank(), hvd.size(), None, False, spec.seed,
+        train_reader, train_ds = _dataset(spec.lake, spec.files["train"], batch, hvd.rank(),
+                                          hvd.size(), None, True, spec.seed + hvd.rank(),
+                                          _regression(spec))
+        val_reader, val_ds = _dataset(spec.lake, spec.files.get("val") or spec.files["train"],
+                                      batch, hvd.rank(), hvd.size(), None, False, spec.seed,
                                       _regression(spec))
         fit_start = time.monotonic()
         try:
@@ -217,10 +219,10 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     }
     if hvd.rank() == 0:
         result.update(_evaluate(model, spec, batch))
-        Path(spec.artifact_dir).mkdir(parents=True, exist_ok=True)
-        model.save(os.path.join(spec.artifact_dir, "model.keras"))
-        with open(os.path.join(spec.artifact_dir, "history.json"), "w") as fh:
-            json.dump(history, fh)
+        with artifact_folder(spec.lake, spec.artifact_dir) as folder:
+            model.save(os.path.join(folder, "model.keras"))
+            with open(os.path.join(folder, "history.json"), "w") as fh:
+                json.dump(history, fh)
     return result
 
 
@@ -229,7 +231,8 @@ def _evaluate(model, spec: RankSpec, batch: int) -> dict[str, Any]:
     files = spec.files.get("test") or []
     if not files:
         return {"predictions": None, "labels": None}
-    reader, ds = _dataset(files, batch, None, None, 1, False, spec.seed, _regression(spec))
+    reader, ds = _dataset(spec.lake, files, batch, None, None, 1, False, spec.seed,
+                          _regression(spec))
     preds, labels = [], []
     try:
         for x, y in ds:

@@ -34,6 +34,7 @@ from pyspark.sql.types import (
 from lakehouse.config import Config
 from lakehouse.errors import SchemaMismatchError
 from lakehouse.featuresets.declared import FeatureTransform, features_for_scoring
+from lakehouse.lakefs import LakeFS
 from lakehouse.tables import _f
 from models.scoring import load_once, task_threads
 from models.store import MODEL_FILE, TRANSFORM_FILE, ModelRecord, load_artifact
@@ -63,13 +64,13 @@ class _Loaded:
 
 
 
-def cached_model(artifact: str, loads=None):
+def cached_model(artifact: str, loads=None, lake: LakeFS | None = None):
     """The Keras model at ``artifact``, loaded at most once in this process."""
-    return _cached(artifact, loads).model
+    return _cached(artifact, loads, lake).model
 
 
-def _cached(artifact: str, loads) -> _Loaded:
-    return load_once(artifact, MODEL_FILE, _load, loads)
+def _cached(artifact: str, loads, lake: LakeFS | None) -> _Loaded:
+    return load_once(artifact, MODEL_FILE, _load, loads, lake)
 
 
 def _load(artifact: str) -> _Loaded:
@@ -90,14 +91,14 @@ def _load(artifact: str) -> _Loaded:
     return _Loaded(model, forward, width, regression=model.layers[-1].name == "value")
 
 
-def score_batches(batches: Iterator[pa.RecordBatch], artifact: str,
-                  loads) -> Iterator[pa.RecordBatch]:
+def score_batches(batches: Iterator[pa.RecordBatch], artifact: str, loads,
+                  lake: LakeFS | None = None) -> Iterator[pa.RecordBatch]:
     """Executor side: class probabilities for each Arrow batch (``mapInArrow``).
 
     Features are read as one flat float buffer and reshaped, and probabilities are
     written back as an Arrow list array, so no row becomes a Python object.
     """
-    loaded = _cached(artifact, loads)
+    loaded = _cached(artifact, loads, lake)
     width = loaded.width
     names = [f.name for f in _OUT.fields]
     for batch in batches:
@@ -150,7 +151,8 @@ def score_classifier(spark: SparkSession, cfg: Config, record: ModelRecord, df: 
         SchemaMismatchError: ``row_id`` or ``features`` is missing.
     """
     table = record.name
-    transform_file = os.path.join(record.artifact, TRANSFORM_FILE)
+    lake = LakeFS.of(cfg)
+    transform_file = os.path.join(lake.fetch(record.artifact), TRANSFORM_FILE)
     transform = None
     if os.path.exists(transform_file):
         with open(transform_file) as fh:
@@ -170,7 +172,7 @@ def score_classifier(spark: SparkSession, cfg: Config, record: ModelRecord, df: 
     first = df.select(F.size("features").alias("n")).first()
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch",
                    str(arrow_batch_rows(first["n"] if first else 1)))
-    scorer = functools.partial(score_batches, artifact=record.artifact, loads=loads)
+    scorer = functools.partial(score_batches, artifact=record.artifact, loads=loads, lake=lake)
     scored = df.select("row_id", "features").mapInArrow(scorer, schema=_OUT)
     names = transform.class_names if transform is not None else ()
     label = F.element_at(F.array(*map(F.lit, names)), F.col("prediction") + 1) if names \

@@ -31,7 +31,7 @@ from models.evaluate import (
     plot_predicted,
     regression_metrics,
 )
-from models.family import FamilyTrainer, TrainPlan
+from models.family import FamilyTrainer, RunPaths, TrainPlan
 from models.rank import RankSpec
 from models.runner import snapshot_files
 from models.store import TRANSFORM_FILE
@@ -131,7 +131,7 @@ class KerasTrainer(FamilyTrainer):
         if not plan.state["rows"].get("train"):
             raise TableNotFoundError(f"training table {table} v{version} has no training rows")
 
-    def rank_spec(self, cfg: Config, plan: TrainPlan, run_id: str, staged: Path) -> RankSpec:
+    def rank_spec(self, cfg: Config, plan: TrainPlan, run: RunPaths) -> RankSpec:
         """Scaling and target statistics fitted on the training split; the transform kept."""
         state, params = plan.state, plan.params
         df, task = state["df"], state["task"]
@@ -143,12 +143,12 @@ class KerasTrainer(FamilyTrainer):
                 F.avg("label").alias("m"), F.stddev_pop("label").alias("s")).first()
             extra = {"target_mean": float(target["m"]), "target_std": float(target["s"] or 1.0)}
         if state["transform"] is not None:
-            (staged / TRANSFORM_FILE).write_text(state["transform"].to_json())
+            (run.staged / TRANSFORM_FILE).write_text(state["transform"].to_json())
         return RankSpec(
             family=self.family, params=params, files=snapshot_files(df), rows=state["rows"],
             n_features=n_features, n_classes=n_classes,
-            checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id), artifact_dir=str(staged),
-            mean=mean, variance=var, seed=cfg.train.seed, extra=extra)
+            checkpoint_dir=run.checkpoints, artifact_dir=run.outputs, lake=run.lake, mean=mean,
+            variance=var, seed=cfg.train.seed, extra=extra)
 
     def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
                  ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:

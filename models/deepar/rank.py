@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lakehouse.lakefs import LakeFS
 from models.deepar import network
 from models.deepar.network import sample_paths, summarise, window_loss
 from models.rank import (
     RankSpec,
+    artifact_folder,
     last_checkpoint,
     pin_gpu,
     save_checkpoint,
@@ -39,8 +40,8 @@ def covariate_columns(config: dict[str, Any]) -> list[str]:
     return (["static_idx"] if cards else []) + (["dynamic"] if n_dynamic else [])
 
 
-def _train_dataset(files: list[str], batch: int, shard: int, shards: int, seed: int,
-                   buffer: int, config: dict[str, Any]):
+def _train_dataset(lake: LakeFS, files: list[str], batch: int, shard: int, shards: int,
+                   seed: int, buffer: int, config: dict[str, Any]):
     """Shuffled, endless batches of windows from this rank's Petastorm shard.
 
     Consecutive rows of a file are often neighbouring windows of one series, so
@@ -57,7 +58,8 @@ def _train_dataset(files: list[str], batch: int, shard: int, shards: int, seed: 
         files, schema_fields=["series_idx", "season", "scale", "target",
                               *covariate_columns(config)],
         cur_shard=shard, shard_count=shards, num_epochs=None, shuffle_row_groups=True,
-        seed=seed, workers_count=2, reader_pool_type="thread")
+        seed=seed, workers_count=2, reader_pool_type="thread",
+        filesystem=lake.petastorm_filesystem(files[0]))
 
     def inputs(b):
         rows = tf.shape(b.target)[0]
@@ -80,7 +82,8 @@ def _train_dataset(files: list[str], batch: int, shard: int, shards: int, seed: 
     return reader, ds.map(without_absent).prefetch(tf.data.AUTOTUNE)
 
 
-def read_windows(files: list[str], extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def read_windows(lake: LakeFS, files: list[str],
+                 extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Every window of ``files`` (unsharded, one pass), ordered by ``row_id``.
 
     ``extra`` names covariate columns to read too (arrays, stacked like ``target``).
@@ -92,7 +95,8 @@ def read_windows(files: list[str], extra: tuple[str, ...] = ()) -> dict[str, np.
     if not files:
         return {c: np.array([]) for c in columns}
     with make_batch_reader(files, schema_fields=columns, num_epochs=1,
-                           shuffle_row_groups=False, workers_count=1) as reader:
+                           shuffle_row_groups=False, workers_count=1,
+                           filesystem=lake.petastorm_filesystem(files[0])) as reader:
         for batch in reader:
             for c in columns:
                 parts[c].append(np.asarray(getattr(batch, c)))
@@ -164,7 +168,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     tf.keras.utils.set_random_seed(spec.seed + hvd.rank())
     config, params = spec.extra["network"], spec.params
     net = network.build(config)
-    initial_epoch, ckpt = last_checkpoint(spec.checkpoint_dir)
+    initial_epoch, ckpt = last_checkpoint(spec.lake, spec.checkpoint_dir)
     if ckpt is not None:
         net.load_weights(ckpt)   # every rank reads the same file
     epochs, batch = int(params["epochs"]), int(params["batch_size"])
@@ -174,7 +178,7 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
     fit_start = time.monotonic()
     if initial_epoch < epochs:
         buffer = min(SHUFFLE_CAP, spec.rows["train"] // hvd.size() + 1)
-        reader, ds = _train_dataset(spec.files["train"], batch, hvd.rank(), hvd.size(),
+        reader, ds = _train_dataset(spec.lake, spec.files["train"], batch, hvd.rank(), hvd.size(),
                                     spec.seed + hvd.rank(), buffer, config)
         try:
             history["loss"] = _fit(net, opt, config, ds, steps, initial_epoch, epochs, spec, hvd)
@@ -191,9 +195,10 @@ def train_rank(spec: RankSpec) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if hvd.rank() == 0:
-        result["forecast"] = forecast_windows(net, config, spec.files.get("test") or [],
-                                              spec.seed)
-        network.save(net, config, spec.artifact_dir)
+        result["forecast"] = forecast_windows(net, config, spec.lake,
+                                              spec.files.get("test") or [], spec.seed)
+        with artifact_folder(spec.lake, spec.artifact_dir) as folder:
+            network.save(net, config, folder)
     return result
 
 
@@ -203,8 +208,6 @@ def _fit(net, opt, config, ds, steps: int, initial_epoch: int, epochs: int, spec
     step = _step_fn(net, opt, config, hvd)
     batches = iter(ds)
     losses = []
-    if hvd.rank() == 0:
-        Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     for epoch in range(initial_epoch, epochs):
         start, total = time.monotonic(), 0.0
         for i in range(steps):
@@ -215,13 +218,13 @@ def _fit(net, opt, config, ds, steps: int, initial_epoch: int, epochs: int, spec
         loss = float(hvd.allreduce(np.float32(total / steps), op=hvd.Average))
         losses.append(loss)
         if hvd.rank() == 0:
-            save_checkpoint(net.save_weights, spec.checkpoint_dir, epoch + 1)
+            save_checkpoint(spec.lake, net.save_weights, spec.checkpoint_dir, epoch + 1)
             print(f"[lakeforge train] deepar epoch {epoch + 1}/{epochs} ({hvd.size()} ranks, "
                   f"{steps} steps, {time.monotonic() - start:.1f}s): loss={loss:.4f}", flush=True)
     return losses
 
 
-def forecast_windows(net, config: dict[str, Any], files: list[str],
+def forecast_windows(net, config: dict[str, Any], lake: LakeFS, files: list[str],
                      seed: int) -> dict[str, list]:
     """Forecast each test window's last ``prediction_length`` values from its context.
 
@@ -229,7 +232,7 @@ def forecast_windows(net, config: dict[str, Any], files: list[str],
         Plain lists: ``series_id``, ``series_idx``, ``season``, ``target`` (whole
         window), and ``mean``, ``q10``, ``q50``, ``q90`` per future step.
     """
-    w = read_windows(files, tuple(covariate_columns(config)))
+    w = read_windows(lake, files, tuple(covariate_columns(config)))
     if not len(w["row_id"]):
         return {}
     c = config["context_length"]

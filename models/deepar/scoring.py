@@ -28,6 +28,7 @@ from pyspark.sql.types import DateType, FloatType, IntegerType, StringType, Time
 from lakehouse.config import Config
 from lakehouse.errors import LakeforgeError, SchemaMismatchError
 from lakehouse.featuresets.series import WINDOW_FIELDS
+from lakehouse.lakefs import LakeFS
 from lakehouse.tables import _f
 from models.deepar.network import (
     WEIGHTS_FILE,
@@ -60,10 +61,10 @@ class UnknownSeriesError(LakeforgeError):
     """The input holds series the model has no embedding for (added after its training)."""
 
 
-def cached_network(artifact: str, loads=None):
+def cached_network(artifact: str, loads=None, lake: LakeFS | None = None):
     """The network of ``artifact``, loaded at most once in this process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return load_once(artifact, WEIGHTS_FILE, load, loads)
+    return load_once(artifact, WEIGHTS_FILE, load, loads, lake)
 
 
 def future_periods(start: pd.Series, last: np.ndarray, steps: int, freq_months: int,
@@ -95,10 +96,10 @@ def _seconds_per_period(config: dict[str, Any]) -> int:
     return int(config.get("freq_seconds") or 86_400 * config.get("freq_days", 0))
 
 
-def forecast_batches(batches: Iterator[pd.DataFrame], artifact: str, loads,
-                     seed: int) -> Iterator[pd.DataFrame]:
+def forecast_batches(batches: Iterator[pd.DataFrame], artifact: str, loads, seed: int,
+                     lake: LakeFS | None = None) -> Iterator[pd.DataFrame]:
     """Executor side: mean and quantiles of the next ``prediction_length`` periods."""
-    net, config = cached_network(artifact, loads)
+    net, config = cached_network(artifact, loads, lake)
     c, p, s = config["context_length"], config["prediction_length"], config["season_length"]
     cards, n_dynamic = covariate_sizes(config)
     for pdf in batches:
@@ -163,17 +164,18 @@ def score_deepar(spark: SparkSession, cfg: Config, record: Any, df: DataFrame,
         if column not in df.columns:
             df = df.withColumn(column, F.lit(None).cast(types[column]))
     latest = df.filter(F.col("split") == "test")
-    _check_inputs(latest, record)
+    lake = LakeFS.of(cfg)
+    _check_inputs(latest, record, lake)
     fn = functools.partial(forecast_batches, artifact=record.artifact, loads=loads,
-                           seed=cfg.train.seed)
+                           seed=cfg.train.seed, lake=lake)
     latest = (latest.select(*INPUT_COLUMNS[1:], *COVARIATE_COLUMNS)
               .repartition(max(1, cfg.train.num_proc), "series_id"))
     return latest.mapInPandas(fn, OUTPUT_SCHEMA)
 
 
-def _check_inputs(latest: DataFrame, record: Any) -> None:
+def _check_inputs(latest: DataFrame, record: Any, lake: LakeFS) -> None:
     """Stop on series the model never saw, or covariates its inputs lack."""
-    config = load_config(record.artifact)
+    config = load_config(lake.fetch(record.artifact))
     cards, n_dynamic = covariate_sizes(config)
     p = config["prediction_length"]
     lacking = F.col("static_idx").isNull() | (F.size("static_idx") != len(cards))

@@ -28,7 +28,7 @@ from models.deepar.evaluate import coverage, forecast_metrics, plot_fan
 from models.deepar.network import network_config
 from models.deepar.rank import train_rank
 from models.evaluate import plot_history
-from models.family import FamilyTrainer, TrainPlan
+from models.family import FamilyTrainer, RunPaths, TrainPlan
 from models.rank import RankSpec
 from models.runner import snapshot_files
 
@@ -117,14 +117,14 @@ class DeepArTrainer(FamilyTrainer):
             "df": df, "shape": shape, "config": config, "declared": declared,
             "dataset": dataset, "start": time.monotonic()})
 
-    def rank_spec(self, cfg: Config, plan: TrainPlan, run_id: str, staged: Path) -> RankSpec:
+    def rank_spec(self, cfg: Config, plan: TrainPlan, run: RunPaths) -> RankSpec:
         """The windows' files per split and the network's description."""
         shape = plan.state["shape"]
         return RankSpec(family="deepar", params=plan.params,
                         files=snapshot_files(plan.state["df"]), rows=shape["rows"],
                         n_features=shape["context"] + shape["prediction"], n_classes=0,
-                        checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id),
-                        artifact_dir=str(staged), seed=cfg.train.seed,
+                        checkpoint_dir=run.checkpoints, artifact_dir=run.outputs,
+                        lake=run.lake, seed=cfg.train.seed,
                         extra={"network": plan.state["config"]})
 
     def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,

@@ -16,13 +16,14 @@ import json
 import resource
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.rank import start_rank
+from lakehouse.lakefs import LakeFS
+from models.rank import artifact_folder, start_rank
 from models.rcf.forest import build_forest, codisp, merge, reservoir_samples
 from models.rcf.transform import Moments, fit_scaling, shape_features
 
@@ -36,12 +37,13 @@ class RcfSpec:
     fit_files: list[str]
     eval_files: list[str]
     params: dict[str, Any]
-    artifact_dir: str
+    artifact_dir: str                    # a lake location
     seed: int
     channels: int = 1
+    lake: LakeFS = field(default_factory=LakeFS)
 
 
-def _shingles(files: list[str], shard: int | None, shards: int | None):
+def _shingles(lake: LakeFS, files: list[str], shard: int | None, shards: int | None):
     """(stream_id, t, shingle, label) batches of a split's Parquet files, read with Petastorm.
 
     ``label`` is a float array, NaN where the stream has no label.
@@ -51,7 +53,8 @@ def _shingles(files: list[str], shard: int | None, shards: int | None):
     with make_batch_reader(files, schema_fields=["stream_id", "t", "shingle", "label"],
                            cur_shard=shard, shard_count=shards, num_epochs=1,
                            shuffle_row_groups=False, workers_count=1,
-                           reader_pool_type="dummy") as reader:
+                           reader_pool_type="dummy",
+                           filesystem=lake.petastorm_filesystem(files[0])) as reader:
         for batch in reader:
             if len(batch.t):
                 yield (np.asarray(batch.stream_id).astype(str), np.asarray(batch.t),
@@ -59,9 +62,9 @@ def _shingles(files: list[str], shard: int | None, shards: int | None):
                        np.asarray(batch.label, dtype=np.float64))
 
 
-def _score_split(forest, scaling, files: list[str]) -> dict[str, np.ndarray]:
+def _score_split(forest, scaling, lake: LakeFS, files: list[str]) -> dict[str, np.ndarray]:
     """Scores of a split's shingles, ordered by stream then time."""
-    parts = list(_shingles(files, None, None))
+    parts = list(_shingles(lake, files, None, None)) if files else []
     if not parts:
         return {k: np.empty(0) for k in ("stream_id", "t", "value", "score", "label")}
     stream, t, x, label = (np.concatenate(p) for p in zip(*parts, strict=True))
@@ -81,7 +84,7 @@ def _scaled_samples(spec: RcfSpec, hvd, trees: int, rng: np.random.Generator):
     moments = [Moments(0, np.zeros(width), np.zeros(width))]
 
     def counted():
-        for _, _, x, _ in _shingles(spec.fit_files, hvd.rank(), hvd.size()):
+        for _, _, x, _ in _shingles(spec.lake, spec.fit_files, hvd.rank(), hvd.size()):
             moments[0] += Moments.of(shape_features(x, kind, spec.channels))
             yield x
 
@@ -125,17 +128,17 @@ def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
 
 def _finish(forest, scaling, spec: RcfSpec) -> dict[str, Any]:
     """Rank 0: threshold from the fitting split, scores of the evaluation split, artifact."""
-    fit = _score_split(forest, scaling, spec.fit_files)
+    fit = _score_split(forest, scaling, spec.lake, spec.fit_files)
     threshold = float(fit["score"].mean() + float(spec.params["threshold_sigma"])
                       * fit["score"].std())
     start = time.monotonic()
-    scored = _score_split(forest, scaling, spec.eval_files)
+    scored = _score_split(forest, scaling, spec.lake, spec.eval_files)
     seconds = time.monotonic() - start
-    Path(spec.artifact_dir).mkdir(parents=True, exist_ok=True)
-    forest.save(spec.artifact_dir)
-    (Path(spec.artifact_dir) / META).write_text(json.dumps(
-        {"threshold": threshold, "shingle_size": forest.dim, "num_trees": forest.n_trees,
-         "seed": spec.seed, **scaling.to_json()}))
+    with artifact_folder(spec.lake, spec.artifact_dir) as folder:
+        forest.save(folder)
+        (Path(folder) / META).write_text(json.dumps(
+            {"threshold": threshold, "shingle_size": forest.dim, "num_trees": forest.n_trees,
+             "seed": spec.seed, **scaling.to_json()}))
     return {"threshold": threshold, **{k: v.tolist() for k, v in scored.items()},
             "channels": spec.channels,
             "shingle_size": forest.dim,

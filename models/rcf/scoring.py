@@ -28,6 +28,7 @@ from pyspark.sql.types import (
 
 from lakehouse.config import Config
 from lakehouse.errors import SchemaMismatchError
+from lakehouse.lakefs import LakeFS
 from lakehouse.tables import _f
 from models.rcf.forest import FOREST_FILE, codisp, load_forest
 from models.rcf.rank import META
@@ -42,9 +43,10 @@ PREDICTION_FIELDS = (
 _OUT = StructType([StructField(f.name, f.dataType, True) for f in PREDICTION_FIELDS])
 
 
-def cached_forest(artifact: str, loads=None) -> tuple[Any, float, Any]:
+def cached_forest(artifact: str, loads=None,
+                  lake: LakeFS | None = None) -> tuple[Any, float, Any]:
     """The forest, threshold and shingle scaling stored at ``artifact``, loaded once per process."""
-    return load_once(artifact, FOREST_FILE, _load_forest, loads)
+    return load_once(artifact, FOREST_FILE, _load_forest, loads, lake)
 
 
 def _load_forest(artifact: str) -> tuple[Any, float, Any]:
@@ -54,10 +56,10 @@ def _load_forest(artifact: str) -> tuple[Any, float, Any]:
     return forest, float(meta["threshold"]), scaling_from_json(meta, forest.dim)
 
 
-def score_frames(frames: Iterator[pd.DataFrame], artifact: str,
-                 loads) -> Iterator[pd.DataFrame]:
+def score_frames(frames: Iterator[pd.DataFrame], artifact: str, loads,
+                 lake: LakeFS | None = None) -> Iterator[pd.DataFrame]:
     """Executor side: CoDisp of every shingle of each Arrow batch (``mapInPandas``)."""
-    forest, threshold, scaling = cached_forest(artifact, loads)
+    forest, threshold, scaling = cached_forest(artifact, loads, lake)
     for frame in frames:
         if frame.empty:
             continue
@@ -79,5 +81,6 @@ def score_rcf(spark: SparkSession, cfg: Config, record: ModelRecord, df: DataFra
     if types["shingle"] not in numeric:
         raise SchemaMismatchError(f"input of {record.name}: column 'shingle' is "
                                   f"{types['shingle']}, expected array<double> of {width} values")
-    fn = functools.partial(score_frames, artifact=record.artifact, loads=loads)
+    fn = functools.partial(score_frames, artifact=record.artifact, loads=loads,
+                           lake=LakeFS.of(cfg))
     return df.select("stream_id", "t", "shingle").mapInPandas(fn, schema=_OUT)

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError
 from lakehouse.featuresets.stream import channels_of, shingles_spec, window_labels
-from models.family import FamilyTrainer, TrainPlan
+from models.family import FamilyTrainer, RunPaths, TrainPlan
 from models.rcf.plot import plot_anomalies
 from models.rcf.rank import RcfSpec, rcf_rank
 from models.runner import snapshot_files
@@ -49,11 +49,12 @@ class RcfTrainer(FamilyTrainer):
                    f"{params['transform']}, max depth {params['max_depth'] or 'none'}")
         return TrainPlan(dict(params), summary, {"files": files, "channels": channels})
 
-    def rank_spec(self, cfg: Config, plan: TrainPlan, run_id: str, staged: Path) -> RcfSpec:
+    def rank_spec(self, cfg: Config, plan: TrainPlan, run: RunPaths) -> RcfSpec:
         """Fit on the train split (or the whole stream), evaluate on test (or the same)."""
         files = plan.state["files"]
         return RcfSpec(files["train"] or files["test"], files["test"] or files["train"],
-                       plan.params, str(staged), cfg.train.seed, plan.state["channels"])
+                       plan.params, run.outputs, cfg.train.seed, plan.state["channels"],
+                       run.lake)
 
     def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
                  ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:

@@ -26,20 +26,22 @@ epoch (a run started again resumes from the last one) and writes the artifact:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from models.rank import last_checkpoint, start_rank
+from lakehouse.lakefs import LakeFS
+from models.rank import artifact_folder, last_checkpoint, save_checkpoint, start_rank
 from models.word2vec import pairs
 
-CKPT_PATTERN = re.compile(r"epoch-(\d+)\.npz$")
+CKPT_PATTERN = re.compile(r"^epoch-(\d+)\.npz$")
 EMBEDDINGS_FILE = "embeddings.npy"
 
 
@@ -50,9 +52,10 @@ class Word2VecSpec:
     params: dict[str, Any]
     files: list[str]                     # Parquet files of the pinned corpus snapshot
     counts: list[int]                    # corpus count of each word id
-    checkpoint_dir: str
+    checkpoint_dir: str                  # lake locations
     artifact_dir: str
     seed: int = 7
+    lake: LakeFS = field(default_factory=LakeFS)
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -74,7 +77,8 @@ def _tokens_as_bytes(df):
     return df
 
 
-def read_shard(files: list[str], rank: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def read_shard(lake: LakeFS, files: list[str], rank: int,
+               size: int) -> tuple[np.ndarray, np.ndarray]:
     """Sentences of shard ``rank`` from Petastorm, flattened to ids and sentence indices."""
     from petastorm import make_batch_reader
     from petastorm.transform import TransformSpec
@@ -83,7 +87,8 @@ def read_shard(files: list[str], rank: int, size: int) -> tuple[np.ndarray, np.n
     sentences: list[np.ndarray] = []
     with make_batch_reader(files, schema_fields=["tokens"], cur_shard=rank, shard_count=size,
                            num_epochs=1, shuffle_row_groups=False, workers_count=1,
-                           reader_pool_type="dummy", transform_spec=spec) as reader:
+                           reader_pool_type="dummy", transform_spec=spec,
+                           filesystem=lake.petastorm_filesystem(files[0])) as reader:
         for batch in reader:
             sentences.extend(s for s in (np.frombuffer(b, dtype=np.int32) for b in batch.tokens)
                              if len(s))
@@ -182,8 +187,8 @@ def train_word2vec_rank(spec: Word2VecSpec) -> dict[str, Any]:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     p, epochs = spec.params, int(spec.params["epochs"])
     counts = np.asarray(spec.counts, dtype=np.int64)
-    ids, sent = read_shard(spec.files, hvd.rank(), hvd.size())
-    initial_epoch, ckpt = last_checkpoint(spec.checkpoint_dir, CKPT_PATTERN)
+    ids, sent = read_shard(spec.lake, spec.files, hvd.rank(), hvd.size())
+    initial_epoch, ckpt = last_checkpoint(spec.lake, spec.checkpoint_dir, CKPT_PATTERN)
     state = _State(tf, hvd, *_start_weights(ckpt, len(counts), int(p["dim"]), spec.seed))
     steps = make_steps(tf, state.w_in, state.w_out, noise_table(counts), int(p["negative"]),
                        spec.seed * 1009 + hvd.rank())
@@ -207,14 +212,16 @@ def train_word2vec_rank(spec: Word2VecSpec) -> dict[str, Any]:
         totals = state.reduce([loss, float(examples)], hvd.Sum)
         history["loss"].append(float(totals[0] / max(totals[1], 1.0)))
         if hvd.rank() == 0:
-            _checkpoint(spec.checkpoint_dir, epoch + 1, state.w_in.numpy(), state.w_out.numpy())
+            save_checkpoint(spec.lake, functools.partial(
+                _save_weights, w_in=state.w_in.numpy(), w_out=state.w_out.numpy()),
+                spec.checkpoint_dir, epoch + 1, suffix=".npz")
             print(f"[lakeforge word2vec] epoch {epoch + 1}/{epochs} ({hvd.size()} ranks, "
                   f"{seconds:.1f}s): loss={history['loss'][-1]:.4f} "
                   f"{words / seconds:,.0f} words/s", flush=True)
     final_in, final_out = state.w_in.numpy(), state.w_out.numpy()
     if hvd.rank() == 0:
-        os.makedirs(spec.artifact_dir, exist_ok=True)
-        np.save(os.path.join(spec.artifact_dir, EMBEDDINGS_FILE), final_in)
+        with artifact_folder(spec.lake, spec.artifact_dir) as folder:
+            np.save(os.path.join(folder, EMBEDDINGS_FILE), final_in)
     return {"rank": hvd.rank(), "size": hvd.size(), "digest": digest(final_in, final_out),
             "initial_epoch": initial_epoch, "epochs_run": len(history["loss"]),
             "train_seconds": trained["seconds"], "words": trained["words"],
@@ -294,8 +301,5 @@ def _train_chunk(ids: np.ndarray, sent: np.ndarray, counts: np.ndarray, p: dict[
     return loss, len(y)
 
 
-def _checkpoint(checkpoint_dir: str, epoch: int, w_in: np.ndarray, w_out: np.ndarray) -> None:
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    path = os.path.join(checkpoint_dir, f"epoch-{epoch:03d}.npz")
-    np.savez(path + ".tmp.npz", w_in=w_in, w_out=w_out)
-    os.replace(path + ".tmp.npz", path)
+def _save_weights(path: str, w_in: np.ndarray, w_out: np.ndarray) -> None:
+    np.savez(path, w_in=w_in, w_out=w_out)

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructType
 
 from lakehouse.config import Config
+from lakehouse.lakefs import LakeFS
 from lakehouse.tables import _f
 from models.scoring import load_once
 from models.store import ModelRecord
@@ -38,15 +39,15 @@ PREDICTION_FIELDS = (
 _OUT = StructType(list(PREDICTION_FIELDS))
 
 
-def cached_embeddings(artifact: str, loads=None):
+def cached_embeddings(artifact: str, loads=None, lake: LakeFS | None = None):
     """The artifact's :class:`Embeddings`, loaded at most once in this process."""
-    return load_once(artifact, EMBEDDINGS_FILE, Embeddings.load, loads)
+    return load_once(artifact, EMBEDDINGS_FILE, Embeddings.load, loads, lake)
 
 
 def neighbour_batches(batches: Iterator[pd.DataFrame], artifact: str, k: int,
-                      loads) -> Iterator[pd.DataFrame]:
+                      loads, lake: LakeFS | None = None) -> Iterator[pd.DataFrame]:
     """Executor side: vector and top-``k`` neighbours for batches of words or word ids."""
-    emb = cached_embeddings(artifact, loads)
+    emb = cached_embeddings(artifact, loads, lake)
     for batch in batches:
         if "word_id" in batch.columns:
             rows = batch["word_id"].to_numpy(dtype=np.int64)
@@ -79,11 +80,13 @@ def score_words(spark: SparkSession, cfg: Config, record: ModelRecord, df: DataF
         One row per scored word, computed on executors.
     """
     k = int(record.params.get("neighbours", 10))
-    fn = functools.partial(neighbour_batches, artifact=record.artifact, k=k, loads=loads)
+    lake = LakeFS.of(cfg)
+    fn = functools.partial(neighbour_batches, artifact=record.artifact, k=k, loads=loads,
+                           lake=lake)
     if "word" in df.columns:
         words = df.select(F.lower("word").alias("word")).where(F.col("word").isNotNull())
         return words.distinct().mapInPandas(fn, schema=_OUT)
-    size = int(record.metrics.get("vocab_size", 0)) or _vocab_size(record.artifact)
+    size = int(record.metrics.get("vocab_size", 0)) or _vocab_size(lake.fetch(record.artifact))
     ids = spark.range(0, size, numPartitions=max(2, cfg.train.num_proc))
     return ids.select(F.col("id").alias("word_id")).mapInPandas(fn, schema=_OUT)
 

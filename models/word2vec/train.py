@@ -28,7 +28,7 @@ from lakehouse.featuresets.contract import entry_of
 from lakehouse.featuresets.text import ALL_CORPORA, build_metadata, corpus_specs
 from lakehouse.tables import layer_table
 from models.evaluate import plot_history
-from models.family import FamilyTrainer, TrainPlan
+from models.family import FamilyTrainer, RunPaths, TrainPlan
 from models.runner import snapshot_files
 from models.word2vec.evaluate import (
     VOCAB_FILE,
@@ -69,13 +69,12 @@ class Word2VecTrainer(FamilyTrainer):
                          {"words": words, "counts": counts, "files": files},
                          recorded={**params, **meta.get("params", {})})
 
-    def rank_spec(self, cfg: Config, plan: TrainPlan, run_id: str,
-                  staged: Path) -> Word2VecSpec:
+    def rank_spec(self, cfg: Config, plan: TrainPlan, run: RunPaths) -> Word2VecSpec:
         """The corpus files and the word counts (the noise distribution)."""
         return Word2VecSpec(params=dict(plan.params), files=plan.state["files"],
                             counts=plan.state["counts"],
-                            checkpoint_dir=str(cfg.checkpoint_dir / "train" / run_id),
-                            artifact_dir=str(staged), seed=cfg.train.seed)
+                            checkpoint_dir=run.checkpoints, artifact_dir=run.outputs,
+                            seed=cfg.train.seed, lake=run.lake)
 
     def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
                  ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:
