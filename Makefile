@@ -59,7 +59,7 @@ lake-server: setup  ## a local S3 server (S3Proxy) for a lake on object storage;
 sql-server: setup   ## Spark Thrift server (JDBC) on 127.0.0.1:10000 over the catalog
 	$(VENV)/bin/lakeforge sql-server $(ARGS)
 
-bench-lake: setup   ## ingest, curate, features with the lake local and on the local S3 server
+bench-lake: setup   ## ingest, curate, features, train, score: lake local vs the local S3 server
 	$(PY) bench/bench_lake.py $(ARGS)
 
 bench-score: setup  ## scorer vs per-row UDF vs one-process pandas (rows/s); needs make demo

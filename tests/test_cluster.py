@@ -1,7 +1,12 @@
-"""A pipeline on a real Spark standalone cluster: a master and two 1-core workers on
-127.0.0.1 started from the pyspark install, the whole pipeline one spark-submit
+"""A pipeline on a real Spark standalone cluster whose nodes share nothing but the lake and
+the metastore: a master and two 1-core workers on 127.0.0.1 started from the pyspark
+install, each worker in a mount namespace of its own where the driver's home is an
+empty private folder, with work and temporary folders of its own; the lake on the S3
+server, the catalog in the PostgreSQL metastore. The whole pipeline is one spark-submit
 application (``lakeforge submit run``) with the code shipped as ``--py-files
-dist/lakeforge.zip``, Horovod's two ranks on the two workers. (Per-step spark-submit,
+dist/lakeforge.zip``, Horovod's two ranks on the two workers. A stray local path (a
+table, a checkpoint or an artifact written to a worker's disk instead of the lake) ends
+up in a folder the driver never sees, and the run fails loudly. (Per-step spark-submit,
 as Airflow runs it, is tested in test_dags.)"""
 
 from __future__ import annotations
@@ -9,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,11 +27,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lakehouse.config import PROJECT_ROOT
+from lakehouse import objectstore
+from lakehouse.config import PROJECT_ROOT, load_config
 from lakehouse.submit import spark_home
 from pipelines.definitions import STEP_NAMES
 from tests.conftest import FAST_START
-from tests.helpers import free_port
+from tests.helpers import free_port, lakeforge, succeeded
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -46,40 +54,69 @@ class Cluster:
     master: str
     ui: str
     work_dirs: list[Path]
+    worker_pids: list[int]
+    env: dict[str, str]         # a driver's: its home, the lake on S3, the shared metastore
+    home: Path
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A standalone master and two 1-core workers; always killed afterwards."""
-    env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
-           "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work"),
-           "SPARK_DAEMON_JAVA_OPTS": FAST_START}   # the master and workers only route work
+def cluster() -> Iterator[Cluster]:
+    """The S3 server, the PostgreSQL metastore, a master and two private workers.
+
+    Outside pytest's private temp folder: as root, PostgreSQL runs as its own user, who
+    must be able to reach its data directory. Everything is stopped afterwards.
+    """
+    root = Path(tempfile.mkdtemp(prefix="lakeforge-cluster-"))
+    root.chmod(0o755)
+    home = root / "home"
+    home.mkdir()
+    s3 = load_config([f"home={root / 's3'}", f"lake.server.port={free_port()}"], environ={})
+    objectstore.start(s3)
+    driver = {**os.environ, "LAKEFORGE_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
+              **objectstore.environment(s3, "cluster"),
+              "LAKEFORGE_METASTORE__KIND": "postgres",
+              "LAKEFORGE_METASTORE__PORT": str(free_port())}
     spark_class = str(spark_home() / "bin" / "spark-class")
     port, ui = free_port(), free_port()
     master = f"spark://127.0.0.1:{port}"
     procs: list[subprocess.Popen] = []
 
-    def start(name: str, *args: str) -> tuple[subprocess.Popen, Path]:
-        log = tmp_path / f"{name}.log"
+    def start(name: str, args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+        log = root / f"{name}.log"
         with log.open("w") as out:
-            proc = subprocess.Popen([spark_class, *args], env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         procs.append(proc)
         return proc, log
 
+    daemons = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
+               "SPARK_LOG_DIR": str(root / "logs"), "SPARK_DAEMON_JAVA_OPTS": FAST_START}
     try:
-        proc, log = start("master", "org.apache.spark.deploy.master.Master", "--host",
-                          "127.0.0.1", "--port", str(port), "--webui-port", str(ui))
+        succeeded(lakeforge(driver, "metastore", "start"), timeout=300)
+        proc, log = start("master", [spark_class, "org.apache.spark.deploy.master.Master",
+                                     "--host", "127.0.0.1", "--port", str(port),
+                                     "--webui-port", str(ui)], daemons)
         _wait_for(log, "I have been elected leader", proc)
-        work_dirs = []
+        work_dirs, pids = [], []
         for i in (1, 2):
-            work = tmp_path / f"worker{i}"
+            node = root / f"worker{i}"
+            work, scratch = node / "work", node / "tmp"
+            scratch.mkdir(parents=True)
             work_dirs.append(work)
-            proc, log = start(f"worker{i}", "org.apache.spark.deploy.worker.Worker",
-                              "--host", "127.0.0.1", "--cores", "1", "--memory", "2g",
-                              "--webui-port", str(free_port()), "--work-dir", str(work), master)
+            # Its own mount namespace, where the driver's home is an empty tmpfs; its own
+            # work, Spark-local and temporary folders; the credentials an instance role
+            # would give it (the AWS variables of the lake's environment).
+            private = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       f"mount -t tmpfs -o size=64m tmpfs '{home}' && exec \"$@\"", "sh"]
+            proc, log = start(f"worker{i}", [
+                *private, spark_class, "org.apache.spark.deploy.worker.Worker",
+                "--host", "127.0.0.1", "--cores", "1", "--memory", "2g",
+                "--webui-port", str(free_port()), "--work-dir", str(work), master],
+                {**daemons, "SPARK_LOCAL_DIRS": str(scratch), "TMPDIR": str(scratch),
+                 **{k: v for k, v in driver.items() if k.startswith("AWS_")}})
             _wait_for(log, "Successfully registered with master", proc)
-        yield Cluster(master, f"http://127.0.0.1:{ui}", work_dirs)
+            pids.append(proc.pid)
+        yield Cluster(master, f"http://127.0.0.1:{ui}", work_dirs, pids, driver, home)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -89,6 +126,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        lakeforge(driver, "metastore", "stop").communicate(timeout=120)
+        objectstore.stop(s3)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +140,14 @@ def dist_zip() -> Path:
     return PROJECT_ROOT / "dist" / "lakeforge.zip"
 
 
-def test_pipeline_runs_on_a_standalone_cluster(cluster, dist_zip, tmp_path, spark):
-    home = tmp_path / "home"
-    definitions = tmp_path / "pipelines.yml"
+def _sql(env: dict[str, str], query: str) -> list[str]:
+    """The one row a `lakeforge sql` run on the driver's machine prints."""
+    out = succeeded(lakeforge({**env, "LAKEFORGE_SPARK__MASTER": "local[2]"}, "sql", query))
+    return [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("(")][-1].split()
+
+
+def test_pipeline_runs_on_a_cluster_whose_nodes_share_only_the_lake(cluster, dist_zip):
+    definitions = cluster.home.parent / "pipelines.yml"
     definitions.write_text(yaml.safe_dump({"pipelines": {"breast_cancer_mlp": {
         "sources": ["breast_cancer"], "features": "breast_cancer", "family": "mlp",
         "params": {"epochs": 3, "batch_size": 64}}}}))
@@ -110,30 +155,38 @@ def test_pipeline_runs_on_a_standalone_cluster(cluster, dist_zip, tmp_path, spar
     # start (the driver's options come from the config, the executors' from here).
     executors = {**json.loads(os.environ["LAKEFORGE_SPARK__CONF"]),
                  "spark.executor.extraJavaOptions": FAST_START}
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1",
-           "LAKEFORGE_SPARK__CONF": json.dumps(executors)}
+    env = {**cluster.env, "LAKEFORGE_SPARK__CONF": json.dumps(executors)}
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "submit", "--master", cluster.master,
-         "--py-files", str(dist_zip), "--set", f"home={home}",
-         "--set", "spark.ui_enabled=false", "--set", "spark.driver_memory=1g",
-         "--set", "spark.shuffle_partitions=2", "run", "breast_cancer_mlp", "--batch", "c1",
-         "--definitions", str(definitions)],
-        env=env, capture_output=True, text=True, timeout=900, check=False)
+         "--py-files", str(dist_zip), "--set", "spark.ui_enabled=false",
+         "--set", "spark.driver_memory=1g", "--set", "spark.shuffle_partitions=2",
+         "run", "breast_cancer_mlp", "--batch", "c1", "--definitions", str(definitions)],
+        env=env, capture_output=True, text=True, timeout=1200, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     printed = [line.split()[0] for line in proc.stdout.splitlines() if line.split()]
     assert [w for w in printed if w in STEP_NAMES] == list(STEP_NAMES)   # the step table
 
-    warehouse = home / "warehouse" / "lakeforge.db"
-    predictions = spark.read.format("delta").load(str(warehouse / "predictions_mlp"))
-    assert predictions.count() == 569
-    lineage = predictions.select("model_name", "model_version", "input_table",
-                                 "input_version").distinct().collect()
-    assert [tuple(r) for r in lineage] == [("breast_cancer_mlp", 1, "lakeforge.gold_breast_cancer",
-                                           lineage[0]["input_version"])]
-    models = spark.read.format("delta").load(str(warehouse / "models")).collect()
-    assert [(m["name"], m["version"], m["training_table"]) for m in models] == [
-        ("breast_cancer_mlp", 1, "lakeforge.gold_breast_cancer")]
-    assert json.loads(models[0]["metrics"])["accuracy"] > 0.8
+    # Every table on the lake holds what the local run leaves: 569 rows in each layer,
+    # predictions with their lineage, one registered model that learnt.
+    counts = _sql(env, "SELECT (SELECT count(*) FROM bronze_breast_cancer), "
+                       "(SELECT count(*) FROM silver_breast_cancer), "
+                       "(SELECT count(*) FROM gold_breast_cancer), "
+                       "(SELECT count(*) FROM predictions_mlp), "
+                       "(SELECT count(DISTINCT model_name, model_version, input_version) "
+                       "FROM predictions_mlp)")
+    assert counts == ["569", "569", "569", "569", "1"], counts
+    model = _sql(env, "SELECT name, version, training_table, "
+                      "get_json_object(metrics, '$.accuracy') > 0.8, artifact FROM models")
+    assert model[:4] == ["breast_cancer_mlp", "1", "lakeforge.gold_breast_cancer", "true"]
+    assert model[4].startswith("s3a://"), model
+    for layer in ("warehouse", "models", "checkpoints", "runs"):   # nothing of it is local
+        assert not (cluster.home / layer).exists(), layer
+
+    # Each worker saw an empty folder where the driver's home is.
+    assert any(cluster.home.iterdir())
+    for pid in cluster.worker_pids:
+        seen = Path(f"/proc/{pid}/root") / cluster.home.relative_to("/")
+        assert seen.is_dir() and not any(seen.iterdir()), seen
 
     # The application ran on the cluster with an executor on each worker (one core
     # each, so Horovod's two ranks were on different workers), and the executors

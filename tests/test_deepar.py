@@ -16,6 +16,7 @@ from lakehouse.config import load_config
 from lakehouse.errors import ConfigError
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.series import SeriesTooShortError, window_spec
+from lakehouse.lakefs import LakeFS
 from lakehouse.tables import layer_table
 from models.deepar import FAMILY
 from models.deepar.baselines import seasonal_naive
@@ -410,7 +411,7 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     with pytest.raises(MissingCovariatesError, match=r"meters_deepar v1 forecasts 6 periods "
                                                      r"from 2 dynamic covariate\(s\); series M2 "
                                                      r"lack their values"):
-        _check_inputs(latest, record)
+        _check_inputs(latest, record, LakeFS())
 
     plain = {"meters": {**HOURLY["meters"], "roles": {"item_id": "meter", "timestamp": "hour",
                                                       "target": "load"}}}
@@ -420,12 +421,11 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     assert after.dynamic.map(len).eq(0).all() and after.static_idx.map(len).eq(0).all()
     with pytest.raises(MissingCovariatesError, match=r"takes 1 static covariate\(s\); the "
                                                      r"input's windows have none"):
-        _check_inputs(spark.table(rebuilt.table).filter("split = 'test'"), record)
+        _check_inputs(spark.table(rebuilt.table).filter("split = 'test'"), record, LakeFS())
 
 
 def test_windows_without_covariates_feed_training_batches(spark, cfg, panel):
     """The batches a rank trains on, for a panel declaring no covariates (empty ones)."""
-    from lakehouse.lakefs import LakeFS
     from models.deepar.rank import _train_dataset
 
     c, p = WINDOW["context_length"], WINDOW["prediction_length"]
