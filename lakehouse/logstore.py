@@ -14,6 +14,7 @@ that finds it missing does it too, in a few seconds) and configured for ``s3a://
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 import subprocess
 import sys
@@ -21,12 +22,17 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from lakehouse.config import PROJECT_ROOT, Config, load_config
+from lakehouse.config import Config, load_config
 from lakehouse.errors import ConfigError
 from lakehouse.jvm import delta_jars, java_binary, s3_jars, spark_jars
 
 CLASS_NAME = "lakeforge.delta.S3ConditionalLogStore"
-SOURCE = PROJECT_ROOT / "lakehouse" / "java" / "lakeforge" / "delta" / "S3ConditionalLogStore.java"
+SOURCE = "java/lakeforge/delta/S3ConditionalLogStore.java"   # in the lakehouse package
+
+
+def source() -> bytes:
+    """The log store's Java source (read as package data: a driver may import from a zip)."""
+    return importlib.resources.files("lakehouse").joinpath(SOURCE).read_bytes()
 
 
 def classpath(cfg: Config) -> list[Path]:
@@ -37,7 +43,7 @@ def classpath(cfg: Config) -> list[Path]:
 
 def jar_path(cfg: Config) -> Path:
     """The compiled jar: its name carries a digest of the source and the versions it uses."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256(source())
     digest.update(f"{cfg.spark.delta_version} {cfg.lake.s3.aws_sdk_version}".encode())
     cache = Path(os.environ.get("LAKEFORGE_CACHE") or "~/.cache/lakeforge").expanduser()
     return cache / "jars" / f"lakeforge-logstore-{digest.hexdigest()[:12]}.jar"
@@ -64,17 +70,21 @@ def build(cfg: Config) -> Path:
         raise ConfigError(f"compiling the S3 log store needs {', '.join(missing) or 'jars'}; "
                           "run `make setup`")
     with tempfile.TemporaryDirectory() as work:
+        java_file = Path(work) / "src" / Path(SOURCE).name
+        java_file.parent.mkdir()
+        java_file.write_bytes(source())
+        classes = Path(work) / "classes"
         out = subprocess.run([str(javac), "--release", "17", "-nowarn",
-                              "-cp", os.pathsep.join(map(str, jars)), "-d", work, str(SOURCE)],
-                             capture_output=True, text=True, check=False)
+                              "-cp", os.pathsep.join(map(str, jars)), "-d", str(classes),
+                              str(java_file)], capture_output=True, text=True, check=False)
         if out.returncode:
-            raise ConfigError(f"compiling {SOURCE.name} failed: {out.stderr.strip()[:2000]}")
+            raise ConfigError(f"compiling {java_file.name} failed: {out.stderr.strip()[:2000]}")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(f".{os.getpid()}.part")
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n")
-            for path in sorted(Path(work).rglob("*.class")):
-                archive.write(path, path.relative_to(work).as_posix())
+            for path in sorted(classes.rglob("*.class")):
+                archive.write(path, path.relative_to(classes).as_posix())
         partial.replace(target)
     return target
 

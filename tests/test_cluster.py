@@ -143,7 +143,9 @@ def dist_zip() -> Path:
 def _sql(env: dict[str, str], query: str) -> list[str]:
     """The one row a `lakeforge sql` run on the driver's machine prints."""
     out = succeeded(lakeforge({**env, "LAKEFORGE_SPARK__MASTER": "local[2]"}, "sql", query))
-    return [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("(")][-1].split()
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("(1 row"))
+    return lines[end - 1].split()
 
 
 def test_pipeline_runs_on_a_cluster_whose_nodes_share_only_the_lake(cluster, dist_zip):
