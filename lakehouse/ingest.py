@@ -38,7 +38,8 @@ from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.dataset_check import DatasetPlan, check_datasets, plan_dataset
 from lakehouse.datasets import Dataset
-from lakehouse.landing import FileInfo, list_files, local_path
+from lakehouse.lakefs import LakeFS
+from lakehouse.landing import FileInfo, list_files, parser_path
 from lakehouse.quality import ingested_batches, quality_rows, quarantine_rows
 from lakehouse.sources import get_parser, parse_options
 from lakehouse.sources.base import ERROR, RAW, RECORD, ParseOptions
@@ -238,19 +239,22 @@ def read_dataset(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSp
         StructField(RECORD, LongType()), StructField(ERROR, StringType()),
         StructField(RAW, StringType()), StructField(SOURCE_FILE, StringType()),
     ])
-    paths = [local_path(f.path) for f in files]
+    paths = [parser_path(f.path) for f in files]
     listing = spark.createDataFrame([(p,) for p in paths], "path string")
-    parser = functools.partial(_parse_files, parse=get_parser(source.parser), options=options)
+    parser = functools.partial(_parse_files, parse=get_parser(source.parser), options=options,
+                               lake=LakeFS.of(cfg))
     return listing.repartition(len(paths)).mapInPandas(parser, schema=out_schema)
 
 
-def _parse_files(batches: Iterator[pd.DataFrame], parse, options: ParseOptions):
-    """Executor side: parse each file named in the incoming rows."""
+def _parse_files(batches: Iterator[pd.DataFrame], parse, options: ParseOptions,
+                 lake: LakeFS):
+    """Executor side: parse each file named in the incoming rows (remote ones copied)."""
     for paths in batches:
         for path in paths["path"]:
-            for frame in parse(path, options):
-                if len(frame):
-                    yield frame.assign(**{SOURCE_FILE: path})
+            with lake.local_file(path) as local:
+                for frame in parse(local, options):
+                    if len(frame):
+                        yield frame.assign(**{SOURCE_FILE: path})
 
 
 def bronze_rows(rows: DataFrame, spec: TableSpec, dataset: str, batch: str,

@@ -25,6 +25,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -175,6 +177,15 @@ class LakeFS:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         return os.path.join(target, name)
+
+    @contextmanager
+    def local_file(self, location: str) -> Iterator[str]:
+        """A local path of a file, for a block of code: a copy of a remote one, removed after."""
+        if not is_remote(location):
+            yield local_path(location)
+            return
+        with tempfile.TemporaryDirectory(prefix="lakeforge-file-") as scratch:
+            yield self.get(location, os.path.join(scratch, location.rsplit("/", 1)[-1]))
 
     def _stamp(self, location: str) -> list[tuple[str, int, str]]:
         """Each file's path, size and modification time under a location."""

@@ -94,8 +94,10 @@ def _plain(uri: str) -> str:
         else uri.removeprefix("file://")
 
 
-def local_path(path: str) -> str:
-    """A path Python can open, or SourceError for a remote URI."""
-    if "://" in path:
-        raise SourceError(f"{path}: parser plug-ins read local files only")
-    return os.path.abspath(path)
+def parser_path(path: str) -> str:
+    """A landing file as parser plug-ins get it: an absolute path, or a remote file's URI.
+
+    A remote file (``s3a://...``) is copied to the executor first
+    (:meth:`lakehouse.lakefs.LakeFS.local_file`); the plug-in reads a local file.
+    """
+    return path if "://" in path else os.path.abspath(path)

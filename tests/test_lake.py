@@ -28,6 +28,18 @@ datasets:
     features: {label: "status = 'RETURNED'", numeric: [amount]}
 """
 
+NOTES = """
+datasets:
+  notes:
+    kind: text
+    roles: {id: doc_id, text: text, group: corpus}
+    source: {parser: line_documents, files: "%s", options: {corpus: notes},
+             schema: "corpus STRING NOT NULL, doc_id STRING NOT NULL, title STRING, text STRING"}
+    silver: {keys: [corpus, doc_id]}
+    features: {min_count: 1}
+"""
+WORDS = ("river", "stone", "bridge", "lantern", "harbour", "meadow", "copper", "willow")
+
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
@@ -257,3 +269,36 @@ def test_a_landing_folder_on_s3_is_ingested_file_by_file_exactly_once(s3, tmp_pa
                              "ORDER BY batch")
     assert [ln.split() for ln in claims.splitlines() if ln.split()[:1] in (["b1"], ["b2"])] \
         == [["b1", "1"], ["b2", "1"]], claims
+
+
+def test_a_text_corpus_on_s3_is_parsed_trained_and_scored(s3, tmp_path):
+    """A parser plug-in reads a landing file on S3 (a blank line quarantined with its
+    reason); word2vec's ranks read the corpus from S3 and write checkpoints and
+    embeddings there; scoring reads them back."""
+    store = objectstore.filesystem(s3)
+    landing = f"{s3.lake.server.bucket}/landing6/notes.txt"
+    lines = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(12)) for i in range(60)]
+    lines[7] = "   "
+    with store.open_output_stream(landing) as out:
+        out.write(("\n".join(lines) + "\n").encode())
+    entries = tmp_path / "entries"
+    entries.mkdir()
+    (entries / "notes.yml").write_text(NOTES % f"s3a://{landing}")
+    env = {**small_job_env(tmp_path / "home", entries), **objectstore.environment(s3, "lake6")}
+
+    _ok(env, "ingest", "notes", "--batch", "b1")
+    _ok(env, "curate", "notes")
+    _ok(env, "features", "notes")
+    _ok(env, "train", "word2vec", "--dataset", "notes", "--param", "epochs=2",
+        "--param", "dim=8", "--param", "neighbours=3")
+    _ok(env, "score", "word2vec", "--model", "notes_word2vec")
+    seen = _ok(env, "sql", "SELECT (SELECT count(*) FROM bronze_notes), "
+                           "(SELECT count(*) FROM ops_quarantine WHERE source_file = "
+                           f"'s3a://{landing}' AND reason LIKE '%blank document%'), "
+                           "(SELECT count(*) FROM gold_word2vec_vocab_notes), "
+                           "(SELECT count(*) FROM predictions_word2vec WHERE size(neighbours) = 3)")
+    assert _row(seen) == ["59", "1", str(len(WORDS)), str(len(WORDS))], seen
+    lake = f"{s3.lake.server.bucket}/lake6"
+    [run] = _names(store, f"{lake}/checkpoints/train")
+    assert _names(store, f"{lake}/checkpoints/train/{run}")
+    assert "embeddings.npy" in _names(store, f"{lake}/models/lakeforge/notes_word2vec/{run}")
