@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import CommitConflictError, LakeforgeError
-from lakehouse.lakefs import LakeFS, is_remote, join
+from lakehouse.lakefs import LakeFS, join
 from lakehouse.tables import table
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,8 @@ class ModelStore:
                  run_id: str) -> ModelRecord:
         """Move a staged artifact folder into the store on the lake and add its row.
 
-        The staged folder is consumed: moved (or copied, to a remote lake) into the
-        store, or deleted when this run had already registered its model.
+        The staged folder is consumed: copied into the store on the lake, then deleted
+        (also when this run had already registered its model).
 
         Args:
             name: model name.
@@ -108,12 +108,8 @@ class ModelStore:
             return existing
         target = join(self.root, name, run_id)
         self.lake.remove(target)   # left by a registration killed before its commit
-        if is_remote(target):
-            self.lake.put(str(staged), target)
-            shutil.rmtree(staged, ignore_errors=True)
-        else:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(staged, target)
+        self.lake.put(str(staged), target)
+        shutil.rmtree(staged, ignore_errors=True)
         for attempt in range(1, REGISTER_ATTEMPTS + 1):
             latest = (self.spark.table(self.table).filter(F.col("name") == name)
                       .agg(F.max("version")).first()[0])
