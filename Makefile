@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint metastore lake-server sql-server bench-ingest bench-lake bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore lake-server sql-server bench-ingest bench-lake bench-sql bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -61,6 +61,9 @@ sql-server: setup   ## Spark Thrift server (JDBC) on 127.0.0.1:10000 over the ca
 
 bench-lake: setup   ## ingest, curate, features, train, score: lake local vs the local S3 server
 	$(PY) bench/bench_lake.py $(ARGS)
+
+bench-sql: setup    ## lakeforge sql through a running SQL endpoint vs beeline on it
+	$(PY) bench/bench_sql.py $(ARGS)
 
 bench-score: setup  ## scorer vs per-row UDF vs one-process pandas (rows/s); needs make demo
 	$(PY) bench/bench_score.py $(ARGS)

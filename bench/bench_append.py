@@ -21,7 +21,7 @@ import uuid
 
 from common import session, timed
 
-from lakehouse.catalog import format_table
+from lakehouse.render import format_table
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ from delta.tables import DeltaTable
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from lakehouse.catalog import format_table
 from lakehouse.curate import curate
 from lakehouse.datasets import parse_datasets
 from lakehouse.ingest import ingest
+from lakehouse.render import format_table
 
 RULES = [{"name": "amount_positive", "expr": "amount > 0", "on_fail": "quarantine"},
          {"name": "known_status", "expr": "status IN ('NEW', 'PAID', 'SHIPPED')",

@@ -23,10 +23,10 @@ import yaml
 from common import session
 
 from lakehouse import delta
-from lakehouse.catalog import format_table
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.contract import silver_rows
 from lakehouse.featuresets.series import series_of, series_points
+from lakehouse.render import format_table
 from lakehouse.tables import layer_table
 from models.deepar.baselines import HISTORY_SEASONS, ets, seasonal_naive
 from models.runner import train

@@ -38,13 +38,13 @@ from common import session, timed
 from pyspark.sql import DataFrame
 from pyspark.sql.types import StringType, StructField, StructType
 
-from lakehouse.catalog import format_table
 from lakehouse.config import CatalogConfig
 from lakehouse.dataset_check import dataset_tables
 from lakehouse.datasets import parse_datasets
 from lakehouse.delta import append_once, ensure_table
 from lakehouse.ingest import bronze_rows, ingest
 from lakehouse.landing import list_files
+from lakehouse.render import format_table
 from lakehouse.sources.native import read_files
 
 SCHEMA = ("year INT, month INT, day INT, dep_time DOUBLE, sched_dep_time INT, dep_delay DOUBLE, "

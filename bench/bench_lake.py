@@ -23,8 +23,8 @@ from pathlib import Path
 from pyarrow import fs
 
 from lakehouse import objectstore
-from lakehouse.catalog import format_table
 from lakehouse.config import load_config
+from lakehouse.render import format_table
 
 STEPS = """
 import json, sys, time

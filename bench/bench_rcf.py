@@ -34,9 +34,9 @@ from common import session
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from lakehouse.catalog import format_table
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.stream import window_labels
+from lakehouse.render import format_table
 from models.rcf import FAMILY
 from models.rcf.forest import build_forest, codisp, reservoir_samples
 from models.rcf.transform import TRANSFORMS, Moments, fit_scaling, shape_features

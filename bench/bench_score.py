@@ -23,7 +23,7 @@ from common import session, timed
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType
 
-from lakehouse.catalog import format_table
+from lakehouse.render import format_table
 from models.classifier.scoring import _OUT, arrow_batch_rows, cached_model, score_batches
 from models.scoring import score
 from models.store import ModelStore

@@ -25,10 +25,10 @@ import uuid
 import numpy as np
 from common import session
 
-from lakehouse.catalog import format_table
 from lakehouse.curate import curate
 from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
+from lakehouse.render import format_table
 from models.evaluate import classification_metrics, regression_metrics
 from models.runner import train
 

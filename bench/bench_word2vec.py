@@ -24,8 +24,8 @@ import uuid
 import numpy as np
 from common import session
 
-from lakehouse.catalog import format_table
 from lakehouse.featuresets import build_features
+from lakehouse.render import format_table
 from models.runner import train
 from models.word2vec import FAMILY
 from models.word2vec.evaluate import Embeddings

@@ -34,7 +34,7 @@ import yaml
 from common import session
 from pyspark.sql import functions as F
 
-from lakehouse.catalog import format_table
+from lakehouse.render import format_table
 
 ORDERS = "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, status STRING"
 PARALLEL = 4

@@ -186,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sql", help="run a SQL statement against the lakehouse")
     p.add_argument("query", help="SQL text; the lakeforge database is current")
-    p.add_argument("--limit", type=int, default=50, help="rows shown (default 50)")
+    p.add_argument("--limit", type=int, default=50,
+                   help="rows shown in a table (default 50; csv and json write every row)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table (default), csv with a header line, or json (one object per "
+                        "line): the last two for files and other programs")
     _add_common(p)
     return parser
 
@@ -205,8 +209,8 @@ def setup_logging(verbose: bool) -> None:
 
 
 def _cmd_ingest(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.catalog import format_table
     from lakehouse.ingest import ingest
+    from lakehouse.render import format_table
 
     results = ingest(spark, cfg, args.sources, args.batch)
     print(format_table(
@@ -227,8 +231,8 @@ def _ingest_note(result) -> str:
 
 
 def _cmd_curate(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.catalog import format_table
     from lakehouse.curate import curate
+    from lakehouse.render import format_table
 
     results = curate(spark, cfg, args.sources, args.batch, rebuild=args.rebuild)
     print(format_table(
@@ -266,7 +270,7 @@ def _parse_params(items: Sequence[str]) -> dict:
 
 
 def _cmd_train(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.catalog import format_table
+    from lakehouse.render import format_table
     from models.runner import train
 
     result = train(spark, cfg, args.family, args.dataset, args.version, args.run_id,
@@ -293,14 +297,23 @@ def _cmd_score(spark, cfg: Config, args: argparse.Namespace) -> None:
 def _cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
     import subprocess
 
+    from lakehouse import endpoint
     from lakehouse.session import hold_lakehouse
     from lakehouse.submit import submit_env, thrift_command
 
     hold_lakehouse(cfg)   # the server's JVM opens the metastore: one holder at a time
-    log.info("Thrift server on jdbc:hive2://%s:%d/ (stop with Ctrl-C); try: %s",
-             args.host, args.port, f"beeline -u jdbc:hive2://{args.host}:{args.port}/")
-    return subprocess.run(thrift_command(cfg, args.port, args.host), env=submit_env(cfg),
-                          check=False).returncode
+    log.info("Thrift server on jdbc:hive2://%s:%d/ (stop with Ctrl-C); try: %s; "
+             "`lakeforge sql` and `lakeforge tables` answer through it", args.host, args.port,
+             f"beeline -u jdbc:hive2://{args.host}:{args.port}/")
+    server = subprocess.Popen(thrift_command(cfg, args.port, args.host), env=submit_env(cfg))
+    endpoint.announce(cfg, args.host, args.port, server.pid)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        return server.wait()
+    finally:
+        endpoint.withdraw(cfg)
 
 
 def _cmd_metastore(cfg: Config, args: argparse.Namespace) -> int:
@@ -352,8 +365,8 @@ def _cmd_register(spark, cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _cmd_maintain(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.catalog import format_table
     from lakehouse.maintain import maintain
+    from lakehouse.render import format_table
 
     results = maintain(spark, cfg, args.tables)
     print(format_table(
@@ -364,16 +377,36 @@ def _cmd_maintain(spark, cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _cmd_tables(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.catalog import format_table, list_tables
+    from lakehouse.catalog import list_tables
+    from lakehouse.render import format_table
 
     infos = list_tables(spark, cfg)
     print(format_table(["table", "rows", "version"], [(t.name, t.rows, t.version) for t in infos]))
 
 
 def _cmd_sql(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.catalog import run_sql
+    from lakehouse.catalog import stream_sql
 
-    print(run_sql(spark, cfg, args.query, args.limit))
+    for piece in stream_sql(spark, cfg, args.query, args.limit, args.format):
+        sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def _through_endpoint(cfg: Config, args: argparse.Namespace) -> bool:
+    """Answer ``sql`` or ``tables`` through this home's running SQL endpoint, if there is one."""
+    from lakehouse import endpoint
+    from lakehouse.render import format_table
+
+    found = endpoint.running(cfg)
+    if found is None:
+        return False
+    if args.command == "sql":
+        for piece in endpoint.stream_sql(cfg, found, args.query, args.limit, args.format):
+            sys.stdout.write(piece)
+        sys.stdout.flush()
+    else:
+        print(format_table(["table", "rows", "version"], endpoint.list_tables(cfg, found)))
+    return True
 
 
 def _cmd_demo(spark, cfg: Config, args: argparse.Namespace) -> None:
@@ -383,8 +416,8 @@ def _cmd_demo(spark, cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
-    from lakehouse.catalog import format_table
     from lakehouse.dataset_check import resolve_datasets
+    from lakehouse.render import format_table
 
     action, names = "list", list(args.names)
     if names and names[0] in ("list", "check", "parsers"):
@@ -440,7 +473,7 @@ def _cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 def _cmd_run(spark, cfg: Config, args: argparse.Namespace) -> None:
     from jobs.pipeline import run_pipeline
-    from lakehouse.catalog import format_table
+    from lakehouse.render import format_table
 
     results = run_pipeline(spark, cfg, args.pipeline, args.batch, args.definitions,
                            start_at=args.start_at)
@@ -528,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_metastore(cfg, args)
         if args.command == "lake-server":
             return _cmd_lake_server(cfg, args)
+        if args.command in ("sql", "tables") and _through_endpoint(cfg, args):
+            log.info("%s finished in %.1f s", args.command, time.monotonic() - start)
+            return 0
         from lakehouse.session import build_spark
 
         spark = build_spark(cfg)

@@ -9,11 +9,12 @@ from collections.abc import Callable
 from pyspark.sql import SparkSession
 
 from jobs.report import write_report
-from lakehouse.catalog import create_views, format_table, list_tables, run_sql
+from lakehouse.catalog import create_views, list_tables, run_sql
 from lakehouse.config import Config
 from lakehouse.curate import curate
 from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
+from lakehouse.render import format_table
 
 log = logging.getLogger(__name__)
 

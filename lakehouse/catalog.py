@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from lakehouse.config import Config
+from lakehouse.render import check_format, render
 
 log = logging.getLogger(__name__)
 
@@ -51,51 +51,37 @@ def list_tables(spark: SparkSession, cfg: Config) -> list[TableInfo]:
     return sorted(infos, key=lambda t: t.name)
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Render rows as an aligned text table (numbers right-aligned, with separators)."""
-    def cell(v: Any) -> str:
-        if v is None:
-            return "NULL"
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, int):
-            return f"{v:,}"
-        if isinstance(v, float):
-            return f"{v:,.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
-        return str(v)
-
-    text = [[cell(v) for v in r] for r in rows]
-    numeric = [all(isinstance(r[i], int | float) and not isinstance(r[i], bool)
-                   for r in rows if r[i] is not None) and rows for i in range(len(header))]
-    widths = [max([len(h), *(len(r[i]) for r in text)]) for i, h in enumerate(header)]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w)
-                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), sep, *(line(r) for r in text)])
-
-
-def run_sql(spark: SparkSession, cfg: Config, query: str, limit: int = 50) -> str:
+def run_sql(spark: SparkSession, cfg: Config, query: str, limit: int = 50,
+            fmt: str = "table") -> str:
     """Run a SQL statement in the project's database and render the result.
 
     Args:
         spark: the session.
         cfg: configuration (the database is made current).
         query: one SQL statement.
-        limit: most rows shown.
+        limit: most rows shown in a table (``csv`` and ``json`` write every row).
+        fmt: ``table`` (aligned, digits grouped, a row-count footer that says when rows
+            were cut), ``csv`` (a header line, then RFC 4180 rows) or ``json`` (one
+            object per row, JSON Lines; decimals, dates and timestamps as strings).
 
     Returns:
-        The result as a text table, with a row-count footer.
+        The rendered result (for ``csv`` and ``json`` see :func:`stream_sql`).
     """
+    return "".join(stream_sql(spark, cfg, query, limit, fmt)).rstrip("\n")
+
+
+def stream_sql(spark: SparkSession, cfg: Config, query: str, limit: int = 50,
+               fmt: str = "table") -> Iterator[str]:
+    """:func:`run_sql`'s output in pieces: csv and json rows as Spark hands them over.
+
+    Raises:
+        ConfigError: an unknown format.
+    """
+    check_format(fmt)
     spark.catalog.setCurrentDatabase(cfg.catalog.database)
     df = spark.sql(query)
-    rows = df.limit(limit + 1).collect()
-    shown = rows[:limit]
-    body = format_table(df.columns, [tuple(r) for r in shown]) if df.columns else "OK"
-    more = f" (first {limit} shown)" if len(rows) > limit else ""
-    return f"{body}\n({len(shown)} row{'s' if len(shown) != 1 else ''}{more})"
+    rows = df.limit(limit + 1).collect() if fmt == "table" else df.toLocalIterator()
+    yield from render(df.columns, rows, fmt, limit)
 
 
 def create_views(spark: SparkSession, cfg: Config) -> list[str]:

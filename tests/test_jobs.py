@@ -1,7 +1,11 @@
 """The command line, maintenance, the table list, and a real spark-submit run."""
 
+import csv
 import dataclasses
+import io
+import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main
-from lakehouse.catalog import format_table, list_tables, run_sql
+from lakehouse.catalog import list_tables, run_sql
 from lakehouse.config import MaintainConfig, load_config
 from lakehouse.errors import ConfigError
 from lakehouse.ingest import ingest
 from lakehouse.maintain import maintain
-from lakehouse.submit import beeline_command, submit_command, submit_env, thrift_command
+from lakehouse.render import format_table
+from lakehouse.submit import beeline_command, submit_command, submit_env
 from tests.helpers import free_port, small_job_env, wait_listening, with_paths
 
 
@@ -30,6 +35,30 @@ def test_table_list_has_counts_and_versions(spark, cfg, tmp_path):
     out = run_sql(spark, cfg, "SELECT _ingest_batch, count(*) AS n FROM bronze_streams "
                               "GROUP BY 1 ORDER BY 1")
     assert out.splitlines()[2:] == ["b1             2", "b2             2", "(2 rows)"]
+
+
+def test_sql_prints_numbers_as_computed_and_writes_csv_and_json(spark, cfg):
+    query = ("SELECT * FROM VALUES (80470.0D, CAST(4359.25 AS DECIMAL(10, 2)), 'a,b', "
+             "DATE'2026-12-06', CAST(NULL AS INT)), (1.0E-7D, CAST(-0.5 AS DECIMAL(10, 2)), "
+             "'x', DATE'2026-12-07', 3) AS t(price, avg_price, name, day, n)")
+    table = run_sql(spark, cfg, query).splitlines()
+    assert table[2].split() == ["80,470.0", "4,359.25", "a,b", "2026-12-06", "NULL"]
+    assert table[3].split() == ["1e-07", "-0.50", "x", "2026-12-07", "3"]
+    assert table[-1] == "(2 rows)"
+    cut = run_sql(spark, cfg, query, limit=1).splitlines()
+    assert cut[-1] == "(1 row; the first 1 shown, --limit N for more)"
+
+    rows = list(csv.reader(io.StringIO(run_sql(spark, cfg, query, fmt="csv"))))
+    assert rows == [["price", "avg_price", "name", "day", "n"],
+                    ["80470.0", "4359.25", "a,b", "2026-12-06", ""],
+                    ["1e-07", "-0.50", "x", "2026-12-07", "3"]]
+    lines = [json.loads(ln) for ln in run_sql(spark, cfg, query, limit=1, fmt="json").splitlines()]
+    assert lines == [{"price": 80470.0, "avg_price": "4359.25", "name": "a,b",
+                      "day": "2026-12-06", "n": None},
+                     {"price": 1e-07, "avg_price": "-0.50", "name": "x", "day": "2026-12-07",
+                      "n": 3}]                                 # every row, not --limit's
+    with pytest.raises(ConfigError, match="unknown format 'xml'"):
+        run_sql(spark, cfg, query, fmt="xml")
 
 
 def test_format_table_aligns_numbers_right():
@@ -135,23 +164,46 @@ def test_spark_submit_ingest_then_beeline_through_a_thrift_server(spark, tmp_pat
 
     cfg = load_config(overrides, environ={})
     port, log_path = free_port(), tmp_path / "thrift.log"
+    settings = [a for o in overrides for a in ("--set", o)]
+    query = ("SELECT label_name, count(*) AS n FROM lakeforge.bronze_wine "
+             "GROUP BY label_name ORDER BY label_name")
+
+    def lakeforge_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "jobs.cli", *args, *settings],
+                              capture_output=True, text=True, timeout=300, check=False)
+
     with log_path.open("w") as log:
-        server = subprocess.Popen(thrift_command(cfg, port), env=submit_env(cfg), stdout=log,
-                                  stderr=subprocess.STDOUT)
+        server = subprocess.Popen([sys.executable, "-m", "jobs.cli", "sql-server", "--port",
+                                   str(port), *settings], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_listening(port, server, log_path, wait=240)
-        out = subprocess.run(
-            beeline_command(port, "SELECT label_name, count(*) AS n FROM lakeforge.bronze_wine "
-                                  "GROUP BY label_name ORDER BY label_name"),
-            capture_output=True, text=True, timeout=300, check=False, env=submit_env(cfg))
+        out = subprocess.run(beeline_command(port, query), capture_output=True, text=True,
+                             timeout=300, check=False, env=submit_env(cfg))
+        # lakeforge sql and tables answer through the running server (a session of their
+        # own could not even start: the server holds the Derby metastore).
+        table = lakeforge_cli("sql", query)
+        csv_out = lakeforge_cli("sql", "--format", "csv", query)
+        tables = lakeforge_cli("tables")
     finally:
-        server.terminate()
+        server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     # beeline echoes its prompt ("0: jdbc:hive2://...>"), the CSV header follows it.
     rows = [line for line in out.stdout.splitlines() if line.startswith("class_")]
     assert "label_name,n" in out.stdout
     assert rows == ["class_0,59", "class_1,71", "class_2,48"]
+    assert table.returncode == 0 and "answered by the SQL endpoint" in table.stderr, \
+        table.stderr[-2000:]
+    assert [ln.split() for ln in table.stdout.splitlines()] == [
+        ["label_name", "n"], ["----------", "--"], ["class_0", "59"], ["class_1", "71"],
+        ["class_2", "48"], ["(3", "rows)"]]
+    assert csv_out.stdout.splitlines() == ["label_name,n", "class_0,59", "class_1,71",
+                                           "class_2,48"]
+    assert tables.returncode == 0 and "lakeforge.bronze_wine" in tables.stdout, tables.stderr
+    version = spark.sql(f"DESCRIBE HISTORY delta.`{table_dir}` LIMIT 1").first()["version"]
+    assert [ln.split()[1:] for ln in tables.stdout.splitlines()
+            if ln.startswith("lakeforge.bronze_wine")] == [["178", str(version)]]
+    assert not (home / "sql-server.json").exists()          # withdrawn when it stopped
 
 
 def test_hive_session_folders_stay_in_the_home_not_in_tmp(spark, base_cfg):
