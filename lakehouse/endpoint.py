@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lakehouse.config import Config
+from lakehouse.render import check_format, render
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,6 @@ def rows(cur: Any, batch: int = 1000) -> Iterator[tuple]:
 def stream_sql(cfg: Config, endpoint: Endpoint, query: str, limit: int = 50,
                fmt: str = "table") -> Iterator[str]:
     """``lakeforge sql`` through the endpoint: the same text a session would print."""
-    from lakehouse.render import check_format, render
-
     check_format(fmt)
     log.info("answered by the SQL endpoint at %s (pid %d)", endpoint.url, endpoint.pid)
     with cursor(cfg, endpoint) as cur:
