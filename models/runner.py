@@ -77,7 +77,7 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
 
     Args:
         spark: the session.
-        cfg: configuration (``train.num_proc``, model store under ``cfg.home``).
+        cfg: configuration (``train.num_proc``; checkpoints and the model store on the lake).
         family_name: ``mlp``, ``cnn``, ``word2vec``, ``deepar`` or ``rcf``.
         dataset: the data set (or feature set) whose gold table to train on.
         version: Delta version to train on (default: the current rows, recorded as
