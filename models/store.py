@@ -1,9 +1,8 @@
 """The model store: versioned artifacts plus the ``<database>.models`` Delta table.
 
 Artifacts live on the lake under ``models/<database>/<name>/<run id>`` (a folder of the
-home for a local lake); the table holds
-name, version, family, params, metrics, training table and its Delta version, run
-id, artifact path and created_at.
+home for a local lake); the table holds name, version, family, params, metrics,
+training table and its Delta version, run id, artifact path and created_at.
 
 A version is given by a MERGE that inserts ``(name, version)`` only if no row holds it:
 two trainings of one model registering at once both read the table, so Delta makes the
