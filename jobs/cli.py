@@ -295,6 +295,7 @@ def _cmd_score(spark, cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
+    import signal
     import subprocess
 
     from lakehouse import endpoint
@@ -307,6 +308,11 @@ def _cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
              f"beeline -u jdbc:hive2://{args.host}:{args.port}/")
     server = subprocess.Popen(thrift_command(cfg, args.port, args.host), env=submit_env(cfg))
     endpoint.announce(cfg, args.host, args.port, server.pid)
+
+    def stop(signum: int, frame: object) -> None:   # `kill` stops it as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         return server.wait()
     except KeyboardInterrupt:

@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from lakehouse.config import Config
+from lakehouse.errors import LakeforgeError
 from lakehouse.render import check_format, render
 
 log = logging.getLogger(__name__)
+
+
+class QueryError(LakeforgeError):
+    """The SQL endpoint refused or failed a statement (its message names why)."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +86,18 @@ def running(cfg: Config) -> Endpoint | None:
 
 @contextlib.contextmanager
 def cursor(cfg: Config, endpoint: Endpoint) -> Iterator[Any]:
-    """A HiveServer2 cursor on the endpoint, in the project's database."""
-    from pyhive import hive
+    """A HiveServer2 cursor on the endpoint, in the project's database.
 
-    connection = hive.connect(host=endpoint.host, port=endpoint.port, auth="NONE",
-                              username=getpass.getuser(), database=cfg.catalog.database)
+    Raises:
+        QueryError: the server refused the session (e.g. the database does not exist yet).
+    """
+    from pyhive import exc, hive
+
+    try:
+        connection = hive.connect(host=endpoint.host, port=endpoint.port, auth="NONE",
+                                  username=getpass.getuser(), database=cfg.catalog.database)
+    except exc.DatabaseError as error:
+        raise _refused(error) from None
     try:
         cur = connection.cursor()
         try:
@@ -111,9 +123,30 @@ def stream_sql(cfg: Config, endpoint: Endpoint, query: str, limit: int = 50,
     check_format(fmt)
     log.info("answered by the SQL endpoint at %s (pid %d)", endpoint.url, endpoint.pid)
     with cursor(cfg, endpoint) as cur:
-        cur.execute(query)
+        execute(cur, query)
         columns = [d[0] for d in cur.description or []]
         yield from render(columns, rows(cur) if columns else iter(()), fmt, limit)
+
+
+def execute(cur: Any, query: str) -> None:
+    """Run a statement; the server's own first line of error when it fails.
+
+    Raises:
+        QueryError: the statement failed on the server (bad SQL, a missing table, ...).
+    """
+    from pyhive import exc
+
+    try:
+        cur.execute(query)
+    except exc.DatabaseError as error:
+        raise _refused(error) from None
+
+
+def _refused(error: Exception) -> QueryError:
+    """The server's own first line of a failure (not the Java stack it sends along)."""
+    response = error.args[0] if error.args else None
+    message = getattr(getattr(response, "status", None), "errorMessage", None) or str(error)
+    return QueryError(f"the SQL endpoint: {message.strip().splitlines()[0]}")
 
 
 def list_tables(cfg: Config, endpoint: Endpoint) -> list[tuple[str, int, int]]:
@@ -121,7 +154,7 @@ def list_tables(cfg: Config, endpoint: Endpoint) -> list[tuple[str, int, int]]:
     db = cfg.catalog.database
     out = []
     with cursor(cfg, endpoint) as cur:
-        cur.execute(f"SHOW TABLES IN {db}")
+        execute(cur, f"SHOW TABLES IN {db}")
         names = [r[1] for r in cur.fetchall() if not r[2]]      # (namespace, name, temporary)
         for name in sorted(names):
             try:
