@@ -184,6 +184,7 @@ def test_spark_submit_ingest_then_beeline_through_a_thrift_server(spark, tmp_pat
         table = lakeforge_cli("sql", query)
         csv_out = lakeforge_cli("sql", "--format", "csv", query)
         tables = lakeforge_cli("tables")
+        bad = lakeforge_cli("sql", "SELECT * FROM no_such_table")
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
@@ -203,6 +204,9 @@ def test_spark_submit_ingest_then_beeline_through_a_thrift_server(spark, tmp_pat
     version = spark.sql(f"DESCRIBE HISTORY delta.`{table_dir}` LIMIT 1").first()["version"]
     assert [ln.split()[1:] for ln in tables.stdout.splitlines()
             if ln.startswith("lakeforge.bronze_wine")] == [["178", str(version)]]
+    errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("lakeforge sql: error:")]
+    assert bad.returncode == 2 and len(errors) == 1 and "no_such_table" in errors[0], bad.stderr
+    assert "Traceback" not in bad.stderr
     assert not (home / "sql-server.json").exists()          # withdrawn when it stopped
 
 
