@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from lakehouse import __version__
 from lakehouse.config import Config, load_config
@@ -393,7 +393,12 @@ def _cmd_tables(spark, cfg: Config, args: argparse.Namespace) -> None:
 def _cmd_sql(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.catalog import stream_sql
 
-    for piece in stream_sql(spark, cfg, args.query, args.limit, args.format):
+    _write(stream_sql(spark, cfg, args.query, args.limit, args.format))
+
+
+def _write(pieces: Iterable[str]) -> None:
+    """Write text pieces to stdout as they come (a long csv or json result streams)."""
+    for piece in pieces:
         sys.stdout.write(piece)
     sys.stdout.flush()
 
@@ -407,9 +412,7 @@ def _through_endpoint(cfg: Config, args: argparse.Namespace) -> bool:
     if found is None:
         return False
     if args.command == "sql":
-        for piece in endpoint.stream_sql(cfg, found, args.query, args.limit, args.format):
-            sys.stdout.write(piece)
-        sys.stdout.flush()
+        _write(endpoint.stream_sql(cfg, found, args.query, args.limit, args.format))
     else:
         print(format_table(["table", "rows", "version"], endpoint.list_tables(cfg, found)))
     return True

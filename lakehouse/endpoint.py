@@ -162,6 +162,6 @@ def list_tables(cfg: Config, endpoint: Endpoint) -> list[tuple[str, int, int]]:
                 history = cur.fetchall()
             except Exception:  # noqa: BLE001 - a view or a table that is not Delta
                 continue
-            cur.execute(f"SELECT count(*) FROM {db}.{name}")
+            execute(cur, f"SELECT count(*) FROM {db}.{name}")
             out.append((f"{db}.{name}", int(cur.fetchone()[0]), int(history[0][0])))
     return out

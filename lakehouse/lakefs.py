@@ -44,12 +44,10 @@ class LakeFS:
     Attributes:
         endpoint: an S3-compatible store's URL (``http://127.0.0.1:9090``); empty: AWS.
         region: the region S3 requests are signed for.
-        cache: local folder for fetched copies (empty: the system's temporary folder).
     """
 
     endpoint: str = ""
     region: str = "us-east-1"
-    cache: str = ""
 
     @classmethod
     def of(cls, cfg: Config) -> LakeFS:
@@ -151,17 +149,17 @@ class LakeFS:
     def fetch(self, location: str) -> str:
         """A local copy of a lake folder or file, made once per host; a local one as is.
 
-        Copies land in ``cache`` under a name derived from the location and its files'
-        sizes and times (one listing), so a folder written again is fetched again, and
-        arrive through a temporary name and a rename, so processes fetching at once
-        never read half a copy.
+        Copies land in the system's temporary folder under a name derived from the
+        location and its files' sizes and times (one listing), so a folder written again
+        is fetched again, and arrive through a temporary name and a rename, so processes
+        fetching at once never read half a copy.
 
         Raises:
             FileNotFoundError: nothing is there.
         """
         if not is_remote(location):
             return local_path(location)
-        root = self.cache or os.path.join(tempfile.gettempdir(), f"lakeforge-{os.getuid()}")
+        root = os.path.join(tempfile.gettempdir(), f"lakeforge-{os.getuid()}")
         key = hashlib.sha256(repr((location, self._stamp(location))).encode()).hexdigest()[:20]
         name = location.rstrip("/").rsplit("/", 1)[-1]   # kept: loaders read the suffix
         target = os.path.join(root, key)

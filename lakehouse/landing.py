@@ -23,6 +23,7 @@ from pyspark.sql import SparkSession
 from lakehouse.config import project_path
 from lakehouse.datasets import Dataset
 from lakehouse.errors import SourceError
+from lakehouse.lakefs import local_path
 
 
 @dataclass(frozen=True)
@@ -80,18 +81,12 @@ def _walk(fs, status) -> list[FileInfo]:
         return []
     if not status.isDirectory():
         modified = dt.datetime.fromtimestamp(status.getModificationTime() / 1000, dt.UTC)
-        return [FileInfo(_plain(status.getPath().toString()), status.getLen(),
+        return [FileInfo(local_path(status.getPath().toString()), status.getLen(),
                          modified.replace(tzinfo=None))]
     out: list[FileInfo] = []
     for child in fs.listStatus(status.getPath()):
         out.extend(_walk(fs, child))
     return out
-
-
-def _plain(uri: str) -> str:
-    """Local files as plain paths (what Python parsers open); other URIs as they are."""
-    return uri[len("file:"):] if uri.startswith("file:/") and not uri.startswith("file://") \
-        else uri.removeprefix("file://")
 
 
 def parser_path(path: str) -> str:
