@@ -10,10 +10,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 from lakehouse import __version__
 from lakehouse.config import Config, load_config
-from lakehouse.errors import LakeforgeError
+from lakehouse.errors import ConfigError, LakeforgeError
 from pipelines.definitions import STEP_NAMES
 
 log = logging.getLogger("lakeforge")
@@ -152,6 +153,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the lake's folder inside the bucket (default: lake)")
     _add_common(p)
 
+    p = sub.add_parser(
+        "stream", help="Structured Streaming: a data set's Kafka topic into bronze and silver",
+        description="`stream ingest DATASET` runs a Structured Streaming query on the data set's "
+                    "Kafka topic (source.kafka): every micro-batch is parsed, its malformed "
+                    "records quarantined with the reason, appended to bronze and curated into "
+                    "silver, exactly once across restarts (the checkpoint is on the lake). "
+                    "It runs until Ctrl-C or SIGTERM, or with --available-now reads what the "
+                    "topic holds and stops (for schedulers).")
+    p.add_argument("action", choices=["ingest"])
+    p.add_argument("dataset", metavar="DATASET", help="a data set whose source is a Kafka topic")
+    p.add_argument("--available-now", action="store_true",
+                   help="read what the topic holds now, then stop")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "kafka", help="a local Kafka broker for streams: start, stop, status, send",
+        description="Runs a single-node Kafka broker (KRaft) on stream.kafka_server.host:port "
+                    "with its data under home/kafka, and sends files of records to a topic.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("start", "start the broker (unless it runs)"),
+                         ("stop", "stop it"), ("status", "say whether it runs (exit 1: not)")):
+        _add_common(actions.add_parser(action, help=text, description=text))
+    q = actions.add_parser(
+        "send", help="send each line of files (JSON or CSV records) to a topic",
+        description="Sends each non-empty line of the files to TOPIC on stream.kafka_bootstrap "
+                    "(the local broker unless set), one record a line.")
+    q.add_argument("topic", metavar="TOPIC")
+    q.add_argument("files", nargs="+", metavar="FILE", help="files of records, one a line")
+    q.add_argument("--key", metavar="FIELD",
+                   help="the JSON field that gives each record's message key (records of one "
+                        "key land in one partition, in order)")
+    _add_common(q)
+
     p = sub.add_parser("tables", help="list tables with row counts and Delta versions")
     _add_common(p)
 
@@ -230,6 +264,37 @@ def _ingest_note(result) -> str:
     return "; ".join(notes)
 
 
+def _cmd_stream(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.render import format_table
+    from lakehouse.stream import stream_ingest
+
+    r = stream_ingest(spark, cfg, args.dataset, available_now=args.available_now)
+    print(format_table(
+        ["data set", "micro-batches", "read", "bronze", "quarantined", "silver new",
+         "silver updated", "quarantined by rules"],
+        [(r.dataset, len(r.batches), r.read, r.bronze, r.quarantined, r.silver_new,
+          r.silver_updated, r.rule_quarantined)]))
+
+
+def _cmd_kafka(cfg: Config, args: argparse.Namespace) -> int:
+    from lakehouse import kafka
+
+    if args.action == "start":
+        print(f"Kafka broker running on {kafka.start(cfg)} (data in "
+              f"{kafka.state_dir(cfg) / 'data'})")
+    elif args.action == "stop":
+        print("stopped" if kafka.stop(cfg) else "not running")
+    elif args.action == "status":
+        up = kafka.running(cfg)
+        print(f"local Kafka broker {'running' if up else 'not running'} on {kafka.bootstrap(cfg)}")
+        return 0 if up else 1
+    else:
+        sent = kafka.send(cfg.stream.bootstrap, args.topic, [Path(f) for f in args.files],
+                          args.key)
+        print(f"sent {sent:,} record(s) to {args.topic} on {cfg.stream.bootstrap}")
+    return 0
+
+
 def _cmd_curate(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.curate import curate
     from lakehouse.render import format_table
@@ -258,7 +323,6 @@ def _cmd_features(spark, cfg: Config, args: argparse.Namespace) -> None:
 def _parse_params(items: Sequence[str]) -> dict:
     import yaml
 
-    from lakehouse.errors import ConfigError
 
     params = {}
     for item in items:
@@ -494,7 +558,7 @@ COMMANDS: dict[str, Callable] = {
     "ingest": _cmd_ingest, "curate": _cmd_curate, "maintain": _cmd_maintain,
     "features": _cmd_features, "train": _cmd_train, "score": _cmd_score,
     "tables": _cmd_tables, "sql": _cmd_sql, "demo": _cmd_demo, "run": _cmd_run,
-    "metastore": _cmd_register,
+    "metastore": _cmd_register, "stream": _cmd_stream,
 }
 
 
@@ -570,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_metastore(cfg, args)
         if args.command == "lake-server":
             return _cmd_lake_server(cfg, args)
+        if args.command == "kafka":
+            return _cmd_kafka(cfg, args)
         if args.command in ("sql", "tables") and _through_endpoint(cfg, args):
             log.info("%s finished in %.1f s", args.command, time.monotonic() - start)
             return 0

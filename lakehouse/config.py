@@ -157,6 +157,41 @@ class LakeConfig:
 
 
 @dataclass(frozen=True)
+class KafkaServerConfig:
+    """The local Kafka broker (KRaft, one node) that ``lakeforge kafka`` runs."""
+
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "256m"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Structured Streaming settings of ``lakeforge stream``.
+
+    Attributes:
+        kafka_bootstrap: the brokers a Kafka source reads when its entry names none
+            (``host:port,...``); empty: the local broker's.
+        trigger_seconds: how often a running stream takes a micro-batch.
+        max_records_per_batch: at most this many Kafka records per micro-batch
+            (``maxOffsetsPerTrigger``); 0: no limit.
+        kafka_server: the local broker.
+    """
+
+    kafka_bootstrap: str = ""
+    trigger_seconds: int = 10
+    max_records_per_batch: int = 200_000
+    kafka_server: KafkaServerConfig = field(default_factory=KafkaServerConfig)
+
+    @property
+    def bootstrap(self) -> str:
+        """The brokers to read when an entry names none."""
+        server = self.kafka_server
+        return self.kafka_bootstrap or f"{server.host}:{server.port}"
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Horovod training settings."""
 
@@ -181,6 +216,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     metastore: MetastoreConfig = field(default_factory=MetastoreConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     @property
     def lake_root(self) -> str:
@@ -211,6 +247,11 @@ class Config:
     def checkpoint_dir(self) -> str:
         """Training checkpoints, under the lake's root (Horovod ranks on any node write them)."""
         return self.lake_path("checkpoints")
+
+    @property
+    def stream_dir(self) -> str:
+        """Structured Streaming checkpoints (source offsets, state), under the lake's root."""
+        return self.lake_path("streams")
 
     @property
     def log_dir(self) -> Path:

@@ -41,8 +41,9 @@ class SourceSpec:
     """Where a data set's raw records come from.
 
     Exactly one of: ``files`` with a ``format`` Spark reads, ``files`` with a named
-    ``parser`` (formats Spark cannot read), or an existing ``table`` (catalog name)
-    or ``delta`` path, optionally at a ``version``.
+    ``parser`` (formats Spark cannot read), an existing ``table`` (catalog name)
+    or ``delta`` path, optionally at a ``version``, or a ``kafka`` topic whose records'
+    values are ``json`` or ``csv`` (read by ``lakeforge stream ingest``).
 
     Attributes:
         files: paths, globs or directories; relative ones are taken inside
@@ -55,6 +56,9 @@ class SourceSpec:
         version: Delta version of ``table``/``delta`` (default: the current one).
         options: reader options (Spark's, or the parser's), as strings.
         schema: the bronze columns as a DDL string.
+        kafka: ``topic`` (required), ``bootstrap`` (brokers; default
+            ``stream.kafka_bootstrap``) and ``starting_offsets`` (``earliest``, the
+            default, or ``latest``: where a new stream starts).
     """
 
     files: tuple[str, ...] = ()
@@ -66,10 +70,13 @@ class SourceSpec:
     version: int | None = None
     options: Mapping[str, str] = field(default_factory=dict)
     schema: str = ""
+    kafka: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
-        """``files`` (Spark's reader), ``parser`` or ``table``."""
+        """``files`` (Spark's reader), ``parser``, ``table`` or ``kafka``."""
+        if self.kafka:
+            return "kafka"
         if self.table or self.delta:
             return "table"
         return "parser" if self.parser else "files"
@@ -79,6 +86,8 @@ class SourceSpec:
         if self.kind == "table":
             at = f" @v{self.version}" if self.version is not None else ""
             return f"table {self.table or 'delta.`' + self.delta + '`'}{at}"
+        if self.kind == "kafka":
+            return f"{self.format}: kafka topic {self.kafka.get('topic', '')}"
         where = ", ".join(self.files)
         how = f"parser {self.parser}" if self.parser else self.format
         return f"{how}: {self.package + ':' if self.package else ''}{where}"
@@ -172,7 +181,8 @@ def _named_sets(features: Mapping[str, Any]) -> bool:
 
 _ENTRY_KEYS = ("kind", "roles", "description", "table", "source", "silver", "features")
 _SOURCE_KEYS = ("files", "format", "parser", "package", "table", "delta", "version",
-                "options", "schema")
+                "options", "schema", "kafka")
+_KAFKA_KEYS = ("topic", "bootstrap", "starting_offsets")
 _SILVER_KEYS = ("keys", "select", "rules")
 _RULE_KEYS = ("name", "expr", "on_fail")
 
@@ -248,13 +258,17 @@ def _parse_source(raw: Any, where: str, problems: Problems) -> SourceSpec:
         version=version,
         options={str(k): _option_text(v) for k, v in options.items()},
         schema=problems.text(body.get("schema"), f"{where}.schema"),
+        kafka=_parse_kafka(body.get("kafka"), f"{where}.kafka", problems),
     )
     if not body:
         return spec
-    chosen = [k for k in ("files", "table", "delta") if body.get(k)]
+    chosen = [k for k in ("files", "table", "delta", "kafka") if body.get(k)]
     if len(chosen) != 1:
-        problems.add(where, "give exactly one of files, table or delta"
+        problems.add(where, "give exactly one of files, table, delta or kafka"
                      + (f" (found {', '.join(chosen)})" if chosen else ""))
+    if spec.kafka and spec.format not in ("json", "csv"):
+        problems.add(f"{where}.format", f"{spec.format or 'missing'}: a kafka source's record "
+                                        "values are json or csv")
     if spec.files and bool(spec.format) == bool(spec.parser):
         problems.add(where, "files need either a format Spark reads "
                             f"({', '.join(FORMATS)}) or a parser, not both")
@@ -262,7 +276,7 @@ def _parse_source(raw: Any, where: str, problems: Problems) -> SourceSpec:
         problems.add(f"{where}.format", f"{spec.format!r} is not one of {', '.join(FORMATS)}; "
                                         "formats Spark cannot read need a parser")
     if spec.format in ("csv", "json") and not spec.schema:
-        problems.add(f"{where}.schema", f"missing; {spec.format} files need a schema as a DDL "
+        problems.add(f"{where}.schema", f"missing; {spec.format} records need a schema as a DDL "
                                         "string (no schema inference)")
     if spec.parser and not spec.schema:
         problems.add(f"{where}.schema", "missing; a parser fills the columns the schema declares")
@@ -271,6 +285,19 @@ def _parse_source(raw: Any, where: str, problems: Problems) -> SourceSpec:
     if spec.package and not spec.files:
         problems.add(f"{where}.package", "needs files inside the package")
     return spec
+
+
+def _parse_kafka(raw: Any, where: str, problems: Problems) -> dict[str, str]:
+    if raw is None:
+        return {}
+    body = problems.mapping(raw, where, _KAFKA_KEYS)
+    out = {k: problems.text(v, f"{where}.{k}") for k, v in body.items()}
+    if body and not out.get("topic"):
+        problems.add(f"{where}.topic", "missing; name the topic to read")
+    start = out.get("starting_offsets", "earliest")
+    if start not in ("earliest", "latest"):
+        problems.add(f"{where}.starting_offsets", f"{start!r} is not earliest or latest")
+    return out
 
 
 def _option_text(value: Any) -> str:

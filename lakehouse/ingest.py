@@ -24,7 +24,7 @@ import datetime as dt
 import functools
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -38,6 +38,7 @@ from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.dataset_check import DatasetPlan, check_datasets, plan_dataset
 from lakehouse.datasets import Dataset
+from lakehouse.errors import SourceError
 from lakehouse.lakefs import LakeFS
 from lakehouse.landing import FileInfo, list_files, parser_path
 from lakehouse.quality import ingested_batches, quality_rows, quarantine_rows
@@ -104,6 +105,14 @@ def ingest(spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
     Raises:
         CatalogError: when an entry cannot be used (checked before anything is written).
     """
+    if list(names) == ["all"]:
+        streams = [e.name for e in cfg.datasets.values() if e.source.kind == "kafka"]
+        if streams:
+            log.info("ingest all: %s read Kafka; `lakeforge stream ingest` reads them",
+                     ", ".join(streams))
+        names = [e.name for e in cfg.datasets.values() if e.source.kind != "kafka"]
+        if not names:
+            return []
     plans = check_datasets(spark, cfg, names)
     return [ingest_dataset(spark, cfg, p.entry, batch, p) for p in plans]
 
@@ -115,6 +124,10 @@ def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,
     ``plan``: the entry as the catalog check worked it out (its files and tables);
     without it the entry is checked here.
     """
+    if entry.source.kind == "kafka":
+        raise SourceError(f"data set {entry.name!r} reads Kafka topic "
+                          f"{entry.source.kafka.get('topic')!r}: ingest it with `lakeforge "
+                          f"stream ingest {entry.name}` (--available-now for what is there)")
     db = cfg.catalog.database
     plan = plan or plan_dataset(spark, entry)
     bronze_spec = plan.bronze
@@ -270,19 +283,41 @@ def bronze_rows(rows: DataFrame, spec: TableSpec, dataset: str, batch: str,
 
 def _load(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, batch: str,
           files: list[FileInfo]) -> tuple[int, int]:
-    """Read a batch's files and write bronze, quarantine and quality, each exactly once.
+    """Read a batch's files and write bronze, quarantine and quality, each exactly once."""
+    return load_batch(spark, cfg, entry, spec, batch,
+                      lambda: read_dataset(spark, cfg, entry, spec, files),
+                      f"{len(files)} file(s)")
+
+
+def load_batch(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, batch: str,
+               read: Callable[[], DataFrame], what: str) -> tuple[int, int]:
+    """Write one batch's records to bronze, quarantine and quality, each exactly once.
 
     The rows are read once for bronze, counted on the way (an observation, so no cache
     and no extra pass); rejected records are read again for the quarantine only when
     there are any. If bronze already holds the batch (a resumed run), Delta skips the
-    append and the rows are counted in a pass of their own.
+    append and the rows are counted in a pass of their own. The quality rows, written
+    last, mark the batch complete.
+
+    Args:
+        spark: the session.
+        cfg: configuration.
+        entry: the data set.
+        spec: its bronze table.
+        batch: the batch id (``_ingest_batch``; the unit of idempotency).
+        read: gives the batch's records as :func:`read_dataset` does (data columns and
+            status columns); called once, or again for counts and rejected records.
+        what: what was read, for the log line (``3 file(s)``, ``a micro-batch``).
+
+    Returns:
+        Records written to bronze, and records quarantined.
     """
     db = cfg.catalog.database
     bronze = spec.full_name(db)
     app_id = f"lakeforge/ingest/{entry.name}/{batch}"
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     counted = Observation(f"ingest_{uuid.uuid4().hex}")
-    rows = read_dataset(spark, cfg, entry, spec, files).observe(
+    rows = read().observe(
         counted, F.count(F.lit(1)).alias("read"), F.count(F.col(ERROR)).alias("bad"))
     delta.append_once(bronze_rows(rows, spec, entry.name, batch, now), bronze, app_id)
     if delta.observed(counted):
@@ -290,13 +325,13 @@ def _load(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, bat
     else:
         # Every column takes part, so Spark's CSV reader checks each record's field count.
         every = F.max(F.hash(*[F.col(f.name) for f in spec.fields]))
-        counts = read_dataset(spark, cfg, entry, spec, files).agg(
+        counts = read().agg(
             F.count(F.lit(1)).alias("read"), F.count(F.col(ERROR)).alias("bad"), every).first()
         n_read, n_bad = counts["read"], counts["bad"]
     n_good = n_read - n_bad
     if n_bad:
-        rejected = read_dataset(spark, cfg, entry, spec, files).filter(F.col(ERROR).isNotNull())
-        if entry.source.kind == "files":
+        rejected = read().filter(F.col(ERROR).isNotNull())
+        if entry.source.kind in ("files", "kafka"):
             rejected = rejected.withColumn(ERROR, explain_column(entry.source, spec.fields))
         rejected = rejected.withColumn("_rules", F.array(F.lit(WELL_FORMED)))
         delta.append_once(quarantine_rows(rejected, entry.name, bronze, "ingest", batch, now),
@@ -305,6 +340,6 @@ def _load(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, bat
               n_read, n_good, 0, n_bad, 0)]
     delta.append_once(quality_rows(spark, entry.name, bronze, "ingest", batch, stats, now),
                       table("ops.quality").full_name(db), f"{app_id}/quality")
-    log.info("%s: batch %s: %d file(s), %s read = %s bronze + %s quarantined", entry.name,
-             batch, len(files), f"{n_read:,}", f"{n_good:,}", f"{n_bad:,}")
+    log.info("%s: batch %s: %s, %s read = %s bronze + %s quarantined", entry.name,
+             batch, what, f"{n_read:,}", f"{n_good:,}", f"{n_bad:,}")
     return n_good, n_bad

@@ -66,6 +66,25 @@ def s3_jars(cfg: Config) -> list[Path]:
             / f"bundle-{s3.aws_sdk_version}.jar"]
 
 
+def pinned_jars(cfg: Config, listing: str) -> list[Path]:
+    """The jars a pinned list names (``lakehouse/jars/<listing>.txt``), in the Maven repository.
+
+    Args:
+        cfg: configuration (``spark.maven_repo``).
+        listing: ``kafka-broker`` (a local Kafka broker's runtime) or ``kafka-connector``
+            (Spark's Kafka source and what it needs beside Spark's own jars).
+    """
+    repo = Path(os.path.expanduser(cfg.spark.maven_repo))
+    text = (Path(__file__).parent / "jars" / f"{listing}.txt").read_text()
+    out = []
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            group, artifact, version = line.split()
+            out.append(repo.joinpath(*group.split("."), artifact, version,
+                                     f"{artifact}-{version}.jar"))
+    return out
+
+
 def spark_jars() -> Path:
     """The folder of Spark's own jars (inside the pyspark install)."""
     from pyspark.find_spark_home import _find_spark_home

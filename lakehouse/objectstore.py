@@ -15,13 +15,10 @@ import json
 import logging
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
+from lakehouse import daemon
 from lakehouse.config import Config
 from lakehouse.errors import LakeforgeError
 from lakehouse.jvm import java_binary
@@ -76,8 +73,8 @@ def environment(cfg: Config, prefix: str = "lake") -> dict[str, str]:
 
 def running(cfg: Config) -> bool:
     """Whether this home's server runs and answers."""
-    pid = _pid(cfg)
-    return pid is not None and _alive(pid) and _listening(cfg)
+    pid = daemon.read_pid(state_dir(cfg) / "s3proxy.pid")
+    return pid is not None and daemon.alive(pid) and _listening(cfg)
 
 
 def start(cfg: Config) -> str:
@@ -118,18 +115,11 @@ def start(cfg: Config) -> str:
     ]) + "\n")
     properties.chmod(0o600)
     log_file = folder / "s3proxy.log"
-    with open(log_file, "ab") as out:
-        proc = subprocess.Popen([str(java), "-Xmx256m", "-jar", str(jar(cfg)),
-                                 "--properties", str(properties)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    (folder / "s3proxy.pid").write_text(str(proc.pid))
-    deadline = time.monotonic() + START_SECONDS
-    while not _listening(cfg):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(cfg)
-            raise ObjectStoreError(f"S3Proxy did not start on {endpoint(cfg)}; see {log_file}")
-        time.sleep(0.2)
+    proc = daemon.spawn([str(java), "-Xmx256m", "-jar", str(jar(cfg)),
+                         "--properties", str(properties)], log_file, folder / "s3proxy.pid")
+    if not daemon.wait_until(lambda: _listening(cfg), proc, START_SECONDS):
+        stop(cfg)
+        raise ObjectStoreError(f"S3Proxy did not start on {endpoint(cfg)}; see {log_file}")
     _create_bucket(cfg)
     log.info("S3Proxy on %s (objects in %s)", endpoint(cfg), folder / "data")
     return endpoint(cfg)
@@ -137,18 +127,7 @@ def start(cfg: Config) -> str:
 
 def stop(cfg: Config) -> bool:
     """Stop this home's server; False when none ran."""
-    pid = _pid(cfg)
-    (state_dir(cfg) / "s3proxy.pid").unlink(missing_ok=True)
-    if pid is None or not _alive(pid):
-        return False
-    os.killpg(pid, signal.SIGTERM)
-    for _ in range(100):
-        if not _alive(pid):
-            break
-        time.sleep(0.1)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    return True
+    return daemon.stop(state_dir(cfg) / "s3proxy.pid")
 
 
 def filesystem(cfg: Config) -> Any:
@@ -171,30 +150,5 @@ def _create_bucket(cfg: Config) -> None:
         s3.create_dir(bucket)
 
 
-def _pid(cfg: Config) -> int | None:
-    path = state_dir(cfg) / "s3proxy.pid"
-    try:
-        return int(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:   # a zombie child of this process is not running
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
-
-
 def _listening(cfg: Config) -> bool:
-    server = cfg.lake.server
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((server.host, server.port)) == 0
+    return daemon.listening(cfg.lake.server.host, cfg.lake.server.port)

@@ -14,7 +14,7 @@ from pyspark.sql import SparkSession
 from lakehouse import logstore
 from lakehouse.config import Config, SparkConfig, project_path
 from lakehouse.errors import ConfigError, LakehouseBusyError, LakeUnreachableError
-from lakehouse.jvm import archive_options, delta_jars, s3_jars
+from lakehouse.jvm import archive_options, delta_jars, pinned_jars, s3_jars
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,10 @@ def spark_conf(cfg: Config) -> dict[str, str]:
     jars = delta_jars(sc)
     if jars:
         lake_jars = [*s3_jars(cfg), logstore.build(cfg)] if cfg.lake_scheme == "s3a" else []
-        conf["spark.jars"] = ",".join(str(j) for j in [*jars, *lake_jars])
+        # Spark's Kafka source, when set-up has fetched it (streams need it; nothing else).
+        kafka = pinned_jars(cfg, "kafka-connector")
+        kafka = kafka if all(j.is_file() for j in kafka) else []
+        conf["spark.jars"] = ",".join(str(j) for j in [*jars, *lake_jars, *kafka])
     else:
         conf["spark.jars.packages"] = delta_packages(sc)
     conf.update(sc.conf)

@@ -8,6 +8,7 @@
 #      (scripts/cxx-release.sh; wheel cached),
 #   4. Delta Lake's JVM jars, the PostgreSQL JDBC driver (for the shared metastore),
 #      hadoop-aws with the AWS SDK (a lake on S3) and S3Proxy (a local S3 server),
+#      a Kafka broker's jars and Spark's Kafka connector (lakehouse/jars/*.txt),
 #      fetched from Maven Central (LAKEFORGE_MAVEN_URL) into the local Maven repository,
 #      checked against the repository's SHA-1,
 #   5. the S3 log store (lakehouse/java, compiled with javac; lakehouse/logstore.py) and
@@ -135,6 +136,11 @@ jars() {
   maven_jar org.apache.hadoop hadoop-aws "$HADOOP_AWS_VERSION"
   maven_jar software.amazon.awssdk bundle "$AWS_SDK_VERSION"
   maven_jar org.gaul s3proxy "$S3PROXY_VERSION" jar-with-dependencies
+  # Streams: a local Kafka broker's runtime and Spark's Kafka connector (pinned lists).
+  local group artifact version
+  while read -r group artifact version; do
+    maven_jar "$group" "$artifact" "$version"
+  done < <(grep -hv '^#' lakehouse/jars/kafka-broker.txt lakehouse/jars/kafka-connector.txt)
 }
 
 project() {

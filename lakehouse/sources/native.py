@@ -87,17 +87,24 @@ def read_table(spark: SparkSession, spec: SourceSpec, fields: Sequence[StructFie
 
 
 def with_status(df: DataFrame, fields: Sequence[StructField], corrupt: Column,
-                source_file: Column) -> DataFrame:
-    """Add ``_record``, ``_error``, ``_raw`` and ``_source_file`` to rows as read."""
+                source_file: Column, record: Column | None = None,
+                raw: Column | None = None) -> DataFrame:
+    """Add ``_record``, ``_error``, ``_raw`` and ``_source_file`` to rows as read.
+
+    ``record``: the records' own numbers (a Kafka offset); default: increasing with
+    each record's position in the read. ``raw``: each record's text as it came (a Kafka
+    value); default: the corrupt record's text, else the columns as JSON.
+    """
     missing = [F.when(F.col(f.name).isNull(), F.lit(f"column {f.name!r}: value is missing"))
                for f in fields if not f.nullable]
     error = F.when(corrupt.isNotNull(), F.lit(MALFORMED))
     for check in missing:
         error = F.coalesce(error, check)
-    raw = F.coalesce(corrupt, F.to_json(F.struct(*[F.col(f.name) for f in fields])))
+    if raw is None:
+        raw = F.coalesce(corrupt, F.to_json(F.struct(*[F.col(f.name) for f in fields])))
     return df.select(
         *[F.col(f.name) for f in fields],
-        F.monotonically_increasing_id().alias(RECORD),
+        (F.monotonically_increasing_id() if record is None else record).alias(RECORD),
         error.alias(ERROR),
         F.when(error.isNotNull(), raw).alias(RAW),
         source_file.alias(SOURCE_FILE),

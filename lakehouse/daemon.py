@@ -1,0 +1,80 @@
+"""Local servers the project starts in the background (S3Proxy, the Kafka broker).
+
+Each runs in a process group of its own, its pid in a file under the home, so that a
+later command (or another shell) can tell whether it runs and stop it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid a pid file holds, or None."""
+    try:
+        return int(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie child of this process does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts connections on ``host:port``."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def spawn(command: Sequence[str], log_file: Path, pid_file: Path) -> subprocess.Popen:
+    """Start ``command`` in a session of its own, output appended to ``log_file``."""
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    return proc
+
+
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, seconds: float) -> bool:
+    """Poll ``ready`` until it holds (True), or the process ends or time runs out (False)."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def stop(pid_file: Path) -> bool:
+    """Stop the process group a pid file names (TERM, then KILL after 10 s); False if none ran."""
+    pid = read_pid(pid_file)
+    pid_file.unlink(missing_ok=True)
+    if pid is None or not alive(pid):
+        return False
+    os.killpg(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    return True

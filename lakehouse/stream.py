@@ -1,0 +1,241 @@
+"""Streams: a Kafka topic read by Structured Streaming into bronze, then silver.
+
+A data set whose ``source`` names a ``kafka`` topic (record values in ``json`` or
+``csv``, columns as the ``schema`` declares) is ingested by :func:`stream_ingest`
+(``lakeforge stream ingest NAME``): a Structured Streaming query on the topic whose
+every micro-batch goes through the same steps as a batch ingest and curate:
+
+1. each record's value is parsed against the schema; a record that does not parse, or
+   leaves a ``NOT NULL`` column empty, goes to ``ops_quarantine`` with the reason and
+   its raw text; the rest are appended to ``bronze_<table>`` with their lineage
+   (``_source_file`` is ``kafka://topic/partition``, ``_record`` the offset);
+2. ``ops_quality`` records the micro-batch's counts, which marks its ingest complete;
+3. the data set is curated (:mod:`lakehouse.curate`): the new batch's rows are checked
+   by the silver rules and merged into silver.
+
+**Exactly once.** The query's checkpoint (source offsets) is on the lake, under
+``streams/<database>/<data set>/ingest``. Each micro-batch is an ingest batch named by
+the stream's id and the micro-batch number (``s<id>-000042``); every write carries a
+Delta ``txnAppId`` derived from it. A query killed at any point replays its last
+micro-batch with the same offsets and the same name on restart, so the writes that
+were committed are skipped and the rest are made: no record lost, none twice.
+Records with the same silver key should carry the same Kafka message key, so that they
+land in one partition and their order is kept (the latest record wins in silver).
+
+``available_now`` takes what the topic holds when the query starts (in micro-batches
+of at most ``stream.max_records_per_batch`` records) and stops: for schedulers.
+Otherwise the query runs until stopped (Ctrl-C or SIGTERM), a micro-batch every
+``stream.trigger_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+
+from lakehouse import delta
+from lakehouse.config import Config
+from lakehouse.curate import curate_dataset
+from lakehouse.dataset_check import DatasetPlan, check_datasets
+from lakehouse.datasets import SourceSpec
+from lakehouse.errors import SourceError
+from lakehouse.ingest import load_batch
+from lakehouse.lakefs import LakeFS
+from lakehouse.sources.native import CORRUPT, with_status
+from lakehouse.tables import table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamResult:
+    """What one run of a stream's query did (micro-batches with records only)."""
+
+    dataset: str
+    checkpoint: str
+    batches: list[str] = field(default_factory=list)
+    read: int = 0
+    bronze: int = 0
+    quarantined: int = 0
+    silver_new: int = 0
+    silver_updated: int = 0
+    rule_quarantined: int = 0     # rows silver's quarantine rules moved out
+
+    def summary(self) -> str:
+        """One log line."""
+        if not self.batches:
+            return f"{self.dataset}: no new records on the topic"
+        return (f"{self.dataset}: {len(self.batches)} micro-batch(es), {self.read:,} records "
+                f"read = {self.bronze:,} bronze + {self.quarantined:,} quarantined; silver "
+                f"+{self.silver_new:,} new, {self.silver_updated:,} updated, "
+                f"{self.rule_quarantined:,} quarantined by its rules")
+
+
+def checkpoint_location(cfg: Config, dataset: str) -> str:
+    """Where a data set's ingest query keeps its checkpoint (on the lake)."""
+    return "/".join([cfg.stream_dir, cfg.catalog.database, dataset, "ingest"])
+
+
+def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bool = False,
+                  stop: threading.Event | None = None) -> StreamResult:
+    """Run a data set's stream query: Kafka -> bronze -> silver (see the module docstring).
+
+    Args:
+        spark: the session.
+        cfg: configuration (``stream`` section, the data catalog).
+        name: the data set; its source must be a Kafka topic.
+        available_now: take what the topic holds now, then stop.
+        stop: when set, a running query stops after its current micro-batch (also set
+            by SIGINT and SIGTERM when called from the main thread).
+
+    Returns:
+        What the run did.
+
+    Raises:
+        CatalogError: the entry cannot be used.
+        SourceError: the data set's source is not a Kafka topic.
+    """
+    plan = check_datasets(spark, cfg, [name])[0]
+    entry = plan.entry
+    if entry.source.kind != "kafka":
+        raise SourceError(f"data set {name!r} reads {entry.source.describe()}, not a Kafka "
+                          f"topic: ingest it with `lakeforge ingest {name}`")
+    db = cfg.catalog.database
+    delta.ensure_table(spark, plan.bronze, db)
+    for key in ("ops.quarantine", "ops.quality"):
+        delta.ensure_table(spark, table(key), db)
+    checkpoint = checkpoint_location(cfg, name)
+    stream_id = _stream_id(LakeFS.of(cfg), checkpoint)
+    result = StreamResult(name, checkpoint)
+
+    def process(records: DataFrame, epoch: int) -> None:
+        _micro_batch(records.sparkSession, cfg, plan, f"s{stream_id[:8]}-{epoch:06d}",
+                     records, result)
+
+    writer = (_read_topic(spark, cfg, entry.source).writeStream.foreachBatch(process)
+              .option("checkpointLocation", checkpoint)
+              .queryName(f"lakeforge_ingest_{name}"))
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
+    stop = stop or threading.Event()
+    kafka = entry.source.kafka
+    log.info("%s: stream from Kafka topic %s (%s) into %s%s; checkpoint %s", name,
+             kafka["topic"], _bootstrap(cfg, entry.source), plan.bronze.full_name(db),
+             ", until the topic is read" if available_now else
+             f", a micro-batch every {cfg.stream.trigger_seconds} s until stopped", checkpoint)
+    with _stopping_on_signals(stop):
+        query = writer.start()
+        try:
+            while query.isActive and not stop.is_set():
+                query.awaitTermination(0.5)
+        finally:
+            if query.isActive:
+                log.info("%s: stopping the stream after its current micro-batch", name)
+                query.stop()
+    if query.exception() is not None:
+        raise query.exception()
+    log.info(result.summary())
+    return result
+
+
+def parse_records(records: DataFrame, source: SourceSpec,
+                  fields: Sequence[StructField]) -> DataFrame:
+    """Kafka records as bronze rows plus status columns, as :func:`read_dataset` gives them.
+
+    Args:
+        records: rows of Spark's Kafka source (``value``, ``topic``, ``partition``,
+            ``offset``, ...).
+        source: the entry's source (``json`` or ``csv`` values; reader options).
+        fields: the bronze data columns.
+    """
+    schema = StructType([*(StructField(f.name, f.dataType, True) for f in fields),
+                         StructField(CORRUPT, StringType(), True)])
+    options = {**source.options, "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
+    text = F.col("value").cast("string")
+    parse = F.from_json if source.format == "json" else F.from_csv
+    parsed = parse(text, schema.simpleString() if source.format == "csv" else schema, options)
+    # Kafka's columns under names no declared column has.
+    rows = records.select(parsed.alias("_r"), text.alias("_k_text"),
+                          F.format_string("kafka://%s/%d", "topic", "partition")
+                          .alias("_k_source"), F.col("offset").alias("_k_offset"))
+    # A record whose value is empty (null) is malformed, with an empty raw text.
+    corrupt = F.when(F.col("_k_text").isNull(), F.lit("")).otherwise(F.col(CORRUPT))
+    return with_status(rows.select("_r.*", "_k_text", "_k_source", "_k_offset"), fields,
+                       corrupt, F.col("_k_source"), record=F.col("_k_offset"),
+                       raw=F.coalesce(F.col("_k_text"), F.lit("")))
+
+
+def _micro_batch(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str,
+                 records: DataFrame, result: StreamResult) -> None:
+    """One micro-batch: ingest it as a batch, then curate the data set."""
+    entry = plan.entry
+    rows = parse_records(records, entry.source, plan.bronze.fields).persist()
+    try:
+        if rows.isEmpty():
+            return
+        good, bad = load_batch(spark, cfg, entry, plan.bronze, batch, lambda: rows,
+                               "a micro-batch")
+    finally:
+        rows.unpersist()
+    curated = curate_dataset(spark, cfg, entry, plan=plan)
+    result.batches.append(batch)
+    result.read += good + bad
+    result.bronze += good
+    result.quarantined += bad
+    result.silver_new += curated.inserted or 0
+    result.silver_updated += curated.updated or 0
+    result.rule_quarantined += curated.rejected or 0
+
+
+def _read_topic(spark: SparkSession, cfg: Config, source: SourceSpec) -> DataFrame:
+    reader = (spark.readStream.format("kafka")
+              .option("kafka.bootstrap.servers", _bootstrap(cfg, source))
+              .option("subscribe", source.kafka["topic"])
+              .option("startingOffsets", source.kafka.get("starting_offsets", "earliest")))
+    if cfg.stream.max_records_per_batch:
+        reader = reader.option("maxOffsetsPerTrigger", cfg.stream.max_records_per_batch)
+    return reader.load()
+
+
+def _bootstrap(cfg: Config, source: SourceSpec) -> str:
+    return source.kafka.get("bootstrap") or cfg.stream.bootstrap
+
+
+def _stream_id(lake: LakeFS, checkpoint: str) -> str:
+    """The stream's id, kept in its checkpoint (Spark's own query id, set here first).
+
+    Spark reads a query's id from ``<checkpoint>/metadata`` and writes one there only
+    when there is none; writing it first lets the micro-batches be named by it. A new
+    checkpoint (a stream started over) gets a new id, so its batch names are new too.
+    """
+    location = checkpoint + "/metadata"
+    if not lake.exists(location):
+        lake.write_text(location, json.dumps({"id": str(uuid.uuid4())}))
+    return json.loads(lake.read_text(location))["id"].replace("-", "")
+
+
+@contextmanager
+def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT and SIGTERM while inside (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, lambda *_: stop.set())
+             for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

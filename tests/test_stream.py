@@ -1,0 +1,178 @@
+"""Streams from a real Kafka broker (started once for this file) into bronze and silver.
+
+Structured Streaming reads the topic through Spark's Kafka connector; each micro-batch
+is parsed, quarantined, appended to bronze and curated into silver. The tests check
+what the tables hold against the records sent, across re-runs and a kill -9.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lakehouse import kafka
+from lakehouse.config import Config, load_config
+from lakehouse.datasets import parse_datasets
+from lakehouse.errors import SourceError
+from lakehouse.ingest import ingest
+from lakehouse.stream import stream_ingest
+from tests.helpers import free_port, lakeforge, small_job_env, succeeded, with_datasets
+
+SCHEMA = "pump STRING NOT NULL, ts TIMESTAMP, value DOUBLE"
+RULES = [{"name": "value_positive", "expr": "value > 0", "on_fail": "quarantine"}]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory) -> str:
+    """A Kafka broker of this module's own (free ports, its own home); its bootstrap."""
+    home = tmp_path_factory.mktemp("kafka-home")
+    cfg = load_config([f"home={home}", f"stream.kafka_server.port={free_port()}",
+                       f"stream.kafka_server.controller_port={free_port()}"], environ={})
+    address = kafka.start(cfg)
+    yield address
+    kafka.stop(cfg)
+
+
+def entry(topic: str, bootstrap: str, fmt: str = "json", **source) -> dict:
+    return {"source": {"kafka": {"topic": topic, "bootstrap": bootstrap}, "format": fmt,
+                       "schema": SCHEMA, **source},
+            "silver": {"keys": ["pump", "ts"], "rules": RULES}}
+
+
+def readings(start: int, count: int) -> list[dict]:
+    """Pump readings: three pumps, one a minute each, values start * 10 + i."""
+    return [{"pump": f"p{i % 3}", "ts": f"2026-12-06 {10 + i // 60 % 10}:{i % 60:02d}:00",
+             "value": float(i)} for i in range(start, start + count)]
+
+
+def send(tmp_path: Path, bootstrap: str, topic: str, lines: list[str]) -> None:
+    path = tmp_path / f"{topic}-{time.monotonic_ns()}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert kafka.send(bootstrap, topic, [path]) == len(lines)
+
+
+def counts(spark, cfg: Config, name: str) -> dict[str, int]:
+    db = cfg.catalog.database
+    bronze = spark.table(f"{db}.bronze_{name}")
+    return {
+        "bronze": bronze.count(),
+        "distinct offsets": bronze.select("_source_file", "_record").distinct().count(),
+        "silver": spark.table(f"{db}.silver_{name}").count(),
+        "quarantined": spark.table(f"{db}.ops_quarantine")
+        .filter(f"source = '{name}' AND stage = 'ingest'").count(),
+    }
+
+
+def test_stream_ingest_quarantines_with_reasons_curates_and_reruns_add_nothing(
+        spark, cfg, broker, tmp_path):
+    topic = f"pumps_{cfg.catalog.database}"
+    cfg = with_datasets(cfg, {"pumps": entry(topic, broker)})
+    good = readings(0, 40)
+    bad = ["not json", json.dumps({"ts": "2026-12-06 10:00:00", "value": 1.0}),
+           json.dumps({"pump": "p1", "ts": "2026-12-06 10:00:00", "value": "abc"})]
+    send(tmp_path, broker, topic, [json.dumps(r) for r in good[:20]] + bad
+         + [json.dumps(r) for r in good[20:]])
+
+    first = stream_ingest(spark, cfg, "pumps", available_now=True)
+    assert (first.read, first.bronze, first.quarantined) == (43, 40, 3)
+    # value 0.0 breaks the rule; one row per (pump, ts), every reading has its own.
+    assert counts(spark, cfg, "pumps") == {"bronze": 40, "distinct offsets": 40,
+                                           "silver": 39, "quarantined": 3}
+    db = cfg.catalog.database
+    reasons = {r.record: (r.reason, r.raw, r.source_file) for r in spark.table(
+        f"{db}.ops_quarantine").filter("stage = 'ingest'").collect()}
+    assert reasons[20][0].startswith("not valid JSON") and reasons[20][1] == "not json"
+    assert reasons[21][0] == "column 'pump': value is missing"
+    assert reasons[22][0] == "column 'value': \"abc\" is not a valid double"
+    assert reasons[22][1] == bad[2] and reasons[22][2] == f"kafka://{topic}/0"
+    quality = spark.table(f"{db}.ops_quality").filter("dataset = 'pumps'")
+    ingested = quality.filter("stage = 'ingest'").collect()
+    assert [(r.batch, r.checked, r.passed, r.quarantined) for r in ingested] == \
+        [(first.batches[0], 43, 40, 3)]
+    rule = quality.filter("stage = 'curate' AND rule = 'value_positive'").collect()
+    assert [(r.checked, r.quarantined) for r in rule] == [(40, 1)]
+
+    again = stream_ingest(spark, cfg, "pumps", available_now=True)
+    assert again.batches == [] and counts(spark, cfg, "pumps")["bronze"] == 40
+
+    later = readings(40, 10) + [{**readings(5, 1)[0], "value": 99.0}]   # one update
+    send(tmp_path, broker, topic, [json.dumps(r) for r in later])
+    third = stream_ingest(spark, cfg, "pumps", available_now=True)
+    assert (third.read, third.silver_new, third.silver_updated) == (11, 10, 1)
+    assert counts(spark, cfg, "pumps") == {"bronze": 51, "distinct offsets": 51,
+                                           "silver": 49, "quarantined": 3}
+    updated = spark.table(f"{db}.silver_pumps").filter("pump = 'p2' AND value = 99.0")
+    assert updated.count() == 1
+
+
+def test_csv_values_and_a_wrong_source_kind_stop_with_a_named_error(
+        spark, cfg, broker, tmp_path):
+    topic = f"csv_{cfg.catalog.database}"
+    cfg = with_datasets(cfg, {"pumps_csv": entry(topic, broker, fmt="csv"),
+                              "pumps_files": {"source": {"files": str(tmp_path), "format": "csv",
+                                                         "schema": SCHEMA}}})
+    send(tmp_path, broker, topic, ["p1,2026-12-06 10:00:00,1.5", "p1,2026-12-06 10:01:00",
+                                   "p2,2026-12-06 10:00:00,x"])
+    result = stream_ingest(spark, cfg, "pumps_csv", available_now=True)
+    assert (result.bronze, result.quarantined) == (1, 2)
+    with pytest.raises(SourceError, match="stream ingest pumps_csv"):
+        ingest(spark, cfg, ["pumps_csv"], "b1")
+    with pytest.raises(SourceError, match="not a Kafka topic: ingest it with `lakeforge "
+                                          "ingest pumps_files`"):
+        stream_ingest(spark, cfg, "pumps_files", available_now=True)
+    _, problems = parse_datasets({"bad": {"source": {"kafka": {"topic": topic, "from": "x"},
+                                                     "format": "parquet", "schema": SCHEMA}}})
+    assert problems == ["datasets.bad.source.kafka.from: unknown key; known keys here: topic, "
+                        "bootstrap, starting_offsets",
+                        "datasets.bad.source.format: parquet: a kafka source's record values "
+                        "are json or csv"]
+
+
+def test_a_stream_killed_midway_resumes_without_a_lost_or_doubled_record(
+        spark, base_cfg, broker, tmp_path):
+    """kill -9 of a running `lakeforge stream ingest` (micro-batches of 100 records), then a
+    restart with --available-now: bronze holds every record once, silver every key."""
+    topic = f"kill_{os.getpid()}_{time.monotonic_ns()}"
+    entries = tmp_path / "entries"
+    entries.mkdir()
+    (entries / "pumps.yml").write_text(yaml.safe_dump(
+        {"datasets": {"pumps": entry(topic, broker)}}))
+    records = readings(1, 400)
+    send(tmp_path, broker, topic, [json.dumps(r) for r in records])
+    home = tmp_path / "home"
+    env = {**small_job_env(home, entries), "LAKEFORGE_STREAM__MAX_RECORDS_PER_BATCH": "100",
+           "LAKEFORGE_STREAM__TRIGGER_SECONDS": "1"}
+    # A session of its own, so that the kill takes the driver's JVM with it.
+    running = subprocess.Popen([sys.executable, "-m", "jobs.cli", "stream", "ingest", "pumps"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    bronze_log = home / "warehouse" / "lakeforge.db" / "bronze_pumps" / "_delta_log"
+    deadline = time.monotonic() + 300
+    while not list(bronze_log.glob("*2.json")):       # two micro-batches committed
+        assert running.poll() is None, running.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no micro-batch within 300 s"
+        time.sleep(0.2)
+    os.killpg(running.pid, signal.SIGKILL)
+    running.communicate()
+    out = succeeded(lakeforge(env, "stream", "ingest", "pumps", "--available-now"))
+    assert "micro-batch" in out
+    warehouse = home / "warehouse" / "lakeforge.db"
+    bronze = spark.read.format("delta").load(str(warehouse / "bronze_pumps"))
+    silver = spark.read.format("delta").load(str(warehouse / "silver_pumps"))
+    assert bronze.count() == 400
+    assert bronze.select("_record").distinct().count() == 400
+    assert silver.count() == 400
+    assert sorted(r.value for r in silver.select("value").collect()) == \
+        [r["value"] for r in records]
+    quality = spark.read.format("delta").load(str(warehouse / "ops_quality"))
+    ingested = quality.filter("stage = 'ingest'").groupBy("batch").count().collect()
+    assert all(r["count"] == 1 for r in ingested)
+    assert sum(r.checked for r in quality.filter("stage = 'ingest'").collect()) == 400
