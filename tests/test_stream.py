@@ -139,7 +139,8 @@ def test_csv_values_and_a_wrong_source_kind_stop_with_a_named_error(
 def test_a_stream_killed_midway_resumes_without_a_lost_or_doubled_record(
         spark, base_cfg, broker, tmp_path):
     """kill -9 of a running `lakeforge stream ingest` (micro-batches of 100 records), then a
-    restart with --available-now: bronze holds every record once, silver every key."""
+    pipeline's `lakeforge ingest` step (which runs the stream until the topic is read):
+    bronze holds every record once, silver every key."""
     topic = f"kill_{os.getpid()}_{time.monotonic_ns()}"
     entries = tmp_path / "entries"
     entries.mkdir()
@@ -162,8 +163,8 @@ def test_a_stream_killed_midway_resumes_without_a_lost_or_doubled_record(
         time.sleep(0.2)
     os.killpg(running.pid, signal.SIGKILL)
     running.communicate()
-    out = succeeded(lakeforge(env, "stream", "ingest", "pumps", "--available-now"))
-    assert "micro-batch" in out
+    out = succeeded(lakeforge(env, "ingest", "pumps", "--batch", "20261206"))
+    assert "its stream runs until the topic is read" in out
     warehouse = home / "warehouse" / "lakeforge.db"
     bronze = spark.read.format("delta").load(str(warehouse / "bronze_pumps"))
     silver = spark.read.format("delta").load(str(warehouse / "silver_pumps"))
