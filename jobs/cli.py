@@ -161,11 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "silver, exactly once across restarts (the checkpoint is on the lake). "
                     "It runs until Ctrl-C or SIGTERM, or with --available-now reads what the "
                     "topic holds and stops (for schedulers).")
-    p.add_argument("action", choices=["ingest"])
-    p.add_argument("dataset", metavar="DATASET", help="a data set whose source is a Kafka topic")
-    p.add_argument("--available-now", action="store_true",
+    streams = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = streams.add_parser("ingest", help="a data set's Kafka topic into bronze and silver",
+                           description=p.description)
+    q.add_argument("dataset", metavar="DATASET", help="a data set whose source is a Kafka topic")
+    q.add_argument("--available-now", action="store_true",
                    help="read what the topic holds now, then stop")
-    _add_common(p)
+    _add_common(q)
+    q = streams.add_parser(
+        "score", help="score each new point of a stream data set (RCF) as it arrives",
+        description="Scores every new point of the stream data set an RCF model was trained "
+                    "on, as it reaches bronze, into predictions_rcf_stream (state per "
+                    "stream_id in Spark's state store; exactly once across restarts). A "
+                    "point's score equals its batch score (`lakeforge score rcf`).")
+    q.add_argument("family", choices=["rcf"])
+    q.add_argument("--model", required=True, help="stored model name")
+    q.add_argument("--model-version", default="latest", help="version number or latest")
+    q.add_argument("--available-now", action="store_true",
+                   help="score what bronze holds now, then stop")
+    _add_common(q)
 
     p = sub.add_parser(
         "kafka", help="a local Kafka broker for streams: start, stop, status, send",
@@ -279,7 +293,14 @@ def _ingest_note(result) -> str:
 def _cmd_stream(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.stream import stream_ingest
 
-    _print_stream(stream_ingest(spark, cfg, args.dataset, available_now=args.available_now))
+    if args.action == "ingest":
+        _print_stream(stream_ingest(spark, cfg, args.dataset, available_now=args.available_now))
+        return
+    from models.rcf.stream import stream_score_rcf
+
+    version = int(args.model_version) if args.model_version.isdigit() else args.model_version
+    table = stream_score_rcf(spark, cfg, args.model, version, available_now=args.available_now)
+    print(f"scored into {table}")
 
 
 def _print_stream(r) -> None:

@@ -15,15 +15,22 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from pyspark.sql import functions as F
 
 from lakehouse import kafka
 from lakehouse.config import Config, load_config
+from lakehouse.curate import curate
 from lakehouse.datasets import parse_datasets
 from lakehouse.errors import SourceError
+from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
 from lakehouse.stream import stream_ingest
+from models.rcf.stream import stream_score_rcf
+from models.runner import train
+from models.scoring import score
 from tests.helpers import free_port, lakeforge, small_job_env, succeeded, with_datasets
 
 SCHEMA = "pump STRING NOT NULL, ts TIMESTAMP, value DOUBLE"
@@ -177,3 +184,64 @@ def test_a_stream_killed_midway_resumes_without_a_lost_or_doubled_record(
     ingested = quality.filter("stage = 'ingest'").groupBy("batch").count().collect()
     assert all(r["count"] == 1 for r in ingested)
     assert sum(r.checked for r in quality.filter("stage = 'ingest'").collect()) == 400
+
+
+def _sensor_file(path: Path, start: int, count: int, seed: int) -> None:
+    """Readings of two sensors (a noisy sine; sensor a has a spike at 300)."""
+    rng = np.random.default_rng(seed)
+    lines = ["sensor,seq,v"]
+    for t in range(start, start + count):
+        for sensor in ("a", "b"):
+            value = np.sin(t / 9) + rng.normal(0, 0.05) + (4 if (sensor, t) == ("a", 300) else 0)
+            lines.append(f"{sensor},{t},{value:.6f}")
+    lines.insert(5, "a,oops,1.0")                   # quarantined at ingest: not a number
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_streaming_rcf_scores_equal_batch_scores_and_carry_state_across_runs(
+        spark, cfg, tmp_path):
+    """Each point's streaming score is its batch score (`score rcf`) for the same model, to
+    1e-9; a second run scores only the new points, its shingles reaching back through the
+    state into the first run's points."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    cfg = with_datasets(cfg, {"sensors": {
+        "kind": "stream", "roles": {"stream_id": "sensor", "order": "seq", "values": ["v"]},
+        "source": {"files": str(landing), "format": "csv", "options": {"header": True},
+                   "schema": "sensor STRING NOT NULL, seq BIGINT NOT NULL, v DOUBLE"},
+        "silver": {"keys": ["sensor", "seq"],
+                   "rules": [{"name": "small", "expr": "abs(v) < 100", "on_fail": "quarantine"}]},
+        "features": {"shingle_size": 4}}})
+    _sensor_file(landing / "day1.csv", 0, 400, seed=1)
+    ingest(spark, cfg, ["sensors"], "d1")
+    curate(spark, cfg, ["sensors"])
+    build_features(spark, cfg, "sensors")
+    model = train(spark, cfg, "rcf", "sensors",
+                  params={"num_trees": 20, "num_samples_per_tree": 64, "shingle_size": 4}).model
+    db = cfg.catalog.database
+
+    def batch_scores() -> dict:
+        run = score(spark, cfg, "rcf", model.name)
+        rows = spark.table(run.table).filter(F.col("run_id") == run.run_id).collect()
+        return {(r.stream_id, r.t): r.score for r in rows}
+
+    def streamed() -> dict:
+        rows = spark.table(f"{db}.predictions_rcf_stream").collect()
+        assert len({(r.stream_id, r.t) for r in rows}) == len(rows)     # each point once
+        return {(r.stream_id, r.t): r.score for r in rows}
+
+    stream_score_rcf(spark, cfg, model.name, available_now=True)
+    first, batch = streamed(), batch_scores()
+    assert len(first) == 2 * (400 - 3) and set(first) == set(batch)
+    assert max(abs(first[k] - batch[k]) for k in batch) < 1e-9
+    top = max(first, key=first.get)
+    assert top[0] == "a" and 300 <= top[1] <= 303                 # a shingle holding the spike
+
+    _sensor_file(landing / "day2.csv", 400, 100, seed=2)
+    ingest(spark, cfg, ["sensors"], "d2")
+    curate(spark, cfg, ["sensors"])
+    build_features(spark, cfg, "sensors")
+    stream_score_rcf(spark, cfg, model.name, available_now=True)
+    second, batch = streamed(), batch_scores()
+    assert len(second) == len(first) + 2 * 100 and set(second) == set(batch)
+    assert max(abs(second[k] - batch[k]) for k in batch) < 1e-9

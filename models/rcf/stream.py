@@ -1,0 +1,160 @@
+"""Streaming RCF scoring: every new point of a stream data set scored as it arrives.
+
+``lakeforge stream score rcf --model NAME`` runs a Structured Streaming query over the
+data set's bronze table (append-only, so a Delta stream source; each new row shaped by
+the entry's ``silver.select`` and kept only if it passes its quarantine rules, as
+curation does). Points are grouped by ``stream_id`` and scored with
+``applyInPandasWithState``: each stream's state in Spark's state store holds the last
+``shingle_size - 1`` points and the last time scored, so a point's shingle is the same
+one the batch path (``features`` + ``score rcf``) builds from silver, and its score is
+the batch score of the same model. The forest is loaded once per executor Python
+worker. A point whose time is not after its stream's last scored time (a late or
+re-sent record) is not scored again.
+
+Results are appended to ``predictions_rcf_stream`` by Delta's streaming sink, exactly
+once across restarts (a kill -9 included): the checkpoint (offsets and state) is on the
+lake under ``streams/<database>/<model>/score``. With ``available_now`` the query
+scores what bronze holds and stops; the state carries over to the next run.
+
+The forest does not learn while it scores (no updates to its samples), and a stream
+with a ``split`` role is shingled across its split boundary, where the batch path
+shingles each split on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
+
+from lakehouse.config import Config
+from lakehouse.curate import to_silver
+from lakehouse.dataset_check import plan_dataset
+from lakehouse.errors import ConfigError
+from lakehouse.featuresets.stream import channels_of, stream_points
+from lakehouse.lakefs import LakeFS
+from lakehouse.quality import apply_rules
+from lakehouse.sources.base import ERROR
+from models.rcf.forest import codisp
+from models.rcf.scoring import cached_forest
+from models.store import ModelStore
+
+log = logging.getLogger(__name__)
+TABLE = "predictions_rcf_stream"
+OUTPUT = ("stream_id STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, threshold DOUBLE, "
+          "scored_at TIMESTAMP")
+STATE = "tail ARRAY<DOUBLE>, last_t BIGINT"
+
+
+def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
+                     model_version: int | str = "latest", available_now: bool = False,
+                     timeout: float | None = None) -> str:
+    """Score a stream data set's new points with an RCF model (see the module docstring).
+
+    Args:
+        spark: the session.
+        cfg: configuration.
+        model: the stored RCF model's name.
+        model_version: its version, or ``latest``.
+        available_now: score what bronze holds now, then stop.
+        timeout: stop a running query after this many seconds (default: run until
+            stopped).
+
+    Returns:
+        The predictions table.
+
+    Raises:
+        ConfigError: the model is not an RCF model, or its data set is not in the catalog.
+    """
+    record = ModelStore(spark, cfg).get(model, model_version)
+    if record.family != "rcf":
+        raise ConfigError(f"model {model!r} v{record.version} is a {record.family} model, "
+                          f"not rcf")
+    dataset = record.training_table.rsplit(".", 1)[-1].removeprefix("gold_shingles_")
+    if dataset not in cfg.datasets:
+        raise ConfigError(f"model {model!r} was trained on stream data set {dataset!r}, which "
+                          f"the catalog does not declare")
+    plan = plan_dataset(spark, cfg.datasets[dataset])
+    entry = plan.entry
+    db = cfg.catalog.database
+    bronze = plan.bronze.full_name(db)
+    rows = spark.readStream.format("delta").table(bronze).filter(F.col("_source") == entry.name)
+    checked = apply_rules(to_silver(rows, entry, plan.bronze), entry.silver.rules)
+    points = (stream_points(checked.filter(F.col(ERROR).isNull()), entry)
+              .filter(F.forall("values", lambda v: v.isNotNull() & ~F.isnan(v)))
+              .select("stream_id", "t", "values"))
+    score = functools.partial(
+        score_points, artifact=record.artifact, size=int(record.params["shingle_size"]),
+        channels=channels_of(entry), lake=LakeFS.of(cfg))
+    scored = points.groupBy("stream_id").applyInPandasWithState(
+        score, OUTPUT, STATE, "append", GroupStateTimeout.NoTimeout)
+    out = scored.select(F.lit(record.name).alias("model_name"),
+                        F.lit(record.version).cast("int").alias("model_version"), "*")
+    checkpoint = "/".join([cfg.stream_dir, db, record.name, "score"])
+    target = f"{db}.{TABLE}"
+    writer = (out.writeStream.format("delta").outputMode("append")
+              .option("checkpointLocation", checkpoint)
+              .queryName(f"lakeforge_score_{record.name}"))
+    writer = writer.trigger(availableNow=True) if available_now else \
+        writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
+    log.info("scoring %s's new points with %s v%d into %s; checkpoint %s", dataset,
+             record.name, record.version, target, checkpoint)
+    query = writer.toTable(target)
+    try:
+        query.awaitTermination(timeout)
+    finally:
+        if query.isActive:
+            query.stop()
+    if query.exception() is not None:
+        raise query.exception()
+    return target
+
+
+def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, *,
+                 artifact: str, size: int, channels: int, lake: LakeFS
+                 ) -> Iterator[pd.DataFrame]:
+    """Executor side: one stream's new points scored, its tail kept in ``state``.
+
+    Args:
+        key: ``(stream_id,)``.
+        frames: the stream's new points (``t``, ``values``) of this micro-batch.
+        state: ``(tail, last_t)``: the last ``size - 1`` points' values (flattened) and
+            the time of the last point seen.
+        artifact: the model's folder.
+        size: the shingle size it was trained with.
+        channels: values per point.
+        lake: the lake, to fetch the artifact.
+    """
+    points = pd.concat(list(frames), ignore_index=True)
+    tail, last_t = (np.asarray(state.get[0], dtype=np.float64), int(state.get[1])) \
+        if state.exists else (np.zeros(0), None)
+    if last_t is not None:
+        points = points[points["t"] > last_t]
+    # One point per time (the last record of a time wins, as silver's MERGE has it).
+    points = points.drop_duplicates("t", keep="last").sort_values("t")
+    if points.empty:
+        return
+    new = np.stack(points["values"].to_numpy()).astype(np.float64).reshape(-1, channels)
+    seq = np.concatenate([tail.reshape(-1, channels), new])
+    before = len(seq) - len(new)
+    state.update(([float(v) for v in seq[-(size - 1):].ravel()] if size > 1 else [],
+                  int(points["t"].iloc[-1])))
+    if len(seq) < size:
+        return
+    windows = np.lib.stride_tricks.sliding_window_view(seq, (size, channels))[:, 0]
+    shingles = windows.reshape(len(windows), size * channels)
+    first = max(0, before - (size - 1))          # the first window that ends at a new point
+    shingles = shingles[first:]
+    ends = points["t"].to_numpy()[len(points) - len(shingles):]
+    forest, threshold, scaling = cached_forest(artifact, None, lake)
+    scores = codisp(forest, scaling.apply(shingles))
+    yield pd.DataFrame({"stream_id": key[0], "t": ends, "score": scores,
+                        "is_anomaly": scores > threshold, "threshold": threshold,
+                        "scored_at": pd.Timestamp(dt.datetime.now(dt.UTC).replace(tzinfo=None))})
