@@ -298,9 +298,18 @@ def _cmd_stream(spark, cfg: Config, args: argparse.Namespace) -> None:
         return
     from models.rcf.stream import stream_score_rcf
 
-    version = int(args.model_version) if args.model_version.isdigit() else args.model_version
-    table = stream_score_rcf(spark, cfg, args.model, version, available_now=args.available_now)
+    table = stream_score_rcf(spark, cfg, args.model, _model_version(args.model_version),
+                             available_now=args.available_now)
     print(f"scored into {table}")
+
+
+def _model_version(text: str) -> int | str:
+    """``--model-version``: ``latest`` or a version number."""
+    if text == "latest":
+        return text
+    if not text.isdigit():
+        raise ConfigError(f"--model-version {text!r} is not a version number or latest")
+    return int(text)
 
 
 def _print_stream(r) -> None:
@@ -387,7 +396,7 @@ def _cmd_score(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.catalog import create_views
     from models.scoring import score
 
-    version = args.model_version if args.model_version == "latest" else int(args.model_version)
+    version = _model_version(args.model_version)
     result = score(spark, cfg, args.family, args.model, version, args.input,
                    args.input_version, args.run_id)
     create_views(spark, cfg)
