@@ -276,7 +276,8 @@ def _parse_source(raw: Any, where: str, problems: Problems) -> SourceSpec:
         problems.add(f"{where}.format", f"{spec.format!r} is not one of {', '.join(FORMATS)}; "
                                         "formats Spark cannot read need a parser")
     if spec.format in ("csv", "json") and not spec.schema:
-        problems.add(f"{where}.schema", f"missing; {spec.format} records need a schema as a DDL "
+        what = "records" if spec.kafka else "files"
+        problems.add(f"{where}.schema", f"missing; {spec.format} {what} need a schema as a DDL "
                                         "string (no schema inference)")
     if spec.parser and not spec.schema:
         problems.add(f"{where}.schema", "missing; a parser fills the columns the schema declares")

@@ -19,6 +19,7 @@ as it would anyway; the JVM checks the archive itself and falls back silently.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 import shutil
 from pathlib import Path
@@ -75,7 +76,8 @@ def pinned_jars(cfg: Config, listing: str) -> list[Path]:
             (Spark's Kafka source and what it needs beside Spark's own jars).
     """
     repo = Path(os.path.expanduser(cfg.spark.maven_repo))
-    text = (Path(__file__).parent / "jars" / f"{listing}.txt").read_text()
+    # Package data: a driver may import lakehouse from a zip (spark-submit --py-files).
+    text = importlib.resources.files("lakehouse").joinpath(f"jars/{listing}.txt").read_text()
     out = []
     for line in text.splitlines():
         if line.strip() and not line.startswith("#"):
