@@ -169,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read what the topic holds now, then stop")
     _add_common(q)
     q = streams.add_parser(
+        "replay", help="send a data set's rows to a Kafka topic in event-time order",
+        description="Sends the silver rows of a data set (a stored stream, say) to a Kafka "
+                    "topic on stream.kafka_bootstrap, one JSON record each, in event-time "
+                    "order (the order role, else the keys), keyed by stream_id: a live "
+                    "source for a Kafka data set to read.")
+    q.add_argument("dataset", metavar="DATASET", help="the data set to replay")
+    q.add_argument("--topic", required=True, help="the topic to send to")
+    q.add_argument("--rate", type=float, default=0.0,
+                   help="records a second (default: as fast as the broker takes them)")
+    q.add_argument("--limit", type=int, help="send only the first N records")
+    _add_common(q)
+    q = streams.add_parser(
         "score", help="score each new point of a stream data set (RCF) as it arrives",
         description="Scores every new point of the stream data set an RCF model was trained "
                     "on, as it reaches bronze, into predictions_rcf_stream (state per "
@@ -291,10 +303,15 @@ def _ingest_note(result) -> str:
 
 
 def _cmd_stream(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.stream import stream_ingest
+    from lakehouse.stream import replay, stream_ingest
 
     if args.action == "ingest":
         _print_stream(stream_ingest(spark, cfg, args.dataset, available_now=args.available_now))
+        return
+    if args.action == "replay":
+        sent = replay(spark, cfg, args.dataset, args.topic, args.rate, args.limit)
+        print(f"sent {sent:,} record(s) of {args.dataset} to {args.topic} on "
+              f"{cfg.stream.bootstrap}")
         return
     from models.rcf.stream import stream_score_rcf
 

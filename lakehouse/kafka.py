@@ -15,8 +15,9 @@ import base64
 import json
 import logging
 import os
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from lakehouse import daemon
@@ -123,6 +124,35 @@ def send(bootstrap_servers: str, topic: str, files: Sequence[Path], key: str | N
     Raises:
         KafkaError: records the brokers did not take.
     """
+    keyless = 0
+
+    def records() -> Iterator[tuple[bytes | None, str]]:
+        nonlocal keyless
+        for path in files:
+            with open(path, encoding="utf-8") as lines:
+                for line in lines:
+                    text = line.rstrip("\n")
+                    if text.strip():
+                        message_key = _key(text, key)
+                        keyless += key is not None and message_key is None
+                        yield message_key, text
+
+    sent = send_records(bootstrap_servers, topic, records())
+    if keyless:
+        log.warning("%d record(s) sent without a key: not JSON, or no field %r", keyless, key)
+    return sent
+
+
+def send_records(bootstrap_servers: str, topic: str,
+                 records: Iterable[tuple[bytes | None, str]], rate: float = 0) -> int:
+    """Send ``(key, value)`` records to ``topic``, at most ``rate`` a second (0: no limit).
+
+    Returns:
+        How many records were sent (and acknowledged).
+
+    Raises:
+        KafkaError: records the brokers did not take.
+    """
     from confluent_kafka import Producer
 
     # librdkafka's own messages go through logging (its retries while a new broker
@@ -135,22 +165,17 @@ def send(bootstrap_servers: str, topic: str, files: Sequence[Path], key: str | N
         if error is not None:
             failed.append(str(error))
 
-    sent = keyless = 0
-    for path in files:
-        with open(path, encoding="utf-8") as lines:
-            for line in lines:
-                text = line.rstrip("\n")
-                if not text.strip():
-                    continue
-                message_key = _key(text, key)
-                keyless += key is not None and message_key is None
-                producer.produce(topic, value=text.encode(), key=message_key,
-                                 on_delivery=delivered)
-                producer.poll(0)
-                sent += 1
+    sent, start = 0, time.monotonic()
+    for message_key, text in records:
+        if rate:
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                producer.flush(ahead)       # delivers while it waits
+                time.sleep(max(0.0, sent / rate - (time.monotonic() - start)))
+        producer.produce(topic, value=text.encode(), key=message_key, on_delivery=delivered)
+        producer.poll(0)
+        sent += 1
     left = producer.flush(60)
-    if keyless:
-        log.warning("%d record(s) sent without a key: not JSON, or no field %r", keyless, key)
     if left or failed:
         raise KafkaError(f"{left + len(failed)} of {sent} record(s) were not taken by "
                          f"{bootstrap_servers}: {failed[0] if failed else 'timed out'}")

@@ -41,14 +41,16 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.streaming import DataStreamWriter
 from pyspark.sql.types import StringType, StructField, StructType
 
-from lakehouse import delta
+from lakehouse import delta, kafka
 from lakehouse.config import Config
 from lakehouse.curate import curate_dataset
 from lakehouse.dataset_check import DatasetPlan, check_datasets
 from lakehouse.datasets import SourceSpec
 from lakehouse.errors import SourceError
+from lakehouse.featuresets.contract import silver_rows
 from lakehouse.ingest import load_batch
 from lakehouse.lakefs import LakeFS
 from lakehouse.sources.native import CORRUPT, with_status
@@ -115,11 +117,11 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
     for key in ("ops.quarantine", "ops.quality"):
         delta.ensure_table(spark, table(key), db)
     checkpoint = checkpoint_location(cfg, name)
-    stream_id = _stream_id(LakeFS.of(cfg), checkpoint)
+    stream = stream_id(LakeFS.of(cfg), checkpoint)
     result = StreamResult(name, checkpoint)
 
     def process(records: DataFrame, epoch: int) -> None:
-        _micro_batch(records.sparkSession, cfg, plan, f"s{stream_id[:8]}-{epoch:06d}",
+        _micro_batch(records.sparkSession, cfg, plan, f"s{stream[:8]}-{epoch:06d}",
                      records, result)
 
     writer = (_read_topic(spark, cfg, entry.source).writeStream.foreachBatch(process)
@@ -129,12 +131,70 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
         writer = writer.trigger(availableNow=True)
     else:
         writer = writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
-    stop = stop or threading.Event()
     kafka = entry.source.kafka
     log.info("%s: stream from Kafka topic %s (%s) into %s%s; checkpoint %s", name,
              kafka["topic"], _bootstrap(cfg, entry.source), plan.bronze.full_name(db),
              ", until the topic is read" if available_now else
              f", a micro-batch every {cfg.stream.trigger_seconds} s until stopped", checkpoint)
+    run_query(writer, name, stop)
+    log.info(result.summary())
+    return result
+
+
+def replay(spark: SparkSession, cfg: Config, name: str, topic: str, rate: float = 0,
+           limit: int | None = None) -> int:
+    """Send a data set's silver rows to a Kafka topic in event-time order, one JSON record each.
+
+    A live source for trying streams: a stored stream data set (a bundled one, say)
+    replayed into the topic a Kafka data set reads. The order is the ``order`` role's
+    column (then ``stream_id``) for a stream data set, else silver's keys; each record's
+    message key is its ``stream_id``, so each stream keeps its order in the topic.
+
+    Args:
+        spark: the session.
+        cfg: configuration (``stream.kafka_bootstrap`` names the brokers).
+        name: the data set to replay.
+        topic: the topic to send to.
+        rate: at most this many records a second (0: as fast as the broker takes them).
+        limit: send only the first this many records.
+
+    Returns:
+        How many records were sent.
+    """
+    plan = check_datasets(spark, cfg, [name])[0]
+    entry = plan.entry
+    rows, _ = silver_rows(spark, cfg, entry)
+    columns = [f.name for f in plan.silver.fields]
+    stream_column = entry.roles.get("stream_id")
+    order = [entry.roles["order"], *([stream_column] if stream_column else [])] \
+        if entry.roles.get("order") else list(plan.silver.keys) or columns[:1]
+    ordered = rows.select(*columns).orderBy(*order)
+    if limit is not None:
+        ordered = ordered.limit(limit)
+
+    def records() -> Iterator[tuple[bytes | None, str]]:
+        for row in ordered.toLocalIterator():
+            values = row.asDict()
+            key = str(values[stream_column]).encode() if stream_column else None
+            yield key, json.dumps(values, default=str)
+
+    log.info("%s: replaying %s into Kafka topic %s on %s%s", name, plan.silver.full_name(
+        cfg.catalog.database), topic, cfg.stream.bootstrap,
+        f", {rate:g} records/s" if rate else "")
+    return kafka.send_records(cfg.stream.bootstrap, topic, records(), rate)
+
+
+def run_query(writer: DataStreamWriter, name: str, stop: threading.Event | None = None
+              ) -> None:
+    """Start a streaming query and wait until it ends, or until ``stop`` is set.
+
+    SIGINT and SIGTERM set ``stop`` while the query runs (from the main thread); the
+    query then stops after its current micro-batch.
+
+    Raises:
+        StreamingQueryException: the query failed.
+    """
+    stop = stop or threading.Event()
     with _stopping_on_signals(stop):
         query = writer.start()
         try:
@@ -146,8 +206,6 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
                 query.stop()
     if query.exception() is not None:
         raise query.exception()
-    log.info(result.summary())
-    return result
 
 
 def parse_records(records: DataFrame, source: SourceSpec,
@@ -213,7 +271,7 @@ def _bootstrap(cfg: Config, source: SourceSpec) -> str:
     return source.kafka.get("bootstrap") or cfg.stream.bootstrap
 
 
-def _stream_id(lake: LakeFS, checkpoint: str) -> str:
+def stream_id(lake: LakeFS, checkpoint: str) -> str:
     """The stream's id, kept in its checkpoint (Spark's own query id, set here first).
 
     Spark reads a query's id from ``<checkpoint>/metadata`` and writes one there only

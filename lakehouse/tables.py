@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pyspark.sql.types import (
     ArrayType,
     DataType,
+    DoubleType,
     IntegerType,
     LongType,
     StringType,
@@ -143,6 +144,16 @@ _INGEST_FILES = (
     _f("modified_at", TimestampType()),
     _f("claimed_at", TimestampType(), False),
 )
+_ALERTS = (
+    _f("dataset", StringType(), False),
+    _f("stream_id", StringType(), False),
+    _f("t", LongType(), False),                # the point's time (the stream's order)
+    _f("score", DoubleType(), False),
+    _f("threshold", DoubleType(), False),
+    _f("model_name", StringType(), False),
+    _f("model_version", IntegerType(), False),
+    _f("alerted_at", TimestampType(), False),
+)
 
 _MODELS = (
     _f("name", StringType(), False),
@@ -171,6 +182,10 @@ def _registry() -> dict[str, TableSpec]:
         "ops", "curations", _CURATIONS, ("dataset", "batch"),
         comment="per data set: the ingest batches its silver table holds, and the "
                 "fingerprint of the silver declaration they were curated under",
+    )
+    specs["ops.alerts"] = TableSpec(
+        "ops", "alerts", _ALERTS, ("model_name", "stream_id", "t"),
+        comment="one row per anomaly a streaming scorer found: the point that raised it",
     )
     specs["ops.ingest_files"] = TableSpec(
         "ops", "ingest_files", _INGEST_FILES, ("dataset", "path"),

@@ -11,10 +11,19 @@ the batch score of the same model. The forest is loaded once per executor Python
 worker. A point whose time is not after its stream's last scored time (a late or
 re-sent record) is not scored again.
 
-Results are appended to ``predictions_rcf_stream`` by Delta's streaming sink, exactly
-once across restarts (a kill -9 included): the checkpoint (offsets and state) is on the
-lake under ``streams/<database>/<model>/score``. With ``available_now`` the query
-scores what bronze holds and stops; the state carries over to the next run.
+**One event, one alert.** Every shingle that holds an anomalous point scores high, so
+a spike would flag the ``shingle_size`` points from it on. A point over the threshold
+raises an alert only when no alert was raised on the ``shingle_size - 1`` points
+before it in its stream (the shingles that still hold the alerted point); its row
+goes to ``ops_alerts`` (``alert`` is true in the predictions), a small table a SQL
+client or a dashboard polls. ``is_anomaly`` stays the plain threshold test.
+
+Results are appended to ``predictions_rcf_stream`` and ``ops_alerts`` exactly once
+across restarts (a kill -9 included): the checkpoint (offsets and state) is on the lake
+under ``streams/<database>/<model>/score``, and each micro-batch's writes carry a Delta
+``txnAppId`` made of the stream's id and the micro-batch number. With
+``available_now`` the query scores what bronze holds and stops; the state carries over
+to the next run.
 
 The forest does not learn while it scores (no updates to its samples), and a stream
 with a ``split`` role is shingled across its split boundary, where the batch path
@@ -26,14 +35,24 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
+from pyspark.sql.types import (
+    BooleanType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    TimestampType,
+)
 
+from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.curate import to_silver
 from lakehouse.dataset_check import plan_dataset
@@ -42,20 +61,33 @@ from lakehouse.featuresets.stream import channels_of, stream_points
 from lakehouse.lakefs import LakeFS
 from lakehouse.quality import apply_rules
 from lakehouse.sources.base import ERROR
+from lakehouse.stream import run_query, stream_id
+from lakehouse.tables import TableSpec, _f, register, table
 from models.rcf.forest import codisp
 from models.rcf.scoring import cached_forest
 from models.store import ModelStore
 
 log = logging.getLogger(__name__)
 TABLE = "predictions_rcf_stream"
-OUTPUT = ("stream_id STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, threshold DOUBLE, "
-          "scored_at TIMESTAMP")
-STATE = "tail ARRAY<DOUBLE>, last_t BIGINT"
+OUTPUT = ("stream_id STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, alert BOOLEAN, "
+          "threshold DOUBLE, scored_at TIMESTAMP")
+# The last shingle_size - 1 points' values, the last point's time, and how many points
+# ago the last alert was (null: none within shingle_size points).
+STATE = "tail ARRAY<DOUBLE>, last_t BIGINT, since_alert INT"
+PREDICTIONS = register(TableSpec(
+    "predictions", "rcf_stream",
+    (_f("model_name", StringType(), False), _f("model_version", IntegerType(), False),
+     _f("stream_id", StringType(), False), _f("t", LongType(), False),
+     _f("score", DoubleType()), _f("is_anomaly", BooleanType()), _f("alert", BooleanType()),
+     _f("threshold", DoubleType()), _f("input_table", StringType()),
+     _f("scored_at", TimestampType())),
+    ("model_name", "model_version", "stream_id", "t"), partition_by=("model_name",),
+    catalog_name=TABLE, comment="RCF scores of stream points as they arrived"))
 
 
 def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
                      model_version: int | str = "latest", available_now: bool = False,
-                     timeout: float | None = None) -> str:
+                     stop: threading.Event | None = None) -> str:
     """Score a stream data set's new points with an RCF model (see the module docstring).
 
     Args:
@@ -64,8 +96,8 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
         model: the stored RCF model's name.
         model_version: its version, or ``latest``.
         available_now: score what bronze holds now, then stop.
-        timeout: stop a running query after this many seconds (default: run until
-            stopped).
+        stop: when set, a running query stops after its current micro-batch (also set
+            by SIGINT and SIGTERM when called from the main thread).
 
     Returns:
         The predictions table.
@@ -96,24 +128,39 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
     scored = points.groupBy("stream_id").applyInPandasWithState(
         score, OUTPUT, STATE, "append", GroupStateTimeout.NoTimeout)
     out = scored.select(F.lit(record.name).alias("model_name"),
-                        F.lit(record.version).cast("int").alias("model_version"), "*")
+                        F.lit(record.version).cast("int").alias("model_version"),
+                        "stream_id", "t", "score", "is_anomaly", "alert", "threshold",
+                        F.lit(bronze).alias("input_table"), "scored_at")
     checkpoint = "/".join([cfg.stream_dir, db, record.name, "score"])
-    target = f"{db}.{TABLE}"
-    writer = (out.writeStream.format("delta").outputMode("append")
-              .option("checkpointLocation", checkpoint)
+    target = delta.ensure_table(spark, PREDICTIONS, db)
+    alerts = delta.ensure_table(spark, table("ops.alerts"), db)
+    stream = stream_id(LakeFS.of(cfg), checkpoint)
+
+    def write(batch: DataFrame, epoch: int) -> None:
+        app_id = f"lakeforge/stream-score/{record.name}/{stream}/{epoch}"
+        batch = batch.persist()
+        try:
+            counts = batch.agg(F.count(F.lit(1)).alias("points"),
+                               F.count(F.when(F.col("alert"), 1)).alias("alerts")).first()
+            if not counts.points:
+                return
+            delta.append_once(batch, target, app_id)
+            delta.append_once(batch.filter("alert").select(
+                F.lit(dataset).alias("dataset"), "stream_id", "t", "score", "threshold",
+                "model_name", "model_version", F.col("scored_at").alias("alerted_at")),
+                alerts, f"{app_id}/alerts")
+            log.info("%s: micro-batch %d: %s point(s) scored, %s alert(s)", record.name, epoch,
+                     f"{counts.points:,}", f"{counts.alerts:,}")
+        finally:
+            batch.unpersist()
+
+    writer = (out.writeStream.foreachBatch(write).option("checkpointLocation", checkpoint)
               .queryName(f"lakeforge_score_{record.name}"))
     writer = writer.trigger(availableNow=True) if available_now else \
         writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
     log.info("scoring %s's new points with %s v%d into %s; checkpoint %s", dataset,
              record.name, record.version, target, checkpoint)
-    query = writer.toTable(target)
-    try:
-        query.awaitTermination(timeout)
-    finally:
-        if query.isActive:
-            query.stop()
-    if query.exception() is not None:
-        raise query.exception()
+    run_query(writer, f"scoring with {record.name}", stop)
     return target
 
 
@@ -133,8 +180,9 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
         lake: the lake, to fetch the artifact.
     """
     points = pd.concat(list(frames), ignore_index=True)
-    tail, last_t = (np.asarray(state.get[0], dtype=np.float64), int(state.get[1])) \
-        if state.exists else (np.zeros(0), None)
+    tail, last_t, since_alert = (np.asarray(state.get[0], dtype=np.float64),
+                                 int(state.get[1]), state.get[2]) \
+        if state.exists else (np.zeros(0), None, None)
     if last_t is not None:
         points = points[points["t"] > last_t]
     # One point per time (the last record of a time wins, as silver's MERGE has it).
@@ -144,9 +192,10 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
     new = np.stack(points["values"].to_numpy()).astype(np.float64).reshape(-1, channels)
     seq = np.concatenate([tail.reshape(-1, channels), new])
     before = len(seq) - len(new)
-    state.update(([float(v) for v in seq[-(size - 1):].ravel()] if size > 1 else [],
-                  int(points["t"].iloc[-1])))
+    keep = [float(v) for v in seq[-(size - 1):].ravel()] if size > 1 else []
+    last = int(points["t"].iloc[-1])
     if len(seq) < size:
+        state.update((keep, last, None))
         return
     windows = np.lib.stride_tricks.sliding_window_view(seq, (size, channels))[:, 0]
     shingles = windows.reshape(len(windows), size * channels)
@@ -155,6 +204,32 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
     ends = points["t"].to_numpy()[len(points) - len(shingles):]
     forest, threshold, scaling = cached_forest(artifact, None, lake)
     scores = codisp(forest, scaling.apply(shingles))
+    flagged = scores > threshold
+    alert, since_alert = one_alert_per_event(flagged, since_alert, size)
+    state.update((keep, last, since_alert))
     yield pd.DataFrame({"stream_id": key[0], "t": ends, "score": scores,
-                        "is_anomaly": scores > threshold, "threshold": threshold,
+                        "is_anomaly": flagged, "alert": alert, "threshold": threshold,
                         "scored_at": pd.Timestamp(dt.datetime.now(dt.UTC).replace(tzinfo=None))})
+
+
+def one_alert_per_event(flagged: np.ndarray, since_alert: int | None, size: int
+                        ) -> tuple[np.ndarray, int | None]:
+    """Which flagged points raise an alert: none within ``size - 1`` points of the last.
+
+    Args:
+        flagged: whether each point (in time order) is over the threshold.
+        since_alert: how many points before the first one the last alert was (1: the
+            point just before it; None: ``size`` or more points before, or never).
+        size: the shingle size: an anomalous point is in the shingles of the
+            ``size - 1`` points after it.
+
+    Returns:
+        The alerts, and ``since_alert`` for the point after the last one.
+    """
+    alert = np.zeros(len(flagged), dtype=bool)
+    last = None if since_alert is None else -since_alert
+    for i, over in enumerate(flagged):
+        if over and (last is None or i - last >= size):
+            alert[i], last = True, i
+    gap = None if last is None else len(flagged) - last
+    return alert, None if gap is None or gap >= size else gap
