@@ -185,6 +185,9 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.sql.session.timeZone": "UTC",
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
+        # pandas warns about a concat inside PySpark's own applyInPandasWithState
+        # serializer (the streaming RCF scorer); nothing a user can act on.
+        "spark.executorEnv.PYTHONWARNINGS": "ignore::FutureWarning:pyspark.sql.pandas.serializers",
         **lake_conf(cfg),
     }
     jars = delta_jars(sc)
