@@ -97,8 +97,9 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
         cfg: configuration (``stream`` section, the data catalog).
         name: the data set; its source must be a Kafka topic.
         available_now: take what the topic holds now, then stop.
-        stop: when set, a running query stops after its current micro-batch (also set
-            by SIGINT and SIGTERM when called from the main thread).
+        stop: when set, the query stops (also set by SIGINT and SIGTERM when called
+            from the main thread); a micro-batch it cuts short is done again, exactly
+            once, when the stream starts again.
 
     Returns:
         What the run did.
@@ -188,8 +189,9 @@ def run_query(writer: DataStreamWriter, name: str, stop: threading.Event | None 
               ) -> None:
     """Start a streaming query and wait until it ends, or until ``stop`` is set.
 
-    SIGINT and SIGTERM set ``stop`` while the query runs (from the main thread); the
-    query then stops after its current micro-batch.
+    SIGINT and SIGTERM set ``stop`` while the query runs (from the main thread). A
+    micro-batch cut short by the stop is done again from the checkpoint on the next
+    start; its writes are idempotent, so nothing is written twice.
 
     Raises:
         StreamingQueryException: the query failed.
@@ -202,7 +204,7 @@ def run_query(writer: DataStreamWriter, name: str, stop: threading.Event | None 
                 query.awaitTermination(0.5)
         finally:
             if query.isActive:
-                log.info("%s: stopping the stream after its current micro-batch", name)
+                log.info("%s: stopping the stream", name)
                 query.stop()
     if query.exception() is not None:
         raise query.exception()

@@ -96,8 +96,9 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
         model: the stored RCF model's name.
         model_version: its version, or ``latest``.
         available_now: score what bronze holds now, then stop.
-        stop: when set, a running query stops after its current micro-batch (also set
-            by SIGINT and SIGTERM when called from the main thread).
+        stop: when set, the query stops (also set by SIGINT and SIGTERM when called
+            from the main thread); a micro-batch it cuts short is scored again, exactly
+            once, on the next start.
 
     Returns:
         The predictions table.
