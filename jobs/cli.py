@@ -269,26 +269,17 @@ def setup_logging(verbose: bool) -> None:
 
 
 def _cmd_ingest(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.dataset_check import resolve_datasets
-    from lakehouse.ingest import ingest
     from lakehouse.render import format_table
-    from lakehouse.stream import stream_ingest
+    from lakehouse.stream import ingest_sources
 
-    # A data set on a Kafka topic is ingested (and curated) by its stream query, run
-    # until the topic is read: so pipelines and schedules take streams as they are.
-    entries = resolve_datasets(cfg, args.sources)
-    streams = [e.name for e in entries if e.source.kind == "kafka"]
-    others = [e.name for e in entries if e.source.kind != "kafka"]
-    if others:
-        results = ingest(spark, cfg, others, args.batch)
+    batches, streams = ingest_sources(spark, cfg, args.sources, args.batch)
+    if batches:
         print(format_table(
             ["data set", "batch", "files", "read", "bronze", "quarantined", "note"],
             [(r.source, r.batch, r.files, r.read, r.bronze, r.quarantined, _ingest_note(r))
-             for r in results]))
-    for name in streams:
-        log.info("%s reads a Kafka topic: its stream runs until the topic is read (micro-"
-                 "batches are named by the stream, not --batch)", name)
-        _print_stream(stream_ingest(spark, cfg, name, available_now=True))
+             for r in batches]))
+    for result in streams:
+        _print_stream(result)
 
 
 def _ingest_note(result) -> str:

@@ -22,7 +22,7 @@ from lakehouse.config import Config
 from lakehouse.curate import curate
 from lakehouse.errors import ConfigError
 from lakehouse.featuresets import build_features
-from lakehouse.ingest import ingest
+from lakehouse.stream import ingest_sources
 from models.runner import train
 from models.scoring import score
 from pipelines.definitions import STEP_NAMES, Pipeline, get_pipeline
@@ -47,7 +47,7 @@ def _score(spark: SparkSession, cfg: Config, p: Pipeline, batch: str) -> object:
 
 # What each step of a definition runs, by step name.
 STEP_FUNCTIONS: dict[str, Callable[[SparkSession, Config, Pipeline, str], object]] = {
-    "ingest": lambda spark, cfg, p, batch: ingest(spark, cfg, list(p.sources), batch),
+    "ingest": lambda spark, cfg, p, batch: ingest_sources(spark, cfg, list(p.sources), batch),
     "curate": lambda spark, cfg, p, batch: curate(spark, cfg, list(p.sources), batch),
     "features": lambda spark, cfg, p, batch: build_features(spark, cfg, p.features,
                                                             params=p.feature_params),

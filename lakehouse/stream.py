@@ -47,11 +47,11 @@ from pyspark.sql.types import StringType, StructField, StructType
 from lakehouse import delta, kafka
 from lakehouse.config import Config
 from lakehouse.curate import curate_dataset
-from lakehouse.dataset_check import DatasetPlan, check_datasets
+from lakehouse.dataset_check import DatasetPlan, check_datasets, resolve_datasets
 from lakehouse.datasets import SourceSpec
 from lakehouse.errors import SourceError
 from lakehouse.featuresets.contract import silver_rows
-from lakehouse.ingest import load_batch
+from lakehouse.ingest import IngestResult, ingest, load_batch
 from lakehouse.lakefs import LakeFS
 from lakehouse.sources.native import CORRUPT, with_status
 from lakehouse.tables import table
@@ -140,6 +140,37 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
     run_query(writer, name, stop)
     log.info(result.summary())
     return result
+
+
+def ingest_sources(spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
+                   ) -> tuple[list[IngestResult], list[StreamResult]]:
+    """Ingest data sets whatever their source, as a pipeline's ingest step does.
+
+    Files and tables are ingested as batch ``batch`` (:func:`lakehouse.ingest.ingest`);
+    a Kafka topic by its stream, run until the topic is read (which curates it too; its
+    micro-batches are named by the stream, not by ``batch``). So pipelines, Airflow
+    tasks and spark-submit jobs take a topic as they take a landing folder.
+
+    Args:
+        spark: the session.
+        cfg: configuration.
+        names: data set names, or ``["all"]``.
+        batch: the batch id of files and tables.
+
+    Returns:
+        The batch ingests' results and the streams' results.
+    """
+    entries = resolve_datasets(cfg, names)
+    others = [e.name for e in entries if e.source.kind != "kafka"]
+    batches = ingest(spark, cfg, others, batch) if others else []
+    streams = []
+    for entry in entries:
+        if entry.source.kind == "kafka":
+            log.info("%s reads a Kafka topic: its stream runs until the topic is read (its "
+                     "micro-batches are named by the stream, not by batch %s)", entry.name,
+                     batch)
+            streams.append(stream_ingest(spark, cfg, entry.name, available_now=True))
+    return batches, streams
 
 
 def replay(spark: SparkSession, cfg: Config, name: str, topic: str, rate: float = 0,

@@ -90,10 +90,10 @@ def test_in_process_steps_call_what_the_command_lines_call(monkeypatch, name):
 
     import lakehouse.curate
     import lakehouse.featuresets
-    import lakehouse.ingest
+    import lakehouse.stream
     import models.runner
     import models.scoring
-    for module, attr in [(lakehouse.ingest, "ingest"), (lakehouse.curate, "curate"),
+    for module, attr in [(lakehouse.stream, "ingest_sources"), (lakehouse.curate, "curate"),
                          (lakehouse.featuresets, "build_features"), (models.runner, "train"),
                          (models.scoring, "score")]:
         stand_in = recorder(getattr(module, attr))
@@ -109,7 +109,8 @@ def test_in_process_steps_call_what_the_command_lines_call(monkeypatch, name):
             cli.COMMANDS[step.job](None, cfg, parser.parse_args([step.job, *step.args]))
         in_process, command_line = calls[-2:]
         assert in_process == command_line, step.name
-    assert [c[0] for c in calls[::2]] == ["ingest", "curate", "build_features", "train", "score"]
+    assert [c[0] for c in calls[::2]] == ["ingest_sources", "curate", "build_features", "train",
+                                          "score"]
 
 
 def test_params_reach_the_job_as_the_values_written():

@@ -28,7 +28,7 @@ from lakehouse.datasets import parse_datasets
 from lakehouse.errors import SourceError
 from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
-from lakehouse.stream import replay, stream_ingest
+from lakehouse.stream import ingest_sources, replay, stream_ingest
 from models.rcf.stream import one_alert_per_event, stream_score_rcf
 from models.runner import train
 from models.scoring import score
@@ -133,6 +133,14 @@ def test_csv_values_and_a_wrong_source_kind_stop_with_a_named_error(
     assert (result.bronze, result.quarantined) == (1, 2)
     with pytest.raises(SourceError, match="stream ingest pumps_csv"):
         ingest(spark, cfg, ["pumps_csv"], "b1")
+    send(tmp_path, broker, topic, ["p3,2026-12-06 10:02:00,2.5"])
+    (landing := tmp_path / "landing").mkdir()
+    (landing / "a.csv").write_text("p9,2026-12-06 10:00:00,1.0\n")
+    cfg = with_datasets(cfg, {"pumps_files": {"source": {"files": str(landing),
+                                                         "format": "csv", "schema": SCHEMA}}})
+    batches, streams = ingest_sources(spark, cfg, ["pumps_files", "pumps_csv"], "b1")
+    assert [(r.source, r.batch, r.bronze) for r in batches] == [("pumps_files", "b1", 1)]
+    assert [(r.dataset, r.bronze, r.silver_new) for r in streams] == [("pumps_csv", 1, 1)]
     with pytest.raises(SourceError, match="not a Kafka topic: ingest it with `lakeforge "
                                           "ingest pumps_files`"):
         stream_ingest(spark, cfg, "pumps_files", available_now=True)
