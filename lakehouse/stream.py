@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -117,6 +118,7 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
     delta.ensure_table(spark, plan.bronze, db)
     for key in ("ops.quarantine", "ops.quality"):
         delta.ensure_table(spark, table(key), db)
+    _check_brokers(name, _bootstrap(cfg, entry.source))
     checkpoint = checkpoint_location(cfg, name)
     stream = stream_id(LakeFS.of(cfg), checkpoint)
     result = StreamResult(name, checkpoint)
@@ -302,6 +304,24 @@ def _read_topic(spark: SparkSession, cfg: Config, source: SourceSpec) -> DataFra
 
 def _bootstrap(cfg: Config, source: SourceSpec) -> str:
     return source.kafka.get("bootstrap") or cfg.stream.bootstrap
+
+
+def _check_brokers(name: str, bootstrap: str, seconds: float = 5) -> None:
+    """Stop at once when no broker answers.
+
+    Spark's Kafka source would wait about three minutes, then fail with "Timed out
+    waiting for a node assignment".
+    """
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), seconds).close()
+            return
+        except (OSError, ValueError):
+            continue
+    raise SourceError(f"data set {name!r}: no Kafka broker answers at {bootstrap} (the entry's "
+                      f"source.kafka.bootstrap, else stream.kafka_bootstrap); start the local "
+                      f"one with `lakeforge kafka start`, or name brokers that run")
 
 
 def stream_id(lake: LakeFS, checkpoint: str) -> str:

@@ -133,6 +133,9 @@ def test_csv_values_and_a_wrong_source_kind_stop_with_a_named_error(
     assert (result.bronze, result.quarantined) == (1, 2)
     with pytest.raises(SourceError, match="stream ingest pumps_csv"):
         ingest(spark, cfg, ["pumps_csv"], "b1")
+    nowhere = with_datasets(cfg, {"pumps_csv": entry(topic, f"127.0.0.1:{free_port()}", "csv")})
+    with pytest.raises(SourceError, match="no Kafka broker answers at 127.0.0.1:"):
+        stream_ingest(spark, nowhere, "pumps_csv", available_now=True)
     send(tmp_path, broker, topic, ["p3,2026-12-06 10:02:00,2.5"])
     (landing := tmp_path / "landing").mkdir()
     (landing / "a.csv").write_text("p9,2026-12-06 10:00:00,1.0\n")
