@@ -81,7 +81,9 @@ def start(cfg: Config) -> str:
     classpath = os.pathsep.join(str(j) for j in jars)
     logging_option = f"-Dlog4j.configuration=file:{_write_log4j(folder)}"
     if not (folder / "data" / "meta.properties").exists():
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster = "-"
+        while cluster.startswith("-"):    # the tool would read "-..." as an option
+            cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         formatted = daemon.spawn(
             [str(java), "-Xmx128m", logging_option, "-cp", classpath, "kafka.tools.StorageTool",
              "format", "-t", cluster, "-c", str(properties), "--ignore-formatted"],
