@@ -104,15 +104,9 @@ def ingest(spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
 
     Raises:
         CatalogError: when an entry cannot be used (checked before anything is written).
+        SourceError: an entry reads a Kafka topic (``lakehouse.stream.ingest_sources``
+            takes files, tables and topics alike).
     """
-    if list(names) == ["all"]:
-        streams = [e.name for e in cfg.datasets.values() if e.source.kind == "kafka"]
-        if streams:
-            log.info("ingest all: %s read Kafka; `lakeforge stream ingest` reads them",
-                     ", ".join(streams))
-        names = [e.name for e in cfg.datasets.values() if e.source.kind != "kafka"]
-        if not names:
-            return []
     plans = check_datasets(spark, cfg, names)
     return [ingest_dataset(spark, cfg, p.entry, batch, p) for p in plans]
 

@@ -84,9 +84,12 @@ class StreamResult:
                 f"{self.rule_quarantined:,} quarantined by its rules")
 
 
-def checkpoint_location(cfg: Config, dataset: str) -> str:
-    """Where a data set's ingest query keeps its checkpoint (on the lake)."""
-    return "/".join([cfg.stream_dir, cfg.catalog.database, dataset, "ingest"])
+def checkpoint_location(cfg: Config, name: str, query: str) -> str:
+    """Where a stream query keeps its checkpoint, on the lake.
+
+    ``name`` is a data set's (``query`` ``ingest``) or a model's (``query`` ``score``).
+    """
+    return "/".join([cfg.stream_dir, cfg.catalog.database, name, query])
 
 
 def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bool = False,
@@ -119,7 +122,7 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
     for key in ("ops.quarantine", "ops.quality"):
         delta.ensure_table(spark, table(key), db)
     _check_brokers(name, _bootstrap(cfg, entry.source))
-    checkpoint = checkpoint_location(cfg, name)
+    checkpoint = checkpoint_location(cfg, name, "ingest")
     stream = stream_id(LakeFS.of(cfg), checkpoint)
     result = StreamResult(name, checkpoint)
 
@@ -130,16 +133,11 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
     writer = (_read_topic(spark, cfg, entry.source).writeStream.foreachBatch(process)
               .option("checkpointLocation", checkpoint)
               .queryName(f"lakeforge_ingest_{name}"))
-    if available_now:
-        writer = writer.trigger(availableNow=True)
-    else:
-        writer = writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
-    kafka = entry.source.kafka
     log.info("%s: stream from Kafka topic %s (%s) into %s%s; checkpoint %s", name,
-             kafka["topic"], _bootstrap(cfg, entry.source), plan.bronze.full_name(db),
-             ", until the topic is read" if available_now else
+             entry.source.kafka["topic"], _bootstrap(cfg, entry.source),
+             plan.bronze.full_name(db), ", until the topic is read" if available_now else
              f", a micro-batch every {cfg.stream.trigger_seconds} s until stopped", checkpoint)
-    run_query(writer, name, stop)
+    run_query(writer, name, cfg, available_now, stop)
     log.info(result.summary())
     return result
 
@@ -218,9 +216,12 @@ def replay(spark: SparkSession, cfg: Config, name: str, topic: str, rate: float 
     return kafka.send_records(cfg.stream.bootstrap, topic, records(), rate)
 
 
-def run_query(writer: DataStreamWriter, name: str, stop: threading.Event | None = None
-              ) -> None:
+def run_query(writer: DataStreamWriter, name: str, cfg: Config, available_now: bool,
+              stop: threading.Event | None = None) -> None:
     """Start a streaming query and wait until it ends, or until ``stop`` is set.
+
+    With ``available_now`` the query takes what its source holds and ends; otherwise it
+    takes a micro-batch every ``stream.trigger_seconds``.
 
     SIGINT and SIGTERM set ``stop`` while the query runs (from the main thread). A
     micro-batch cut short by the stop is done again from the checkpoint on the next
@@ -229,6 +230,10 @@ def run_query(writer: DataStreamWriter, name: str, stop: threading.Event | None 
     Raises:
         StreamingQueryException: the query failed.
     """
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
     stop = stop or threading.Event()
     with _stopping_on_signals(stop):
         query = writer.start()

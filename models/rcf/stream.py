@@ -61,7 +61,7 @@ from lakehouse.featuresets.stream import channels_of, stream_points
 from lakehouse.lakefs import LakeFS
 from lakehouse.quality import apply_rules
 from lakehouse.sources.base import ERROR
-from lakehouse.stream import run_query, stream_id
+from lakehouse.stream import checkpoint_location, run_query, stream_id
 from lakehouse.tables import TableSpec, _f, register, table
 from models.rcf.forest import codisp
 from models.rcf.scoring import cached_forest
@@ -132,7 +132,7 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
                         F.lit(record.version).cast("int").alias("model_version"),
                         "stream_id", "t", "score", "is_anomaly", "alert", "threshold",
                         F.lit(bronze).alias("input_table"), "scored_at")
-    checkpoint = "/".join([cfg.stream_dir, db, record.name, "score"])
+    checkpoint = checkpoint_location(cfg, record.name, "score")
     target = delta.ensure_table(spark, PREDICTIONS, db)
     alerts = delta.ensure_table(spark, table("ops.alerts"), db)
     stream = stream_id(LakeFS.of(cfg), checkpoint)
@@ -157,11 +157,9 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
 
     writer = (out.writeStream.foreachBatch(write).option("checkpointLocation", checkpoint)
               .queryName(f"lakeforge_score_{record.name}"))
-    writer = writer.trigger(availableNow=True) if available_now else \
-        writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
     log.info("scoring %s's new points with %s v%d into %s; checkpoint %s", dataset,
              record.name, record.version, target, checkpoint)
-    run_query(writer, f"scoring with {record.name}", stop)
+    run_query(writer, f"scoring with {record.name}", cfg, available_now, stop)
     return target
 
 
@@ -173,8 +171,9 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
     Args:
         key: ``(stream_id,)``.
         frames: the stream's new points (``t``, ``values``) of this micro-batch.
-        state: ``(tail, last_t)``: the last ``size - 1`` points' values (flattened) and
-            the time of the last point seen.
+        state: ``(tail, last_t, since_alert)``: the last ``size - 1`` points' values
+            (flattened), the time of the last point seen, and how many points before
+            the next one the last alert was (see :func:`one_alert_per_event`).
         artifact: the model's folder.
         size: the shingle size it was trained with.
         channels: values per point.
