@@ -13,7 +13,8 @@ from lakehouse import delta
 from lakehouse.errors import ConfigError, SchemaMismatchError
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.stream import window_labels
-from models.rcf.forest import build_forest, codisp, merge, reservoir_samples
+from models.rcf.alerts import AlertRule, alerts, point_scores
+from models.rcf.forest import attribution, build_forest, codisp, merge, reservoir_samples
 from models.rcf.transform import (
     Moments,
     fit_scaling,
@@ -118,6 +119,68 @@ def test_depth_capped_trees_stop_at_the_cap_and_score_as_random_insertion_does()
     assert expected[SPIKE // 25] > np.quantile(expected, 0.9)
     unlimited = [build_forest(samples, np.random.default_rng(5), cap) for cap in (None, 0)]
     assert np.array_equal(unlimited[0].left, unlimited[1].left)            # 0 means no limit
+
+
+def test_attribution_sums_to_the_score_and_credits_the_dimension_that_made_it():
+    value, _ = _stream()
+    points = _shingle(value, 4)
+    rng = np.random.default_rng(1)
+    forest = build_forest(reservoir_samples([points[:600]], 25, 128, rng), rng, max_depth=6)
+    probe = points[::7]
+    attributed = attribution(forest, probe, chunk=50)
+    assert attributed.shape == probe.shape and (attributed >= 0).all()
+    assert np.abs(attributed.sum(axis=1) - codisp(forest, probe)).max() < 1e-9
+    odd = points[100].copy()
+    odd[2] += 5                                          # far out along dimension 2 only
+    share = attribution(forest, odd[None])[0]
+    assert share.argmax() == 2 and share[2] > 0.5 * share.sum()
+
+
+def test_a_spike_scores_on_its_own_point_and_raises_one_alert():
+    """Ranked by shingle score the spike's own point is not first (the shingles after it
+    hold it too); ranked by point score it is, and it alone alerts."""
+    value, _ = _stream()
+    size = 4
+    x = _shingle(value, size)
+    scaling = fit_scaling("level_diff", Moments.of(shape_features(x[:600], "level_diff")))
+    rng = np.random.default_rng(2)
+    forest = build_forest(reservoir_samples([scaling.apply(x[:600])], 40, 128, rng), rng)
+    attributed = attribution(forest, scaling.apply(x))
+    own, alone = point_scores(attributed, scaling, size)
+    t = np.arange(size - 1, len(value))                 # the newest point of each shingle
+    near = (t >= SPIKE - 20) & (t < SPIKE + 20)
+    assert t[near][attributed[near].sum(axis=1).argmax()] != SPIKE
+    assert t[near][own[near].argmax()] == SPIKE
+    assert own[t == SPIKE][0] > 1.5 * np.sort(own[near])[-2]
+    fit = own[:600 - size + 1]
+    rule = AlertRule.fit(fit, 4.0, 200, size - 1)
+    raised, threshold, _ = alerts(own, alone, rule, rule.start())
+    assert [int(v) for v in t[raised & near]] == [SPIKE]
+    assert threshold[0] == pytest.approx(np.exp(np.log(fit).mean() + 4 * np.log(fit).std()))
+
+
+def test_alert_thresholds_adapt_and_carry_across_batches():
+    rule = AlertRule(sigma=1.0, horizon=0, log_mean=0.0, log_var=1.0, span=2)   # threshold e
+    own = np.array([1.0, 5.0, 4.0, 1.0, 1.0, 3.0, 1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 3.0])
+    alone = np.array([1.0, 5.0, 0.5, 1.0, 1.0, 3.0, 1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 3.0])
+    raised, threshold, state = alerts(own, alone, rule, rule.start())
+    # 4.0 > e, but the point after one over the threshold is judged without its difference
+    # to it; 3.0 at 5 starts a new event (two quiet points before it); 7 and 8 belong to
+    # its event (one quiet point), 12 starts another
+    assert np.flatnonzero(raised).tolist() == [1, 5, 12]
+    assert np.allclose(threshold, np.e) and state.since_over == 1
+    adaptive = AlertRule(sigma=2.0, horizon=50, log_mean=0.0, log_var=0.25, span=3)
+    rng = np.random.default_rng(4)
+    quiet = np.exp(rng.normal(1.0, 0.2, 400))            # the stream runs higher than the fit
+    quiet[300] = 1e6                                     # and has one huge spike
+    whole, limits, end = alerts(quiet, quiet, adaptive, adaptive.start())
+    assert abs(np.log(limits[-1]) - (1.0 + 2 * 0.2)) < 0.15   # it followed the stream
+    assert whole[300] and limits[301] < limits[300] * 1.2   # the spike did not lift it much
+    assert (quiet > limits).sum() < (quiet > limits[0]).sum() / 5     # a fixed one: ~half
+    head, first, mid = alerts(quiet[:123], quiet[:123], adaptive, adaptive.start())
+    tail, second, after = alerts(quiet[123:], quiet[123:], adaptive, mid)
+    assert np.concatenate([head, tail]).tolist() == whole.tolist()
+    assert np.abs(np.concatenate([first, second]) - limits).max() < 1e-12 and after == end
 
 
 def test_reservoir_is_uniform_and_merge_keeps_every_tree():
@@ -290,6 +353,12 @@ def test_two_ranks_train_score_and_flag_the_anomalies(spark, cfg):
     assert spike["is_anomaly"] and spike["threshold"] == pytest.approx(metrics["threshold"])
     flagged = {r["t"] for r in preds.filter("is_anomaly").collect()}
     assert len(flagged) < 0.1 * (len(value) - 3)
+    raised = sorted(r["t"] for r in preds.filter("alert").collect())
+    assert {SPIKE, SHIFT[0]} <= set(raised) and len(raised) < len(flagged) / 2
+    assert not [t for t in raised if SPIKE < t < SPIKE + 8]       # the spike alerts once
+    assert {r["t"] for r in preds.orderBy(F.desc("point_score")).limit(1).collect()} == {SPIKE}
+    assert metrics["point_pr_auc"] > metrics["pr_auc"] / 2 and metrics["events"] == 2
+    assert metrics["events_alerted"] >= 1 and metrics["alerts"] == len(raised)
     assert score(spark, cfg, "rcf", result.model.name).skipped      # same model + input: no-op
 
 

@@ -2,7 +2,7 @@
 
 from models.family import Family
 from models.rcf.params import RcfParams
-from models.rcf.scoring import PREDICTION_FIELDS, score_rcf
+from models.rcf.scoring import LATE_FIELDS, PREDICTION_FIELDS, score_rcf
 from models.rcf.train import RcfTrainer
 
 FAMILY = Family(
@@ -12,5 +12,6 @@ FAMILY = Family(
     trainer=RcfTrainer(),
     scorer=score_rcf,
     prediction_fields=PREDICTION_FIELDS,
+    prediction_late_fields=LATE_FIELDS,
     prediction_keys=("stream_id", "t"),
 )

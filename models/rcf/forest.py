@@ -220,42 +220,83 @@ def codisp(forest: Forest, points: np.ndarray, rng: np.random.Generator | None =
     Returns:
         (n,) scores; higher is more anomalous.
     """
-    points = np.asarray(points, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != forest.dim:
-        raise ValueError(f"points have shape {points.shape}, the forest expects (n, {forest.dim})")
+    points = _checked(forest, points)
     out = np.empty(len(points))
     for start in range(0, len(points), chunk):
         part = points[start:start + chunk]
-        out[start:start + chunk] = (_expected_chunk(forest, part) if rng is None
+        out[start:start + chunk] = (_expected_chunk(forest, part, False) if rng is None
                                     else _codisp_chunk(forest, part, rng))
     return out
 
 
-def _expected_chunk(forest: Forest, x: np.ndarray) -> np.ndarray:
-    n, t = len(x), forest.n_trees
+def attribution(forest: Forest, points: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Each dimension's share of each point's expected CoDisp (:func:`codisp`, ``rng=None``).
+
+    At every node the chance that the insertion cut separates the point is the sum,
+    over dimensions, of the range the point lies outside the node's box in that
+    dimension, over the grown box's range; each dimension is credited with its own
+    part of that chance times what the separation would displace. What a point
+    displaces when it joins a leaf without a cut in any dimension (a duplicate, or a
+    point inside a depth-capped leaf's box) is shared out evenly. Rows therefore sum
+    to the expected CoDisp (as AWS's RCF attributes a score to the dimensions that
+    made it).
+
+    Args:
+        forest: the forest.
+        points: (n, d) array of shingles.
+        chunk: points attributed together.
+
+    Returns:
+        (n, d) array; ``attribution(f, x).sum(axis=1)`` is ``codisp(f, x)`` to rounding.
+    """
+    points = _checked(forest, points)
+    out = np.empty(points.shape)
+    for start in range(0, len(points), chunk):
+        out[start:start + chunk] = _expected_chunk(forest, points[start:start + chunk], True)
+    return out
+
+
+def _checked(forest: Forest, points: np.ndarray) -> np.ndarray:
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != forest.dim:
+        raise ValueError(f"points have shape {points.shape}, the forest expects (n, {forest.dim})")
+    return points
+
+
+def _expected_chunk(forest: Forest, x: np.ndarray, per_dim: bool) -> np.ndarray:
+    """Expected CoDisp of each point of ``x``, or per dimension when ``per_dim``."""
+    n, t, d = len(x), forest.n_trees, forest.dim
     point = np.repeat(np.arange(n), t)
     node = np.tile(np.arange(t), n)
-    score, remain = np.zeros(n * t), np.ones(n * t)
+    score = np.zeros((n * t, d) if per_dim else n * t)
+    remain = np.ones(n * t)
     pending = np.arange(n * t)
     while pending.size:
         nd, xp = node[pending], x[point[pending]]
         lo, hi = forest.lo[nd], forest.hi[nd]
-        outside = (np.maximum(lo - xp, 0) + np.maximum(xp - hi, 0)).sum(axis=1)
+        outside_by_dim = np.maximum(lo - xp, 0) + np.maximum(xp - hi, 0)
+        outside = outside_by_dim.sum(axis=1)
         total = (np.maximum(hi, xp) - np.minimum(lo, xp)).sum(axis=1)
-        p = np.divide(outside, total, out=np.zeros_like(outside), where=total > 0)
+        inverse = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
+        p = outside * inverse
         leaf = forest.left[nd] < 0
         here = np.maximum(forest.count[nd], forest.up[nd])
         # A leaf of one distinct point separates the point for sure (p = 1) or takes in
         # a duplicate (p = 0); a depth-capped leaf's box takes in a point inside it.
         # Taken in, the point displaces what its new parent's sibling holds: up[nd].
-        gain = np.where(leaf, p * here + (1 - p) * forest.up[nd], p * here)
-        score[pending] += remain[pending] * gain
+        joined = np.where(leaf, (1 - p) * forest.up[nd], 0.0)
+        weight = remain[pending]
+        if per_dim:
+            score[pending] += (outside_by_dim * (weight * inverse * here)[:, None]
+                               + (weight * joined / d)[:, None])
+        else:
+            score[pending] += weight * (p * here + joined)
         remain[pending] *= 1 - p
         go = ~leaf
         nd, xp, pending = nd[go], xp[go], pending[go]
         right = xp[np.arange(len(nd)), forest.cut_dim[nd]] > forest.cut_val[nd]
         node[pending] = forest.left[nd] + right
-    return score.reshape(n, t).mean(axis=1)
+    return score.reshape(n, t, d).mean(axis=1) if per_dim else score.reshape(n, t).mean(axis=1)
 
 
 def _codisp_chunk(forest: Forest, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -20,6 +20,10 @@ class RcfParams:
             split's scores above their mean.
         transform: ``level_diff`` (last level + differences, scaled) or ``none``.
         max_depth: deepest cut of a tree (0: no limit).
+        alert_sigma: the alert threshold on point scores, in standard deviations of
+            their logs above the mean (:mod:`models.rcf.alerts`).
+        alert_horizon: points over which the alert threshold adapts to a stream
+            (0: the fitting split's threshold, fixed).
     """
 
     num_trees: int = 100
@@ -28,8 +32,10 @@ class RcfParams:
     threshold_sigma: float = 3.0
     transform: str = "level_diff"
     max_depth: int = 0
+    alert_sigma: float = 4.0
+    alert_horizon: int = 1000
 
     def __post_init__(self) -> None:
         at_least("rcf", self, 1, "num_trees", "num_samples_per_tree", "shingle_size")
-        at_least("rcf", self, 0, "max_depth")
+        at_least("rcf", self, 0, "max_depth", "alert_sigma", "alert_horizon")
         one_of("rcf", self, "transform", TRANSFORMS)

@@ -1,4 +1,4 @@
-"""The anomaly plot: a stream, its labelled anomalies, its scores and the threshold."""
+"""The anomaly plot: a stream, its labelled anomalies and alerts, its scores and the threshold."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 
 
 def plot_anomalies(t: np.ndarray, value: np.ndarray, score: np.ndarray, label: np.ndarray,
-                   threshold: float, path: Path, title: str) -> Path:
+                   threshold: float, path: Path, alert: np.ndarray | None = None,
+                   title: str = "") -> Path:
     """Write a two-panel PNG: the stream with labelled anomalies, and the scores.
 
     Args:
@@ -18,6 +19,7 @@ def plot_anomalies(t: np.ndarray, value: np.ndarray, score: np.ndarray, label: n
         label: 1 where the point is a labelled anomaly.
         threshold: the model's flagging threshold.
         path: PNG to write.
+        alert: True where the point raised an alert (None: none shown).
         title: figure title.
 
     Returns:
@@ -34,6 +36,11 @@ def plot_anomalies(t: np.ndarray, value: np.ndarray, score: np.ndarray, label: n
     if marked.any():
         top.scatter(t[marked], value[marked], s=6, color="tab:red", label="labelled anomaly",
                     zorder=3)
+    if alert is not None and np.asarray(alert).any():
+        raised = np.asarray(alert, dtype=bool)
+        top.scatter(t[raised], value[raised], s=40, facecolors="none", edgecolors="tab:orange",
+                    label="alert", zorder=4)
+    if marked.any() or (alert is not None and np.asarray(alert).any()):
         top.legend(loc="upper left", fontsize=8)
     top.set_ylabel("value")
     top.set_title(title)

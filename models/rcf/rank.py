@@ -7,7 +7,9 @@ ranks merge their moments into one scaling, build their trees on the scaled samp
 (vectorised, :mod:`models.rcf.forest`) and the trees of all ranks are gathered into
 one forest on rank 0. Rank 0 then scores the fitting split (to set the anomaly
 threshold, mean + ``threshold_sigma`` standard deviations of those scores, stored with
-the model) and the evaluation split, whose scores and labels the driver judges.
+the model) and the evaluation split, whose scores, point scores, alerts (:mod:`models.rcf.alerts`,
+whose rule is fitted to the fitting split's point scores and stored with the model)
+and labels the driver judges.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 
 from lakehouse.lakefs import LakeFS
 from models.rank import artifact_folder, start_rank
-from models.rcf.forest import build_forest, codisp, merge, reservoir_samples
+from models.rcf.alerts import AlertRule, alerts, point_scores
+from models.rcf.forest import attribution, build_forest, merge, reservoir_samples
 from models.rcf.transform import Moments, fit_scaling, shape_features
 
 META = "rcf.json"
@@ -62,15 +65,31 @@ def _shingles(lake: LakeFS, files: list[str], shard: int | None, shards: int | N
                        np.asarray(batch.label, dtype=np.float64))
 
 
-def _score_split(forest, scaling, lake: LakeFS, files: list[str]) -> dict[str, np.ndarray]:
-    """Scores of a split's shingles, ordered by stream then time."""
+def _score_split(forest, scaling, lake: LakeFS, files: list[str], size: int,
+                 rule: AlertRule | None = None) -> dict[str, np.ndarray]:
+    """Scores of a split's shingles, ordered by stream then time.
+
+    Besides each shingle's ``score``: the newest point's ``point_score`` and its score
+    without the difference to the point before (``alone``); with ``rule``, each
+    stream's ``alert`` flags, decided in time order.
+    """
+    keys = ("stream_id", "t", "value", "score", "label", "point_score", "alone", "alert")
     parts = list(_shingles(lake, files, None, None)) if files else []
     if not parts:
-        return {k: np.empty(0) for k in ("stream_id", "t", "value", "score", "label")}
+        return {k: np.empty(0) for k in keys}
     stream, t, x, label = (np.concatenate(p) for p in zip(*parts, strict=True))
     order = np.lexsort((t, stream))
-    return {"stream_id": stream[order], "t": t[order], "value": x[order, -1],
-            "label": label[order], "score": codisp(forest, scaling.apply(x[order]))}
+    stream, t, x, label = stream[order], t[order], x[order], label[order]
+    attributed = attribution(forest, scaling.apply(x))
+    own, alone = point_scores(attributed, scaling, size)
+    alert = np.zeros(len(t), dtype=bool)
+    if rule is not None:
+        for s in np.unique(stream):
+            rows = stream == s
+            alert[rows] = alerts(own[rows], alone[rows], rule, rule.start())[0]
+    return {"stream_id": stream, "t": t, "value": x[:, -1], "label": label,
+            "score": attributed.sum(axis=1), "point_score": own, "alone": alone,
+            "alert": alert}
 
 
 def _scaled_samples(spec: RcfSpec, hvd, trees: int, rng: np.random.Generator):
@@ -128,17 +147,21 @@ def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
 
 def _finish(forest, scaling, spec: RcfSpec) -> dict[str, Any]:
     """Rank 0: threshold from the fitting split, scores of the evaluation split, artifact."""
-    fit = _score_split(forest, scaling, spec.lake, spec.fit_files)
+    size = forest.dim // spec.channels
+    fit = _score_split(forest, scaling, spec.lake, spec.fit_files, size)
     threshold = float(fit["score"].mean() + float(spec.params["threshold_sigma"])
                       * fit["score"].std())
+    rule = AlertRule.fit(fit["point_score"], float(spec.params["alert_sigma"]),
+                         int(spec.params["alert_horizon"]), size - 1)
     start = time.monotonic()
-    scored = _score_split(forest, scaling, spec.lake, spec.eval_files)
+    scored = _score_split(forest, scaling, spec.lake, spec.eval_files, size, rule)
     seconds = time.monotonic() - start
     with artifact_folder(spec.lake, spec.artifact_dir) as folder:
         forest.save(folder)
         (Path(folder) / META).write_text(json.dumps(
             {"threshold": threshold, "shingle_size": forest.dim, "num_trees": forest.n_trees,
-             "seed": spec.seed, **scaling.to_json()}))
+             "seed": spec.seed, **scaling.to_json(), **rule.to_json()}))
+    del scored["alone"]
     return {"threshold": threshold, **{k: v.tolist() for k, v in scored.items()},
             "channels": spec.channels,
             "shingle_size": forest.dim,

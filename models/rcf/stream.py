@@ -11,12 +11,13 @@ the batch score of the same model. The forest is loaded once per executor Python
 worker. A point whose time is not after its stream's last scored time (a late or
 re-sent record) is not scored again.
 
-**One event, one alert.** Every shingle that holds an anomalous point scores high, so
-a spike would flag the ``shingle_size`` points from it on. A point over the threshold
-raises an alert only when no alert was raised on the ``shingle_size - 1`` points
-before it in its stream (the shingles that still hold the alerted point); its row
-goes to ``ops_alerts`` (``alert`` is true in the predictions), a small table a SQL
-client or a dashboard polls. ``is_anomaly`` stays the plain threshold test.
+**One event, one alert.** Each point also gets its own share of its shingle's score
+(``point_score``) and its alert against a threshold that adapts to the stream, as
+batch scoring does (:mod:`models.rcf.alerts`); the state carries the threshold's
+statistics and how far back its last point over the threshold was across
+micro-batches. An alert's row
+goes to ``ops_alerts`` (its ``score`` and ``threshold`` there are the point score and
+the alert threshold it crossed), a small table a SQL client or a dashboard polls.
 
 Results are appended to ``predictions_rcf_stream`` and ``ops_alerts`` exactly once
 across restarts (a kill -9 included): the checkpoint (offsets and state) is on the lake
@@ -57,30 +58,32 @@ from lakehouse.config import Config
 from lakehouse.curate import to_silver
 from lakehouse.dataset_check import plan_dataset
 from lakehouse.errors import ConfigError
-from lakehouse.featuresets.stream import channels_of, stream_points
+from lakehouse.featuresets.stream import stream_points
 from lakehouse.lakefs import LakeFS
 from lakehouse.quality import apply_rules
 from lakehouse.sources.base import ERROR
 from lakehouse.stream import checkpoint_location, run_query, stream_id
 from lakehouse.tables import TableSpec, _f, register, table
-from models.rcf.forest import codisp
+from models.rcf.alerts import AlertState
 from models.rcf.scoring import cached_forest
 from models.store import ModelStore
 
 log = logging.getLogger(__name__)
 TABLE = "predictions_rcf_stream"
-OUTPUT = ("stream_id STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, alert BOOLEAN, "
-          "threshold DOUBLE, scored_at TIMESTAMP")
-# The last shingle_size - 1 points' values, the last point's time, and how many points
-# ago the last alert was (null: none within shingle_size points).
-STATE = "tail ARRAY<DOUBLE>, last_t BIGINT, since_alert INT"
+OUTPUT = ("stream_id STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, threshold DOUBLE, "
+          "point_score DOUBLE, alert BOOLEAN, alert_threshold DOUBLE, scored_at TIMESTAMP")
+# The last shingle_size - 1 points' values, the last point's time, and the alert state
+# (null for a model without an alert rule).
+STATE = ("tail ARRAY<DOUBLE>, last_t BIGINT, alert_log_mean DOUBLE, alert_log_var DOUBLE, "
+         "since_over INT")
 PREDICTIONS = register(TableSpec(
     "predictions", "rcf_stream",
     (_f("model_name", StringType(), False), _f("model_version", IntegerType(), False),
      _f("stream_id", StringType(), False), _f("t", LongType(), False),
      _f("score", DoubleType()), _f("is_anomaly", BooleanType()), _f("alert", BooleanType()),
      _f("threshold", DoubleType()), _f("input_table", StringType()),
-     _f("scored_at", TimestampType())),
+     _f("scored_at", TimestampType()), _f("point_score", DoubleType()),
+     _f("alert_threshold", DoubleType())),
     ("model_name", "model_version", "stream_id", "t"), partition_by=("model_name",),
     catalog_name=TABLE, comment="RCF scores of stream points as they arrived"))
 
@@ -123,15 +126,14 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
     points = (stream_points(checked.filter(F.col(ERROR).isNull()), entry)
               .filter(F.forall("values", lambda v: v.isNotNull() & ~F.isnan(v)))
               .select("stream_id", "t", "values"))
-    score = functools.partial(
-        score_points, artifact=record.artifact, size=int(record.params["shingle_size"]),
-        channels=channels_of(entry), lake=LakeFS.of(cfg))
+    score = functools.partial(score_points, artifact=record.artifact, lake=LakeFS.of(cfg))
     scored = points.groupBy("stream_id").applyInPandasWithState(
         score, OUTPUT, STATE, "append", GroupStateTimeout.NoTimeout)
     out = scored.select(F.lit(record.name).alias("model_name"),
                         F.lit(record.version).cast("int").alias("model_version"),
                         "stream_id", "t", "score", "is_anomaly", "alert", "threshold",
-                        F.lit(bronze).alias("input_table"), "scored_at")
+                        F.lit(bronze).alias("input_table"), "scored_at", "point_score",
+                        "alert_threshold")
     checkpoint = checkpoint_location(cfg, record.name, "score")
     target = delta.ensure_table(spark, PREDICTIONS, db)
     alerts = delta.ensure_table(spark, table("ops.alerts"), db)
@@ -147,7 +149,8 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
                 return
             delta.append_once(batch, target, app_id)
             delta.append_once(batch.filter("alert").select(
-                F.lit(dataset).alias("dataset"), "stream_id", "t", "score", "threshold",
+                F.lit(dataset).alias("dataset"), "stream_id", "t",
+                F.col("point_score").alias("score"), F.col("alert_threshold").alias("threshold"),
                 "model_name", "model_version", F.col("scored_at").alias("alerted_at")),
                 alerts, f"{app_id}/alerts")
             log.info("%s: micro-batch %d: %s point(s) scored, %s alert(s)", record.name, epoch,
@@ -164,25 +167,26 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
 
 
 def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, *,
-                 artifact: str, size: int, channels: int, lake: LakeFS
-                 ) -> Iterator[pd.DataFrame]:
+                 artifact: str, lake: LakeFS) -> Iterator[pd.DataFrame]:
     """Executor side: one stream's new points scored, its tail kept in ``state``.
 
     Args:
         key: ``(stream_id,)``.
         frames: the stream's new points (``t``, ``values``) of this micro-batch.
-        state: ``(tail, last_t, since_alert)``: the last ``size - 1`` points' values
-            (flattened), the time of the last point seen, and how many points before
-            the next one the last alert was (see :func:`one_alert_per_event`).
+        state: ``(tail, last_t, alert_log_mean, alert_log_var, since_over)``: the last
+            ``size - 1`` points' values (flattened), the time of the last point seen,
+            and the stream's :class:`~models.rcf.alerts.AlertState`.
         artifact: the model's folder.
-        size: the shingle size it was trained with.
-        channels: values per point.
         lake: the lake, to fetch the artifact.
     """
+    loaded = cached_forest(artifact, None, lake)
+    size, channels = loaded.size, loaded.scaling.channels
     points = pd.concat(list(frames), ignore_index=True)
-    tail, last_t, since_alert = (np.asarray(state.get[0], dtype=np.float64),
-                                 int(state.get[1]), state.get[2]) \
-        if state.exists else (np.zeros(0), None, None)
+    tail, last_t, alert_state = np.zeros(0), None, None
+    if state.exists:
+        tail, last_t = np.asarray(state.get[0], dtype=np.float64), int(state.get[1])
+        if state.get[2] is not None:
+            alert_state = AlertState(state.get[2], state.get[3], int(state.get[4]))
     if last_t is not None:
         points = points[points["t"] > last_t]
     # One point per time (the last record of a time wins, as silver's MERGE has it).
@@ -195,41 +199,18 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
     keep = [float(v) for v in seq[-(size - 1):].ravel()] if size > 1 else []
     last = int(points["t"].iloc[-1])
     if len(seq) < size:
-        state.update((keep, last, None))
+        state.update((keep, last, *_alert_fields(alert_state)))
         return
     windows = np.lib.stride_tricks.sliding_window_view(seq, (size, channels))[:, 0]
     shingles = windows.reshape(len(windows), size * channels)
     first = max(0, before - (size - 1))          # the first window that ends at a new point
     shingles = shingles[first:]
     ends = points["t"].to_numpy()[len(points) - len(shingles):]
-    forest, threshold, scaling = cached_forest(artifact, None, lake)
-    scores = codisp(forest, scaling.apply(shingles))
-    flagged = scores > threshold
-    alert, since_alert = one_alert_per_event(flagged, since_alert, size)
-    state.update((keep, last, since_alert))
-    yield pd.DataFrame({"stream_id": key[0], "t": ends, "score": scores,
-                        "is_anomaly": flagged, "alert": alert, "threshold": threshold,
-                        "scored_at": pd.Timestamp(dt.datetime.now(dt.UTC).replace(tzinfo=None))})
+    frame, alert_state = loaded.frame(key[0], ends, shingles, alert_state)
+    state.update((keep, last, *_alert_fields(alert_state)))
+    yield frame.assign(scored_at=pd.Timestamp(dt.datetime.now(dt.UTC).replace(tzinfo=None)))
 
 
-def one_alert_per_event(flagged: np.ndarray, since_alert: int | None, size: int
-                        ) -> tuple[np.ndarray, int | None]:
-    """Which flagged points raise an alert: none within ``size - 1`` points of the last.
-
-    Args:
-        flagged: whether each point (in time order) is over the threshold.
-        since_alert: how many points before the first one the last alert was (1: the
-            point just before it; None: ``size`` or more points before, or never).
-        size: the shingle size: an anomalous point is in the shingles of the
-            ``size - 1`` points after it.
-
-    Returns:
-        The alerts, and ``since_alert`` for the point after the last one.
-    """
-    alert = np.zeros(len(flagged), dtype=bool)
-    last = None if since_alert is None else -since_alert
-    for i, over in enumerate(flagged):
-        if over and (last is None or i - last >= size):
-            alert[i], last = True, i
-    gap = None if last is None else len(flagged) - last
-    return alert, None if gap is None or gap >= size else gap
+def _alert_fields(state: AlertState | None) -> tuple:
+    return (None, None, None) if state is None else (state.log_mean, state.log_var,
+                                                     state.since_over)

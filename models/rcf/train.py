@@ -63,12 +63,14 @@ class RcfTrainer(FamilyTrainer):
 
 
 def evaluate(rank0: dict[str, Any], folder: Path, name: str) -> dict[str, float]:
-    """ROC-AUC and PR-AUC of the evaluation split's scores, and the anomaly plot.
+    """ROC-AUC and PR-AUC of the evaluation split's scores, its alerts, and the anomaly plot.
 
     A shingle counts as anomalous when it holds a labelled point (:func:`window_labels`,
     per stream). Shingles without a label (an unlabelled stream) are scored and
-    counted but not judged: without any label there are no ROC/PR figures. The plot
-    shows the first stream and marks its labelled points.
+    counted but not judged: without any label there are no ROC/PR figures. Point
+    scores are judged point by point (``point_roc_auc``, ``point_pr_auc``: a point is
+    anomalous when it is labelled) and the alerts by event (:func:`event_metrics`).
+    The plot shows the first stream and marks its labelled points and alerts.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -95,9 +97,48 @@ def evaluate(rank0: dict[str, Any], folder: Path, name: str) -> dict[str, float]
         metrics["pr_auc"] = float(average_precision_score(label, score[known]))
         metrics["recall_at_threshold"] = float(judged[label == 1].mean())
         metrics["precision_at_threshold"] = float(label[judged].mean()) if judged.any() else 0.0
+    points = np.asarray(rank0["point_score"], dtype=np.float64)
+    alert = np.asarray(rank0["alert"], dtype=bool)
+    metrics["alerts"] = float(alert.sum())
+    own = point_label[known]
+    if 0 < own.sum() < len(own):
+        metrics["point_roc_auc"] = float(roc_auc_score(own, points[known]))
+        metrics["point_pr_auc"] = float(average_precision_score(own, points[known]))
+        metrics.update(event_metrics(stream[known], own, alert[known], size))
     first = stream == stream[0] if len(stream) else np.zeros(0, dtype=bool)
     plot_anomalies(t[first], np.asarray(rank0["value"])[first], score[first],
                    point_label[first], threshold, folder / "anomaly_scores.png",
+                   alert[first],
                    f"{name}: anomaly scores" + (f" ({stream[0]})" if len(set(stream)) > 1
                                                 else ""))
     return metrics
+
+
+def event_metrics(stream: np.ndarray, label: np.ndarray, alert: np.ndarray, size: int
+                  ) -> dict[str, float]:
+    """How the alerts meet the labelled events (rows in stream, then time, order).
+
+    An event is a run of consecutive labelled points of one stream; an alert belongs
+    to it when it is raised on one of its points or on the ``size - 1`` points after
+    it (whose shingles still hold it).
+
+    Returns:
+        ``events``, ``events_alerted``, ``alerts_per_event`` (alerts inside events per
+        event alerted) and ``false_alerts`` (alerts outside every event).
+    """
+    inside = np.zeros(len(label), dtype=bool)
+    events = alerted = 0
+    for s in np.unique(stream):
+        rows = np.flatnonzero(stream == s)
+        marked = label[rows] == 1
+        starts = np.flatnonzero(marked & ~np.r_[False, marked[:-1]])
+        ends = np.flatnonzero(marked & ~np.r_[marked[1:], False])
+        for b, e in zip(starts, ends, strict=True):
+            window = rows[b:min(e + size, len(rows))]
+            inside[window] = True
+            events += 1
+            alerted += bool(alert[window].any())
+    within = float((alert & inside).sum())
+    return {"events": float(events), "events_alerted": float(alerted),
+            "alerts_per_event": within / alerted if alerted else 0.0,
+            "false_alerts": float((alert & ~inside).sum())}
