@@ -154,19 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser(
-        "stream", help="Structured Streaming: a data set's Kafka topic into bronze and silver",
+        "stream", help="Structured Streaming: a Kafka topic or landing folder into bronze and "
+                       "silver; RCF scores as points arrive",
         description="`stream ingest DATASET` runs a Structured Streaming query on the data set's "
-                    "Kafka topic (source.kafka): every micro-batch is parsed, its malformed "
-                    "records quarantined with the reason, appended to bronze and curated into "
-                    "silver, exactly once across restarts (the checkpoint is on the lake). "
-                    "It runs until Ctrl-C or SIGTERM, or with --available-now reads what the "
-                    "topic holds and stops (for schedulers).")
+                    "Kafka topic (source.kafka) or landing folder (source.files): every "
+                    "micro-batch is parsed, its malformed records quarantined with the reason, "
+                    "appended to bronze and curated into silver, exactly once across restarts "
+                    "(the checkpoint is on the lake). It runs until Ctrl-C or SIGTERM, or with "
+                    "--available-now reads what is there and stops (for schedulers).")
     streams = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    q = streams.add_parser("ingest", help="a data set's Kafka topic into bronze and silver",
-                           description=p.description)
-    q.add_argument("dataset", metavar="DATASET", help="a data set whose source is a Kafka topic")
+    q = streams.add_parser("ingest", help="a data set's Kafka topic or landing folder into "
+                                          "bronze and silver", description=p.description)
+    q.add_argument("dataset", metavar="DATASET",
+                   help="a data set whose source is a Kafka topic or files")
     q.add_argument("--available-now", action="store_true",
-                   help="read what the topic holds now, then stop")
+                   help="read what the topic or folder holds now, then stop")
     _add_common(q)
     q = streams.add_parser(
         "replay", help="send a data set's rows to a Kafka topic in event-time order",

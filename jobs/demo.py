@@ -33,7 +33,7 @@ DEMO_MODELS: tuple[tuple[str, str, dict], ...] = (
 HEADLINE = {
     "mlp": ("accuracy", "roc_auc", "rmse", "r2"), "cnn": ("accuracy", "roc_auc"),
     "word2vec": ("wordsim353_spearman", "analogy_accuracy"),
-    "deepar": ("deepar_nd", "deepar_wql"), "rcf": ("roc_auc", "pr_auc"),
+    "deepar": ("deepar_nd", "deepar_wql"), "rcf": ("roc_auc", "pr_auc", "point_pr_auc"),
 }
 
 
@@ -55,10 +55,10 @@ DEMO_QUERIES = (
     " WHERE p.model_name = 'diamonds_mlp' GROUP BY 1 ORDER BY 2 DESC",
     "SELECT name, version, family, training_table, training_version,"
     " get_json_object(metrics, '$.accuracy') AS accuracy FROM models_latest ORDER BY name",
-    # Today's anomalies: points flagged by the newest RCF models in runs scored today.
-    "SELECT model_name, stream_id, t, round(score, 1) AS score, round(threshold, 1) AS threshold"
-    " FROM predictions_rcf_latest WHERE is_anomaly AND to_date(scored_at) = current_date()"
-    " ORDER BY score DESC LIMIT 10",
+    # Today's anomalies: the alerts of the newest RCF models in runs scored today.
+    "SELECT model_name, stream_id, t, round(point_score, 1) AS point_score,"
+    " round(alert_threshold, 1) AS alert_threshold FROM predictions_rcf_latest"
+    " WHERE alert AND to_date(scored_at) = current_date() ORDER BY point_score DESC LIMIT 10",
     # The latest forecasts: next three months per series with the 10-90 % band.
     "SELECT series_id, period, round(q10) AS q10, round(q50) AS median, round(q90) AS q90,"
     " round(get_json_object(model_metrics, '$.deepar_nd'), 3) AS model_nd"

@@ -72,8 +72,9 @@ def pinned_jars(cfg: Config, listing: str) -> list[Path]:
 
     Args:
         cfg: configuration (``spark.maven_repo``).
-        listing: ``kafka-broker`` (a local Kafka broker's runtime) or ``kafka-connector``
-            (Spark's Kafka source and what it needs beside Spark's own jars).
+        listing: ``kafka-broker`` (a local Kafka broker's runtime), ``kafka-connector``
+            (Spark's Kafka source and what it needs beside Spark's own jars) or
+            ``rcf-peer`` (AWS's Random Cut Forest library, a benchmark's peer).
     """
     repo = Path(os.path.expanduser(cfg.spark.maven_repo))
     # Package data: a driver may import lakehouse from a zip (spark-submit --py-files).

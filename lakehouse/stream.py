@@ -1,4 +1,4 @@
-"""Streams: a Kafka topic read by Structured Streaming into bronze, then silver.
+"""Streams: a Kafka topic or a landing folder read by Structured Streaming into bronze, then silver.
 
 A data set whose ``source`` names a ``kafka`` topic (record values in ``json`` or
 ``csv``, columns as the ``schema`` declares) is ingested by :func:`stream_ingest`
@@ -22,6 +22,15 @@ were committed are skipped and the rest are made: no record lost, none twice.
 Records with the same silver key should carry the same Kafka message key, so that they
 land in one partition and their order is kept (the latest record wins in silver).
 
+**Landing folders.** A data set whose source is files is streamed the same way: the
+query watches the entry's folders (Spark's file source, new files only, recursively),
+and each micro-batch in which files arrived is a batch ingest of the files no batch
+has claimed yet (:func:`lakehouse.ingest.ingest_dataset`: the same parsers, quarantine
+with reasons and ``ops_ingest_files`` claims as ``lakeforge ingest``), named by the
+stream and micro-batch, then a curate. Exactly once comes from the claims: a
+micro-batch replayed after a kill resumes or skips its batch by name, and a file
+claimed by a batch ``lakeforge ingest`` ran is not ingested again by the stream.
+
 ``available_now`` takes what the topic holds when the query starts (in micro-batches
 of at most ``stream.max_records_per_batch`` records) and stops: for schedulers.
 Otherwise the query runs until stopped (Ctrl-C or SIGTERM), a micro-batch every
@@ -30,6 +39,8 @@ Otherwise the query runs until stopped (Ctrl-C or SIGTERM), a micro-batch every
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -49,15 +60,18 @@ from lakehouse import delta, kafka
 from lakehouse.config import Config
 from lakehouse.curate import curate_dataset
 from lakehouse.dataset_check import DatasetPlan, check_datasets, resolve_datasets
-from lakehouse.datasets import SourceSpec
+from lakehouse.datasets import Dataset, SourceSpec
 from lakehouse.errors import SourceError
 from lakehouse.featuresets.contract import silver_rows
-from lakehouse.ingest import IngestResult, ingest, load_batch
+from lakehouse.ingest import IngestResult, ingest, ingest_dataset, load_batch
 from lakehouse.lakefs import LakeFS
+from lakehouse.landing import source_patterns
 from lakehouse.sources.native import CORRUPT, with_status
 from lakehouse.tables import table
 
 log = logging.getLogger(__name__)
+# Spark's binaryFile source's columns (a streaming source needs them declared).
+BINARY_FILE = "path STRING, modificationTime TIMESTAMP, length BIGINT, content BINARY"
 
 
 @dataclass
@@ -99,7 +113,7 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
     Args:
         spark: the session.
         cfg: configuration (``stream`` section, the data catalog).
-        name: the data set; its source must be a Kafka topic.
+        name: the data set; its source must be a Kafka topic or files.
         available_now: take what the topic holds now, then stop.
         stop: when set, the query stops (also set by SIGINT and SIGTERM when called
             from the main thread); a micro-batch it cuts short is done again, exactly
@@ -110,32 +124,35 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
 
     Raises:
         CatalogError: the entry cannot be used.
-        SourceError: the data set's source is not a Kafka topic.
+        SourceError: the data set's source is a table, or no Kafka broker answers.
     """
     plan = check_datasets(spark, cfg, [name])[0]
     entry = plan.entry
-    if entry.source.kind != "kafka":
+    if entry.source.kind not in ("kafka", "files"):
         raise SourceError(f"data set {name!r} reads {entry.source.describe()}, not a Kafka "
-                          f"topic: ingest it with `lakeforge ingest {name}`")
+                          f"topic or a landing folder: ingest it with `lakeforge ingest {name}`")
     db = cfg.catalog.database
     delta.ensure_table(spark, plan.bronze, db)
-    for key in ("ops.quarantine", "ops.quality"):
+    for key in ("ops.quarantine", "ops.quality", "ops.ingest_files"):
         delta.ensure_table(spark, table(key), db)
-    _check_brokers(name, _bootstrap(cfg, entry.source))
     checkpoint = checkpoint_location(cfg, name, "ingest")
     stream = stream_id(LakeFS.of(cfg), checkpoint)
     result = StreamResult(name, checkpoint)
+    if entry.source.kind == "kafka":
+        _check_brokers(name, _bootstrap(cfg, entry.source))
+        source, step = _read_topic(spark, cfg, entry.source), _micro_batch
+        what = f"Kafka topic {entry.source.kafka['topic']} ({_bootstrap(cfg, entry.source)})"
+    else:
+        source, step = _watch_files(spark, entry), _file_batch
+        what = "files landing in " + ", ".join(source_patterns(entry))
 
-    def process(records: DataFrame, epoch: int) -> None:
-        _micro_batch(records.sparkSession, cfg, plan, f"s{stream[:8]}-{epoch:06d}",
-                     records, result)
+    def process(rows: DataFrame, epoch: int) -> None:
+        step(rows.sparkSession, cfg, plan, f"s{stream[:8]}-{epoch:06d}", rows, result)
 
-    writer = (_read_topic(spark, cfg, entry.source).writeStream.foreachBatch(process)
-              .option("checkpointLocation", checkpoint)
+    writer = (source.writeStream.foreachBatch(process).option("checkpointLocation", checkpoint)
               .queryName(f"lakeforge_ingest_{name}"))
-    log.info("%s: stream from Kafka topic %s (%s) into %s%s; checkpoint %s", name,
-             entry.source.kafka["topic"], _bootstrap(cfg, entry.source),
-             plan.bronze.full_name(db), ", until the topic is read" if available_now else
+    log.info("%s: stream from %s into %s%s; checkpoint %s", name, what,
+             plan.bronze.full_name(db), ", until what is there is read" if available_now else
              f", a micro-batch every {cfg.stream.trigger_seconds} s until stopped", checkpoint)
     run_query(writer, name, cfg, available_now, stop)
     log.info(result.summary())
@@ -295,6 +312,32 @@ def _micro_batch(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str
     result.silver_new += curated.inserted or 0
     result.silver_updated += curated.updated or 0
     result.rule_quarantined += curated.rejected or 0
+
+
+def _file_batch(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str,
+                files: DataFrame, result: StreamResult) -> None:
+    """One micro-batch of a landing folder: the unclaimed files ingested as a batch, curated."""
+    if files.isEmpty():
+        return
+    ingested = ingest_dataset(spark, cfg, plan.entry, batch, dataclasses.replace(plan, files=None))
+    if ingested.skipped and not ingested.resumed:
+        return
+    curated = curate_dataset(spark, cfg, plan.entry, plan=plan)
+    result.batches.append(batch)
+    result.read += ingested.read
+    result.bronze += ingested.bronze
+    result.quarantined += ingested.quarantined
+    result.silver_new += curated.inserted or 0
+    result.silver_updated += curated.updated or 0
+    result.rule_quarantined += curated.rejected or 0
+
+
+def _watch_files(spark: SparkSession, entry: Dataset) -> DataFrame:
+    """New files under the entry's paths, as Spark's file source finds them (paths only)."""
+    watched = [spark.readStream.format("binaryFile").schema(BINARY_FILE)
+               .option("recursiveFileLookup", "true").load(pattern).select("path")
+               for pattern in source_patterns(entry)]
+    return functools.reduce(DataFrame.union, watched)
 
 
 def _read_topic(spark: SparkSession, cfg: Config, source: SourceSpec) -> DataFrame:

@@ -148,8 +148,8 @@ _ALERTS = (
     _f("dataset", StringType(), False),
     _f("stream_id", StringType(), False),
     _f("t", LongType(), False),                # the point's time (the stream's order)
-    _f("score", DoubleType(), False),
-    _f("threshold", DoubleType(), False),
+    _f("score", DoubleType(), False),          # the point's own score (point_score)
+    _f("threshold", DoubleType(), False),      # the alert threshold it crossed
     _f("model_name", StringType(), False),
     _f("model_version", IntegerType(), False),
     _f("alerted_at", TimestampType(), False),

@@ -8,7 +8,8 @@
 #      (scripts/cxx-release.sh; wheel cached),
 #   4. Delta Lake's JVM jars, the PostgreSQL JDBC driver (for the shared metastore),
 #      hadoop-aws with the AWS SDK (a lake on S3) and S3Proxy (a local S3 server),
-#      a Kafka broker's jars and Spark's Kafka connector (lakehouse/jars/*.txt),
+#      a Kafka broker's jars, Spark's Kafka connector and AWS's RCF library (the
+#      streaming benchmark's peer) (lakehouse/jars/*.txt),
 #      fetched from Maven Central (LAKEFORGE_MAVEN_URL) into the local Maven repository,
 #      checked against the repository's SHA-1,
 #   5. the S3 log store (lakehouse/java, compiled with javac; lakehouse/logstore.py) and
@@ -140,7 +141,8 @@ jars() {
   local group artifact version
   while read -r group artifact version; do
     maven_jar "$group" "$artifact" "$version"
-  done < <(grep -hv '^#' lakehouse/jars/kafka-broker.txt lakehouse/jars/kafka-connector.txt)
+  done < <(grep -hv '^#' lakehouse/jars/kafka-broker.txt lakehouse/jars/kafka-connector.txt \
+             lakehouse/jars/rcf-peer.txt)
 }
 
 project() {

@@ -15,6 +15,7 @@ from lakehouse.featuresets import build_features
 from lakehouse.featuresets.stream import window_labels
 from models.rcf.alerts import AlertRule, alerts, point_scores
 from models.rcf.forest import attribution, build_forest, codisp, merge, reservoir_samples
+from models.rcf.learn import Learner, LearnSpec
 from models.rcf.transform import (
     Moments,
     fit_scaling,
@@ -181,6 +182,29 @@ def test_alert_thresholds_adapt_and_carry_across_batches():
     tail, second, after = alerts(quiet[123:], quiet[123:], adaptive, mid)
     assert np.concatenate([head, tail]).tolist() == whole.tolist()
     assert np.abs(np.concatenate([first, second]) - limits).max() < 1e-12 and after == end
+
+
+def test_a_learning_forest_follows_a_shift_and_scores_alike_in_any_batches():
+    rng = np.random.default_rng(5)
+    before = rng.normal(0, 0.1, 600)
+    after = 3 + rng.normal(0, 0.1, 1400)                 # the stream moves to a new level
+    points = _shingle(np.concatenate([before, after]), 4)[600:]
+    samples = reservoir_samples([_shingle(before, 4)], 20, 64, rng)
+    forest = build_forest(samples, rng)
+    spec = LearnSpec(decay=1 / 200, block=16, max_depth=0, seed=3)
+    learnt = Learner.start(spec, "s1", forest, samples).attribute(points).sum(axis=1)
+    fixed = codisp(forest, points)
+    assert learnt[-300:].mean() < fixed[-300:].mean() / 3      # the new level became normal
+    assert np.allclose(learnt[:16], fixed[:16])            # the first block: the model's trees
+    learner = Learner.start(spec, "s1", forest, samples)
+    parts = []
+    for cut in np.split(np.arange(len(points)), [5, 16, 17, 400, 401]):
+        parts.append(learner.attribute(points[cut]))
+        learner = Learner.restore(spec, "s1", forest, learner.samples, learner.keys,
+                                  learner.seen, learner.pending)      # as a restart does
+    assert np.array_equal(np.concatenate(parts).sum(axis=1), learnt)
+    other = Learner.start(spec, "s2", forest, samples).attribute(points).sum(axis=1)
+    assert not np.array_equal(other, learnt)                # each stream draws its own keys
 
 
 def test_reservoir_is_uniform_and_merge_keeps_every_tree():

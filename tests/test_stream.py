@@ -32,6 +32,7 @@ from lakehouse.stream import ingest_sources, replay, stream_ingest
 from models.rcf.stream import stream_score_rcf
 from models.runner import train
 from models.scoring import score
+from models.store import ModelNotFoundError
 from tests.helpers import free_port, lakeforge, small_job_env, succeeded, with_datasets
 
 SCHEMA = "pump STRING NOT NULL, ts TIMESTAMP, value DOUBLE"
@@ -144,15 +145,55 @@ def test_csv_values_and_a_wrong_source_kind_stop_with_a_named_error(
     batches, streams = ingest_sources(spark, cfg, ["pumps_files", "pumps_csv"], "b1")
     assert [(r.source, r.batch, r.bronze) for r in batches] == [("pumps_files", "b1", 1)]
     assert [(r.dataset, r.bronze, r.silver_new) for r in streams] == [("pumps_csv", 1, 1)]
-    with pytest.raises(SourceError, match="not a Kafka topic: ingest it with `lakeforge "
-                                          "ingest pumps_files`"):
-        stream_ingest(spark, cfg, "pumps_files", available_now=True)
+    tabled = with_datasets(cfg, {"pumps_table": {"source": {"table": f"{cfg.catalog.database}"
+                                                                       ".bronze_pumps_files"}}})
+    with pytest.raises(SourceError, match="not a Kafka topic or a landing folder: ingest it "
+                                          "with `lakeforge ingest pumps_table`"):
+        stream_ingest(spark, tabled, "pumps_table", available_now=True)
     _, problems = parse_datasets({"bad": {"source": {"kafka": {"topic": topic, "from": "x"},
                                                      "format": "parquet", "schema": SCHEMA}}})
     assert problems == ["datasets.bad.source.kafka.from: unknown key; known keys here: topic, "
                         "bootstrap, starting_offsets",
                         "datasets.bad.source.format: parquet: a kafka source's record values "
                         "are json or csv"]
+
+
+def test_a_landing_folder_streams_new_files_once_with_malformed_records_quarantined(
+        spark, cfg, tmp_path):
+    """Files landing in a folder, streamed: each file is ingested once (whether the stream
+    or a batch `lakeforge ingest` claimed it), malformed lines are quarantined with the
+    file, line and reason, and silver is curated per micro-batch."""
+    landing = tmp_path / "landing"
+    (landing / "2026-12-06").mkdir(parents=True)
+    cfg = with_datasets(cfg, {"pumps_landing": {
+        "source": {"files": str(landing), "format": "csv", "options": {"header": True},
+                   "schema": SCHEMA},
+        "silver": {"keys": ["pump", "ts"], "rules": RULES}}})
+    header = "pump,ts,value"
+    (landing / "2026-12-06" / "a.csv").write_text("\n".join([
+        header, "p1,2026-12-06 10:00:00,1.5", "p1,2026-12-06 10:01:00,oops",
+        ",2026-12-06 10:02:00,2.0", "p2,2026-12-06 10:00:00,-1.0"]) + "\n")
+    first = stream_ingest(spark, cfg, "pumps_landing", available_now=True)
+    assert (first.read, first.bronze, first.quarantined) == (4, 2, 2)
+    assert (first.silver_new, first.rule_quarantined) == (1, 1)
+    db = cfg.catalog.database
+    reasons = {(Path(r.source_file).name, r.record): r.reason for r in spark.table(
+        f"{db}.ops_quarantine").filter("source = 'pumps_landing' AND stage = 'ingest'").collect()}
+    assert set(reasons) == {("a.csv", 1), ("a.csv", 2)}      # data rows, from 0, as batch
+    assert "oops" in reasons[("a.csv", 1)] and "pump" in reasons[("a.csv", 2)]
+    assert stream_ingest(spark, cfg, "pumps_landing", available_now=True).batches == []
+
+    (landing / "b.csv").write_text(header + "\np3,2026-12-06 10:00:00,3.0\n")
+    batch = ingest(spark, cfg, ["pumps_landing"], "manual")       # a batch run claims b.csv
+    assert [r.bronze for r in batch] == [1]
+    (landing / "2026-12-06" / "c.csv").write_text(header + "\np4,2026-12-06 10:00:00,4.0\n")
+    second = stream_ingest(spark, cfg, "pumps_landing", available_now=True)
+    assert (second.read, second.bronze) == (1, 1)                  # c.csv only
+    claims = spark.table(f"{db}.ops_ingest_files").filter("dataset = 'pumps_landing'").collect()
+    assert sorted(Path(r.path).name for r in claims) == ["a.csv", "b.csv", "c.csv"]
+    assert spark.table(f"{db}.bronze_pumps_landing").count() == 4
+    assert sorted(r.pump for r in spark.table(f"{db}.silver_pumps_landing").collect()) == [
+        "p1", "p3", "p4"]
 
 
 def test_a_stream_killed_midway_resumes_without_a_lost_or_doubled_record(
@@ -198,23 +239,31 @@ def test_a_stream_killed_midway_resumes_without_a_lost_or_doubled_record(
     assert sum(r.checked for r in quality.filter("stage = 'ingest'").collect()) == 400
 
 
-def _sensor_file(path: Path, start: int, count: int, seed: int) -> None:
-    """Readings of two sensors (a noisy sine; sensor a has a spike at 300)."""
+QUIET = [f"q{i:02d}" for i in range(98)]       # 98 more sensors: 100 streams in one query
+
+
+def _sensor_file(path: Path, start: int, count: int, seed: int, quiet: range = range(0)
+                 ) -> None:
+    """Readings of two sensors (a noisy sine; sensor a has a spike at 300), and of the
+    quiet sensors at times ``quiet``."""
     rng = np.random.default_rng(seed)
     lines = ["sensor,seq,v"]
     for t in range(start, start + count):
         for sensor in ("a", "b"):
             value = np.sin(t / 9) + rng.normal(0, 0.05) + (4 if (sensor, t) == ("a", 300) else 0)
             lines.append(f"{sensor},{t},{value:.6f}")
+    lines += [f"{sensor},{t},{np.cos(t / 4) + rng.normal(0, 0.05):.6f}"
+              for sensor in QUIET for t in quiet]
     lines.insert(5, "a,oops,1.0")                   # quarantined at ingest: not a number
     path.write_text("\n".join(lines) + "\n")
 
 
 def test_streaming_rcf_scores_equal_batch_scores_and_carry_state_across_runs(
         spark, cfg, tmp_path):
-    """Each point's streaming score is its batch score (`score rcf`) for the same model, to
-    1e-9; a second run scores only the new points, its shingles reaching back through the
-    state into the first run's points."""
+    """Each point's streaming score, point score, alert threshold and alert are its batch
+    ones (`score rcf`) for the same model, to 1e-9, with 100 streams in one query; a second
+    run scores only the new points, its shingles reaching back through the state into the
+    first run's points. The same holds for a model whose forest learns as it scores."""
     landing = tmp_path / "landing"
     landing.mkdir()
     cfg = with_datasets(cfg, {"sensors": {
@@ -224,53 +273,65 @@ def test_streaming_rcf_scores_equal_batch_scores_and_carry_state_across_runs(
         "silver": {"keys": ["sensor", "seq"],
                    "rules": [{"name": "small", "expr": "abs(v) < 100", "on_fail": "quarantine"}]},
         "features": {"shingle_size": 4}}})
-    _sensor_file(landing / "day1.csv", 0, 400, seed=1)
+    _sensor_file(landing / "day1.csv", 0, 400, seed=1, quiet=range(10))
     ingest(spark, cfg, ["sensors"], "d1")
     curate(spark, cfg, ["sensors"])
     build_features(spark, cfg, "sensors")
-    model = train(spark, cfg, "rcf", "sensors",
-                  params={"num_trees": 20, "num_samples_per_tree": 64, "shingle_size": 4}).model
+    params = {"num_trees": 20, "num_samples_per_tree": 64, "shingle_size": 4}
+    model = train(spark, cfg, "rcf", "sensors", params=params).model
+    learning = train(spark, cfg, "rcf", "sensors", name="sensors_learning", params={
+        **params, "num_trees": 10, "updates": True, "update_block": 8}).model
     db = cfg.catalog.database
 
-    def batch_scores() -> dict:
-        run = score(spark, cfg, "rcf", model.name)
+    def batch_scores(name: str) -> dict:
+        run = score(spark, cfg, "rcf", name)
         rows = spark.table(run.table).filter(F.col("run_id") == run.run_id).collect()
         return {(r.stream_id, r.t): r for r in rows}
 
-    def streamed() -> dict:
-        rows = spark.table(f"{db}.predictions_rcf_stream").collect()
+    def streamed(name: str) -> dict:
+        rows = spark.table(f"{db}.predictions_rcf_stream").filter(
+            F.col("model_name") == name).collect()
         assert len({(r.stream_id, r.t) for r in rows}) == len(rows)     # each point once
         return {(r.stream_id, r.t): r for r in rows}
 
     def gap(ours: dict, theirs: dict) -> float:
         """The largest difference of score, point score and alert threshold; alerts equal."""
+        assert set(ours) == set(theirs)
         assert all(ours[k].alert == theirs[k].alert for k in theirs)
         return max(abs(ours[k][c] - theirs[k][c]) for k in theirs
                    for c in ("score", "point_score", "alert_threshold"))
 
-    stream_score_rcf(spark, cfg, model.name, available_now=True)
-    first, batch = streamed(), batch_scores()
-    assert len(first) == 2 * (400 - 3) and set(first) == set(batch)
-    assert gap(first, batch) < 1e-9
+    with pytest.raises(ModelNotFoundError, match="no model named 'sensors_nope'"):
+        stream_score_rcf(spark, cfg, "sensors_nope", available_now=True)
+    for name in (model.name, learning.name):
+        stream_score_rcf(spark, cfg, name, available_now=True)
+    first = streamed(model.name)
+    assert len(first) == 2 * (400 - 3) + len(QUIET) * (10 - 3)
+    assert len({s for s, _ in first}) == 100
+    assert gap(first, batch_scores(model.name)) < 1e-9
+    assert gap(streamed(learning.name), batch_scores(learning.name)) < 1e-9
     top = max(first, key=lambda k: first[k].score)
     assert top[0] == "a" and 300 <= top[1] <= 303                 # a shingle holding the spike
     assert max(first, key=lambda k: first[k].point_score) == ("a", 300)     # the spike itself
 
-    preds = spark.table(f"{db}.predictions_rcf_stream")
-    alerts = {(r.stream_id, r.t): r for r in spark.table(f"{db}.ops_alerts").collect()}
+    preds = spark.table(f"{db}.predictions_rcf_stream").filter(F.col("model_name") == model.name)
+    alerts = {(r.stream_id, r.t): r for r in spark.table(f"{db}.ops_alerts")
+              .filter(F.col("model_name") == model.name).collect()}
     assert set(alerts) == {(r.stream_id, r.t) for r in preds.filter("alert").collect()}
     assert [t for s, t in alerts if s == "a" and 290 <= t <= 310] == [300]   # the spike, once
     assert all(r.score > r.threshold for r in alerts.values())
     assert len(alerts) < preds.filter("is_anomaly").count()
 
-    _sensor_file(landing / "day2.csv", 400, 100, seed=2)
+    _sensor_file(landing / "day2.csv", 400, 100, seed=2, quiet=range(10, 20))
     ingest(spark, cfg, ["sensors"], "d2")
     curate(spark, cfg, ["sensors"])
     build_features(spark, cfg, "sensors")
-    stream_score_rcf(spark, cfg, model.name, available_now=True)
-    second, batch = streamed(), batch_scores()
-    assert len(second) == len(first) + 2 * 100 and set(second) == set(batch)
-    assert gap(second, batch) < 1e-9
+    for name in (model.name, learning.name):
+        stream_score_rcf(spark, cfg, name, available_now=True)
+    second = streamed(model.name)
+    assert len(second) == len(first) + 2 * 100 + len(QUIET) * 10
+    assert gap(second, batch_scores(model.name)) < 1e-9
+    assert gap(streamed(learning.name), batch_scores(learning.name)) < 1e-9
 
 
 def test_replay_sends_a_stored_stream_in_event_time_order(spark, cfg, broker, tmp_path):

@@ -24,6 +24,12 @@ class RcfParams:
             their logs above the mean (:mod:`models.rcf.alerts`).
         alert_horizon: points over which the alert threshold adapts to a stream
             (0: the fitting split's threshold, fixed).
+        updates: the forest keeps learning while it scores (:mod:`models.rcf.learn`),
+            in batch scoring and the streaming scorer alike.
+        time_decay: with updates, how fast old points leave the samples, per point
+            (0: ``1 / (10 * num_samples_per_tree)``, AWS's default).
+        update_block: with updates, points learnt together (the trees are rebuilt
+            after each block; 1 rebuilds after every point).
     """
 
     num_trees: int = 100
@@ -34,8 +40,12 @@ class RcfParams:
     max_depth: int = 0
     alert_sigma: float = 4.0
     alert_horizon: int = 1000
+    updates: bool = False
+    time_decay: float = 0.0
+    update_block: int = 32
 
     def __post_init__(self) -> None:
-        at_least("rcf", self, 1, "num_trees", "num_samples_per_tree", "shingle_size")
-        at_least("rcf", self, 0, "max_depth", "alert_sigma", "alert_horizon")
+        at_least("rcf", self, 1, "num_trees", "num_samples_per_tree", "shingle_size",
+                 "update_block")
+        at_least("rcf", self, 0, "max_depth", "alert_sigma", "alert_horizon", "time_decay")
         one_of("rcf", self, "transform", TRANSFORMS)

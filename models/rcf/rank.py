@@ -28,9 +28,11 @@ from lakehouse.lakefs import LakeFS
 from models.rank import artifact_folder, start_rank
 from models.rcf.alerts import AlertRule, alerts, point_scores
 from models.rcf.forest import attribution, build_forest, merge, reservoir_samples
+from models.rcf.learn import Learner, LearnSpec
 from models.rcf.transform import Moments, fit_scaling, shape_features
 
 META = "rcf.json"
+SAMPLES_FILE = "samples.npy"
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,14 @@ def _shingles(lake: LakeFS, files: list[str], shard: int | None, shards: int | N
 
 
 def _score_split(forest, scaling, lake: LakeFS, files: list[str], size: int,
-                 rule: AlertRule | None = None) -> dict[str, np.ndarray]:
+                 rule: AlertRule | None = None, learning: LearnSpec | None = None,
+                 samples: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Scores of a split's shingles, ordered by stream then time.
 
     Besides each shingle's ``score``: the newest point's ``point_score`` and its score
     without the difference to the point before (``alone``); with ``rule``, each
-    stream's ``alert`` flags, decided in time order.
+    stream's ``alert`` flags, decided in time order; with ``learning``, each stream
+    scored by a forest that learns from it (starting from ``samples``).
     """
     keys = ("stream_id", "t", "value", "score", "label", "point_score", "alone", "alert")
     parts = list(_shingles(lake, files, None, None)) if files else []
@@ -80,7 +84,13 @@ def _score_split(forest, scaling, lake: LakeFS, files: list[str], size: int,
     stream, t, x, label = (np.concatenate(p) for p in zip(*parts, strict=True))
     order = np.lexsort((t, stream))
     stream, t, x, label = stream[order], t[order], x[order], label[order]
-    attributed = attribution(forest, scaling.apply(x))
+    scaled = scaling.apply(x)
+    attributed = attribution(forest, scaled) if learning is None else np.empty(scaled.shape)
+    if learning is not None:
+        for s in np.unique(stream):
+            rows = stream == s
+            learner = Learner.start(learning, str(s), forest, samples)
+            attributed[rows] = learner.attribute(scaled[rows])
     own, alone = point_scores(attributed, scaling, size)
     alert = np.zeros(len(t), dtype=bool)
     if rule is not None:
@@ -113,6 +123,15 @@ def _scaled_samples(spec: RcfSpec, hvd, trees: int, rng: np.random.Generator):
     return scaled, scaling, moments[0].n
 
 
+def learning_json(params: dict[str, Any]) -> dict[str, Any]:
+    """How the model learns while it scores, for its metadata (``updates`` false: not)."""
+    if not params.get("updates"):
+        return {"updates": False}
+    decay = float(params["time_decay"]) or 1 / (10 * int(params["num_samples_per_tree"]))
+    return {"updates": True, "time_decay": decay, "update_block": int(params["update_block"]),
+            "max_depth": int(params["max_depth"])}
+
+
 def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
     """Build this rank's trees from reservoir samples of its shard; rank 0 merges and scores.
 
@@ -136,17 +155,23 @@ def rcf_rank(spec: RcfSpec) -> dict[str, Any]:
     forest = build_forest(samples, rng, int(spec.params["max_depth"])) if mine else None
     build_seconds = time.monotonic() - start
     forests = hvd.allgather_object(forest)
+    sampled = hvd.allgather_object(samples if mine else None)
     result: dict[str, Any] = {"rank": rank, "size": size, "trees": mine, "points_seen": seen,
                               "build_seconds": build_seconds,
                               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                               / 1024}
     if rank == 0:
-        result.update(_finish(merge([f for f in forests if f is not None]), scaling, spec))
+        result.update(_finish(merge([f for f in forests if f is not None]), scaling, spec,
+                              np.concatenate([s for s in sampled if s is not None])))
     return result
 
 
-def _finish(forest, scaling, spec: RcfSpec) -> dict[str, Any]:
-    """Rank 0: threshold from the fitting split, scores of the evaluation split, artifact."""
+def _finish(forest, scaling, spec: RcfSpec, samples: np.ndarray) -> dict[str, Any]:
+    """Rank 0: threshold from the fitting split, scores of the evaluation split, artifact.
+
+    ``samples`` are the trees' samples (in the merged forest's tree order), stored for
+    a forest that keeps learning (:mod:`models.rcf.learn`).
+    """
     size = forest.dim // spec.channels
     fit = _score_split(forest, scaling, spec.lake, spec.fit_files, size)
     threshold = float(fit["score"].mean() + float(spec.params["threshold_sigma"])
@@ -154,13 +179,17 @@ def _finish(forest, scaling, spec: RcfSpec) -> dict[str, Any]:
     rule = AlertRule.fit(fit["point_score"], float(spec.params["alert_sigma"]),
                          int(spec.params["alert_horizon"]), size - 1)
     start = time.monotonic()
-    scored = _score_split(forest, scaling, spec.lake, spec.eval_files, size, rule)
+    learning = LearnSpec.from_meta({**learning_json(spec.params), "seed": spec.seed})
+    scored = _score_split(forest, scaling, spec.lake, spec.eval_files, size, rule, learning,
+                          samples)
     seconds = time.monotonic() - start
     with artifact_folder(spec.lake, spec.artifact_dir) as folder:
         forest.save(folder)
+        np.save(Path(folder) / SAMPLES_FILE, samples)
         (Path(folder) / META).write_text(json.dumps(
             {"threshold": threshold, "shingle_size": forest.dim, "num_trees": forest.n_trees,
-             "seed": spec.seed, **scaling.to_json(), **rule.to_json()}))
+             "seed": spec.seed, **scaling.to_json(), **rule.to_json(),
+             **learning_json(spec.params)}))
     del scored["alone"]
     return {"threshold": threshold, **{k: v.tolist() for k, v in scored.items()},
             "channels": spec.channels,

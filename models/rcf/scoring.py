@@ -4,9 +4,10 @@ Shingles go through the model's stored transform (:mod:`models.rcf.transform`)
 before the forest scores them, exactly as at training. ``score`` is the shingle's
 CoDisp and ``is_anomaly`` compares it with the model's threshold; ``point_score`` is
 the newest point's share of it and ``alert`` the point's alert
-(:mod:`models.rcf.alerts`), decided per stream in time order: each stream (and
-split) is scored as one group. Models trained before alert rules were stored get
-point scores but no alerts.
+(:mod:`models.rcf.alerts`), decided per stream in time order: each stream's (and
+split's) scored points are gathered for it. Models trained before alert rules were stored get
+point scores but no alerts. A model trained with ``updates`` learns from each stream
+as it scores it (:mod:`models.rcf.learn`), from the model's own samples each run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
     BooleanType,
@@ -38,7 +41,8 @@ from lakehouse.lakefs import LakeFS
 from lakehouse.tables import _f
 from models.rcf.alerts import AlertRule, AlertState, alerts, point_scores
 from models.rcf.forest import FOREST_FILE, Forest, attribution, load_forest
-from models.rcf.rank import META
+from models.rcf.learn import Learner, LearnSpec
+from models.rcf.rank import META, SAMPLES_FILE
 from models.rcf.transform import Scaling, scaling_from_json
 from models.scoring import load_once
 from models.store import ModelRecord
@@ -54,6 +58,9 @@ LATE_FIELDS = (
 )
 _OUT = StructType([StructField(f.name, f.dataType, True)
                    for f in (*PREDICTION_FIELDS, *LATE_FIELDS)])
+# What the scoring step gives the alerting step (per Arrow batch, then per stream).
+_SCORED = ("stream_id STRING, split STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, "
+           "threshold DOUBLE, point_score DOUBLE, alone DOUBLE")
 log = logging.getLogger(__name__)
 
 
@@ -65,20 +72,35 @@ class LoadedForest:
     threshold: float
     scaling: Scaling
     rule: AlertRule | None
+    learning: LearnSpec | None = None
+    samples: np.ndarray | None = None       # the trees' samples (a learning model's)
 
     @property
     def size(self) -> int:
         """Points per shingle."""
         return self.forest.dim // self.scaling.channels
 
-    def score(self, shingles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Shingle scores and the newest point's score with and without the last difference."""
-        attributed = attribution(self.forest, self.scaling.apply(shingles))
+    def learner(self, stream: str) -> Learner | None:
+        """A stream's learner before its first point (None: the model does not learn)."""
+        if self.learning is None:
+            return None
+        return Learner.start(self.learning, stream, self.forest, self.samples)
+
+    def score(self, shingles: np.ndarray, learner: Learner | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shingle scores and the newest point's score with and without the last difference.
+
+        With ``learner`` (a learning model) the stream's forest scores, then learns.
+        """
+        scaled = self.scaling.apply(shingles)
+        attributed = (attribution(self.forest, scaled) if learner is None
+                      else learner.attribute(scaled))
         own, alone = point_scores(attributed, self.scaling, self.size)
         return attributed.sum(axis=1), own, alone
 
     def frame(self, stream: Any, t: np.ndarray, shingles: np.ndarray,
-              state: AlertState | None) -> tuple[pd.DataFrame, AlertState | None]:
+              state: AlertState | None, learner: Learner | None = None
+              ) -> tuple[pd.DataFrame, AlertState | None]:
         """A stream's predictions for its next shingles (time order), and its state after.
 
         Args:
@@ -86,8 +108,9 @@ class LoadedForest:
             t: the time of each shingle's newest point.
             shingles: (n, size * channels) raw shingles.
             state: the stream's alert state before them (None: its first points).
+            learner: the stream's learner (a learning model's); it learns these shingles.
         """
-        score, own, alone = self.score(shingles)
+        score, own, alone = self.score(shingles, learner)
         frame = pd.DataFrame({"stream_id": stream, "t": t, "score": score,
                               "is_anomaly": score > self.threshold, "threshold": self.threshold,
                               "point_score": own})
@@ -109,23 +132,58 @@ def _load_forest(artifact: str) -> LoadedForest:
     if rule is None:
         log.warning("the RCF model at %s was trained before alert rules were stored: its "
                     "points get scores but no alerts; train it again for alerts", artifact)
+    learning = LearnSpec.from_meta(meta)
+    samples = np.load(Path(artifact) / SAMPLES_FILE) if learning is not None else None
     return LoadedForest(forest, float(meta["threshold"]), scaling_from_json(meta, forest.dim),
-                        rule)
+                        rule, learning, samples)
+
+
+def score_frames(frames: Iterator[pd.DataFrame], artifact: str, loads,
+                 lake: LakeFS | None = None) -> Iterator[pd.DataFrame]:
+    """Executor side: each Arrow batch's shingles scored (``mapInPandas``; a fixed forest)."""
+    loaded = cached_forest(artifact, loads, lake)
+    for frame in frames:
+        if frame.empty:
+            continue
+        score, own, alone = loaded.score(np.stack(frame["shingle"].to_numpy()))
+        yield pd.DataFrame({"stream_id": frame["stream_id"], "split": frame["split"],
+                            "t": frame["t"], "score": score,
+                            "is_anomaly": score > loaded.threshold,
+                            "threshold": loaded.threshold, "point_score": own, "alone": alone})
+
+
+def alert_stream(frame: pd.DataFrame, artifact: str, lake: LakeFS | None = None
+                 ) -> pd.DataFrame:
+    """Executor side: one stream's scored points, their alerts decided in time order."""
+    rule = cached_forest(artifact, None, lake).rule
+    frame = frame.sort_values("t")
+    if rule is None:
+        alert, threshold = None, None
+    else:
+        alert, threshold, _ = alerts(frame["point_score"].to_numpy(), frame["alone"].to_numpy(),
+                                     rule, rule.start())
+    return frame.drop(columns=["split", "alone"]).assign(alert=alert, alert_threshold=threshold)
 
 
 def score_stream(frame: pd.DataFrame, artifact: str, loads,
                  lake: LakeFS | None = None) -> pd.DataFrame:
-    """Executor side: one stream's shingles scored in time order (``applyInPandas``)."""
+    """Executor side: one stream's shingles scored and learnt in time order (a learning model)."""
     loaded = cached_forest(artifact, loads, lake)
     frame = frame.sort_values("t")
-    out, _ = loaded.frame(frame["stream_id"].iloc[0], frame["t"].to_numpy(),
-                          np.stack(frame["shingle"].to_numpy()), None)
+    stream = frame["stream_id"].iloc[0]
+    out, _ = loaded.frame(stream, frame["t"].to_numpy(), np.stack(frame["shingle"].to_numpy()),
+                          None, loaded.learner(str(stream)))
     return out
 
 
 def score_rcf(spark: SparkSession, cfg: Config, record: ModelRecord, df: DataFrame,
               loads) -> DataFrame:
-    """Predictions of an RCF model over a shingles table (``Family.scorer``)."""
+    """Predictions of an RCF model over a shingles table (``Family.scorer``).
+
+    A fixed forest scores every Arrow batch where it lies; then each stream (and split)
+    is gathered to decide its alerts in time order. A learning forest scores each stream
+    in one piece, in time order.
+    """
     types = dict(df.dtypes)
     for column in ("stream_id", "t", "shingle"):
         if column not in types:
@@ -136,8 +194,14 @@ def score_rcf(spark: SparkSession, cfg: Config, record: ModelRecord, df: DataFra
     if types["shingle"] not in numeric:
         raise SchemaMismatchError(f"input of {record.name}: column 'shingle' is "
                                   f"{types['shingle']}, expected array<double> of {width} values")
-    fn = functools.partial(score_stream, artifact=record.artifact, loads=loads,
-                           lake=LakeFS.of(cfg))
-    streams = ["stream_id", *(["split"] if "split" in types else [])]
-    return (df.select(*streams, "t", "shingle").groupBy(*streams)
-            .applyInPandas(lambda frame: fn(frame.drop(columns=streams[1:])), schema=_OUT))
+    lake = LakeFS.of(cfg)
+    rows = df.select("stream_id", (F.col("split") if "split" in types else F.lit(""))
+                     .cast("string").alias("split"), "t", "shingle")
+    if record.params.get("updates"):
+        fn = functools.partial(score_stream, artifact=record.artifact, loads=loads, lake=lake)
+        return rows.groupBy("stream_id", "split").applyInPandas(
+            lambda frame: fn(frame.drop(columns=["split"])), schema=_OUT)
+    scored = rows.mapInPandas(functools.partial(score_frames, artifact=record.artifact,
+                                                loads=loads, lake=lake), schema=_SCORED)
+    return scored.groupBy("stream_id", "split").applyInPandas(
+        functools.partial(alert_stream, artifact=record.artifact, lake=lake), schema=_OUT)

@@ -26,9 +26,13 @@ under ``streams/<database>/<model>/score``, and each micro-batch's writes carry 
 ``available_now`` the query scores what bronze holds and stops; the state carries over
 to the next run.
 
-The forest does not learn while it scores (no updates to its samples), and a stream
-with a ``split`` role is shingled across its split boundary, where the batch path
-shingles each split on its own.
+A model trained with ``updates`` keeps learning from each stream
+(:mod:`models.rcf.learn`): the stream's samples, their keys and the points since its
+last block are part of its state (``trees x samples x d`` values per stream), and its
+trees are rebuilt from them at the start of each micro-batch. Blocks count from the
+stream's first point, so its scores are still batch scoring's. A stream with a
+``split`` role is shingled across its split boundary, where the batch path shingles
+each split on its own.
 """
 
 from __future__ import annotations
@@ -65,17 +69,20 @@ from lakehouse.sources.base import ERROR
 from lakehouse.stream import checkpoint_location, run_query, stream_id
 from lakehouse.tables import TableSpec, _f, register, table
 from models.rcf.alerts import AlertState
-from models.rcf.scoring import cached_forest
+from models.rcf.learn import Learner
+from models.rcf.scoring import LoadedForest, cached_forest
 from models.store import ModelStore
 
 log = logging.getLogger(__name__)
 TABLE = "predictions_rcf_stream"
 OUTPUT = ("stream_id STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, threshold DOUBLE, "
           "point_score DOUBLE, alert BOOLEAN, alert_threshold DOUBLE, scored_at TIMESTAMP")
-# The last shingle_size - 1 points' values, the last point's time, and the alert state
-# (null for a model without an alert rule).
+# The last shingle_size - 1 points' values, the last point's time, the alert state
+# (null for a model without an alert rule) and a learning model's learner (its samples,
+# their keys, the points learnt and those scored since its last block; null otherwise).
 STATE = ("tail ARRAY<DOUBLE>, last_t BIGINT, alert_log_mean DOUBLE, alert_log_var DOUBLE, "
-         "since_over INT")
+         "since_over INT, samples ARRAY<DOUBLE>, sample_keys ARRAY<DOUBLE>, learnt BIGINT, "
+         "pending ARRAY<DOUBLE>")
 PREDICTIONS = register(TableSpec(
     "predictions", "rcf_stream",
     (_f("model_name", StringType(), False), _f("model_version", IntegerType(), False),
@@ -173,20 +180,22 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
     Args:
         key: ``(stream_id,)``.
         frames: the stream's new points (``t``, ``values``) of this micro-batch.
-        state: ``(tail, last_t, alert_log_mean, alert_log_var, since_over)``: the last
-            ``size - 1`` points' values (flattened), the time of the last point seen,
-            and the stream's :class:`~models.rcf.alerts.AlertState`.
+        state: see ``STATE``: the last ``size - 1`` points' values (flattened), the time
+            of the last point seen, the stream's :class:`~models.rcf.alerts.AlertState`
+            and, for a learning model, its :class:`~models.rcf.learn.Learner`.
         artifact: the model's folder.
         lake: the lake, to fetch the artifact.
     """
     loaded = cached_forest(artifact, None, lake)
     size, channels = loaded.size, loaded.scaling.channels
     points = pd.concat(list(frames), ignore_index=True)
-    tail, last_t, alert_state = np.zeros(0), None, None
+    tail, last_t, alert_state, learner = np.zeros(0), None, None, None
     if state.exists:
-        tail, last_t = np.asarray(state.get[0], dtype=np.float64), int(state.get[1])
-        if state.get[2] is not None:
-            alert_state = AlertState(state.get[2], state.get[3], int(state.get[4]))
+        saved = state.get
+        tail, last_t = np.asarray(saved[0], dtype=np.float64), int(saved[1])
+        if saved[2] is not None:
+            alert_state = AlertState(saved[2], saved[3], int(saved[4]))
+        learner = _learner(loaded, str(key[0]), saved)
     if last_t is not None:
         points = points[points["t"] > last_t]
     # One point per time (the last record of a time wins, as silver's MERGE has it).
@@ -199,16 +208,35 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
     keep = [float(v) for v in seq[-(size - 1):].ravel()] if size > 1 else []
     last = int(points["t"].iloc[-1])
     if len(seq) < size:
-        state.update((keep, last, *_alert_fields(alert_state)))
+        state.update((keep, last, *_alert_fields(alert_state), *_learner_fields(learner)))
         return
     windows = np.lib.stride_tricks.sliding_window_view(seq, (size, channels))[:, 0]
     shingles = windows.reshape(len(windows), size * channels)
     first = max(0, before - (size - 1))          # the first window that ends at a new point
     shingles = shingles[first:]
     ends = points["t"].to_numpy()[len(points) - len(shingles):]
-    frame, alert_state = loaded.frame(key[0], ends, shingles, alert_state)
-    state.update((keep, last, *_alert_fields(alert_state)))
+    learner = learner or loaded.learner(str(key[0]))
+    frame, alert_state = loaded.frame(key[0], ends, shingles, alert_state, learner)
+    state.update((keep, last, *_alert_fields(alert_state), *_learner_fields(learner)))
     yield frame.assign(scored_at=pd.Timestamp(dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+
+
+def _learner(loaded: LoadedForest, stream: str, saved: tuple) -> Learner | None:
+    """A learning model's learner of a stream, from its saved state (None: none saved)."""
+    if loaded.learning is None or saved[7] is None:
+        return None
+    trees, size, d = loaded.samples.shape
+    return Learner.restore(loaded.learning, stream, loaded.forest,
+                           np.asarray(saved[5]).reshape(trees, size, d),
+                           np.asarray(saved[6]).reshape(trees, size), int(saved[7]),
+                           np.asarray(saved[8], dtype=np.float64).reshape(-1, d))
+
+
+def _learner_fields(learner: Learner | None) -> tuple:
+    if learner is None:
+        return None, None, None, None
+    return (learner.samples.ravel().tolist(), learner.keys.ravel().tolist(), learner.seen,
+            learner.pending.ravel().tolist())
 
 
 def _alert_fields(state: AlertState | None) -> tuple:
