@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=50)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--shingle", type=int, default=8)
-    parser.add_argument("--block", type=int, default=32, help="points between rebuilds")
+    parser.add_argument("--block", type=int, default=128, help="points between rebuilds")
     parser.add_argument("--decay", type=float, default=0,
                         help="time decay per point (0: 1 / (10 x samples), as TRCF)")
     args = parser.parse_args()

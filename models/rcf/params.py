@@ -42,7 +42,7 @@ class RcfParams:
     alert_horizon: int = 1000
     updates: bool = False
     time_decay: float = 0.0
-    update_block: int = 32
+    update_block: int = 128
 
     def __post_init__(self) -> None:
         at_least("rcf", self, 1, "num_trees", "num_samples_per_tree", "shingle_size",
