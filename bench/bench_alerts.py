@@ -87,21 +87,33 @@ def _gap_alerts(flagged: np.ndarray, size: int) -> np.ndarray:
     return alert
 
 
-def measure(fit: np.ndarray, values: np.ndarray, label: np.ndarray, args, seed: int
-            ) -> dict[str, dict[str, float]]:
-    """Both ways of judging one forest on one stream."""
+def fitted(fit: np.ndarray, values: np.ndarray, args, seed: int):
+    """The family's forest on the fitting part (``level_diff``, ``args.trees`` x
+    ``args.samples``, shingles of ``args.shingle``).
+
+    Returns:
+        The fitting and evaluation shingles, the scaling, the trees' samples (scaled)
+        and the forest.
+    """
     size, rng = args.shingle, np.random.default_rng(seed)
     shingle = np.lib.stride_tricks.sliding_window_view
     x_fit, x = shingle(fit, size).astype(float), shingle(values, size).astype(float)
     scaling = fit_scaling("level_diff", Moments.of(shape_features(x_fit, "level_diff")))
     samples = reservoir_samples([scaling.apply(x_fit)], args.trees, args.samples, rng)
-    forest = build_forest(samples, rng)
-    fitted = attribution(forest, scaling.apply(x_fit))
-    fit_scores = fitted.sum(axis=1)
+    return x_fit, x, scaling, samples, build_forest(samples, rng)
+
+
+def measure(fit: np.ndarray, values: np.ndarray, label: np.ndarray, args, seed: int
+            ) -> dict[str, dict[str, float]]:
+    """Both ways of judging one forest on one stream."""
+    size = args.shingle
+    x_fit, x, scaling, _, forest = fitted(fit, values, args, seed)
+    on_fit = attribution(forest, scaling.apply(x_fit))
+    fit_scores = on_fit.sum(axis=1)
     attributed = attribution(forest, scaling.apply(x))
     score = attributed.sum(axis=1)
     own, alone = point_scores(attributed, scaling, size)
-    rule = AlertRule.fit(point_scores(fitted, scaling, size)[0], args.sigma, args.horizon,
+    rule = AlertRule.fit(point_scores(on_fit, scaling, size)[0], args.sigma, args.horizon,
                          size - 1)
     flagged = score > fit_scores.mean() + 3 * fit_scores.std()
     label = label[size - 1:]                       # the point each shingle ends at

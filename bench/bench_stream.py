@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_alerts import streams
+from bench_alerts import fitted, streams
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from lakehouse.config import load_config
@@ -43,9 +43,8 @@ from lakehouse.featuresets.stream import window_labels
 from lakehouse.jvm import pinned_jars
 from lakehouse.render import format_table
 from models.rcf.alerts import point_scores
-from models.rcf.forest import attribution, build_forest, reservoir_samples
+from models.rcf.forest import attribution
 from models.rcf.learn import Learner, LearnSpec
-from models.rcf.transform import Moments, fit_scaling, shape_features
 
 JAVA = Path(__file__).parent / "java" / "TrcfPeer.java"
 
@@ -78,12 +77,7 @@ def trcf(classpath: str, fit: np.ndarray, values: np.ndarray, args, seed: int,
 def ours(fit: np.ndarray, values: np.ndarray, args, seed: int, learn: bool
          ) -> tuple[np.ndarray, np.ndarray, float]:
     """lakeforge's shingle and point scores of each evaluation shingle, and points/s."""
-    size, rng = args.shingle, np.random.default_rng(seed)
-    shingle = np.lib.stride_tricks.sliding_window_view
-    x_fit, x = shingle(fit, size).astype(float), shingle(values, size).astype(float)
-    scaling = fit_scaling("level_diff", Moments.of(shape_features(x_fit, "level_diff")))
-    samples = reservoir_samples([scaling.apply(x_fit)], args.trees, args.samples, rng)
-    forest = build_forest(samples, rng)
+    _, x, scaling, samples, forest = fitted(fit, values, args, seed)
     start = time.perf_counter()
     if learn:
         spec = LearnSpec(args.decay or 1 / (10 * args.samples), args.block, 0, seed)
@@ -91,7 +85,7 @@ def ours(fit: np.ndarray, values: np.ndarray, args, seed: int, learn: bool
     else:
         attributed = attribution(forest, scaling.apply(x))
     seconds = time.perf_counter() - start
-    return attributed.sum(axis=1), point_scores(attributed, scaling, size)[0], \
+    return attributed.sum(axis=1), point_scores(attributed, scaling, args.shingle)[0], \
         len(values) / seconds
 
 

@@ -89,7 +89,8 @@ def create_views(spark: SparkSession, cfg: Config) -> list[str]:
 
     ``models_latest`` holds each model's newest version; ``predictions_<family>_latest``
     holds, per model, the newest model version's predictions on the newest input
-    version it scored, with that model's metrics and training lineage.
+    version it scored, with that model's metrics and training lineage (for the tables
+    batch scoring writes; a streaming scorer's table has no input versions).
 
     Returns:
         The views' full names.
@@ -105,6 +106,8 @@ def create_views(spark: SparkSession, cfg: Config) -> list[str]:
         views.append(f"{db}.models_latest")
     for name in sorted(t for t in tables if t.startswith("predictions_")
                        and not t.endswith("_latest")):
+        if "input_version" not in spark.table(f"{db}.{name}").columns:
+            continue        # not a scoring run's table (a streaming scorer's, say)
         _replace_view(spark, f"{db}.{name}_latest", f"""
             SELECT p.*, m.metrics AS model_metrics, m.training_table, m.training_version
             FROM {db}.{name} p

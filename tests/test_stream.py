@@ -22,6 +22,7 @@ import yaml
 from pyspark.sql import functions as F
 
 from lakehouse import kafka
+from lakehouse.catalog import create_views
 from lakehouse.config import Config, load_config
 from lakehouse.curate import curate
 from lakehouse.datasets import parse_datasets
@@ -310,6 +311,9 @@ def test_streaming_rcf_scores_equal_batch_scores_and_carry_state_across_runs(
     assert len({s for s, _ in first}) == 100
     assert gap(first, batch_scores(model.name)) < 1e-9
     assert gap(streamed(learning.name), batch_scores(learning.name)) < 1e-9
+    views = create_views(spark, cfg)                   # beside a streaming scorer's table
+    assert f"{db}.predictions_rcf_latest" in views
+    assert f"{db}.predictions_rcf_stream_latest" not in views
     top = max(first, key=lambda k: first[k].score)
     assert top[0] == "a" and 300 <= top[1] <= 303                 # a shingle holding the spike
     assert max(first, key=lambda k: first[k].point_score) == ("a", 300)     # the spike itself
@@ -332,6 +336,9 @@ def test_streaming_rcf_scores_equal_batch_scores_and_carry_state_across_runs(
     assert len(second) == len(first) + 2 * 100 + len(QUIET) * 10
     assert gap(second, batch_scores(model.name)) < 1e-9
     assert gap(streamed(learning.name), batch_scores(learning.name)) < 1e-9
+    views = create_views(spark, cfg)                   # beside a streaming scorer's table
+    assert f"{db}.predictions_rcf_latest" in views
+    assert f"{db}.predictions_rcf_stream_latest" not in views
 
 
 def test_replay_sends_a_stored_stream_in_event_time_order(spark, cfg, broker, tmp_path):
