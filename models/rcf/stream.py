@@ -15,9 +15,9 @@ re-sent record) is not scored again.
 (``point_score``) and its alert against a threshold that adapts to the stream, as
 batch scoring does (:mod:`models.rcf.alerts`); the state carries the threshold's
 statistics and how far back its last point over the threshold was across
-micro-batches. An alert's row
-goes to ``ops_alerts`` (its ``score`` and ``threshold`` there are the point score and
-the alert threshold it crossed), a small table a SQL client or a dashboard polls.
+micro-batches. An alert's row goes to ``ops_alerts`` (its ``score`` and ``threshold``
+there are the point score and the alert threshold it crossed), a small table a SQL
+client or a dashboard polls.
 
 Results are appended to ``predictions_rcf_stream`` and ``ops_alerts`` exactly once
 across restarts (a kill -9 included): the checkpoint (offsets and state) is on the lake
@@ -189,19 +189,19 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
     loaded = cached_forest(artifact, None, lake)
     size, channels = loaded.size, loaded.scaling.channels
     points = pd.concat(list(frames), ignore_index=True)
-    tail, last_t, alert_state, learner = np.zeros(0), None, None, None
+    tail, last_t, alert_state, saved = np.zeros(0), None, None, None
     if state.exists:
         saved = state.get
         tail, last_t = np.asarray(saved[0], dtype=np.float64), int(saved[1])
         if saved[2] is not None:
             alert_state = AlertState(saved[2], saved[3], int(saved[4]))
-        learner = _learner(loaded, str(key[0]), saved)
     if last_t is not None:
         points = points[points["t"] > last_t]
     # One point per time (the last record of a time wins, as silver's MERGE has it).
     points = points.drop_duplicates("t", keep="last").sort_values("t")
     if points.empty:
         return
+    learner = _learner(loaded, str(key[0]), saved) if saved is not None else None
     new = np.stack(points["values"].to_numpy()).astype(np.float64).reshape(-1, channels)
     seq = np.concatenate([tail.reshape(-1, channels), new])
     before = len(seq) - len(new)
