@@ -304,7 +304,13 @@ def _micro_batch(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str
                                "a micro-batch")
     finally:
         rows.unpersist()
-    curated = curate_dataset(spark, cfg, entry, plan=plan)
+    _curate(spark, cfg, plan, batch, good, bad, result)
+
+
+def _curate(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str, good: int,
+            bad: int, result: StreamResult) -> None:
+    """After a micro-batch's ingest (``good`` rows to bronze, ``bad`` quarantined): curate."""
+    curated = curate_dataset(spark, cfg, plan.entry, plan=plan)
     result.batches.append(batch)
     result.read += good + bad
     result.bronze += good
@@ -316,20 +322,15 @@ def _micro_batch(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str
 
 def _file_batch(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str,
                 files: DataFrame, result: StreamResult) -> None:
-    """One micro-batch of a landing folder: the unclaimed files ingested as a batch, curated."""
+    """One micro-batch of a landing folder: the unclaimed files ingested as a batch, curated.
+
+    The curate runs even when the batch was already ingested: a micro-batch replayed
+    after a kill between its ingest and its curate still curates what it ingested.
+    """
     if files.isEmpty():
         return
     ingested = ingest_dataset(spark, cfg, plan.entry, batch, dataclasses.replace(plan, files=None))
-    if ingested.skipped and not ingested.resumed:
-        return
-    curated = curate_dataset(spark, cfg, plan.entry, plan=plan)
-    result.batches.append(batch)
-    result.read += ingested.read
-    result.bronze += ingested.bronze
-    result.quarantined += ingested.quarantined
-    result.silver_new += curated.inserted or 0
-    result.silver_updated += curated.updated or 0
-    result.rule_quarantined += curated.rejected or 0
+    _curate(spark, cfg, plan, batch, ingested.bronze, ingested.quarantined, result)
 
 
 def _watch_files(spark: SparkSession, entry: Dataset) -> DataFrame:

@@ -59,8 +59,8 @@ LATE_FIELDS = (
 _OUT = StructType([StructField(f.name, f.dataType, True)
                    for f in (*PREDICTION_FIELDS, *LATE_FIELDS)])
 # What the scoring step gives the alerting step (per Arrow batch, then per stream).
-_SCORED = ("stream_id STRING, split STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, "
-           "threshold DOUBLE, point_score DOUBLE, alone DOUBLE")
+_SCORED = ("stream_id STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, threshold DOUBLE, "
+           "point_score DOUBLE, alone DOUBLE, split STRING")
 log = logging.getLogger(__name__)
 
 
@@ -98,6 +98,30 @@ class LoadedForest:
         own, alone = point_scores(attributed, self.scaling, self.size)
         return attributed.sum(axis=1), own, alone
 
+    def scored(self, stream: Any, t: Any, shingles: np.ndarray,
+               learner: Learner | None = None) -> pd.DataFrame:
+        """Shingles' predictions before alerts, with ``alone`` (see :meth:`score`)."""
+        score, own, alone = self.score(shingles, learner)
+        return pd.DataFrame({"stream_id": stream, "t": t, "score": score,
+                             "is_anomaly": score > self.threshold, "threshold": self.threshold,
+                             "point_score": own, "alone": alone})
+
+    def alerted(self, scored: pd.DataFrame, state: AlertState | None
+                ) -> tuple[pd.DataFrame, AlertState | None]:
+        """A stream's scored points (time order) with their alerts, and its state after.
+
+        Args:
+            scored: :meth:`scored` rows of one stream, in time order.
+            state: the stream's alert state before them (None: its first points).
+        """
+        frame = scored.drop(columns=["alone"])
+        if self.rule is None:
+            return frame.assign(alert=None, alert_threshold=None), None
+        alert, threshold, state = alerts(scored["point_score"].to_numpy(),
+                                         scored["alone"].to_numpy(), self.rule,
+                                         state or self.rule.start())
+        return frame.assign(alert=alert, alert_threshold=threshold), state
+
     def frame(self, stream: Any, t: np.ndarray, shingles: np.ndarray,
               state: AlertState | None, learner: Learner | None = None
               ) -> tuple[pd.DataFrame, AlertState | None]:
@@ -110,14 +134,7 @@ class LoadedForest:
             state: the stream's alert state before them (None: its first points).
             learner: the stream's learner (a learning model's); it learns these shingles.
         """
-        score, own, alone = self.score(shingles, learner)
-        frame = pd.DataFrame({"stream_id": stream, "t": t, "score": score,
-                              "is_anomaly": score > self.threshold, "threshold": self.threshold,
-                              "point_score": own})
-        if self.rule is None:
-            return frame.assign(alert=None, alert_threshold=None), None
-        alert, threshold, state = alerts(own, alone, self.rule, state or self.rule.start())
-        return frame.assign(alert=alert, alert_threshold=threshold), state
+        return self.alerted(self.scored(stream, t, shingles, learner), state)
 
 
 def cached_forest(artifact: str, loads=None, lake: LakeFS | None = None) -> LoadedForest:
@@ -143,26 +160,16 @@ def score_frames(frames: Iterator[pd.DataFrame], artifact: str, loads,
     """Executor side: each Arrow batch's shingles scored (``mapInPandas``; a fixed forest)."""
     loaded = cached_forest(artifact, loads, lake)
     for frame in frames:
-        if frame.empty:
-            continue
-        score, own, alone = loaded.score(np.stack(frame["shingle"].to_numpy()))
-        yield pd.DataFrame({"stream_id": frame["stream_id"], "split": frame["split"],
-                            "t": frame["t"], "score": score,
-                            "is_anomaly": score > loaded.threshold,
-                            "threshold": loaded.threshold, "point_score": own, "alone": alone})
+        if not frame.empty:
+            yield loaded.scored(frame["stream_id"], frame["t"],
+                                np.stack(frame["shingle"].to_numpy())).assign(split=frame["split"])
 
 
 def alert_stream(frame: pd.DataFrame, artifact: str, lake: LakeFS | None = None
                  ) -> pd.DataFrame:
     """Executor side: one stream's scored points, their alerts decided in time order."""
-    rule = cached_forest(artifact, None, lake).rule
-    frame = frame.sort_values("t")
-    if rule is None:
-        alert, threshold = None, None
-    else:
-        alert, threshold, _ = alerts(frame["point_score"].to_numpy(), frame["alone"].to_numpy(),
-                                     rule, rule.start())
-    return frame.drop(columns=["split", "alone"]).assign(alert=alert, alert_threshold=threshold)
+    loaded = cached_forest(artifact, None, lake)
+    return loaded.alerted(frame.drop(columns=["split"]).sort_values("t"), None)[0]
 
 
 def score_stream(frame: pd.DataFrame, artifact: str, loads,
