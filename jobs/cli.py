@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a data set whose source is a Kafka topic or files")
     q.add_argument("--available-now", action="store_true",
                    help="read what the topic or folder holds now, then stop")
+    q.add_argument("--score", action="append", default=[], metavar="MODEL",
+                   help="also score the data set's new points with this RCF model, in the "
+                        "same process (repeatable): with the embedded Derby metastore only "
+                        "one lakeforge process can run, so this is how a stream is ingested "
+                        "and scored live on the defaults")
     _add_common(q)
     q = streams.add_parser(
         "replay", help="send a data set's rows to a Kafka topic in event-time order",
@@ -191,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("family", choices=["rcf"])
     q.add_argument("--model", required=True, help="stored model name")
     q.add_argument("--model-version", default="latest", help="version number or latest")
+    q.add_argument("--dataset", help="the stream data set to score (default: the one the "
+                                     "model was trained on)")
     q.add_argument("--available-now", action="store_true",
                    help="score what bronze holds now, then stop")
     _add_common(q)
@@ -296,10 +303,14 @@ def _ingest_note(result) -> str:
 
 
 def _cmd_stream(spark, cfg: Config, args: argparse.Namespace) -> None:
-    from lakehouse.stream import replay, stream_ingest
+    from lakehouse.stream import ingest_query, replay, run_queries
+    from models.rcf.stream import score_query
 
     if args.action == "ingest":
-        _print_stream(stream_ingest(spark, cfg, args.dataset, available_now=args.available_now))
+        ingesting, result = ingest_query(spark, cfg, args.dataset)
+        scoring = [score_query(spark, cfg, model, dataset=args.dataset) for model in args.score]
+        run_queries([ingesting, *scoring], cfg, args.available_now)
+        _print_stream(result)
         return
     if args.action == "replay":
         sent = replay(spark, cfg, args.dataset, args.topic, args.rate, args.limit)
@@ -309,7 +320,7 @@ def _cmd_stream(spark, cfg: Config, args: argparse.Namespace) -> None:
     from models.rcf.stream import stream_score_rcf
 
     table = stream_score_rcf(spark, cfg, args.model, _model_version(args.model_version),
-                             available_now=args.available_now)
+                             available_now=args.available_now, dataset=args.dataset)
     print(f"scored into {table}")
 
 

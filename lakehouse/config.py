@@ -176,12 +176,16 @@ class StreamConfig:
         trigger_seconds: how often a running stream takes a micro-batch.
         max_records_per_batch: at most this many Kafka records per micro-batch
             (``maxOffsetsPerTrigger``); 0: no limit.
+        max_files_per_batch: at most this many new files of a Delta table per
+            micro-batch of a query reading one (the scoring query reads bronze;
+            ``maxFilesPerTrigger``); 0: Delta's default, 1000.
         kafka_server: the local broker.
     """
 
     kafka_bootstrap: str = ""
-    trigger_seconds: int = 10
+    trigger_seconds: float = 10.0
     max_records_per_batch: int = 200_000
+    max_files_per_batch: int = 0
     kafka_server: KafkaServerConfig = field(default_factory=KafkaServerConfig)
 
     @property

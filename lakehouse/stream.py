@@ -47,13 +47,13 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import DataStreamWriter
+from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 from pyspark.sql.types import StringType, StructField, StructType
 
 from lakehouse import delta, kafka
@@ -106,6 +106,23 @@ def checkpoint_location(cfg: Config, name: str, query: str) -> str:
     return "/".join([cfg.stream_dir, cfg.catalog.database, name, query])
 
 
+@dataclass
+class StreamQuery:
+    """A streaming query ready to start: what :func:`run_queries` runs.
+
+    Attributes:
+        name: for logs (``ingest pumps``, ``scoring with pumps_rcf``).
+        writer: the query's writer, its checkpoint and sink set; no trigger yet.
+        started: a log line saying what the query reads and writes.
+        finished: called once the query has ended without error (logs its summary).
+    """
+
+    name: str
+    writer: DataStreamWriter
+    started: str
+    finished: Callable[[], None] = lambda: None
+
+
 def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bool = False,
                   stop: threading.Event | None = None) -> StreamResult:
     """Run a data set's stream query: Kafka -> bronze -> silver (see the module docstring).
@@ -121,6 +138,19 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
 
     Returns:
         What the run did.
+
+    Raises:
+        CatalogError: the entry cannot be used.
+        SourceError: the data set's source is a table, or no Kafka broker answers.
+    """
+    query, result = ingest_query(spark, cfg, name)
+    run_queries([query], cfg, available_now, stop)
+    return result
+
+
+def ingest_query(spark: SparkSession, cfg: Config, name: str
+                 ) -> tuple[StreamQuery, StreamResult]:
+    """A data set's stream query, ready to run, and the result its micro-batches fill.
 
     Raises:
         CatalogError: the entry cannot be used.
@@ -151,12 +181,10 @@ def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bo
 
     writer = (source.writeStream.foreachBatch(process).option("checkpointLocation", checkpoint)
               .queryName(f"lakeforge_ingest_{name}"))
-    log.info("%s: stream from %s into %s%s; checkpoint %s", name, what,
-             plan.bronze.full_name(db), ", until what is there is read" if available_now else
-             f", a micro-batch every {cfg.stream.trigger_seconds} s until stopped", checkpoint)
-    run_query(writer, name, cfg, available_now, stop)
-    log.info(result.summary())
-    return result
+    started = (f"{name}: stream from {what} into {plan.bronze.full_name(db)}; "
+               f"checkpoint {checkpoint}")
+    return StreamQuery(f"ingest {name}", writer, started,
+                       lambda: log.info(result.summary())), result
 
 
 def ingest_sources(spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
@@ -233,36 +261,59 @@ def replay(spark: SparkSession, cfg: Config, name: str, topic: str, rate: float 
     return kafka.send_records(cfg.stream.bootstrap, topic, records(), rate)
 
 
-def run_query(writer: DataStreamWriter, name: str, cfg: Config, available_now: bool,
-              stop: threading.Event | None = None) -> None:
-    """Start a streaming query and wait until it ends, or until ``stop`` is set.
+def run_queries(queries: Sequence[StreamQuery], cfg: Config, available_now: bool,
+                stop: threading.Event | None = None) -> None:
+    """Run streaming queries in this session until they end, or until ``stop`` is set.
 
-    With ``available_now`` the query takes what its source holds and ends; otherwise it
-    takes a micro-batch every ``stream.trigger_seconds``.
+    With ``available_now`` each query takes what its source holds and ends, one after
+    the other in the order given (so a query reading another's sink sees all it wrote).
+    Otherwise they all run at once, each taking a micro-batch every
+    ``stream.trigger_seconds``, until stopped; if one fails, the others are stopped.
 
-    SIGINT and SIGTERM set ``stop`` while the query runs (from the main thread). A
+    SIGINT and SIGTERM set ``stop`` while the queries run (from the main thread). A
     micro-batch cut short by the stop is done again from the checkpoint on the next
     start; its writes are idempotent, so nothing is written twice.
 
     Raises:
-        StreamingQueryException: the query failed.
+        StreamingQueryException: a query failed.
     """
-    if available_now:
-        writer = writer.trigger(availableNow=True)
-    else:
-        writer = writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
     stop = stop or threading.Event()
+    every = f"a micro-batch every {cfg.stream.trigger_seconds:g} s until stopped"
     with _stopping_on_signals(stop):
-        query = writer.start()
+        if available_now:
+            for query in queries:
+                if not stop.is_set():
+                    log.info("%s, until what is there is read", query.started)
+                    _wait([(query, query.writer.trigger(availableNow=True).start())], stop)
+            return
+        trigger = f"{round(cfg.stream.trigger_seconds * 1000)} milliseconds"
+        running = []
         try:
-            while query.isActive and not stop.is_set():
-                query.awaitTermination(0.5)
-        finally:
-            if query.isActive:
-                log.info("%s: stopping the stream", name)
-                query.stop()
-    if query.exception() is not None:
-        raise query.exception()
+            for query in queries:
+                log.info("%s, %s", query.started, every)
+                running.append((query, query.writer.trigger(processingTime=trigger).start()))
+        except BaseException:
+            for _, active in running:
+                active.stop()
+            raise
+        _wait(running, stop)
+
+
+def _wait(running: list[tuple[StreamQuery, StreamingQuery]], stop: threading.Event) -> None:
+    """Wait while every query runs and ``stop`` is not set; then stop them all."""
+    try:
+        while all(q.isActive for _, q in running) and not stop.is_set():
+            running[0][1].awaitTermination(0.5)
+    finally:
+        for query, active in running:
+            if active.isActive:
+                log.info("%s: stopping the stream", query.name)
+                active.stop()
+    for _, active in running:
+        if active.exception() is not None:
+            raise active.exception()
+    for query, _ in running:
+        query.finished()
 
 
 def parse_records(records: DataFrame, source: SourceSpec,

@@ -197,47 +197,107 @@ def test_a_landing_folder_streams_new_files_once_with_malformed_records_quaranti
         "p1", "p3", "p4"]
 
 
-def test_a_stream_killed_midway_resumes_without_a_lost_or_doubled_record(
-        spark, base_cfg, broker, tmp_path):
-    """kill -9 of a running `lakeforge stream ingest` (micro-batches of 100 records), then a
-    pipeline's `lakeforge ingest` step (which runs the stream until the topic is read):
-    bronze holds every record once, silver every key."""
-    topic = f"kill_{os.getpid()}_{time.monotonic_ns()}"
+ECG = {"kind": "stream", "roles": {"stream_id": "sensor", "order": "seq", "values": ["v"]},
+       "silver": {"keys": ["sensor", "seq"]}, "features": {"shingle_size": 4}}
+# After a kill: the rest of the stream ingested and scored (the scorer last, so that it
+# sees all of bronze), the gold shingles rebuilt and scored in batch by the same model.
+RESUME = """
+from lakehouse.config import load_config
+from lakehouse.featuresets import build_features
+from lakehouse.session import build_spark
+from lakehouse.stream import ingest_query, run_queries
+from models.rcf.stream import score_query
+from models.scoring import score
+
+cfg = load_config()
+spark = build_spark(cfg)
+ingesting, _ = ingest_query(spark, cfg, "ecg")
+run_queries([ingesting, score_query(spark, cfg, "ecg_rcf", dataset="ecg")], cfg, True)
+build_features(spark, cfg, "ecg")
+print("batch run", score(spark, cfg, "rcf", "ecg_rcf").run_id)
+"""
+
+
+def _ecg(start: int, count: int, spike: int | None = None) -> list[str]:
+    """Two sensors' readings (a noisy sine) as JSON records; sensor a spikes at ``spike``."""
+    rng = np.random.default_rng(start)
+    return [json.dumps({"sensor": sensor, "seq": t, "v": round(
+        np.sin(t / 7) + rng.normal(0, 0.05) + (5 if (sensor, t) == ("a", spike) else 0), 6)})
+        for t in range(start, start + count) for sensor in ("a", "b")]
+
+
+def test_a_live_stream_killed_midway_resumes_without_a_lost_or_doubled_point(
+        spark, broker, tmp_path):
+    """The newcomer's path on the embedded defaults: a pipeline ingests a Kafka stream and
+    trains an RCF model; `lakeforge stream ingest --score` ingests and scores live
+    (micro-batches of 100 records, one bronze file each) and is killed -9 midway through
+    both; the resumed stream holds every record once in bronze and silver, every point
+    scored once with its batch score, and the spike alerted once."""
+    topic = f"ecg_{os.getpid()}_{time.monotonic_ns()}"
     entries = tmp_path / "entries"
     entries.mkdir()
-    (entries / "pumps.yml").write_text(yaml.safe_dump(
-        {"datasets": {"pumps": entry(topic, broker)}}))
-    records = readings(1, 400)
-    send(tmp_path, broker, topic, [json.dumps(r) for r in records])
+    source = {"kafka": {"topic": topic, "bootstrap": broker}, "format": "json",
+              "schema": "sensor STRING NOT NULL, seq BIGINT NOT NULL, v DOUBLE"}
+    (entries / "ecg.yml").write_text(yaml.safe_dump({"datasets": {"ecg": {**ECG,
+                                                                          "source": source}}}))
+    pipelines = tmp_path / "pipelines.yml"
+    pipelines.write_text(yaml.safe_dump({"pipelines": {"ecg_rcf": {
+        "description": "live ECG", "sources": ["ecg"], "features": "ecg", "family": "rcf",
+        "params": {"num_trees": 10, "num_samples_per_tree": 32, "shingle_size": 4}}}}))
+    send(tmp_path, broker, topic, [*_ecg(0, 300), '{"sensor": "a", "seq": "x"}'])
     home = tmp_path / "home"
-    env = {**small_job_env(home, entries), "LAKEFORGE_STREAM__MAX_RECORDS_PER_BATCH": "100",
-           "LAKEFORGE_STREAM__TRIGGER_SECONDS": "1"}
+    env = small_job_env(home, entries)
+    out = succeeded(lakeforge(env, "run", "ecg_rcf", "--definitions", str(pipelines),
+                              "--batch", "d1"))
+    assert "ecg_rcf" in out
+    send(tmp_path, broker, topic, _ecg(300, 300, spike=450))
+
+    live = {**env, "LAKEFORGE_STREAM__MAX_RECORDS_PER_BATCH": "100",
+            "LAKEFORGE_STREAM__MAX_FILES_PER_BATCH": "1", "LAKEFORGE_STREAM__TRIGGER_SECONDS": "1"}
     # A session of its own, so that the kill takes the driver's JVM with it.
-    running = subprocess.Popen([sys.executable, "-m", "jobs.cli", "stream", "ingest", "pumps"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    bronze_log = home / "warehouse" / "lakeforge.db" / "bronze_pumps" / "_delta_log"
+    running = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "stream", "ingest", "ecg", "--score", "ecg_rcf"],
+        env=live, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    warehouse = home / "warehouse" / "lakeforge.db"
     deadline = time.monotonic() + 300
-    while not list(bronze_log.glob("*2.json")):       # two micro-batches committed
+    while not list((warehouse / "predictions_rcf_stream" / "_delta_log").glob("*2.json")):
         assert running.poll() is None, running.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no micro-batch within 300 s"
+        assert time.monotonic() < deadline, "no two scoring micro-batches within 300 s"
         time.sleep(0.2)
     os.killpg(running.pid, signal.SIGKILL)
     running.communicate()
-    out = succeeded(lakeforge(env, "ingest", "pumps", "--batch", "20261206"))
-    assert "its stream runs until the topic is read" in out
-    warehouse = home / "warehouse" / "lakeforge.db"
-    bronze = spark.read.format("delta").load(str(warehouse / "bronze_pumps"))
-    silver = spark.read.format("delta").load(str(warehouse / "silver_pumps"))
-    assert bronze.count() == 400
-    assert bronze.select("_record").distinct().count() == 400
-    assert silver.count() == 400
-    assert sorted(r.value for r in silver.select("value").collect()) == \
-        [r["value"] for r in records]
-    quality = spark.read.format("delta").load(str(warehouse / "ops_quality"))
-    ingested = quality.filter("stage = 'ingest'").groupBy("batch").count().collect()
-    assert all(r["count"] == 1 for r in ingested)
-    assert sum(r.checked for r in quality.filter("stage = 'ingest'").collect()) == 400
+    bronze = spark.read.format("delta").load(str(warehouse / "bronze_ecg"))
+    assert bronze.count() < 1200                            # killed midway through both
+    resumed = subprocess.run([sys.executable, "-c", RESUME], env=env, capture_output=True,
+                             text=True, timeout=900, check=False)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
+    batch_run = resumed.stdout.split("batch run ")[-1].strip()
+
+    def read(name: str):
+        return spark.read.format("delta").load(str(warehouse / name))
+
+    bronze = read("bronze_ecg")
+    assert bronze.count() == 1200
+    assert bronze.select("_record").distinct().count() == 1200
+    assert read("silver_ecg").count() == 1200
+    quarantined = read("ops_quarantine").filter("source = 'ecg'").collect()
+    assert [r.stage for r in quarantined] == ["ingest"]     # the malformed record, once
+    ingested = read("ops_quality").filter("stage = 'ingest'")
+    assert ingested.groupBy("batch").count().filter("count > 1").count() == 0
+    assert sum(r.checked for r in ingested.collect()) == 1201
+
+    streamed = read("predictions_rcf_stream").collect()
+    points = {(r.stream_id, r.t): r for r in streamed}
+    assert len(points) == len(streamed) == 2 * (600 - 3)     # each point scored once
+    batch = {(r.stream_id, r.t): r for r in read("predictions_rcf")
+             .filter(F.col("run_id") == batch_run).collect()}
+    assert set(batch) == set(points)
+    assert max(abs(points[k].score - batch[k].score) for k in batch) < 1e-9
+    assert all(points[k].alert == batch[k].alert for k in batch)
+    alerts = [(r.stream_id, r.t) for r in read("ops_alerts").collect()]
+    assert len(alerts) == len(set(alerts))
+    assert [k for k in alerts if k[0] == "a" and 440 <= k[1] <= 460] == [("a", 450)]
 
 
 QUIET = [f"q{i:02d}" for i in range(98)]       # 98 more sensors: 100 streams in one query

@@ -66,7 +66,7 @@ from lakehouse.featuresets.stream import stream_points
 from lakehouse.lakefs import LakeFS
 from lakehouse.quality import apply_rules
 from lakehouse.sources.base import ERROR
-from lakehouse.stream import checkpoint_location, run_query, stream_id
+from lakehouse.stream import StreamQuery, checkpoint_location, run_queries, stream_id
 from lakehouse.tables import TableSpec, _f, register, table
 from models.rcf.alerts import AlertState
 from models.rcf.learn import Learner
@@ -97,7 +97,7 @@ PREDICTIONS = register(TableSpec(
 
 def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
                      model_version: int | str = "latest", available_now: bool = False,
-                     stop: threading.Event | None = None) -> str:
+                     stop: threading.Event | None = None, dataset: str | None = None) -> str:
     """Score a stream data set's new points with an RCF model (see the module docstring).
 
     Args:
@@ -109,26 +109,65 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
         stop: when set, the query stops (also set by SIGINT and SIGTERM when called
             from the main thread); a micro-batch it cuts short is scored again, exactly
             once, on the next start.
+        dataset: the stream data set whose points to score (default: the one the model
+            was trained on).
 
     Returns:
         The predictions table.
 
     Raises:
         ConfigError: the model is not an RCF model, or its data set is not in the catalog.
+        ModelNotFoundError: no such model.
+    """
+    query = score_query(spark, cfg, model, model_version, dataset)
+    run_queries([query], cfg, available_now, stop)
+    return PREDICTIONS.full_name(cfg.catalog.database)
+
+
+def score_query(spark: SparkSession, cfg: Config, model: str,
+                model_version: int | str = "latest", dataset: str | None = None
+                ) -> StreamQuery:
+    """The scoring query of an RCF model, ready to run (see :func:`stream_score_rcf`).
+
+    Args:
+        spark: the session.
+        cfg: configuration.
+        model: the stored RCF model's name.
+        model_version: its version, or ``latest``.
+        dataset: the stream data set whose points to score (default: the one the model
+            was trained on); its points must have as many values as the model's.
+
+    Raises:
+        ConfigError: the model is not an RCF model, or the data set is not in the
+            catalog, is not a stream or its points do not fit the model.
+        ModelNotFoundError: no such model.
     """
     record = ModelStore(spark, cfg).get(model, model_version)
     if record.family != "rcf":
         raise ConfigError(f"model {model!r} v{record.version} is a {record.family} model, "
                           f"not rcf")
-    dataset = record.training_table.rsplit(".", 1)[-1].removeprefix("gold_shingles_")
+    trained_on = record.training_table.rsplit(".", 1)[-1].removeprefix("gold_shingles_")
+    dataset = dataset or trained_on
     if dataset not in cfg.datasets:
-        raise ConfigError(f"model {model!r} was trained on stream data set {dataset!r}, which "
-                          f"the catalog does not declare")
-    plan = plan_dataset(spark, cfg.datasets[dataset])
+        raise ConfigError(f"model {model!r}: stream data set {dataset!r} is not in the catalog")
+    entry = cfg.datasets[dataset]
+    channels = cached_forest(record.artifact, None, LakeFS.of(cfg)).scaling.channels
+    values = entry.roles.get("values", ())
+    values = (values,) if isinstance(values, str) else values
+    if entry.kind != "stream":
+        raise ConfigError(f"model {model!r} scores stream points; data set {dataset!r} is a "
+                          f"{entry.kind} data set")
+    if len(values) != channels:
+        raise ConfigError(f"model {model!r} scores points of {channels} value(s); data set "
+                          f"{dataset!r}'s points have {len(values)}")
+    plan = plan_dataset(spark, entry)
     entry = plan.entry
     db = cfg.catalog.database
     bronze = plan.bronze.full_name(db)
-    rows = spark.readStream.format("delta").table(bronze).filter(F.col("_source") == entry.name)
+    reader = spark.readStream.format("delta")
+    if cfg.stream.max_files_per_batch:
+        reader = reader.option("maxFilesPerTrigger", cfg.stream.max_files_per_batch)
+    rows = reader.table(bronze).filter(F.col("_source") == entry.name)
     checked = apply_rules(to_silver(rows, entry, plan.bronze), entry.silver.rules)
     points = (stream_points(checked.filter(F.col(ERROR).isNull()), entry)
               .filter(F.forall("values", lambda v: v.isNotNull() & ~F.isnan(v)))
@@ -141,7 +180,8 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
                         "stream_id", "t", "score", "is_anomaly", "alert", "threshold",
                         F.lit(bronze).alias("input_table"), "scored_at", "point_score",
                         "alert_threshold")
-    checkpoint = checkpoint_location(cfg, record.name, "score")
+    checkpoint = checkpoint_location(
+        cfg, record.name, "score" if dataset == trained_on else f"score-{dataset}")
     target = delta.ensure_table(spark, PREDICTIONS, db)
     alerts = delta.ensure_table(spark, table("ops.alerts"), db)
     stream = stream_id(LakeFS.of(cfg), checkpoint)
@@ -167,10 +207,10 @@ def stream_score_rcf(spark: SparkSession, cfg: Config, model: str,
 
     writer = (out.writeStream.foreachBatch(write).option("checkpointLocation", checkpoint)
               .queryName(f"lakeforge_score_{record.name}"))
-    log.info("scoring %s's new points with %s v%d into %s; checkpoint %s", dataset,
-             record.name, record.version, target, checkpoint)
-    run_query(writer, f"scoring with {record.name}", cfg, available_now, stop)
-    return target
+    return StreamQuery(
+        f"scoring with {record.name}", writer,
+        f"scoring {dataset}'s new points with {record.name} v{record.version} into {target}; "
+        f"checkpoint {checkpoint}")
 
 
 def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, *,
