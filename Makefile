@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint metastore lake-server kafka sql-server bench-ingest bench-lake bench-sql bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf bench-alerts bench-stream soak clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore lake-server kafka sql-server bench-ingest bench-lake bench-sql bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf bench-alerts bench-stream bench-stream-live soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -97,6 +97,9 @@ bench-alerts: setup  ## RCF point scores and alerts per event, before and after,
 
 bench-stream: setup  ## streaming RCF, updates off and on, vs AWS's TRCF 4.4.0: quality, points/s
 	$(PY) bench/bench_stream.py $(ARGS)
+
+bench-stream-live: setup  ## Kafka -> bronze -> RCF scores live: latency p50/p99, points/s, 1 and 100 streams
+	$(PY) bench/bench_stream_live.py $(ARGS)
 
 soak: setup         ## pipeline rounds with maintenance and random kills; prints what must be 0
 	$(PY) bench/soak.py $(ARGS)
