@@ -177,6 +177,11 @@ def run(spark, cfg, args, topic: str, tmp: Path) -> list[list]:
             batch_s = {name: np.mean([p.batchDuration / 1000 for p in ps
                                       if p.numInputRows] or [np.nan])
                        for name, ps in progress.items()}
+            for name, ps in progress.items():
+                parts = [p.durationMs for p in ps if p.numInputRows]
+                print(f"{name}: {len(parts)} micro-batches; mean ms " + ", ".join(
+                    f"{k} {np.mean([d.get(k, 0) for d in parts]):.0f}"
+                    for k in sorted({k for d in parts for k in d})), flush=True)
             # The backlog: sent at once, then ingested and scored, each until read.
             backlog = f"b{tag}-"
             kafka.send_records(cfg.stream.bootstrap, topic,

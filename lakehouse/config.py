@@ -179,6 +179,9 @@ class StreamConfig:
         max_files_per_batch: at most this many new files of a Delta table per
             micro-batch of a query reading one (the scoring query reads bronze;
             ``maxFilesPerTrigger``); 0: Delta's default, 1000.
+        curate_seconds: a running stream curates its new bronze rows into silver at
+            most this often (the first micro-batch of a run, and the end of a run,
+            always curate); 0: every micro-batch.
         kafka_server: the local broker.
     """
 
@@ -186,6 +189,7 @@ class StreamConfig:
     trigger_seconds: float = 10.0
     max_records_per_batch: int = 200_000
     max_files_per_batch: int = 0
+    curate_seconds: float = 30.0
     kafka_server: KafkaServerConfig = field(default_factory=KafkaServerConfig)
 
     @property

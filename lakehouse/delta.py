@@ -402,17 +402,22 @@ def committed_writes(spark: SparkSession, full_name: str, app_ids: Sequence[str]
         return dict.fromkeys(app_ids)
 
 
-def append_once(df: DataFrame, full_name: str, app_id: str) -> bool:
+def append_once(df: DataFrame, full_name: str, app_id: str, version: int = 0) -> bool:
     """Append ``df`` unless a write with this ``app_id`` was already committed.
 
     Uses Delta's idempotent writes (``txnAppId``/``txnVersion``): the commit
     records the id atomically with the rows, and a later write with the same id is
     skipped by Delta, so a retried or concurrent run cannot add the rows twice.
+    A writer of many writes (a streaming query) names itself once in ``app_id`` and
+    numbers its writes with ``version`` (its micro-batches): Delta then keeps one
+    entry for it, and skips a write whose version is not above the last committed.
 
     Args:
         df: rows to append.
         full_name: target table.
-        app_id: identifies this logical write (e.g. ``ingest/flights/batch-7``).
+        app_id: identifies this logical write (e.g. ``ingest/flights/batch-7``), or the
+            writer of numbered writes.
+        version: the write's number, increasing from one write to the next.
 
     Returns:
         Whether this call committed the rows; False when a write with this id had
@@ -424,7 +429,7 @@ def append_once(df: DataFrame, full_name: str, app_id: str) -> bool:
         # lost a commit conflict is retried with an observation of its own.
         ran = Observation(f"append_{uuid.uuid4().hex}")
         (df.observe(ran, F.count(F.lit(1)).alias("rows")).write.format("delta")
-         .mode("append").option("txnAppId", app_id).option("txnVersion", 0)
+         .mode("append").option("txnAppId", app_id).option("txnVersion", version)
          .saveAsTable(full_name))
         return ran
 

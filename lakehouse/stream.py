@@ -10,8 +10,11 @@ every micro-batch goes through the same steps as a batch ingest and curate:
    its raw text; the rest are appended to ``bronze_<table>`` with their lineage
    (``_source_file`` is ``kafka://topic/partition``, ``_record`` the offset);
 2. ``ops_quality`` records the micro-batch's counts, which marks its ingest complete;
-3. the data set is curated (:mod:`lakehouse.curate`): the new batch's rows are checked
-   by the silver rules and merged into silver.
+3. the data set is curated (:mod:`lakehouse.curate`): the new batches' rows are checked
+   by the silver rules and merged into silver. A MERGE takes most of a micro-batch's
+   time, so a running stream curates at most every ``stream.curate_seconds`` (its
+   first micro-batch and the end of each run always do; any run curates what an
+   earlier one left); the scoring query reads bronze, so scores do not wait for it.
 
 **Exactly once.** The query's checkpoint (source offsets) is on the lake, under
 ``streams/<database>/<data set>/ingest``. Each micro-batch is an ingest batch named by
@@ -46,6 +49,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -87,6 +91,8 @@ class StreamResult:
     silver_new: int = 0
     silver_updated: int = 0
     rule_quarantined: int = 0     # rows silver's quarantine rules moved out
+    curated_at: float | None = None   # time.monotonic() of the run's last curate
+    uncurated: bool = False           # micro-batches ingested since then
 
     def summary(self) -> str:
         """One log line."""
@@ -183,8 +189,12 @@ def ingest_query(spark: SparkSession, cfg: Config, name: str
               .queryName(f"lakeforge_ingest_{name}"))
     started = (f"{name}: stream from {what} into {plan.bronze.full_name(db)}; "
                f"checkpoint {checkpoint}")
-    return StreamQuery(f"ingest {name}", writer, started,
-                       lambda: log.info(result.summary())), result
+    def finished() -> None:
+        if result.uncurated:
+            curate_rest(spark, cfg, plan, result)
+        log.info(result.summary())
+
+    return StreamQuery(f"ingest {name}", writer, started, finished), result
 
 
 def ingest_sources(spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
@@ -299,8 +309,14 @@ def run_queries(queries: Sequence[StreamQuery], cfg: Config, available_now: bool
         _wait(running, stop)
 
 
-def _wait(running: list[tuple[StreamQuery, StreamingQuery]], stop: threading.Event) -> None:
-    """Wait while every query runs and ``stop`` is not set; then stop them all."""
+def _wait(running: list[tuple[StreamQuery, StreamingQuery]], stop: threading.Event,
+          grace: float = 60) -> None:
+    """Wait while every query runs and ``stop`` is not set; then stop them all.
+
+    A query in the middle of a micro-batch is let finish it first (for up to ``grace``
+    seconds): stopping one mid-batch is safe (it is done again on the next start) but
+    interrupts its Spark jobs, which log errors that are not.
+    """
     try:
         while all(q.isActive for _, q in running) and not stop.is_set():
             running[0][1].awaitTermination(0.5)
@@ -308,6 +324,10 @@ def _wait(running: list[tuple[StreamQuery, StreamingQuery]], stop: threading.Eve
         for query, active in running:
             if active.isActive:
                 log.info("%s: stopping the stream", query.name)
+                deadline = time.monotonic() + grace
+                while (active.isActive and active.status["isTriggerActive"]
+                       and time.monotonic() < deadline):
+                    time.sleep(0.1)
                 active.stop()
     for _, active in running:
         if active.exception() is not None:
@@ -360,12 +380,26 @@ def _micro_batch(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str
 
 def _curate(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str, good: int,
             bad: int, result: StreamResult) -> None:
-    """After a micro-batch's ingest (``good`` rows to bronze, ``bad`` quarantined): curate."""
-    curated = curate_dataset(spark, cfg, plan.entry, plan=plan)
+    """Count a micro-batch's ingest (``good`` rows to bronze, ``bad`` quarantined); curate.
+
+    The curate is left to a later micro-batch, or to the end of the run, when the run
+    curated less than ``stream.curate_seconds`` ago.
+    """
     result.batches.append(batch)
     result.read += good + bad
     result.bronze += good
     result.quarantined += bad
+    result.uncurated = True
+    every = cfg.stream.curate_seconds
+    if result.curated_at is None or time.monotonic() - result.curated_at >= every:
+        curate_rest(spark, cfg, plan, result)
+
+
+def curate_rest(spark: SparkSession, cfg: Config, plan: DatasetPlan, result: StreamResult
+                ) -> None:
+    """Curate the batches a stream has ingested and not curated yet (any run's)."""
+    curated = curate_dataset(spark, cfg, plan.entry, plan=plan)
+    result.curated_at, result.uncurated = time.monotonic(), False
     result.silver_new += curated.inserted or 0
     result.silver_updated += curated.updated or 0
     result.rule_quarantined += curated.rejected or 0

@@ -21,8 +21,9 @@ client or a dashboard polls.
 
 Results are appended to ``predictions_rcf_stream`` and ``ops_alerts`` exactly once
 across restarts (a kill -9 included): the checkpoint (offsets and state) is on the lake
-under ``streams/<database>/<model>/score``, and each micro-batch's writes carry a Delta
-``txnAppId`` made of the stream's id and the micro-batch number. With
+under ``streams/<database>/<model>/score``, and each micro-batch's writes carry Delta's
+``txnAppId`` (the query's id) and ``txnVersion`` (the micro-batch number), so a
+replayed micro-batch's committed writes are skipped. With
 ``available_now`` the query scores what bronze holds and stops; the state carries over
 to the next run.
 
@@ -41,6 +42,7 @@ import datetime as dt
 import functools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -187,21 +189,26 @@ def score_query(spark: SparkSession, cfg: Config, model: str,
     stream = stream_id(LakeFS.of(cfg), checkpoint)
 
     def write(batch: DataFrame, epoch: int) -> None:
-        app_id = f"lakeforge/stream-score/{record.name}/{stream}/{epoch}"
+        app_id = f"lakeforge/stream-score/{record.name}/{stream}"
         batch = batch.persist()
         try:
+            start = time.monotonic()
             counts = batch.agg(F.count(F.lit(1)).alias("points"),
                                F.count(F.when(F.col("alert"), 1)).alias("alerts")).first()
             if not counts.points:
                 return
-            delta.append_once(batch, target, app_id)
-            delta.append_once(batch.filter("alert").select(
-                F.lit(dataset).alias("dataset"), "stream_id", "t",
-                F.col("point_score").alias("score"), F.col("alert_threshold").alias("threshold"),
-                "model_name", "model_version", F.col("scored_at").alias("alerted_at")),
-                alerts, f"{app_id}/alerts")
-            log.info("%s: micro-batch %d: %s point(s) scored, %s alert(s)", record.name, epoch,
-                     f"{counts.points:,}", f"{counts.alerts:,}")
+            scored = time.monotonic()
+            delta.append_once(batch, target, app_id, epoch)
+            if counts.alerts:      # a replayed micro-batch finds the same alerts
+                alerted = batch.filter("alert").select(
+                    F.lit(dataset).alias("dataset"), "stream_id", "t",
+                    F.col("point_score").alias("score"),
+                    F.col("alert_threshold").alias("threshold"), "model_name", "model_version",
+                    F.col("scored_at").alias("alerted_at"))
+                delta.append_once(alerted, alerts, f"{app_id}/alerts", epoch)
+            log.info("%s: micro-batch %d: %s point(s) scored, %s alert(s) (scoring %.1f s, "
+                     "writing %.1f s)", record.name, epoch, f"{counts.points:,}",
+                     f"{counts.alerts:,}", scored - start, time.monotonic() - scored)
         finally:
             batch.unpersist()
 
