@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from jobs.report import write_report
+from lakehouse import kafka
 from lakehouse.catalog import create_views, list_tables, run_sql
 from lakehouse.config import Config
 from lakehouse.curate import curate
+from lakehouse.datasets import parse_datasets
 from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
+from lakehouse.kafka import KafkaError
 from lakehouse.render import format_table
+from lakehouse.stream import ingest_query, replay, run_queries
+from models.rcf.stream import score_query
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +77,21 @@ DEMO_QUERIES = (
 )
 
 
+# The live part: mitdb replayed through the local Kafka broker as a stream of its own,
+# ingested and scored as it arrives by the demo's mitdb model, then a spike sent.
+LIVE_MODEL = "mitdb_rcf"
+LIVE_ENTRY = {"ecg_live": {
+    "description": "the demo's live ECG: mitdb replayed through Kafka",
+    "kind": "stream", "roles": {"stream_id": "stream_id", "order": "t", "values": ["value"]},
+    "source": {"kafka": {"topic": "lakeforge-demo-ecg"}, "format": "json",
+               "schema": "stream_id STRING NOT NULL, split STRING, t BIGINT NOT NULL, "
+                         "value DOUBLE, label INT"},
+    "silver": {"keys": ["stream_id", "t"]}}}
+LIVE_QUERY = ("SELECT stream_id, t, round(score, 1) AS point_score, round(threshold, 1) AS "
+              "threshold, alerted_at FROM ops_alerts WHERE dataset = 'ecg_live' "
+              "ORDER BY t DESC LIMIT 5")
+
+
 def _step(n: int, total: int, what: str, fn: Callable[[], object]) -> object:
     start = time.monotonic()
     log.info("[%d/%d] %s ...", n, total, what)
@@ -91,7 +115,7 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
     start = time.monotonic()
     names = list(cfg.datasets)
     feature_sets = sorted({d for _, d, _ in DEMO_MODELS})
-    total = 2 + (2 + len(DEMO_MODELS) if train else 0)
+    total = 2 + (3 + len(DEMO_MODELS) if train else 0)
     _step(1, total, f"ingest {len(names)} sources (batch {batch})",
           lambda: [ingest(spark, cfg, [n], batch) for n in names])
     _step(2, total, f"curate {len(names)} sources",
@@ -105,9 +129,11 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
                                  lambda f=family, d=dataset, p=params:
                                  train_model(spark, cfg, f, d, params=p)))
     if results:
-        _step(total, total, "score the gold tables with every model",
+        _step(total - 1, total, "score the gold tables with every model",
               lambda: [score(spark, cfg, r.model.family, r.model.name) for r in results])
         create_views(spark, cfg)
+        live = _step(total, total, f"a live stream: mitdb through Kafka, scored by {LIVE_MODEL}",
+                     lambda: live_stream(spark, cfg))
     infos = list_tables(spark, cfg)
     print()
     print(format_table(["table", "rows", "version"], [(t.name, t.rows, t.version) for t in infos]))
@@ -121,9 +147,86 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
     queries = [(q, run_sql(spark, cfg, q)) for q in DEMO_QUERIES] if results else []
     for sql, result in queries:
         print(f"\n{sql}\n{result}")
+    if results and live:
+        print(f"\n{live}\n{LIVE_QUERY}\n{run_sql(spark, cfg, LIVE_QUERY)}")
     if results:
         page = write_report(cfg, [r.model for r in results], queries)
         print(f"\nreport:    {page}")
     print(f"\nwarehouse: {cfg.warehouse_dir}")
     print(f"models:    {cfg.model_dir}")
     print(f"demo finished in {time.monotonic() - start:.0f} s")
+
+
+def live_stream(spark: SparkSession, cfg: Config, wait: float = 300) -> str:
+    """The mitdb stream replayed through Kafka, scored as it arrives, then a spike sent.
+
+    Starts this home's Kafka broker unless it runs (and stops it after). The stream's
+    ingest and scoring queries run as ``lakeforge stream ingest ecg_live --score
+    mitdb_rcf`` runs them, a micro-batch a second, while mitdb is replayed into the topic;
+    once it is scored, one more point far above the signal is sent, and the demo waits
+    for its alert in ``ops_alerts``. A second demo finds the stream already there and
+    runs the queries once over what the topic holds (nothing new).
+
+    Returns:
+        What happened, in a line (empty when there is no broker to run).
+    """
+    started = not kafka.running(cfg)
+    if started:
+        try:
+            kafka.start(cfg)
+        except KafkaError as exc:
+            log.warning("the live stream is left out: %s", exc)
+            return ""
+    entries, problems = parse_datasets(LIVE_ENTRY)
+    assert not problems, problems
+    cfg = dataclasses.replace(
+        cfg, datasets={**cfg.datasets, **entries},
+        stream=dataclasses.replace(cfg.stream, trigger_seconds=1, curate_seconds=60))
+    topic = LIVE_ENTRY["ecg_live"]["source"]["kafka"]["topic"]
+    db = cfg.catalog.database
+    try:
+        ingesting = ingest_query(spark, cfg, "ecg_live")[0]
+        scoring = score_query(spark, cfg, LIVE_MODEL, dataset="ecg_live")
+        alerts = spark.table(f"{db}.ops_alerts").filter("dataset = 'ecg_live'")
+        if spark.table(f"{db}.bronze_streams").filter("_source = 'ecg_live'").count():
+            run_queries([ingesting, scoring], cfg, available_now=True)
+            return f"ecg_live: already streamed; {alerts.count():,} alert(s) so far"
+        stop = threading.Event()
+        running = threading.Thread(target=run_queries, args=([ingesting, scoring], cfg, False,
+                                                             stop), daemon=True)
+        running.start()
+        try:
+            return _spike_alerted(spark, cfg, topic, alerts, running, wait)
+        finally:
+            stop.set()
+            running.join()
+    finally:
+        if started:
+            kafka.stop(cfg)
+
+
+def _spike_alerted(spark: SparkSession, cfg: Config, topic: str, alerts, running, wait: float
+                   ) -> str:
+    """Replay mitdb, wait for its scores, send a spike, wait for its alert; what happened."""
+    db = cfg.catalog.database
+    sent = replay(spark, cfg, "mitdb", topic, rate=2000)
+    last = spark.table(f"{db}.silver_streams").filter("stream_id = 'mitdb'") \
+        .orderBy(F.desc("t")).limit(1).first()
+    scored = spark.table(f"{db}.predictions_rcf_stream").filter(
+        F.col("model_name") == LIVE_MODEL)
+    deadline = time.monotonic() + wait
+    while scored.filter(F.col("t") == last.t).count() == 0:
+        if not running.is_alive() or time.monotonic() > deadline:
+            return f"ecg_live: {sent:,} point(s) sent; not all scored within {wait:.0f} s"
+        time.sleep(1)
+    spike = {"stream_id": "mitdb", "split": last.split, "t": last.t + 1,
+             "value": last.value + 5.0, "label": 1}
+    kafka.send_records(cfg.stream.bootstrap, topic, [(b"mitdb", json.dumps(spike))])
+    start = time.monotonic()
+    while alerts.filter(F.col("t") == spike["t"]).count() == 0:
+        if not running.is_alive() or time.monotonic() > deadline:
+            return (f"ecg_live: {sent:,} point(s) scored live; the spike at t={spike['t']} "
+                    f"raised no alert within {wait:.0f} s")
+        time.sleep(0.5)
+    return (f"ecg_live: {sent:,} point(s) replayed and scored live; a spike sent at "
+            f"t={spike['t']} was in ops_alerts {time.monotonic() - start:.0f} s later")

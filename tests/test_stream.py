@@ -26,11 +26,11 @@ from lakehouse.catalog import create_views
 from lakehouse.config import Config, load_config
 from lakehouse.curate import curate
 from lakehouse.datasets import parse_datasets
-from lakehouse.errors import SourceError
+from lakehouse.errors import ConfigError, SourceError
 from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
 from lakehouse.stream import ingest_sources, replay, stream_ingest
-from models.rcf.stream import stream_score_rcf
+from models.rcf.stream import score_query, stream_score_rcf
 from models.runner import train
 from models.scoring import score
 from models.store import ModelNotFoundError
@@ -364,6 +364,8 @@ def test_streaming_rcf_scores_equal_batch_scores_and_carry_state_across_runs(
 
     with pytest.raises(ModelNotFoundError, match="no model named 'sensors_nope'"):
         stream_score_rcf(spark, cfg, "sensors_nope", available_now=True)
+    with pytest.raises(ConfigError, match="data set 'breast_cancer' is a tabular data set"):
+        score_query(spark, cfg, model.name, dataset="breast_cancer")
     for name in (model.name, learning.name):
         stream_score_rcf(spark, cfg, name, available_now=True)
     first = streamed(model.name)
