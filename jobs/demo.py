@@ -17,6 +17,7 @@ from lakehouse import kafka
 from lakehouse.catalog import create_views, list_tables, run_sql
 from lakehouse.config import Config
 from lakehouse.curate import curate
+from lakehouse.dataset_check import plan_dataset
 from lakehouse.datasets import parse_datasets
 from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
@@ -188,7 +189,8 @@ def live_stream(spark: SparkSession, cfg: Config, wait: float = 300) -> str:
         ingesting = ingest_query(spark, cfg, "ecg_live")[0]
         scoring = score_query(spark, cfg, LIVE_MODEL, dataset="ecg_live")
         alerts = spark.table(f"{db}.ops_alerts").filter("dataset = 'ecg_live'")
-        if spark.table(f"{db}.bronze_streams").filter("_source = 'ecg_live'").count():
+        bronze = plan_dataset(spark, cfg.datasets["ecg_live"]).bronze.full_name(db)
+        if spark.table(bronze).limit(1).count():
             run_queries([ingesting, scoring], cfg, available_now=True)
             return f"ecg_live: already streamed; {alerts.count():,} alert(s) so far"
         stop = threading.Event()
@@ -221,9 +223,10 @@ def _spike_alerted(spark: SparkSession, cfg: Config, topic: str, alerts, running
         time.sleep(1)
     spike = {"stream_id": "mitdb", "split": last.split, "t": last.t + 1,
              "value": last.value + 5.0, "label": 1}
+    before = alerts.filter(F.col("t") == spike["t"]).count()
     kafka.send_records(cfg.stream.bootstrap, topic, [(b"mitdb", json.dumps(spike))])
     start = time.monotonic()
-    while alerts.filter(F.col("t") == spike["t"]).count() == 0:
+    while alerts.filter(F.col("t") == spike["t"]).count() == before:
         if not running.is_alive() or time.monotonic() > deadline:
             return (f"ecg_live: {sent:,} point(s) scored live; the spike at t={spike['t']} "
                     f"raised no alert within {wait:.0f} s")
