@@ -65,7 +65,7 @@ from lakehouse.config import Config
 from lakehouse.curate import curate_dataset
 from lakehouse.dataset_check import DatasetPlan, check_datasets, resolve_datasets
 from lakehouse.datasets import Dataset, SourceSpec
-from lakehouse.errors import SourceError
+from lakehouse.errors import ConfigError, SourceError, error_condition
 from lakehouse.featuresets.contract import silver_rows
 from lakehouse.ingest import IngestResult, ingest, ingest_dataset, load_batch
 from lakehouse.lakefs import LakeFS
@@ -74,6 +74,9 @@ from lakehouse.sources.native import CORRUPT, with_status
 from lakehouse.tables import table
 
 log = logging.getLogger(__name__)
+# A query's state in its checkpoint no longer fits it (a stateful query changed shape).
+STATE_SCHEMA_CHANGED = ("STATE_STORE_KEY_SCHEMA_NOT_COMPATIBLE",
+                        "STATE_STORE_VALUE_SCHEMA_NOT_COMPATIBLE")
 # Spark's binaryFile source's columns (a streaming source needs them declared).
 BINARY_FILE = "path STRING, modificationTime TIMESTAMP, length BIGINT, content BINARY"
 
@@ -121,12 +124,14 @@ class StreamQuery:
         writer: the query's writer, its checkpoint and sink set; no trigger yet.
         started: a log line saying what the query reads and writes.
         finished: called once the query has ended without error (logs its summary).
+        checkpoint: where its checkpoint is (named when the checkpoint cannot be used).
     """
 
     name: str
     writer: DataStreamWriter
     started: str
     finished: Callable[[], None] = lambda: None
+    checkpoint: str = ""
 
 
 def stream_ingest(spark: SparkSession, cfg: Config, name: str, available_now: bool = False,
@@ -189,12 +194,13 @@ def ingest_query(spark: SparkSession, cfg: Config, name: str
               .queryName(f"lakeforge_ingest_{name}"))
     started = (f"{name}: stream from {what} into {plan.bronze.full_name(db)}; "
                f"checkpoint {checkpoint}")
+
     def finished() -> None:
         if result.uncurated:
             curate_rest(spark, cfg, plan, result)
         log.info(result.summary())
 
-    return StreamQuery(f"ingest {name}", writer, started, finished), result
+    return StreamQuery(f"ingest {name}", writer, started, finished, checkpoint), result
 
 
 def ingest_sources(spark: SparkSession, cfg: Config, names: Sequence[str], batch: str
@@ -329,9 +335,16 @@ def _wait(running: list[tuple[StreamQuery, StreamingQuery]], stop: threading.Eve
                        and time.monotonic() < deadline):
                     time.sleep(0.1)
                 active.stop()
-    for _, active in running:
-        if active.exception() is not None:
-            raise active.exception()
+    for query, active in running:
+        if (exc := active.exception()) is not None:
+            if changed := [c for c in STATE_SCHEMA_CHANGED
+                           if c == error_condition(exc) or c in str(exc)]:
+                raise ConfigError(
+                    f"{query.name}: its checkpoint {query.checkpoint} holds state an earlier "
+                    f"lakeforge made, of another shape ({changed[0]}); to start it "
+                    f"over, delete that folder (and, for a scoring query, its model's rows "
+                    f"in predictions_rcf_stream and ops_alerts)") from exc
+            raise exc
     for query, _ in running:
         query.finished()
 

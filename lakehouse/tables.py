@@ -153,6 +153,7 @@ _ALERTS = (
     _f("model_name", StringType(), False),
     _f("model_version", IntegerType(), False),
     _f("alerted_at", TimestampType(), False),
+    _f("split", StringType()),                 # the point's split (train or test)
 )
 
 _MODELS = (
@@ -184,7 +185,7 @@ def _registry() -> dict[str, TableSpec]:
                 "fingerprint of the silver declaration they were curated under",
     )
     specs["ops.alerts"] = TableSpec(
-        "ops", "alerts", _ALERTS, ("model_name", "stream_id", "t"),
+        "ops", "alerts", _ALERTS, ("model_name", "stream_id", "split", "t"),
         comment="one row per anomaly a streaming scorer found: the point that raised it",
     )
     specs["ops.ingest_files"] = TableSpec(

@@ -29,7 +29,7 @@ from lakehouse.datasets import parse_datasets
 from lakehouse.errors import ConfigError, SourceError
 from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
-from lakehouse.stream import ingest_sources, replay, stream_ingest
+from lakehouse.stream import StreamQuery, ingest_sources, replay, run_queries, stream_ingest
 from models.rcf.stream import score_query, stream_score_rcf
 from models.runner import train
 from models.scoring import score
@@ -306,31 +306,33 @@ QUIET = [f"q{i:02d}" for i in range(98)]       # 98 more sensors: 100 streams in
 def _sensor_file(path: Path, start: int, count: int, seed: int, quiet: range = range(0)
                  ) -> None:
     """Readings of two sensors (a noisy sine; sensor a has a spike at 300), and of the
-    quiet sensors at times ``quiet``."""
+    quiet sensors at times ``quiet``; points before 100 are the train split."""
     rng = np.random.default_rng(seed)
-    lines = ["sensor,seq,v"]
+    lines = ["sensor,seq,v,part"]
     for t in range(start, start + count):
         for sensor in ("a", "b"):
             value = np.sin(t / 9) + rng.normal(0, 0.05) + (4 if (sensor, t) == ("a", 300) else 0)
-            lines.append(f"{sensor},{t},{value:.6f}")
-    lines += [f"{sensor},{t},{np.cos(t / 4) + rng.normal(0, 0.05):.6f}"
+            lines.append(f"{sensor},{t},{value:.6f},{'train' if t < 100 else 'test'}")
+    lines += [f"{sensor},{t},{np.cos(t / 4) + rng.normal(0, 0.05):.6f},train"
               for sensor in QUIET for t in quiet]
-    lines.insert(5, "a,oops,1.0")                   # quarantined at ingest: not a number
+    lines.insert(5, "a,oops,1.0,train")             # quarantined at ingest: not a number
     path.write_text("\n".join(lines) + "\n")
 
 
 def test_streaming_rcf_scores_equal_batch_scores_and_carry_state_across_runs(
         spark, cfg, tmp_path):
     """Each point's streaming score, point score, alert threshold and alert are its batch
-    ones (`score rcf`) for the same model, to 1e-9, with 100 streams in one query; a second
-    run scores only the new points, its shingles reaching back through the state into the
+    ones (`score rcf`) for the same model, to 1e-9, with 100 streams in one query, each
+    split of a stream shingled and alerted on its own as batch scoring does; a second run
+    scores only the new points, its shingles reaching back through the state into the
     first run's points. The same holds for a model whose forest learns as it scores."""
     landing = tmp_path / "landing"
     landing.mkdir()
     cfg = with_datasets(cfg, {"sensors": {
-        "kind": "stream", "roles": {"stream_id": "sensor", "order": "seq", "values": ["v"]},
+        "kind": "stream",
+        "roles": {"stream_id": "sensor", "order": "seq", "values": ["v"], "split": "part"},
         "source": {"files": str(landing), "format": "csv", "options": {"header": True},
-                   "schema": "sensor STRING NOT NULL, seq BIGINT NOT NULL, v DOUBLE"},
+                   "schema": "sensor STRING NOT NULL, seq BIGINT NOT NULL, v DOUBLE, part STRING"},
         "silver": {"keys": ["sensor", "seq"],
                    "rules": [{"name": "small", "expr": "abs(v) < 100", "on_fail": "quarantine"}]},
         "features": {"shingle_size": 4}}})
@@ -369,7 +371,8 @@ def test_streaming_rcf_scores_equal_batch_scores_and_carry_state_across_runs(
     for name in (model.name, learning.name):
         stream_score_rcf(spark, cfg, name, available_now=True)
     first = streamed(model.name)
-    assert len(first) == 2 * (400 - 3) + len(QUIET) * (10 - 3)
+    assert len(first) == 2 * (100 - 3 + 300 - 3) + len(QUIET) * (10 - 3)   # per split
+    assert {r.split for r in first.values()} == {"train", "test"}
     assert len({s for s, _ in first}) == 100
     assert gap(first, batch_scores(model.name)) < 1e-9
     assert gap(streamed(learning.name), batch_scores(learning.name)) < 1e-9
@@ -433,3 +436,25 @@ def test_replay_sends_a_stored_stream_in_event_time_order(spark, cfg, broker, tm
     for sensor in ("a", "b"):
         rows = live.filter(F.col("sensor") == sensor).orderBy("_source_file", "_record")
         assert [r.seq for r in rows.collect()] == list(range(60))
+
+
+def test_a_checkpoint_whose_state_no_longer_fits_is_named(spark, cfg, tmp_path):
+    """A stateful query started on a checkpoint made by one of another state shape (an
+    earlier lakeforge's) stops with a message naming the checkpoint and what to delete."""
+    source = str(tmp_path / "points")
+    spark.range(6).selectExpr("CAST(id % 2 AS STRING) AS k", "id AS v").write \
+        .format("delta").save(source)
+    checkpoint = str(tmp_path / "checkpoint")
+
+    def query(*key: str) -> StreamQuery:
+        counts = spark.readStream.format("delta").load(source).groupBy(*key).count()
+        writer = (counts.writeStream.outputMode("update").foreachBatch(lambda df, epoch: None)
+                  .option("checkpointLocation", checkpoint))
+        return StreamQuery("counting", writer, "counting", checkpoint=checkpoint)
+
+    run_queries([query("k")], cfg, available_now=True)
+    spark.range(6, 8).selectExpr("CAST(id % 2 AS STRING) AS k", "id AS v").write \
+        .format("delta").mode("append").save(source)
+    with pytest.raises(ConfigError, match=f"counting: its checkpoint {checkpoint} holds "
+                                          f"state an earlier lakeforge made"):
+        run_queries([query("k", "v")], cfg, available_now=True)

@@ -3,7 +3,7 @@
 ``lakeforge stream score rcf --model NAME`` runs a Structured Streaming query over the
 data set's bronze table (append-only, so a Delta stream source; each new row shaped by
 the entry's ``silver.select`` and kept only if it passes its quarantine rules, as
-curation does). Points are grouped by ``stream_id`` and scored with
+curation does). Points are grouped by ``stream_id`` (and split) and scored with
 ``applyInPandasWithState``: each stream's state in Spark's state store holds the last
 ``shingle_size - 1`` points and the last time scored, so a point's shingle is the same
 one the batch path (``features`` + ``score rcf``) builds from silver, and its score is
@@ -31,9 +31,9 @@ A model trained with ``updates`` keeps learning from each stream
 (:mod:`models.rcf.learn`): the stream's samples, their keys and the points since its
 last block are part of its state (``trees x samples x d`` values per stream), and its
 trees are rebuilt from them at the start of each micro-batch. Blocks count from the
-stream's first point, so its scores are still batch scoring's. A stream with a
-``split`` role is shingled across its split boundary, where the batch path shingles
-each split on its own.
+stream's first point, so its scores are still batch scoring's. A stream data set with
+a ``split`` role keeps one state per stream and split, as the batch path shingles and
+alerts each split on its own (a split's times may start again from 0).
 """
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ from models.store import ModelStore
 
 log = logging.getLogger(__name__)
 TABLE = "predictions_rcf_stream"
-OUTPUT = ("stream_id STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, threshold DOUBLE, "
-          "point_score DOUBLE, alert BOOLEAN, alert_threshold DOUBLE, scored_at TIMESTAMP")
+OUTPUT = ("stream_id STRING, split STRING, t BIGINT, score DOUBLE, is_anomaly BOOLEAN, "
+          "threshold DOUBLE, point_score DOUBLE, alert BOOLEAN, alert_threshold DOUBLE, "
+          "scored_at TIMESTAMP")
+_COLUMNS = [part.split()[0] for part in OUTPUT.split(", ")]
 # The last shingle_size - 1 points' values, the last point's time, the alert state
 # (null for a model without an alert rule) and a learning model's learner (its samples,
 # their keys, the points learnt and those scored since its last block; null otherwise).
@@ -92,8 +94,8 @@ PREDICTIONS = register(TableSpec(
      _f("score", DoubleType()), _f("is_anomaly", BooleanType()), _f("alert", BooleanType()),
      _f("threshold", DoubleType()), _f("input_table", StringType()),
      _f("scored_at", TimestampType()), _f("point_score", DoubleType()),
-     _f("alert_threshold", DoubleType())),
-    ("model_name", "model_version", "stream_id", "t"), partition_by=("model_name",),
+     _f("alert_threshold", DoubleType()), _f("split", StringType())),
+    ("model_name", "model_version", "stream_id", "split", "t"), partition_by=("model_name",),
     catalog_name=TABLE, comment="RCF scores of stream points as they arrived"))
 
 
@@ -173,15 +175,15 @@ def score_query(spark: SparkSession, cfg: Config, model: str,
     checked = apply_rules(to_silver(rows, entry, plan.bronze), entry.silver.rules)
     points = (stream_points(checked.filter(F.col(ERROR).isNull()), entry)
               .filter(F.forall("values", lambda v: v.isNotNull() & ~F.isnan(v)))
-              .select("stream_id", "t", "values"))
+              .select("stream_id", "split", "t", "values"))
     score = functools.partial(score_points, artifact=record.artifact, lake=LakeFS.of(cfg))
-    scored = points.groupBy("stream_id").applyInPandasWithState(
+    scored = points.groupBy("stream_id", "split").applyInPandasWithState(
         score, OUTPUT, STATE, "append", GroupStateTimeout.NoTimeout)
     out = scored.select(F.lit(record.name).alias("model_name"),
                         F.lit(record.version).cast("int").alias("model_version"),
                         "stream_id", "t", "score", "is_anomaly", "alert", "threshold",
                         F.lit(bronze).alias("input_table"), "scored_at", "point_score",
-                        "alert_threshold")
+                        "alert_threshold", "split")
     checkpoint = checkpoint_location(
         cfg, record.name, "score" if dataset == trained_on else f"score-{dataset}")
     target = delta.ensure_table(spark, PREDICTIONS, db)
@@ -204,7 +206,7 @@ def score_query(spark: SparkSession, cfg: Config, model: str,
                     F.lit(dataset).alias("dataset"), "stream_id", "t",
                     F.col("point_score").alias("score"),
                     F.col("alert_threshold").alias("threshold"), "model_name", "model_version",
-                    F.col("scored_at").alias("alerted_at"))
+                    F.col("scored_at").alias("alerted_at"), "split")
                 delta.append_once(alerted, alerts, f"{app_id}/alerts", epoch)
             log.info("%s: micro-batch %d: %s point(s) scored, %s alert(s) (scoring %.1f s, "
                      "writing %.1f s)", record.name, epoch, f"{counts.points:,}",
@@ -217,7 +219,7 @@ def score_query(spark: SparkSession, cfg: Config, model: str,
     return StreamQuery(
         f"scoring with {record.name}", writer,
         f"scoring {dataset}'s new points with {record.name} v{record.version} into {target}; "
-        f"checkpoint {checkpoint}")
+        f"checkpoint {checkpoint}", checkpoint=checkpoint)
 
 
 def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, *,
@@ -225,7 +227,7 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
     """Executor side: one stream's new points scored, its tail kept in ``state``.
 
     Args:
-        key: ``(stream_id,)``.
+        key: ``(stream_id, split)``.
         frames: the stream's new points (``t``, ``values``) of this micro-batch.
         state: see ``STATE``: the last ``size - 1`` points' values (flattened), the time
             of the last point seen, the stream's :class:`~models.rcf.alerts.AlertState`
@@ -265,7 +267,8 @@ def score_points(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState, 
     learner = learner or loaded.learner(str(key[0]))
     frame, alert_state = loaded.frame(key[0], ends, shingles, alert_state, learner)
     state.update((keep, last, *_alert_fields(alert_state), *_learner_fields(learner)))
-    yield frame.assign(scored_at=pd.Timestamp(dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+    now = pd.Timestamp(dt.datetime.now(dt.UTC).replace(tzinfo=None))
+    yield frame.assign(split=key[1], scored_at=now)[_COLUMNS]
 
 
 def _learner(loaded: LoadedForest, stream: str, saved: tuple) -> Learner | None:
