@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
@@ -326,6 +327,8 @@ def _wait(running: list[tuple[StreamQuery, StreamingQuery]], stop: threading.Eve
     try:
         while all(q.isActive for _, q in running) and not stop.is_set():
             running[0][1].awaitTermination(0.5)
+    except StreamingQueryException:
+        pass                                  # raised below, with its query named
     finally:
         for query, active in running:
             if active.isActive:

@@ -413,7 +413,7 @@ def test_replay_sends_a_stored_stream_in_event_time_order(spark, cfg, broker, tm
     landing.mkdir()
     _sensor_file(landing / "day1.csv", 0, 60, seed=4)
     topic = f"replay_{cfg.catalog.database}"
-    schema = "sensor STRING NOT NULL, seq BIGINT NOT NULL, v DOUBLE"
+    schema = "sensor STRING NOT NULL, seq BIGINT NOT NULL, v DOUBLE, part STRING"
     cfg = with_datasets(cfg, {
         "stored": {"kind": "stream", "roles": {"stream_id": "sensor", "order": "seq",
                                                "values": ["v"]},
