@@ -643,7 +643,10 @@ def _from_spark(exc: BaseException) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     java = getattr(exc, "java_exception", None)   # py4j's first line names only the call
-    text = java.toString() if java is not None else str(exc)
+    try:
+        text = java.toString() if java is not None else str(exc)
+    except Exception:                             # the JVM is gone
+        text = type(exc).__name__
     return (text.strip().splitlines() or [type(exc).__name__])[0]
 
 

@@ -39,6 +39,10 @@ class LakeUnreachableError(LakeforgeError):
     """The lake's filesystem (an object store, HDFS) refuses or does not answer."""
 
 
+class DriverGoneError(LakeforgeError):
+    """The Spark driver's JVM went away under a running job (a group signal, a crash)."""
+
+
 class QualityError(LakeforgeError):
     """A quality rule with ``on_fail: fail`` was broken; names the rule, batch and a row."""
 

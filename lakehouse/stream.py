@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from py4j.protocol import Py4JError
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -66,7 +67,7 @@ from lakehouse.config import Config
 from lakehouse.curate import curate_dataset
 from lakehouse.dataset_check import DatasetPlan, check_datasets, resolve_datasets
 from lakehouse.datasets import Dataset, SourceSpec
-from lakehouse.errors import ConfigError, SourceError, error_condition
+from lakehouse.errors import ConfigError, DriverGoneError, SourceError, error_condition
 from lakehouse.featuresets.contract import silver_rows
 from lakehouse.ingest import IngestResult, ingest, ingest_dataset, load_batch
 from lakehouse.lakefs import LakeFS
@@ -325,19 +326,28 @@ def _wait(running: list[tuple[StreamQuery, StreamingQuery]], stop: threading.Eve
     interrupts its Spark jobs, which log errors that are not.
     """
     try:
-        while all(q.isActive for _, q in running) and not stop.is_set():
-            running[0][1].awaitTermination(0.5)
-    except StreamingQueryException:
-        pass                                  # raised below, with its query named
-    finally:
-        for query, active in running:
-            if active.isActive:
-                log.info("%s: stopping the stream", query.name)
-                deadline = time.monotonic() + grace
-                while (active.isActive and active.status["isTriggerActive"]
-                       and time.monotonic() < deadline):
-                    time.sleep(0.1)
-                active.stop()
+        try:
+            while all(q.isActive for _, q in running) and not stop.is_set():
+                running[0][1].awaitTermination(0.5)
+        except StreamingQueryException:
+            pass                              # raised below, with its query named
+        finally:
+            for query, active in running:
+                if active.isActive:
+                    log.info("%s: stopping the stream", query.name)
+                    deadline = time.monotonic() + grace
+                    while (active.isActive and active.status["isTriggerActive"]
+                           and time.monotonic() < deadline):
+                        time.sleep(0.1)
+                    active.stop()
+    except (Py4JError, OSError) as exc:
+        if _answers(running[0][1]):
+            raise
+        raise DriverGoneError(
+            f"{', '.join(q.name for q, _ in running)}: the Spark driver is gone (a signal sent "
+            f"to the whole process group reaches its JVM too; send SIGINT or SIGTERM to "
+            f"lakeforge's own process to stop after the micro-batch under way); the streams "
+            f"go on from their checkpoints at the next start") from exc
     for query, active in running:
         if (exc := active.exception()) is not None:
             if changed := [c for c in STATE_SCHEMA_CHANGED
@@ -485,6 +495,15 @@ def stream_id(lake: LakeFS, checkpoint: str) -> str:
     if not lake.exists(location):
         lake.write_text(location, json.dumps({"id": str(uuid.uuid4())}))
     return json.loads(lake.read_text(location))["id"].replace("-", "")
+
+
+def _answers(query: StreamingQuery) -> bool:
+    """Whether the query's JVM still answers (it does not after it got a signal too)."""
+    try:
+        query.isActive                                    # noqa: B018 (a call to the JVM)
+    except (Py4JError, OSError):
+        return False
+    return True
 
 
 @contextmanager
