@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from common import free_port
 from pyarrow import fs
 
 from lakehouse import objectstore
@@ -68,11 +68,6 @@ def _env(home: Path) -> dict[str, str]:
             "LAKEFORGE_SPARK__UI_ENABLED": "false"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _run(env: dict[str, str], dataset: str, epochs: int) -> dict[str, list[float]]:
     done = subprocess.run([sys.executable, "-c", STEPS, dataset, str(epochs)], env=env, text=True,
@@ -91,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-lake-") as work:
         root = Path(work)
-        s3 = load_config([f"home={root / 's3'}", f"lake.server.port={_free_port()}"])
+        s3 = load_config([f"home={root / 's3'}", f"lake.server.port={free_port()}"])
         objectstore.start(s3)
         try:
             local = _run(_env(root / "local"), args.dataset, args.epochs)

@@ -21,15 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import free_port
+
 from lakehouse.config import load_config
 from lakehouse.render import format_table
 from lakehouse.submit import beeline_command, submit_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _seconds(command: list[str], env: dict[str, str]) -> float:
@@ -54,7 +50,7 @@ def main() -> None:
         lakeforge = [sys.executable, "-m", "jobs.cli"]
         _seconds([*lakeforge, "ingest", args.dataset, "--batch", "b1"], env)
         cold = _seconds([*lakeforge, "sql", query], env)
-        port = _free_port()
+        port = free_port()
         cfg = load_config([f"home={home}"], environ={})
         server = subprocess.Popen([*lakeforge, "sql-server", "--port", str(port)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
+import shutil
 import tempfile
 import threading
 import time
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from common import session
+from common import free_port, session
 from pyspark.sql import functions as F
 
 from lakehouse import kafka
@@ -44,13 +44,6 @@ from lakehouse.stream import ingest_query, run_queries
 from models.rcf.stream import score_query
 from models.runner import train
 from models.scoring import score
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def points(prefix: str, streams: int, start: int, count: int, seed: int
@@ -126,9 +119,11 @@ def main() -> None:
                           f"stream.trigger_seconds={args.trigger}", *args.set])
     kafka.start(cfg)
     try:
-        rows = run(spark, cfg, args, topic, tmp)
+        rows = run(spark, cfg, args, topic)
     finally:
         kafka.stop(cfg)
+        spark.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"{args.trees} trees x {args.samples} samples, shingle {args.shingle}; live: "
           f"{args.rate:g} points/s for {args.seconds:g} s, a micro-batch every {args.trigger:g} "
           f"s; backlog: {args.backlog:,} points; {cfg.spark.master}")
@@ -137,7 +132,7 @@ def main() -> None:
                         "batch scorer points/s"], rows))
 
 
-def run(spark, cfg, args, topic: str, tmp: Path) -> list[list]:
+def run(spark, cfg, args, topic: str) -> list[list]:
     """Train the two models, then the live and backlog runs of each (see the docstring)."""
     db = cfg.catalog.database
     kafka.send_records(cfg.stream.bootstrap, topic, points("w", 100, 0, 300, seed=0))

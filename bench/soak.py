@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import session
+from common import free_port, session
 from pyspark.sql import functions as F
 
 from lakehouse.render import format_table
@@ -39,11 +38,6 @@ from lakehouse.render import format_table
 ORDERS = "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, status STRING"
 PARALLEL = 4
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _orders(landing: Path) -> dict:
@@ -80,7 +74,7 @@ class Lake:
                     "LAKEFORGE_SPARK__DRIVER_MEMORY": "1g",
                     "LAKEFORGE_CATALOG__DATASET_DIRS": json.dumps([str(entries)]),
                     "LAKEFORGE_METASTORE__KIND": metastore,
-                    "LAKEFORGE_METASTORE__PORT": str(_free_port())}
+                    "LAKEFORGE_METASTORE__PORT": str(free_port())}
         self.jobs = 0
 
     def start(self, *args: str) -> subprocess.Popen:

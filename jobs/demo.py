@@ -193,15 +193,24 @@ def live_stream(spark: SparkSession, cfg: Config, wait: float = 300) -> str:
         if spark.table(bronze).limit(1).count():
             run_queries([ingesting, scoring], cfg, available_now=True)
             return f"ecg_live: already streamed; {alerts.count():,} alert(s) so far"
-        stop = threading.Event()
-        running = threading.Thread(target=run_queries, args=([ingesting, scoring], cfg, False,
-                                                             stop), daemon=True)
+        stop, failed = threading.Event(), []
+
+        def live() -> None:
+            try:
+                run_queries([ingesting, scoring], cfg, False, stop)
+            except Exception as exc:                    # raised in the demo's own thread
+                failed.append(exc)
+
+        running = threading.Thread(target=live, daemon=True)
         running.start()
         try:
-            return _spike_alerted(spark, cfg, topic, alerts, running, wait)
+            happened = _spike_alerted(spark, cfg, topic, alerts, running, wait)
         finally:
             stop.set()
             running.join()
+        if failed:
+            raise failed[0]
+        return happened
     finally:
         if started:
             kafka.stop(cfg)
@@ -212,8 +221,8 @@ def _spike_alerted(spark: SparkSession, cfg: Config, topic: str, alerts, running
     """Replay mitdb, wait for its scores, send a spike, wait for its alert; what happened."""
     db = cfg.catalog.database
     sent = replay(spark, cfg, "mitdb", topic, rate=2000)
-    last = spark.table(f"{db}.silver_streams").filter("stream_id = 'mitdb'") \
-        .orderBy(F.desc("t")).limit(1).first()
+    silver = plan_dataset(spark, cfg.datasets["mitdb"]).silver.full_name(db)
+    last = spark.table(silver).filter("stream_id = 'mitdb'").orderBy(F.desc("t")).first()
     scored = spark.table(f"{db}.predictions_rcf_stream").filter(
         F.col("model_name") == LIVE_MODEL)
     deadline = time.monotonic() + wait

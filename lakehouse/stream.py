@@ -435,8 +435,9 @@ def _file_batch(spark: SparkSession, cfg: Config, plan: DatasetPlan, batch: str,
                 files: DataFrame, result: StreamResult) -> None:
     """One micro-batch of a landing folder: the unclaimed files ingested as a batch, curated.
 
-    The curate runs even when the batch was already ingested: a micro-batch replayed
-    after a kill between its ingest and its curate still curates what it ingested.
+    The micro-batch counts (and curates, now or later) even when its batch was already
+    ingested: one replayed after a kill between its ingest and its curate is the run's
+    first, which always curates.
     """
     if files.isEmpty():
         return

@@ -64,7 +64,7 @@ from lakehouse.config import Config
 from lakehouse.curate import to_silver
 from lakehouse.dataset_check import plan_dataset
 from lakehouse.errors import ConfigError
-from lakehouse.featuresets.stream import stream_points
+from lakehouse.featuresets.stream import channels_of, stream_points
 from lakehouse.lakefs import LakeFS
 from lakehouse.quality import apply_rules
 from lakehouse.sources.base import ERROR
@@ -155,15 +155,13 @@ def score_query(spark: SparkSession, cfg: Config, model: str,
     if dataset not in cfg.datasets:
         raise ConfigError(f"model {model!r}: stream data set {dataset!r} is not in the catalog")
     entry = cfg.datasets[dataset]
-    channels = cached_forest(record.artifact, None, LakeFS.of(cfg)).scaling.channels
-    values = entry.roles.get("values", ())
-    values = (values,) if isinstance(values, str) else values
     if entry.kind != "stream":
         raise ConfigError(f"model {model!r} scores stream points; data set {dataset!r} is a "
                           f"{entry.kind} data set")
-    if len(values) != channels:
+    channels = cached_forest(record.artifact, None, LakeFS.of(cfg)).scaling.channels
+    if channels_of(entry) != channels:
         raise ConfigError(f"model {model!r} scores points of {channels} value(s); data set "
-                          f"{dataset!r}'s points have {len(values)}")
+                          f"{dataset!r}'s points have {channels_of(entry)}")
     plan = plan_dataset(spark, entry)
     entry = plan.entry
     db = cfg.catalog.database
