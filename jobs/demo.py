@@ -193,6 +193,7 @@ def live_stream(spark: SparkSession, cfg: Config, wait: float = 300) -> str:
         if spark.table(bronze).limit(1).count():
             run_queries([ingesting, scoring], cfg, available_now=True)
             return f"ecg_live: already streamed; {alerts.count():,} alert(s) so far"
+        kafka.ensure_topic(cfg.stream.bootstrap, topic)
         stop, failed = threading.Event(), []
 
         def live() -> None:

@@ -184,6 +184,32 @@ def send_records(bootstrap_servers: str, topic: str,
     return sent
 
 
+def ensure_topic(bootstrap_servers: str, topic: str, seconds: float = 30) -> None:
+    """Create ``topic`` (one partition) unless it exists, and wait until it is served.
+
+    A streaming query started on a topic nobody has created yet fails reading its offsets
+    (``UnknownTopicOrPartitionException``) while a producer's first record creates it.
+
+    Raises:
+        KafkaError: the brokers did not create or serve the topic in time.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    deadline = time.monotonic() + seconds
+    while topic not in admin.list_topics(timeout=seconds).topics:
+        future = admin.create_topics([NewTopic(topic, 1)])[topic]
+        try:
+            future.result(timeout=seconds)
+        except Exception as exc:                      # created meanwhile, or refused
+            if "TOPIC_ALREADY_EXISTS" not in str(exc) and time.monotonic() > deadline:
+                raise KafkaError(f"topic {topic} on {bootstrap_servers}: {exc}") from exc
+        if time.monotonic() > deadline:
+            raise KafkaError(f"topic {topic} on {bootstrap_servers}: not served after "
+                             f"{seconds:.0f} s")
+        time.sleep(0.2)
+
+
 def _key(text: str, field: str | None) -> bytes | None:
     if field is None:
         return None
