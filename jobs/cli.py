@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score a table with a stored model into predictions_FAMILY")
     p.add_argument("family", help="model family: mlp, cnn, word2vec, deepar, rcf")
-    p.add_argument("--model", required=True, help="model name, e.g. flights_mlp")
+    p.add_argument("--model", required=True,
+                   help="model name, e.g. flights_mlp, or NAME@ALIAS for the version an "
+                        "MLflow alias points at (flights_mlp@champion)")
     p.add_argument("--model-version", default="latest", help="version number or latest")
     p.add_argument("--input", default=None,
                    help="input table (default: the model's training table)")
@@ -220,6 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the JSON field that gives each record's message key (records of one "
                         "key land in one partition, in order)")
     _add_common(q)
+
+    p = sub.add_parser(
+        "models", help="the model registry: list, check, sync, alias",
+        description="Every model version is a row of the models table and a version of the "
+                    "same number in MLflow's Model Registry (tracking.uri). `models` lists "
+                    "them; `models check` reports where the two disagree (exit code 2); "
+                    "`models sync` registers in MLflow what it lacks; `models alias "
+                    "NAME@ALIAS VERSION` points an MLflow alias at a version.")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "check", "sync", "alias"))
+    p.add_argument("names", nargs="*", metavar="ARG",
+                   help="list, check, sync: model names (default: all); alias: NAME@ALIAS VERSION")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "mlflow", help="MLflow's UI on the tracking store: `lakeforge mlflow ui`",
+        description="Serves MLflow's UI (mlflow server) on the tracking store and the run "
+                    "artifacts on the lake, at tracking.ui_host:ui_port, until Ctrl-C.")
+    p.add_argument("action", choices=("ui",))
+    p.add_argument("--host", default=None, help="interface (default tracking.ui_host)")
+    p.add_argument("--port", type=int, default=None, help="port (default tracking.ui_port)")
+    _add_common(p)
 
     p = sub.add_parser("tables", help="list tables with row counts and Delta versions")
     _add_common(p)
@@ -501,6 +524,78 @@ def _cmd_register(spark, cfg: Config, args: argparse.Namespace) -> None:
           + "".join(f"\n  {name}" for name in added))
 
 
+def _cmd_models(spark, cfg: Config, args: argparse.Namespace) -> None:
+    from lakehouse.errors import RegistryMismatchError
+    from lakehouse.render import format_table
+    from models import tracking
+    from models.store import ModelStore
+
+    if not cfg.tracking.enabled:
+        raise ConfigError("lakeforge models: tracking.enabled is false; the models table is "
+                          "the only registry (`lakeforge sql 'SELECT * FROM models'`)")
+    tracker = tracking.Tracker(cfg)
+    if args.action == "alias":
+        if len(args.names) != 2 or "@" not in args.names[0] or not args.names[1].isdigit():
+            raise ConfigError("usage: lakeforge models alias NAME@ALIAS VERSION")
+        (name, alias), version = args.names[0].split("@", 1), int(args.names[1])
+        ModelStore(spark, cfg).get(name, version)          # a version the table holds
+        tracker.set_alias(name, alias, version)
+        print(f"{name}@{alias} -> v{version}")
+        return
+    records = [r for r in ModelStore(spark, cfg).records()
+               if not args.names or r.name in args.names]
+    if args.action == "sync":
+        done = tracking.sync(tracker, records)
+        print(f"registered in MLflow: {', '.join(f'{n} v{v}' for n, v in done) or 'nothing'}")
+    tracker.mark_gone()
+    found = [d for d in tracking.check(tracker, records)
+             if not args.names or d.name in args.names]
+    if args.action == "list":
+        theirs = {name: tracker.versions(name) for name in {r.name for r in records}}
+        print(format_table(
+            ["model", "version", "family", "training table", "MLflow run", "in MLflow"],
+            [(r.name, r.version, r.family, f"{r.training_table} v{r.training_version}",
+              r.mlflow_run_id or "-", "yes" if r.version in theirs[r.name] else "no")
+             for r in records]))
+        print(f"tracking store: {tracking.safe_uri(tracker.uri)}")
+        return
+    if found:
+        print(format_table(["model", "version", "disagreement"],
+                           [(d.name, d.version, d.problem) for d in found]))
+        raise RegistryMismatchError(
+            f"{len(found)} disagreement(s) between the models table and MLflow's registry "
+            f"at {tracking.safe_uri(tracker.uri)}; `lakeforge models sync` registers in "
+            f"MLflow what it lacks")
+    print(f"models check: {len(records)} version(s) agree with MLflow's registry")
+
+
+def _cmd_mlflow(cfg: Config, args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+
+    from models import tracking
+
+    tracker = tracking.Tracker(cfg)            # creates the store; marks killed runs
+    tracker.mark_gone()
+    host, port = args.host or cfg.tracking.ui_host, args.port or cfg.tracking.ui_port
+    server = subprocess.Popen(tracking.ui_command(cfg, host, port),
+                              env={**os.environ, **tracking.mlflow_env(cfg)},
+                              start_new_session=True)
+    log.info("MLflow UI on http://%s:%d/ over %s (stop with Ctrl-C)", host, port,
+             tracking.safe_uri(tracker.uri))
+
+    def stop(*_):
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)   # mlflow leaves its uvicorn child else
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        stop()
+        return server.wait()
+
+
 def _cmd_maintain(spark, cfg: Config, args: argparse.Namespace) -> None:
     from lakehouse.maintain import maintain
     from lakehouse.render import format_table
@@ -625,7 +720,7 @@ COMMANDS: dict[str, Callable] = {
     "ingest": _cmd_ingest, "curate": _cmd_curate, "maintain": _cmd_maintain,
     "features": _cmd_features, "train": _cmd_train, "score": _cmd_score,
     "tables": _cmd_tables, "sql": _cmd_sql, "demo": _cmd_demo, "run": _cmd_run,
-    "metastore": _cmd_register, "stream": _cmd_stream,
+    "metastore": _cmd_register, "stream": _cmd_stream, "models": _cmd_models,
 }
 
 
@@ -706,6 +801,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_lake_server(cfg, args)
         if args.command == "kafka":
             return _cmd_kafka(cfg, args)
+        if args.command == "mlflow":
+            return _cmd_mlflow(cfg, args)
         if args.command in ("sql", "tables") and _through_endpoint(cfg, args):
             log.info("%s finished in %.1f s", args.command, time.monotonic() - start)
             return 0

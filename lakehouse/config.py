@@ -210,6 +210,36 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Where training runs and the model registry are kept (MLflow).
+
+    Attributes:
+        enabled: every ``train`` is an MLflow run and every model version is in
+            MLflow's Model Registry; false: the ``models`` table only.
+        uri: a tracking server or database (``http://mlflow.example:5000``,
+            ``postgresql://...``); empty: ``sqlite`` under the home folder, or a
+            database of its own (``database``) on the PostgreSQL service when the
+            metastore is ``postgres``.
+        database: that database's name on the PostgreSQL service.
+        experiment: the experiment runs go to; empty: the catalog's database name.
+        artifact_root: where a store created here keeps run artifacts; empty:
+            ``mlflow`` under the lake's root (``s3://`` for an ``s3a://`` lake).
+        ui_host: the interface ``lakeforge mlflow ui`` serves on.
+        ui_port: its port.
+        timeout: seconds to wait for a tracking server before training stops.
+    """
+
+    enabled: bool = True
+    uri: str = ""
+    database: str = "mlflow"
+    experiment: str = ""
+    artifact_root: str = ""
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 5000
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``home`` is the one data directory."""
 
@@ -225,6 +255,7 @@ class Config:
     metastore: MetastoreConfig = field(default_factory=MetastoreConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def lake_root(self) -> str:

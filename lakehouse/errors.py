@@ -103,3 +103,7 @@ def _java_condition(java) -> str | None:
         return java.getCondition()
     except Py4JError:   # not a SparkThrowable: no such method
         return None
+
+
+class RegistryMismatchError(LakeforgeError):
+    """The models table and MLflow's Model Registry disagree (``lakeforge models check``)."""

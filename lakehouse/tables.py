@@ -167,6 +167,7 @@ _MODELS = (
     _f("run_id", StringType(), False),
     _f("artifact", StringType(), False),
     _f("created_at", TimestampType(), False),
+    _f("mlflow_run_id", StringType()),   # the model's MLflow run (NULL: tracking was off)
 )
 
 def _registry() -> dict[str, TableSpec]:

@@ -10,6 +10,7 @@ artifact, runs the family's rank function on ``num_proc`` ranks through
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -29,6 +30,7 @@ from lakehouse.errors import ConfigError, TableNotFoundError
 from lakehouse.lakefs import LakeFS, join
 from models.family import RunPaths, check_kind, get_family
 from models.store import ModelRecord, ModelStore
+from models.tracking import Tracker, sync
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +113,30 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     if done is not None:
         return done
     trainer.ready(plan, table, version)
-    run = run_paths(cfg, run_id)
-    spec = trainer.rank_spec(cfg, plan, run)
-    log.info("training %s (%s) on %s v%d: %s; %d ranks, run %s", name, family_name, table,
-             version, plan.summary, cfg.train.num_proc, run_id)
-    ranks = run_ranks(spec, cfg, type(trainer).rank_fn)
-    gather(run)
-    metrics = trainer.evaluate(spark, cfg, plan, ranks, run.staged, name)
-    record = ModelStore(spark, cfg).register(name, family_name, run.staged,
-                                             plan.recorded or plan.params, metrics, table,
-                                             version, run_id)
+    tracker = Tracker(cfg) if cfg.tracking.enabled else None   # stops before any rank
+    recorded = plan.recorded or plan.params
+    mlrun = tracker.start(run_id, name, family_name, table, version, recorded,
+                          delta.table_location(spark, table)) if tracker else None
+    with tracker.running(mlrun) if tracker else contextlib.nullcontext():
+        run = run_paths(cfg, run_id)
+        spec = trainer.rank_spec(cfg, plan, run)
+        log.info("training %s (%s) on %s v%d: %s; %d ranks, run %s", name, family_name,
+                 table, version, plan.summary, cfg.train.num_proc, run_id)
+        ranks = run_ranks(spec, cfg, type(trainer).rank_fn)
+        gather(run)
+        metrics = trainer.evaluate(spark, cfg, plan, ranks, run.staged, name)
+        rank0 = next((r for r in ranks if r.get("rank") == 0), {})
+        if tracker:
+            tracker.log_training(mlrun, rank0.get("history") or {},
+                                 int(rank0.get("initial_epoch") or 0), metrics, run.staged)
+        record = ModelStore(spark, cfg).register(name, family_name, run.staged, recorded,
+                                                 metrics, table, version, run_id, mlrun)
+        if tracker:
+            tracker.register(record, mlrun)
+            tracker.finish(mlrun)
     seconds = time.monotonic() - start
     log.info("registered %s v%d in %.0fs: %s", name, record.version, seconds,
              ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-    rank0 = next((r for r in ranks if r.get("rank") == 0), {})
     return TrainResult(record, rank0.get("history") or {}, ranks, seconds)
 
 
@@ -210,10 +222,18 @@ def _gone(owner: str, host: str) -> bool:
 def registered_run(spark: SparkSession, cfg: Config, name: str, run_id: str,
                    start: float) -> TrainResult | None:
     """The result of a run that already registered its model (no Horovod job), or None."""
-    done = ModelStore(spark, cfg).find_run(name, run_id)
+    store = ModelStore(spark, cfg)
+    done = store.find_run(name, run_id)
     if done is None:
         return None
     log.info("run %s already registered %s v%d; nothing to train", run_id, name, done.version)
+    if cfg.tracking.enabled:   # a run killed after the models table took its version
+        tracker = Tracker(cfg)
+        if done.version not in tracker.versions(name):
+            found = tracker.find_run(run_id)
+            if found is not None and found.info.status != "FINISHED":
+                tracker.finish(found.info.run_id)
+            sync(tracker, [r for r in store.records() if r.name == name])
     return TrainResult(done, {}, [], time.monotonic() - start)
 
 

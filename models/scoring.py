@@ -36,6 +36,7 @@ from lakehouse.lakefs import LakeFS
 from lakehouse.tables import TableSpec, _f, register
 from models.family import get_family
 from models.store import ModelStore
+from models.tracking import model_ref
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
         spark: the session.
         cfg: configuration.
         family: model family (``mlp``, ``cnn``, ``word2vec``, ``deepar``, ``rcf``).
-        model_name: stored model name.
+        model_name: stored model name, or ``NAME@ALIAS`` for the version an MLflow
+            alias points at.
         model_version: version number or ``latest``.
         input_table: table to score (default: the model's training table); for the
             classifier families it needs ``row_id`` and ``features``, or, for a model
@@ -149,6 +151,7 @@ def score(spark: SparkSession, cfg: Config, family: str, model_name: str,
     """
     start = time.monotonic()
     fam = get_family(family)
+    model_name, model_version = model_ref(cfg, model_name, model_version)
     store = ModelStore(spark, cfg)
     record = store.get(model_name, model_version)
     if record.family != family:

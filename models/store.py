@@ -56,12 +56,14 @@ class ModelRecord:
     run_id: str
     artifact: str
     created_at: dt.datetime
+    mlflow_run_id: str | None = None
 
     def row(self) -> tuple:
         """The record as a models-table row (params and metrics as JSON objects)."""
         return (self.name, self.version, self.family, json.dumps(self.params, sort_keys=True),
                 json.dumps(self.metrics, sort_keys=True), self.training_table,
-                self.training_version, self.run_id, self.artifact, self.created_at)
+                self.training_version, self.run_id, self.artifact, self.created_at,
+                self.mlflow_run_id)
 
 
 class ModelStore:
@@ -82,7 +84,7 @@ class ModelStore:
 
     def register(self, name: str, family: str, staged: Path, params: dict[str, Any],
                  metrics: dict[str, float], training_table: str, training_version: int,
-                 run_id: str) -> ModelRecord:
+                 run_id: str, mlflow_run_id: str | None = None) -> ModelRecord:
         """Move a staged artifact folder into the store on the lake and add its row.
 
         The staged folder is consumed: copied into the store on the lake, then deleted
@@ -97,6 +99,7 @@ class ModelStore:
             training_table: gold table trained from.
             training_version: its Delta version.
             run_id: the training run; a run registers one model only.
+            mlflow_run_id: its MLflow run, when tracked.
 
         Returns:
             The new record (or the one this run registered before).
@@ -114,7 +117,7 @@ class ModelStore:
                       .agg(F.max("version")).first()[0])
             record = ModelRecord(name, (latest or 0) + 1, family, params, metrics,
                                  training_table, training_version, run_id, target,
-                                 dt.datetime.now(dt.UTC).replace(tzinfo=None))
+                                 dt.datetime.now(dt.UTC).replace(tzinfo=None), mlflow_run_id)
             self.lake.write_text(join(target, META_FILE), json.dumps(
                 {**{k: v for k, v in record.__dict__.items() if k != "created_at"},
                  "created_at": record.created_at.isoformat()}, indent=2, default=str))
@@ -156,6 +159,11 @@ class ModelStore:
                 f"{', '.join(map(str, versions))}")
         return _record(rows.filter(F.col("version") == wanted).first())
 
+    def records(self) -> list[ModelRecord]:
+        """Every model version in the table, by name and version."""
+        rows = self.spark.table(self.table).orderBy("name", "version").collect()
+        return [_record(r) for r in rows]
+
     def load(self, name: str, version: int | str = "latest"):
         """Load a model's Keras network; returns ``(model, record)``.
 
@@ -187,4 +195,4 @@ def _record(row) -> ModelRecord:
     return ModelRecord(row["name"], row["version"], row["family"], json.loads(row["params"]),
                        json.loads(row["metrics"]), row["training_table"],
                        row["training_version"], row["run_id"], row["artifact"],
-                       row["created_at"])
+                       row["created_at"], row["mlflow_run_id"])

@@ -3,14 +3,14 @@ catalog database (and config) per test so tests never see each other's tables.""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import uuid
 
 import pytest
 
-from lakehouse.config import CatalogConfig, Config, load_config
+from lakehouse.config import Config, load_config
+from tests.helpers import in_database
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -56,7 +56,7 @@ def cfg(spark, base_cfg: Config) -> Config:
     """The session's config with a database of this test's own."""
     db = f"t_{uuid.uuid4().hex[:10]}"
     spark.sql(f"CREATE DATABASE {db}")
-    yield dataclasses.replace(base_cfg, catalog=CatalogConfig(database=db))
+    yield in_database(base_cfg, db)
     spark.sql(f"DROP DATABASE {db} CASCADE")
 
 

@@ -20,6 +20,15 @@ from lakehouse.maintain import lakehouse_tables
 from lakehouse.submit import beeline_command, submit_env
 
 
+def in_database(cfg: Config, db: str) -> Config:
+    """The config with a catalog database of its own, and a tracking store of its own
+    (MLflow's model names are global to a store; every test trains its own wine_mlp)."""
+    store = cfg.home / "mlflow" / f"{db}.db"
+    return dataclasses.replace(
+        cfg, catalog=dataclasses.replace(cfg.catalog, database=db),
+        tracking=dataclasses.replace(cfg.tracking, uri=f"sqlite:///{store.resolve()}"))
+
+
 def with_paths(cfg: Config, **paths: Path | str) -> Config:
     """The config with some catalog entries reading other files (outside any package)."""
     datasets = dict(cfg.datasets)

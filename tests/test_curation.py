@@ -7,7 +7,6 @@ the clean curate gives.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,10 +17,9 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from lakehouse import delta
-from lakehouse.config import CatalogConfig
 from lakehouse.curate import curate
 from lakehouse.ingest import ingest
-from tests.helpers import with_datasets
+from tests.helpers import in_database, with_datasets
 
 HEADER = "id,v,tag\n"
 DAY1 = HEADER + "".join(f"{i},{'' if i in (3, 7) else i * 1.5},{'a' if i % 2 else 'b'}\n"
@@ -54,7 +52,7 @@ def fresh(spark, cfg):
     """Another database of the same session: the fresh lake a clean curate goes to."""
     db = f"t_{uuid.uuid4().hex[:10]}"
     spark.sql(f"CREATE DATABASE {db}")
-    yield dataclasses.replace(cfg, catalog=CatalogConfig(database=db))
+    yield in_database(cfg, db)
     spark.sql(f"DROP DATABASE {db} CASCADE")
 
 

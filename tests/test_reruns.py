@@ -7,7 +7,6 @@ content hash per table), nothing doubled, no staging folder or partial model ver
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -26,17 +25,16 @@ from pyspark.sql.types import TimestampType
 
 from jobs.pipeline import run_pipeline
 from lakehouse import delta
-from lakehouse.config import CatalogConfig
 from lakehouse.maintain import lakehouse_tables, maintain
 from pipelines.definitions import STEP_NAMES, get_pipeline
-from tests.helpers import AMOUNT_POSITIVE, orders_entry, table_state, with_datasets
+from tests.helpers import AMOUNT_POSITIVE, in_database, orders_entry, table_state, with_datasets
 
 # Columns that differ between two correct runs: when and where things happened (the two
 # runs use different databases and homes), and what a training that resumed from a
 # checkpoint learnt (its predictions, not their rows).
 VOLATILE = {"artifact", "metrics", "probability", "probabilities", "predicted",
             "prediction", "prediction_label", "target_table", "input_table", "training_table",
-            "run_id"}
+            "run_id", "mlflow_run_id"}
 
 
 def _orders(landing: Path) -> dict:
@@ -94,7 +92,7 @@ def clean(spark, base_cfg, tmp_path_factory):
         "params": {"epochs": EPOCHS, "batch_size": 4, "hidden": [8], "patience": 50}}}}))
     db = f"t_{uuid.uuid4().hex[:10]}"
     spark.sql(f"CREATE DATABASE {db}")
-    cfg = with_datasets(dataclasses.replace(base_cfg, catalog=CatalogConfig(database=db)),
+    cfg = with_datasets(in_database(base_cfg, db),
                         _orders(landing))
     results = run_pipeline(spark, cfg, "wine_mlp", "b1", definitions)
     expected = {name.split(".")[1]: _fingerprint(spark, delta.table_location(spark, name))

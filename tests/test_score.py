@@ -1,6 +1,5 @@
 """Batch scoring into Delta and SQL views over predictions."""
 
-import dataclasses
 import threading
 import uuid
 
@@ -10,7 +9,6 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.catalog import create_views, run_sql
-from lakehouse.config import CatalogConfig
 from lakehouse.curate import curate
 from lakehouse.errors import SchemaMismatchError
 from lakehouse.featuresets import build_features
@@ -18,6 +16,7 @@ from lakehouse.ingest import ingest
 from models.mlp import FAMILY
 from models.scoring import score
 from models.store import ModelNotFoundError, ModelStore
+from tests.helpers import in_database
 
 
 def _register(spark, cfg, table, tmp_path, run_id, seed):
@@ -44,7 +43,7 @@ def wine_gold(spark, base_cfg):
     read it (their models, predictions and broken copies go to their own databases)."""
     db = f"t_{uuid.uuid4().hex[:10]}"
     spark.sql(f"CREATE DATABASE {db}")
-    cfg = dataclasses.replace(base_cfg, catalog=CatalogConfig(database=db))
+    cfg = in_database(base_cfg, db)
     ingest(spark, cfg, ["wine"], "b1")
     curate(spark, cfg, ["wine"])
     yield build_features(spark, cfg, "wine", partitions=4)
