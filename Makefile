@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint metastore lake-server kafka sql-server bench-ingest bench-lake bench-sql bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf bench-alerts bench-stream bench-stream-live soak clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore lake-server kafka sql-server mlflow-ui bench-ingest bench-lake bench-sql bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf bench-alerts bench-stream bench-stream-live soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -61,6 +61,9 @@ kafka: setup        ## a local Kafka broker (KRaft) for streams on 127.0.0.1:909
 
 sql-server: setup   ## Spark Thrift server (JDBC) on 127.0.0.1:10000 over the catalog
 	$(VENV)/bin/lakeforge sql-server $(ARGS)
+
+mlflow-ui: setup    ## MLflow's UI on the tracking store (runs, models) on 127.0.0.1:5000
+	$(VENV)/bin/lakeforge mlflow ui $(ARGS)
 
 bench-lake: setup   ## ingest, curate, features, train, score: lake local vs the local S3 server
 	$(PY) bench/bench_lake.py $(ARGS)

@@ -113,6 +113,9 @@ def running(cfg: Config) -> bool:
 def start(cfg: Config) -> str:
     """Start (initialising on first use) the local service and create the schema.
 
+    The service also holds MLflow's tracking store, in a database of its own
+    (``tracking.database``), unless ``tracking.uri`` names another.
+
     Returns:
         The JDBC URL jobs use.
 
@@ -137,8 +140,13 @@ def start(cfg: Config) -> str:
             raise MetastoreError(f"PostgreSQL did not start on {ms.host}:{ms.port}: "
                                  f"{proc.stderr.strip() or proc.stdout.strip()}\n{tail}")
         log.info("PostgreSQL metastore running on %s:%d (data in %s)", ms.host, ms.port, pgdata)
-    if not _psql(cfg, f"SELECT 1 FROM pg_database WHERE datname = '{ms.database}'", "postgres"):
-        _psql(cfg, f'CREATE DATABASE "{ms.database}"', "postgres")
+    databases = [ms.database]
+    if cfg.tracking.enabled and not cfg.tracking.uri:   # MLflow's store: a database of its own
+        databases.append(cfg.tracking.database)
+    for database in databases:
+        if not _psql(cfg, f"SELECT 1 FROM pg_database WHERE datname = '{database}'",
+                     "postgres"):
+            _psql(cfg, f'CREATE DATABASE "{database}"', "postgres")
     init_schema(cfg)
     return f"jdbc:postgresql://{ms.host}:{ms.port}/{ms.database}"
 

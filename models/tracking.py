@@ -146,7 +146,8 @@ class Tracker:
     def __init__(self, cfg: Config) -> None:
         for key, value in mlflow_env(cfg).items():
             os.environ.setdefault(key, value)
-        from mlflow import MlflowClient   # configures its loggers: quieten them after
+        # importing MLflow configures its loggers: quieten them after
+        from mlflow import MlflowClient
 
         for name in _QUIET:
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -13,6 +13,7 @@ from pyarrow import fs
 
 from lakehouse import objectstore
 from lakehouse.config import load_config
+from models.tracking import Tracker
 from tests.helpers import free_port, small_job_env
 
 ORDERS = """
@@ -121,6 +122,15 @@ def test_ingest_curate_and_features_write_every_table_to_the_s3_server(s3, tmp_p
     artifact = f"{database.rsplit('/', 2)[0]}/models/lakeforge/orders_mlp/r1"
     assert {"model.keras", "meta.json", "history.json"} <= set(_names(store, artifact))
     assert not _names(store, f"{s3.lake.server.bucket}/lake1/runs")   # gathered, removed
+    # The killed training's MLflow run is the one its resume finished; the model's files
+    # are run artifacts on S3, and the version is MLflow's v1 too.
+    tracker = Tracker(load_config([f"home={home}"], environ=env))
+    [run] = tracker.client.search_runs([tracker.experiment_id])
+    assert (run.info.run_name, run.info.status) == ("r1", "FINISHED")
+    assert run.info.artifact_uri.startswith(f"s3://{s3.lake.server.bucket}/lake1/mlflow/")
+    logged = run.info.artifact_uri.removeprefix("s3://") + "/model"
+    assert {"model.keras", "history.json"} <= set(_names(store, logged))
+    assert list(tracker.versions("orders_mlp")) == [1]
 
     _ok(env, "score", "mlp", "--model", "orders_mlp")
     scored = _ok(env, "sql", "SELECT count(*), count(DISTINCT row_id), min(model_version) "

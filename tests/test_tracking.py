@@ -1,6 +1,7 @@
 """Training runs and the model registry in MLflow: a real MLflow store (SQLite), real
 Spark and 2 Horovod ranks."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -11,7 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+from jobs.cli import _cmd_models
 from lakehouse.curate import curate
+from lakehouse.errors import RegistryMismatchError
 from lakehouse.featuresets import build_features
 from lakehouse.ingest import ingest
 from models import tracking
@@ -37,7 +40,7 @@ def _runs(tracker: Tracker) -> list:
 
 @pytest.mark.slow
 def test_a_training_is_a_run_and_its_version_is_the_same_in_mlflow(spark, cfg, wine, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, capsys):
     result = train(spark, cfg, "mlp", "wine", params=FAST)
     model, tracker = result.model, Tracker(cfg)
     [run] = _runs(tracker)
@@ -77,7 +80,7 @@ def test_a_training_is_a_run_and_its_version_is_the_same_in_mlflow(spark, cfg, w
     assert again.model.version == 1 and len(_runs(tracker)) == 1
     assert tracking.check(tracker, ModelStore(spark, cfg).records()) == []
 
-    tracker.set_alias("wine_mlp", "champion", 1)
+    _cmd_models(spark, cfg, argparse.Namespace(action="alias", names=["wine_mlp@champion", "1"]))
     scored = score(spark, cfg, "mlp", "wine_mlp@champion")
     lineage = spark.table(scored.table).select("model_name", "model_version").distinct()
     assert [tuple(r) for r in lineage.collect()] == [("wine_mlp", 1)]
@@ -90,6 +93,9 @@ def test_a_training_is_a_run_and_its_version_is_the_same_in_mlflow(spark, cfg, w
         Disagreement("wine_mlp", 1, "missing in MLflow's registry")]
     assert tracking.sync(tracker, records) == []                 # MLflow would call it v2
     assert tracker.versions("wine_mlp") == {}
+    with pytest.raises(RegistryMismatchError, match="1 disagreement"):     # exit code 2
+        _cmd_models(spark, cfg, argparse.Namespace(action="check", names=[]))
+    assert "wine_mlp        1  missing in MLflow's registry" in capsys.readouterr().out
 
 
 @pytest.mark.slow
