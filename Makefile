@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint metastore lake-server kafka sql-server mlflow-ui bench-ingest bench-lake bench-sql bench-append bench-curate bench-score bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf bench-alerts bench-stream bench-stream-live soak clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore lake-server kafka sql-server mlflow-ui bench-ingest bench-lake bench-sql bench-append bench-curate bench-score bench-pyfunc bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf bench-alerts bench-stream bench-stream-live soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -73,6 +73,9 @@ bench-sql: setup    ## lakeforge sql through a running SQL endpoint vs beeline o
 
 bench-score: setup  ## scorer vs per-row UDF vs one-process pandas (rows/s); needs make demo
 	$(PY) bench/bench_score.py $(ARGS)
+
+bench-pyfunc: setup ## lakeforge score vs MLflow's spark_udf of the same model (rows/s); needs make demo
+	$(PY) bench/bench_pyfunc.py $(ARGS)
 
 bench-train: setup  ## MLP vs MLlib and scikit-learn; CNN 2 ranks vs one process; memory
 	$(PY) bench/bench_train.py $(ARGS)

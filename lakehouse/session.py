@@ -341,3 +341,18 @@ def _query_context_logs_to(log_file: Path | None) -> None:
             handler.close()
         logger.addHandler(logging.FileHandler(log_file, delay=True) if log_file
                           else logging.NullHandler())
+
+
+def local_session() -> SparkSession:
+    """A bare local session (one core, no lake, no catalog, no UI) for plain SQL.
+
+    For evaluating a feature declaration's SQL where lakeforge's own session is not
+    running (a model loaded as an MLflow pyfunc): started once per process, with the
+    session time zone lakeforge's jobs use, so dates and times come out the same.
+    """
+    return (SparkSession.builder.master("local[1]").appName("lakeforge-sql")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .getOrCreate())

@@ -35,6 +35,7 @@ from lakehouse.errors import ConfigError
 from lakehouse.lakefs import LakeFS
 
 if TYPE_CHECKING:   # the contract's types only: pipelines and DAG files import this module
+    import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
 FAMILY_NAMES = ("mlp", "cnn", "word2vec", "deepar", "rcf")
@@ -109,6 +110,15 @@ class FamilyTrainer(ABC):
                  ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:
         """The model's metrics from the ranks' reports; plots and files into ``staged``."""
 
+    def example(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
+                staged: Path) -> pd.DataFrame | None:
+        """A few rows of what the model's pyfunc takes (its MLflow input example)."""
+        return None
+
+    def pyfunc_options(self, plan: TrainPlan) -> dict[str, Any]:
+        """Keyword arguments of the family's pyfunc predictor (default: none)."""
+        return {}
+
 
 @dataclass(frozen=True)
 class Family:
@@ -130,6 +140,9 @@ class Family:
         prediction_late_fields: StructFields added after the first release, so after
             the lineage (existing tables gain them at the end).
         prediction_keys: columns that identify a prediction within one run.
+        predictor: ``predictor(folder, rows, **options)`` -> DataFrame: the model in a
+            local artifact folder applied to a pandas DataFrame, without Spark (what
+            its MLflow pyfunc runs, :mod:`models.pyfunc`); None: no pyfunc yet.
     """
 
     name: str
@@ -140,6 +153,7 @@ class Family:
     prediction_fields: tuple[Any, ...] = ()
     prediction_late_fields: tuple[Any, ...] = ()
     prediction_keys: tuple[str, ...] = ("row_id",)
+    predictor: Callable[..., Any] | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:

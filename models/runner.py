@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from lakehouse.config import Config
 from lakehouse.errors import ConfigError, TableNotFoundError
 from lakehouse.lakefs import LakeFS, join
 from models.family import RunPaths, check_kind, get_family
+from models.pyfunc import save as save_pyfunc
 from models.store import ModelRecord, ModelStore
 from models.tracking import Tracker, sync
 
@@ -129,6 +131,9 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
         if tracker:
             tracker.log_training(mlrun, rank0.get("history") or {},
                                  int(rank0.get("initial_epoch") or 0), metrics, run.staged)
+            log_model(tracker, mlrun, family_name, run.staged,
+                      trainer.example(spark, cfg, plan, run.staged),
+                      trainer.pyfunc_options(plan))
         record = ModelStore(spark, cfg).register(name, family_name, run.staged, recorded,
                                                  metrics, table, version, run_id, mlrun)
         if tracker:
@@ -138,6 +143,19 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
     log.info("registered %s v%d in %.0fs: %s", name, record.version, seconds,
              ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return TrainResult(record, rank0.get("history") or {}, ranks, seconds)
+
+
+def log_model(tracker: Tracker, mlrun: str, family: str, staged: Path, example: Any,
+              options: dict[str, Any]) -> None:
+    """Log a model to its MLflow run: a pyfunc where its family has a predictor.
+
+    A family without one (:mod:`models.pyfunc`) logs the model store's files as they are.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "model"
+        if not save_pyfunc(folder, family, staged, example, options):
+            folder = staged
+        tracker.log_model(mlrun, folder)
 
 
 def pin_table(spark: SparkSession, table: str, version: int | None) -> tuple[DataFrame, int]:

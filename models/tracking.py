@@ -56,7 +56,9 @@ TAG_ARTIFACT = "lakeforge.artifact"
 TAG_TABLE_VERSION = "lakeforge.training_version"
 MODEL_PATH = "model"          # the run's artifact folder holding the model's files
 MAX_PARAM = 6000              # MLflow's longest parameter value
-_QUIET = ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store")
+OPEN_ATTEMPTS = 4
+_QUIET = ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store", "mlflow.pyfunc",
+          "mlflow.models")
 
 
 class TrackingError(LakeforgeError):
@@ -158,15 +160,24 @@ class Tracker:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         elif self.uri.startswith(("http://", "https://")):
             _check_server(self.uri, cfg.tracking.timeout)
-        try:
-            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-            self.experiment_id = self._experiment()
-        except TrackingError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - SQLAlchemy, REST and MLflow errors alike
-            raise TrackingError(f"tracking store {safe_uri(self.uri)} cannot be used: "
-                                f"{_first_line(exc)} (tracking.uri; tracking.enabled=false "
-                                f"trains without MLflow)") from exc
+        # A new store is created (its schema migrated) by the first client that opens it;
+        # two jobs starting at once would both migrate it. On SQLite they take turns (a
+        # lock file beside the database); a server's database is retried.
+        with _store_lock(self.uri):
+            for attempt in range(1, OPEN_ATTEMPTS + 1):
+                try:
+                    self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+                    self.experiment_id = self._experiment()
+                    break
+                except Exception as exc:  # noqa: BLE001 - SQLAlchemy, REST, MLflow errors
+                    if attempt == OPEN_ATTEMPTS:
+                        raise TrackingError(
+                            f"tracking store {safe_uri(self.uri)} cannot be used: "
+                            f"{_first_line(exc)} (tracking.uri; tracking.enabled=false "
+                            f"trains without MLflow)") from exc
+                    log.info("tracking store %s: %s; trying again", safe_uri(self.uri),
+                             _first_line(exc))
+                    time.sleep(2 * attempt)
 
     def _experiment(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment_name)
@@ -259,7 +270,7 @@ class Tracker:
 
     def log_training(self, mlrun: str, history: Mapping[str, list[float]], first_epoch: int,
                      metrics: Mapping[str, float], staged: Path) -> None:
-        """Log rank 0's metrics per epoch, the evaluation and the model's files."""
+        """Log rank 0's metrics per epoch and the evaluation."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -270,7 +281,10 @@ class Tracker:
         points = series + final
         for i in range(0, len(points), 1000):   # MLflow takes at most 1,000 metrics a call
             self.client.log_batch(mlrun, metrics=points[i:i + 1000])
-        self.client.log_artifacts(mlrun, str(staged), MODEL_PATH)
+
+    def log_model(self, mlrun: str, folder: Path) -> None:
+        """Log the model's folder (a pyfunc, or the store's files) as ``model/``."""
+        self.client.log_artifacts(mlrun, str(folder), MODEL_PATH)
 
     def finish(self, mlrun: str, status: str = "FINISHED") -> None:
         """End an MLflow run (``FINISHED`` or ``FAILED``)."""
@@ -462,6 +476,22 @@ def _check_server(uri: str, timeout: float) -> None:
     raise TrackingError(f"tracking server {safe_uri(uri)} does not answer ({problem}) after "
                         f"{timeout:g}s: start it, or set tracking.uri (tracking.enabled=false "
                         f"trains without MLflow)")
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Inside: this process alone opens a SQLite store (a no-op for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _terminated(signum: int, frame: Any) -> None:

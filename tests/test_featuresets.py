@@ -9,9 +9,18 @@ from collections import Counter
 import pytest
 
 from lakehouse import delta
-from lakehouse.errors import ConfigError
+from lakehouse.errors import ConfigError, SchemaMismatchError
 from lakehouse.featuresets import KINDS, ROLES, build_features, feature_sets, kind
 from lakehouse.featuresets.contract import Kind, default_partitions
+from lakehouse.featuresets.declared import (
+    CategoricalFeature,
+    FeatureSpec,
+    NumericFeature,
+    Split,
+    features_for_scoring,
+    fit,
+    prepare,
+)
 from lakehouse.problems import Problems
 from tests.helpers import silver_spec, with_datasets
 
@@ -139,3 +148,30 @@ def test_a_parameter_over_the_declaration_is_typed_and_named(spark, cfg):
         build_features(spark, cfg, "tiny_stream", params={"partitions": "many"})
     settings = kind("stream").settings_of(cfg.datasets["tiny_stream"], {"shingle_size": 5})
     assert settings == kind("stream").settings(shingle_size=5)
+
+
+def test_the_transform_without_spark_gives_the_features_spark_gives(spark):
+    rows = [(i, x, c, flag, arr) for i, (x, c, flag, arr) in enumerate(
+        [(2.5, "a", True, [1.0, 2.0]), (None, "b", False, [3.0]),
+         (float("nan"), "zz", None, None), (7.0, None, True, [5.0, 6.0]),
+         (1.0, "a", False, [0.5, float("nan")])] * 4)]
+    df = spark.createDataFrame(rows, "id BIGINT, x DOUBLE, c STRING, flag BOOLEAN, "
+                                     "arr ARRAY<DOUBLE>")
+    spec = FeatureSpec(
+        dataset="t", id="id", label="id % 2",
+        numeric=(NumericFeature("x", "x"), NumericFeature("twice", "x * 2 + 1"),
+                 NumericFeature("arr", "arr")),
+        categorical=(CategoricalFeature("c", "c", max_categories=2),
+                     CategoricalFeature("flag", "flag", encode="index")),
+        split=Split(key="id", val_pct=0, test_pct=0))
+    transform = fit(prepare(df, spec), spec)
+    assert transform.widths == (1, 1, 2)
+    want = {r["row_id"]: r["features"] for r in features_for_scoring(df, transform).collect()}
+    frame = df.toPandas()
+    frame["twice"] = frame["x"] * 2 + 1        # a SQL feature's value, under its name
+    got = transform.features_of(frame)
+    assert got.shape == (20, len(transform.feature_names))
+    for row_id, vector in zip(frame["id"], got, strict=True):
+        assert list(vector) == pytest.approx(want[row_id], abs=1e-6)
+    with pytest.raises(SchemaMismatchError, match="no column 'x \\* 2 \\+ 1' or 'twice'"):
+        transform.features_of(frame.drop(columns=["twice"]))

@@ -21,6 +21,7 @@ from lakehouse.errors import ConfigError
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.declared import decode_image, parse_features, transform_of
 from lakehouse.ingest import ingest
+from models import tracking
 from models.runner import train
 from models.scoring import score
 from tests.helpers import with_datasets
@@ -102,7 +103,8 @@ def test_cnn_image_shape_must_hold_the_feature_count():
 
 
 @pytest.mark.slow
-def test_cnn_trains_on_images_of_other_shapes_and_scores_raw_images(spark, cfg, tmp_path):
+def test_cnn_trains_on_images_of_other_shapes_and_scores_raw_images(spark, cfg, tmp_path,
+                                                                   monkeypatch):
     rng = random.Random(5)
     marks = [{"image_id": i, "part": "test" if i % 5 == 0 else "train",
               "label": "top" if i % 2 else "bottom", "image": _marks(rng, bool(i % 2))}
@@ -147,6 +149,24 @@ def test_cnn_trains_on_images_of_other_shapes_and_scores_raw_images(spark, cfg, 
     assert predictions.count() == spark.table(silver).count() - 1 == 201
     new = predictions.filter(F.col("row_id") == 20_001).first()
     assert new["prediction"] == 1                            # classes (blue, red): red
+    # The same raw images through the model's MLflow pyfunc, in this process without
+    # Spark: the unreadable one gets no prediction, the others lakeforge score's.
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(cfg))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{colour.name}/{colour.version}")
+    images = spark.table(silver).select("image_id", "image").toPandas()
+    got = pyfunc.predict(images[["image"]])
+    assert len(got) == 202 and got["prediction"].isna().sum() == 1
+    want = {r["row_id"]: r for r in predictions.collect()}
+    for image_id, (_, row) in zip(images["image_id"], got.iterrows(), strict=True):
+        if image_id == 20_002:
+            assert row["prediction"] is None or row["prediction"] != row["prediction"]
+            continue
+        assert row["prediction"] == want[image_id]["prediction"]
+        assert row["prediction_label"] == want[image_id]["prediction_label"]
+        assert list(row["probabilities"]) == pytest.approx(want[image_id]["probabilities"],
+                                                           abs=1e-6)
 
 
 def test_a_folder_of_images_per_label_quarantines_a_stray_file(spark, cfg, tmp_path):

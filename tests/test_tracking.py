@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from jobs.cli import _cmd_models
@@ -20,7 +19,7 @@ from lakehouse.ingest import ingest
 from models import tracking
 from models.runner import train
 from models.scoring import score
-from models.store import ModelStore, load_artifact
+from models.store import ModelStore
 from models.tracking import Disagreement, Tracker, TrackingError
 from tests.helpers import free_port
 
@@ -58,9 +57,9 @@ def test_a_training_is_a_run_and_its_version_is_the_same_in_mlflow(spark, cfg, w
     source = json.loads(used.dataset.source)
     assert used.dataset.name == f"{wine.table}@v{wine.version}"
     assert source["path"].endswith("gold_wine") and used.dataset.source_type == "delta_table"
-    files = {f.path for f in tracker.client.list_artifacts(mlrun, tracking.MODEL_PATH)}
-    assert {"model/model.keras", "model/confusion_matrix.png",
-            "model/training_curves.png"} <= files
+    files = {f.path for f in tracker.client.list_artifacts(mlrun, "model/artifacts/lakeforge")}
+    assert {"model/artifacts/lakeforge/model.keras", "model/artifacts/lakeforge/"
+            "confusion_matrix.png", "model/artifacts/lakeforge/training_curves.png"} <= files
 
     # The registry: lakeforge's v1 is MLflow's v1, linked both ways.
     assert model.mlflow_run_id == mlrun
@@ -68,13 +67,25 @@ def test_a_training_is_a_run_and_its_version_is_the_same_in_mlflow(spark, cfg, w
     [mv] = tracker.versions("wine_mlp").values()
     assert (int(mv.version), mv.run_id, mv.tags[tracking.TAG_VERSION]) == (1, mlrun, "1")
     assert mv.tags[tracking.TAG_ARTIFACT] == model.artifact
-    import mlflow.artifacts
+    # The version as an MLflow pyfunc, in this process without Spark, on silver's raw
+    # rows: lakeforge score's predictions, row for row.
+    import mlflow.pyfunc
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri)      # as a user's shell would
-    folder = mlflow.artifacts.download_artifacts("models:/wine_mlp/1", dst_path=str(tmp_path))
-    x = np.random.default_rng(0).normal(size=(5, 13)).astype("float32")
-    ours = load_artifact(model.artifact).predict(x, verbose=0)
-    assert load_artifact(folder).predict(x, verbose=0) == pytest.approx(ours)
+    pyfunc = mlflow.pyfunc.load_model("models:/wine_mlp/1")
+    assert pyfunc.metadata.get_input_schema().input_names() == ["features"]
+    silver = f"{cfg.catalog.database}.silver_wine"
+    raw = spark.table(silver).toPandas()
+    got = pyfunc.predict(raw)
+    scored = score(spark, cfg, "mlp", "wine_mlp", input_table=silver)
+    want = {r["row_id"]: r for r in spark.table(scored.table)
+            .filter(f"run_id = '{scored.run_id}'").collect()}
+    assert len(got) == len(want) == 178
+    for row_id, (_, row) in zip(raw["row_id"], got.iterrows(), strict=True):
+        assert (row["prediction"], row["prediction_label"]) == \
+            (want[row_id]["prediction"], want[row_id]["prediction_label"])
+        assert list(row["probabilities"]) == pytest.approx(want[row_id]["probabilities"],
+                                                           abs=1e-6)
 
     again = train(spark, cfg, "mlp", "wine", params=FAST)         # a re-run: no new run
     assert again.model.version == 1 and len(_runs(tracker)) == 1

@@ -6,12 +6,14 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.errors import ConfigError, SourceError
 from lakehouse.featuresets import build_features
+from models import tracking
 from models.runner import train
 from models.scoring import score
 from models.word2vec.evaluate import Embeddings
@@ -169,7 +171,7 @@ def test_declared_text_builds_its_own_tables_and_checks_settings(spark, tickets)
 
 
 @pytest.mark.slow
-def test_two_ranks_learn_topics_register_and_score(spark, tickets):
+def test_two_ranks_learn_topics_register_and_score(spark, tickets, monkeypatch):
     """word2vec on a text data set the test declares."""
     cfg = tickets
     _similarity_tables(spark, cfg)
@@ -216,6 +218,16 @@ def test_two_ranks_learn_topics_register_and_score(spark, tickets):
     words = {r["word"]: r["neighbours"] for r in spark.table(asked.table)
              .where(F.col("run_id") == asked.run_id).collect()}
     assert asked.rows == 2 and words["cat"] == near and "dog" in words
+    # The model's MLflow pyfunc, in this process without Spark: one row per word asked.
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(cfg))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{model.name}/{model.version}")
+    got = pyfunc.predict(pd.DataFrame({"word": ["Cat", "unicorn", "dog"]}))
+    assert list(got["word"]) == ["cat", "unicorn", "dog"]
+    assert got["neighbours"][0] == near and got["neighbours"][1] is None
+    assert list(got["vector"][2]) == pytest.approx(list(rows["dog"]["vector"]))
+    assert list(got["similarities"][0]) == pytest.approx(list(rows["cat"]["similarities"]))
 
     meta = json.loads((artifact / "meta.json").read_text())
     assert meta["params"]["min_count"] == 2 and meta["training_version"] == model.training_version

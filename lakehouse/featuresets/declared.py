@@ -88,6 +88,7 @@ from lakehouse.featuresets.contract import (
     silver_rows,
 )
 from lakehouse.problems import Problems
+from lakehouse.session import local_session
 from lakehouse.tables import TRAINING_TABLE_PROPERTIES, TableSpec, _f, register
 
 TASKS = ("classification", "regression")
@@ -195,6 +196,8 @@ class FeatureTransform:
         vocabularies: each categorical feature's categories, most frequent first.
         classes: the class labels of a string label, in class-index order (empty when
             the label is already a class index or the task is regression).
+        input_types: each silver column and its Spark type (``(name, "int")``), so
+            rows outside Spark are typed as Spark typed them for the feature SQL.
     """
 
     spec: FeatureSpec
@@ -202,6 +205,7 @@ class FeatureTransform:
     fill: tuple[float, ...]
     vocabularies: tuple[tuple[str, ...], ...]
     classes: tuple[str, ...] = ()
+    input_types: tuple[tuple[str, str], ...] = ()
 
     @property
     def feature_names(self) -> list[str]:
@@ -249,7 +253,8 @@ class FeatureTransform:
                "image": ImageInput(**spec["image"]) if spec.get("image") else None})
         return cls(spec=spec, widths=tuple(raw["widths"]), fill=tuple(raw["fill"]),
                    vocabularies=tuple(tuple(v) for v in raw["vocabularies"]),
-                   classes=tuple(raw["classes"]))
+                   classes=tuple(raw["classes"]),
+                   input_types=tuple(tuple(t) for t in raw.get("input_types", ())))
 
     def features(self, df: DataFrame) -> Column:
         """The ``features`` column (ARRAY<FLOAT>) of rows shaped like the silver table.
@@ -268,6 +273,57 @@ class FeatureTransform:
         for feature, vocabulary in zip(self.spec.categorical, self.vocabularies, strict=True):
             numbers += _encoded(_category(feature), feature.encode, vocabulary)
         return F.array(*[n.cast("float") for n in numbers]).alias("features")
+
+    def features_of(self, rows: pd.DataFrame) -> np.ndarray:
+        """The ``features`` matrix of rows shaped like the silver table, without Spark.
+
+        The same numbers as :meth:`features` gives: a declared feature reads the column
+        its ``expr`` names, or a column named by the feature's name holding its value;
+        a feature declared as SQL over the row's columns is otherwise evaluated by Spark
+        (the active session, or a bare local one started once: Spark's SQL is the
+        only engine that computes it as training did). Missing numbers take the
+        fitted fill-in; a category outside the vocabulary is the "other" one. An image
+        that cannot be decoded gives a row of NaN.
+
+        Raises:
+            SchemaMismatchError: a feature's column is missing (the columns it may have
+                are named).
+        """
+        n = len(rows)
+        computed = {f.name: f.expr for f in (*self.spec.numeric, *self.spec.categorical)
+                    if f.expr.strip("`") not in rows.columns and f.name not in rows.columns}
+        if computed and n and self.spec.image is None:
+            rows = rows.assign(**sql_values(rows, computed, dict(self.input_types)))
+        image = self.spec.image
+        if image is not None:
+            decoded = [decode_image(b, image.encoding, image.height, image.width,
+                                    image.channels) for b in _column(rows, image.column, "")]
+            return np.stack([d if d is not None else np.full(self.widths[0], np.nan, np.float32)
+                             for d in decoded]) if n else np.zeros((0, self.widths[0]), np.float32)
+        parts: list[np.ndarray] = []
+        values = iter(self.fill)
+        for feature, width in zip(self.spec.numeric, self.widths, strict=True):
+            column = _column(rows, feature.expr, feature.name)
+            matrix = np.full((n, width), np.nan)
+            for i, value in enumerate(column):
+                cells = np.ravel(np.asarray(value, dtype=object))[:width] \
+                    if value is not None else []
+                matrix[i, :len(cells)] = [_number(c) for c in cells]
+            for j in range(width):
+                fill = next(values)
+                matrix[np.isnan(matrix[:, j]), j] = fill
+            parts.append(matrix)
+        for feature, vocabulary in zip(self.spec.categorical, self.vocabularies, strict=True):
+            text = [_spark_string(v) for v in _column(rows, feature.expr, feature.name)]
+            if feature.encode == "index":
+                index = {v: i + 1 for i, v in enumerate(vocabulary)}
+                parts.append(np.array([[index.get(t, 0)] for t in text], dtype=float))
+            else:
+                onehot = np.array([[float(t == v) for v in vocabulary] for t in text],
+                                  dtype=float).reshape(n, len(vocabulary))
+                other = 1.0 - onehot.sum(axis=1, keepdims=True)
+                parts.append(np.hstack([onehot, other]))
+        return np.hstack(parts).astype(np.float32) if parts else np.zeros((n, 0), np.float32)
 
     def label(self) -> Column:
         """The ``label`` column: a class index (INT) or a target value (FLOAT)."""
@@ -505,6 +561,66 @@ def _numbers(df: DataFrame, feature: NumericFeature, width: int) -> list[Column]
     return [F.when(~F.isnan(p), p) for p in parts]
 
 
+def sql_values(rows: pd.DataFrame, exprs: Mapping[str, str],
+               types: Mapping[str, str]) -> dict[str, list[Any]]:
+    """The values of SQL expressions over pandas rows, computed by Spark, in row order.
+
+    Args:
+        rows: the rows.
+        exprs: result name -> Spark SQL expression over the rows' columns.
+        types: column -> Spark type the rows had where the expressions were declared
+            (columns without one are typed from pandas).
+
+    Raises:
+        SchemaMismatchError: an expression refers to a column the rows lack.
+    """
+    spark = SparkSession.getActiveSession() or local_session()
+    frame = rows.reset_index(drop=True).assign(_lakeforge_row=np.arange(len(rows)))
+    df = spark.createDataFrame(frame)
+    df = df.select(*[F.col(f"`{c}`").cast(types[c]).alias(c) if c in types else F.col(f"`{c}`")
+                     for c in df.columns])
+    try:
+        values = df.select("_lakeforge_row", *[F.expr(e).alias(n) for n, e in exprs.items()]) \
+            .orderBy("_lakeforge_row").toPandas()
+    except AnalysisException as exc:
+        raise SchemaMismatchError(
+            f"input rows: the features {', '.join(exprs)} are SQL over columns the rows lack "
+            f"({str(exc).splitlines()[0]}); give those columns, or a column per feature") \
+            from None
+    return {n: values[n].tolist() for n in exprs}
+
+
+def _column(rows: pd.DataFrame, expr: str, name: str) -> pd.Series:
+    """The column a feature reads from pandas rows: its expression's, else its name's."""
+    for column in (expr.strip("`"), name):
+        if column and column in rows.columns:
+            return rows[column]
+    raise SchemaMismatchError(
+        f"input rows have no column {expr!r}" + (f" or {name!r}" if name and name != expr
+                                                 else "")
+        + f"; columns: {', '.join(map(str, rows.columns))} (a feature declared as SQL needs "
+          f"a column named by the feature's name, holding its value)")
+
+
+def _number(value: Any) -> float:
+    """A cell as a float, NaN when missing or not a number (Spark's cast gives NULL)."""
+    if value is None:
+        return np.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _spark_string(value: Any) -> str | None:
+    """A value as Spark casts it to a string (``true``, ``1.0``); None stays None."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _decoder(encoding: str, height: int, width: int, channels: int) -> Any:
     """A pandas UDF turning image bytes into height x width x channels floats in [0, 1]."""
 
@@ -612,8 +728,10 @@ def fit(prepared: DataFrame, spec: FeatureSpec) -> FeatureTransform:
                   .groupBy("v").count().filter(F.col("count") >= f.min_count)
                   .orderBy(F.desc("count"), "v").limit(f.max_categories).collect())
         vocabularies.append(tuple(r["v"] for r in counts))
+    types = tuple((f.name, f.dataType.simpleString()) for f in prepared.schema.fields
+                  if not f.name.startswith("_row_id") and f.name != "_split")
     return FeatureTransform(spec, tuple(widths), fill, tuple(vocabularies),
-                            _classes(prepared, train, spec))
+                            _classes(prepared, train, spec), types)
 
 
 def _classes(prepared: DataFrame, train: DataFrame, spec: FeatureSpec) -> tuple[str, ...]:

@@ -14,9 +14,11 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
@@ -178,3 +180,41 @@ def score_classifier(spark: SparkSession, cfg: Config, record: ModelRecord, df: 
     label = F.element_at(F.array(*map(F.lit, names)), F.col("prediction") + 1) if names \
         else F.lit(None)
     return scored.withColumn("prediction_label", label.cast("string"))
+
+
+def predict_classifier(folder: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """An MLP's or CNN's predictions of raw rows or ``features`` vectors.
+
+    Raises:
+        SchemaMismatchError: neither a ``features`` column nor the columns the stored
+            transform reads.
+    """
+    path = Path(folder) / TRANSFORM_FILE
+    transform = FeatureTransform.from_json(path.read_text()) if path.exists() else None
+    if "features" in rows.columns:
+        x = np.stack([np.asarray(v, dtype=np.float32) for v in rows["features"]]) \
+            if len(rows) else np.zeros((0, 0), np.float32)
+    elif transform is not None:
+        x = transform.features_of(rows)
+    else:
+        raise SchemaMismatchError(f"input rows have no column 'features' (columns: "
+                                  f"{', '.join(map(str, rows.columns))}); this model keeps "
+                                  f"no feature transform")
+    names = ("prediction", "probability", "probabilities", "value")
+    if not len(rows):
+        return pd.DataFrame({n: [] for n in (*names, "prediction_label")})
+    readable = ~np.isnan(x).any(axis=1)        # an image that could not be decoded
+    width = x.shape[1]
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(np.flatnonzero(readable).astype(np.int64)),
+         pa.ListArray.from_arrays(pa.array(np.arange(0, (readable.sum() + 1) * width, width,
+                                                     dtype=np.int32)),
+                                  pa.array(x[readable].ravel()))], names=["row_id", "features"])
+    scored = pa.Table.from_batches(list(score_batches(iter([batch]), folder, None))).to_pandas()
+    out = pd.DataFrame(index=range(len(rows)), columns=list(names), dtype=object)
+    for name in names:
+        out.loc[scored["row_id"].to_numpy(), name] = scored[name].to_numpy()
+    classes = transform.class_names if transform is not None else ()
+    out["prediction_label"] = [classes[int(p)] if classes and p is not None and p == p
+                               else None for p in out["prediction"]]
+    return out.set_index(rows.index)

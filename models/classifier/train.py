@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, IntegerType
@@ -149,6 +150,28 @@ class KerasTrainer(FamilyTrainer):
             n_features=n_features, n_classes=n_classes,
             checkpoint_dir=run.checkpoints, artifact_dir=run.outputs, lake=run.lake, mean=mean,
             variance=var, seed=cfg.train.seed, extra=extra)
+
+    def example(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
+                staged: Path) -> pd.DataFrame | None:
+        """Five silver rows with the columns the stored transform reads.
+
+        ``features`` vectors of the gold table when the model keeps no transform.
+        """
+        transform = plan.state["transform"]
+        entry = cfg.datasets.get(transform.spec.dataset) if transform is not None else None
+        silver = layer_table(cfg.catalog.database, "silver", entry.table_name) if entry else ""
+        if not silver or not spark.catalog.tableExists(silver):
+            return plan.state["df"].select("features").limit(5).toPandas()
+        rows, spec = spark.table(silver), transform.spec
+        if spec.where:
+            rows = rows.filter(F.expr(spec.where))
+        if spec.image is not None:
+            return rows.select(spec.image.column).limit(5).toPandas()
+        columns = {}
+        for feature in (*spec.numeric, *spec.categorical):   # a column, else the SQL's value
+            column = feature.expr.strip("`")
+            columns.setdefault(column if column in rows.columns else feature.name, feature.expr)
+        return rows.select([F.expr(e).alias(c) for c, e in columns.items()]).limit(5).toPandas()
 
     def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
                  ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:

@@ -4,7 +4,12 @@ import math
 from typing import Any
 
 from lakehouse.errors import ConfigError
-from models.classifier.scoring import CLASSIFIER_FIELDS, LATE_FIELDS, score_classifier
+from models.classifier.scoring import (
+    CLASSIFIER_FIELDS,
+    LATE_FIELDS,
+    predict_classifier,
+    score_classifier,
+)
 from models.classifier.train import KerasTrainer
 from models.cnn.network import build
 from models.cnn.params import CnnParams
@@ -25,6 +30,7 @@ FAMILY = Family(
     params=CnnParams,
     trainer=KerasTrainer("cnn", build, normalise=False, check=check),
     scorer=score_classifier,
+    predictor=predict_classifier,
     prediction_fields=CLASSIFIER_FIELDS,
     prediction_late_fields=LATE_FIELDS,
 )

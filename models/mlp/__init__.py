@@ -1,6 +1,11 @@
 """MLP family: dense layers with batch normalisation and dropout over tabular vectors."""
 
-from models.classifier.scoring import CLASSIFIER_FIELDS, LATE_FIELDS, score_classifier
+from models.classifier.scoring import (
+    CLASSIFIER_FIELDS,
+    LATE_FIELDS,
+    predict_classifier,
+    score_classifier,
+)
 from models.classifier.train import KerasTrainer
 from models.family import Family
 from models.mlp.network import build
@@ -13,6 +18,7 @@ FAMILY = Family(
     trainer=KerasTrainer("mlp", build, normalise=True,
                          tasks=("classification", "regression")),
     scorer=score_classifier,
+    predictor=predict_classifier,
     prediction_fields=CLASSIFIER_FIELDS,
     prediction_late_fields=LATE_FIELDS,
 )

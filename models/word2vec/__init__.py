@@ -20,7 +20,7 @@ synchronisations, and ``neighbours``, the k of scoring. On the demo corpus
 
 from models.family import Family
 from models.word2vec.params import Word2VecParams
-from models.word2vec.scoring import PREDICTION_FIELDS, score_words
+from models.word2vec.scoring import PREDICTION_FIELDS, predict_word2vec, score_words
 from models.word2vec.train import Word2VecTrainer
 
 FAMILY = Family(
@@ -29,6 +29,7 @@ FAMILY = Family(
     params=Word2VecParams,
     trainer=Word2VecTrainer(),
     scorer=score_words,
+    predictor=predict_word2vec,
     prediction_fields=PREDICTION_FIELDS,
     prediction_keys=("word",),
 )

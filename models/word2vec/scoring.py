@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructType
 
 from lakehouse.config import Config
+from lakehouse.errors import SchemaMismatchError
 from lakehouse.lakefs import LakeFS
 from lakehouse.tables import _f
 from models.scoring import load_once
@@ -97,3 +98,23 @@ def _vocab_size(artifact: str) -> int:
 
     with open(os.path.join(artifact, VOCAB_FILE)) as fh:
         return len(json.load(fh))
+
+
+def predict_word2vec(folder: str, rows: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+    """Each word's vector and its ``k`` nearest neighbours (NULLs for an unknown word).
+
+    Raises:
+        SchemaMismatchError: no ``word`` column.
+    """
+    if "word" not in rows.columns:
+        raise SchemaMismatchError(f"input rows have no column 'word' (columns: "
+                                  f"{', '.join(map(str, rows.columns))})")
+    words = rows["word"].map(lambda w: w.lower() if isinstance(w, str) else None)
+    known = pd.concat(list(neighbour_batches(iter([pd.DataFrame({"word": words.dropna()})]),
+                                             folder, k, None)) or [pd.DataFrame(
+        {"word": [], "vector": [], "neighbours": [], "similarities": []})])
+    found = known.drop_duplicates("word").set_index("word")
+    out = pd.DataFrame({"word": words.to_numpy()}, index=rows.index)
+    for column in ("vector", "neighbours", "similarities"):
+        out[column] = [found[column].get(w) if w is not None else None for w in words]
+    return out

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -88,6 +89,16 @@ class Word2VecTrainer(FamilyTrainer):
         if rank0["history"]["loss"]:
             plot_history(rank0["history"], staged / "training_curves.png", f"{name}: training")
         return metrics
+
+
+    def example(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
+                staged: Path) -> pd.DataFrame | None:
+        """The five most frequent words (and one outside the vocabulary gives NULLs)."""
+        return pd.DataFrame({"word": list(plan.state["words"][:5])})
+
+    def pyfunc_options(self, plan: TrainPlan) -> dict[str, Any]:
+        """``k``: the neighbours the scorer gives (the ``neighbours`` parameter)."""
+        return {"k": int(plan.params.get("neighbours", 10))}
 
 
 def evaluate_model(spark: SparkSession, cfg: Config, emb: Embeddings) -> dict[str, float]:
