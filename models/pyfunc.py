@@ -13,6 +13,13 @@ the family's own scorer code on the frame instead of on Spark's batches, so they
   regression) and ``prediction_label``, one row per input row.
 * ``word2vec``: a ``word`` column; returns ``word``, ``vector``, ``neighbours`` and
   ``similarities``, one row per input row (NULLs for a word outside the vocabulary).
+* ``deepar``: windows shaped like its ``gold_deepar_<dataset>`` rows (each series'
+  history and its covariates); returns the mean and quantiles of each series' next
+  periods (``series_id``, ``step``, ``period``, ``mean``, ``q10``, ``q50``, ``q90``).
+* ``rcf``: a stream's points shaped like its silver rows (the columns its roles name),
+  or shingles; returns each point's ``score``, ``is_anomaly``, ``threshold``,
+  ``point_score``, ``alert`` and ``alert_threshold`` (NULLs before a stream's first
+  whole shingle).
 
 The pyfunc needs lakeforge importable where it loads (it is in the virtualenv); its
 ``requirements.txt`` pins the versions it was saved with.
@@ -21,6 +28,8 @@ The pyfunc needs lakeforge importable where it loads (it is in the virtualenv); 
 from __future__ import annotations
 
 import functools
+import shutil
+import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -89,13 +98,17 @@ def save(path: Path, family: str, folder: Path, example: pd.DataFrame | None,
     # store (a mlflow.db in the working folder) unless tracing is off.
     mlflow.tracing.disable()
     signature = None
-    if example is not None:
+    if example is not None:   # a column with no value says nothing of its type
+        example = example.loc[:, [c for c in example.columns if example[c].notna().any()]]
         output = predictor(str(folder), example, **(options or {}))
         signature = infer_signature(example, output)
-    mlflow.pyfunc.save_model(
-        str(path), python_model=_model_class()(family, options),
-        artifacts={ARTIFACT: str(folder)}, signature=signature, input_example=example,
-        pip_requirements=_requirements(), metadata={"lakeforge_family": family})
+    with tempfile.TemporaryDirectory() as scratch:   # kept as artifacts/lakeforge/
+        named = Path(scratch) / ARTIFACT
+        shutil.copytree(folder, named)
+        mlflow.pyfunc.save_model(
+            str(path), python_model=_model_class()(family, options),
+            artifacts={ARTIFACT: str(named)}, signature=signature, input_example=example,
+            pip_requirements=_requirements(), metadata={"lakeforge_family": family})
     return True
 
 

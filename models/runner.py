@@ -130,7 +130,7 @@ def train(spark: SparkSession, cfg: Config, family_name: str, dataset: str,
         rank0 = next((r for r in ranks if r.get("rank") == 0), {})
         if tracker:
             tracker.log_training(mlrun, rank0.get("history") or {},
-                                 int(rank0.get("initial_epoch") or 0), metrics, run.staged)
+                                 int(rank0.get("initial_epoch") or 0), metrics)
             log_model(tracker, mlrun, family_name, run.staged,
                       trainer.example(spark, cfg, plan, run.staged),
                       trainer.pyfunc_options(plan))

@@ -269,7 +269,7 @@ class Tracker:
             InputTag("mlflow.data.context", "training")])])
 
     def log_training(self, mlrun: str, history: Mapping[str, list[float]], first_epoch: int,
-                     metrics: Mapping[str, float], staged: Path) -> None:
+                     metrics: Mapping[str, float]) -> None:
         """Log rank 0's metrics per epoch and the evaluation."""
         from mlflow.entities import Metric
 

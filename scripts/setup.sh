@@ -32,7 +32,9 @@ AWS_SDK_VERSION="$(conf_version aws_sdk_version)"
 S3PROXY_VERSION="$(conf_version s3proxy_version)"
 MAVEN_URL="${LAKEFORGE_MAVEN_URL:-https://repo1.maven.org/maven2}"
 M2="$HOME/.m2/repository"
-DEB_PACKAGES=(dataset-fashion-mnist bible-kjv-text bible-kjv postgresql openjdk-17-jdk-headless)
+# chromium + chromium-driver: the headless browser the MLflow UI's test drives (selenium)
+DEB_PACKAGES=(dataset-fashion-mnist bible-kjv-text bible-kjv postgresql openjdk-17-jdk-headless
+              chromium chromium-driver)
 STAMP="$VENV/.lakeforge-setup"
 command -v "$PY" >/dev/null || PY=python3
 

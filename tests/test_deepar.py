@@ -18,6 +18,7 @@ from lakehouse.featuresets import build_features
 from lakehouse.featuresets.series import SeriesTooShortError, window_spec
 from lakehouse.lakefs import LakeFS
 from lakehouse.tables import layer_table
+from models import tracking
 from models.deepar import FAMILY
 from models.deepar.baselines import seasonal_naive
 from models.deepar.evaluate import forecast_metrics
@@ -254,7 +255,7 @@ def test_future_periods_step_by_seconds_or_months():
 
 
 @pytest.mark.slow
-def test_two_ranks_train_forecast_register_and_score(spark, weekly):
+def test_two_ranks_train_forecast_register_and_score(spark, weekly, monkeypatch):
     """A weekly data set the test declares trains, forecasts and scores by weeks."""
     spark, cfg = spark, weekly
     c, p = WINDOW["context_length"], WINDOW["prediction_length"]
@@ -319,6 +320,18 @@ def test_two_ranks_train_forecast_register_and_score(spark, weekly):
     assert (s0_rows.q10 <= s0_rows.q50).all() and (s0_rows.q50 <= s0_rows.q90).all()
     again = score(spark, cfg, "deepar", "stores_deepar")
     assert again.skipped and spark.table(scored.table).count() == len(out)
+    # The model's MLflow pyfunc, in this process without Spark, on the series' latest
+    # windows (in another order): lakeforge score's forecasts, series by series.
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(cfg))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/stores_deepar/{result.model.version}")
+    got = pyfunc.predict(test.iloc[::-1]).sort_values(["series_id", "step"])
+    want = out.sort_values(["series_id", "step"])
+    assert list(got.series_id) == list(want.series_id) and list(got.step) == list(want.step)
+    assert list(got.period) == list(want.period)
+    for column in ("mean", "q10", "q50", "q90"):
+        assert got[column].to_numpy() == pytest.approx(want[column].to_numpy(), rel=1e-3)
 
     # A series and a store format arrive that sort first: a rebuild keeps every index it
     # gave, so the model still finds its series; the newcomers take the next ones, and

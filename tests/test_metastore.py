@@ -52,7 +52,8 @@ def test_a_derby_lakehouse_moves_to_postgres_with_register():
         assert tracker.uri.startswith("postgresql://lakeforge:lakeforge@127.0.0.1:")
         assert tracker.uri.endswith("/mlflow")
         mlrun = tracker.start("r1", "north_mlp", "mlp", "lakeforge.gold_north", 3, {"epochs": 2})
-        tracker.log_training(mlrun, {"loss": [0.5, 0.25]}, 0, {"accuracy": 0.75}, staged)
+        tracker.log_training(mlrun, {"loss": [0.5, 0.25]}, 0, {"accuracy": 0.75})
+        tracker.log_model(mlrun, staged)
         record = ModelRecord("north_mlp", 1, "mlp", {}, {}, "lakeforge.gold_north", 3, "r1",
                              str(staged), dt.datetime.now(), mlrun)
         assert tracker.register(record, mlrun) == 1

@@ -13,6 +13,7 @@ from lakehouse import delta
 from lakehouse.errors import ConfigError, SchemaMismatchError
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.stream import window_labels
+from models import tracking
 from models.rcf.alerts import AlertRule, alerts, point_scores
 from models.rcf.forest import attribution, build_forest, codisp, merge, reservoir_samples
 from models.rcf.learn import Learner, LearnSpec
@@ -340,7 +341,7 @@ def test_level_diff_of_several_values_differences_each_value_on_its_own():
 
 
 @pytest.mark.slow
-def test_two_ranks_train_score_and_flag_the_anomalies(spark, cfg):
+def test_two_ranks_train_score_and_flag_the_anomalies(spark, cfg, monkeypatch):
     """A declared stream data set: one labelled sensor with anomalies, one unlabelled."""
     cfg = _declare(cfg, "sensors", {"stream_id": "sensor", "order": "seq", "values": ["v"],
                                     "label": "anomaly"},
@@ -372,6 +373,24 @@ def test_two_ranks_train_score_and_flag_the_anomalies(spark, cfg):
     batch = {(r["stream_id"], r["t"]): r["score"] for r in preds.collect()}
     assert np.allclose([batch[k] for k in zip(ranks[0]["stream_id"], ranks[0]["t"],
                                               strict=True)], ranks[0]["score"])   # same transform
+    # The model's MLflow pyfunc, in this process without Spark, on silver's points (in
+    # another order): each point's score and alert are lakeforge score's.
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(cfg))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{result.model.name}/{result.model.version}")
+    points = spark.table(f"{cfg.catalog.database}.silver_sensors").toPandas().sample(
+        frac=1.0, random_state=3)
+    got = pyfunc.predict(points)
+    assert got["score"].isna().sum() == 2 * 3                   # before each first shingle
+    want = {(r["stream_id"], r["t"]): r for r in preds.collect()}
+    for (sensor, seq), (_, row) in zip(zip(points["sensor"], points["seq"], strict=True),
+                                       got.iterrows(), strict=True):
+        if (sensor, seq) not in want:
+            continue
+        expected = want[(sensor, seq)]
+        assert row["score"] == pytest.approx(expected["score"], rel=1e-9)
+        assert (row["is_anomaly"], row["alert"]) == (expected["is_anomaly"], expected["alert"])
     preds = preds.filter("stream_id = 's1'")
     spike = preds.filter(F.col("t") == SPIKE).first()
     assert spike["is_anomaly"] and spike["threshold"] == pytest.approx(metrics["threshold"])

@@ -11,7 +11,7 @@ any frequency from minutes to years, with optional static (categorical) and dyna
 """
 
 from models.deepar.params import DeepArParams
-from models.deepar.scoring import LATE_FIELDS, PREDICTION_FIELDS, score_deepar
+from models.deepar.scoring import LATE_FIELDS, PREDICTION_FIELDS, predict_deepar, score_deepar
 from models.deepar.train import DeepArTrainer
 from models.family import Family
 
@@ -21,6 +21,7 @@ FAMILY = Family(
     params=DeepArParams,
     trainer=DeepArTrainer(),
     scorer=score_deepar,
+    predictor=predict_deepar,
     prediction_fields=PREDICTION_FIELDS,
     prediction_keys=("series_id", "step"),
     prediction_late_fields=LATE_FIELDS,

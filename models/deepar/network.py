@@ -245,28 +245,40 @@ def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.n
     idx_r, scale_r, season_r, path = rep(idx), rep(scale), rep(season), rep(z)
     static_r, dyn_r = rep(static), rep(dyn)
     step = tf.function(lambda x, st: net(x, states=st), reduce_retracing=True)
+    # One random stream per series, from (seed, series index): a series' paths do not
+    # depend on which other series share its batch (Spark's partitions, a pyfunc call).
+    rngs = [np.random.default_rng([seed, int(i)]) for i in np.asarray(series_idx)]
     draws = []
     for k in range(config["prediction_length"]):
         numeric = lag_features(path, c + k, 1, lag_list)
         out, states = step((numeric, season_r[:, c + k:c + k + 1], idx_r,
                             tf.math.log(scale_r), static_r, dyn_r[:, c + k:c + k + 1]), states)
-        raw = _draw(out[:, 0], scale_r, config["likelihood"])
+        raw = _draw(out[:, 0], scale_r, config["likelihood"], rngs, num_samples)
         draws.append(raw)
         path = tf.concat([path, (raw / scale_r)[:, None]], axis=1)
     paths = tf.stack(draws, axis=1).numpy()
     return paths.reshape(n, num_samples, config["prediction_length"])
 
 
-def _draw(out, scale, likelihood: str):
+def _draw(out, scale, likelihood: str, rngs: list[np.random.Generator], num_samples: int):
+    """One value per sample path, each series' from its own generator.
+
+    Rows ``i * num_samples`` to ``(i + 1) * num_samples - 1`` are series ``i``'s.
+    """
     import tensorflow as tf
 
+    def per_series(draw) -> np.ndarray:
+        return np.concatenate([draw(rng, slice(i * num_samples, (i + 1) * num_samples))
+                               for i, rng in enumerate(rngs)])
+
     if likelihood == "negbin":
-        mu, alpha = _negbin_params(out, scale)
+        mu, alpha = (np.asarray(v, dtype=np.float64) for v in _negbin_params(out, scale))
         r = 1.0 / alpha
-        lam = tf.random.gamma([], alpha=r, beta=r / mu)
-        return tf.cast(tf.random.poisson([], lam), tf.float32)
+        lam = per_series(lambda rng, rows: rng.gamma(r[rows], mu[rows] / r[rows]))
+        return tf.constant(per_series(lambda rng, rows: rng.poisson(lam[rows])), tf.float32)
     mu, sigma = out[:, 0], tf.math.softplus(out[:, 1]) + 1e-4
-    return (mu + sigma * tf.random.normal(tf.shape(mu))) * scale
+    noise = per_series(lambda rng, rows: rng.standard_normal(rows.stop - rows.start))
+    return (mu + sigma * tf.constant(noise, tf.float32)) * scale
 
 
 def summarise(paths: np.ndarray) -> dict[str, np.ndarray]:

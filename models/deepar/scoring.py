@@ -207,3 +207,33 @@ def _series_where(rows: DataFrame, condition: Column) -> str:
     found = [r["series_id"] for r in rows.filter(condition).select("series_id")
              .orderBy("series_id").limit(11).collect()]
     return ", ".join(found[:10]) + (" and more" if len(found) > 10 else "")
+
+
+def predict_deepar(folder: str, rows: pd.DataFrame, seed: int = 7) -> pd.DataFrame:
+    """Forecasts after each window's end, as ``lakeforge score`` makes them, without Spark.
+
+    Args:
+        folder: the model's local artifact folder.
+        rows: windows shaped like the model's ``gold_deepar_<dataset>`` rows (``series_id``,
+            ``series_idx``, ``start``, ``season``, ``target`` and, for a model with
+            covariates, ``static_idx``, ``dynamic``, ``future``): each series' history.
+            With a ``split`` column only its ``test`` windows (the latest) are used.
+        seed: the sampling's seed (``train.seed``; each series samples on its own, so
+            its forecast does not depend on the other rows).
+
+    Returns:
+        ``series_id``, ``step``, ``period``, ``mean``, ``q10``, ``q50``, ``q90`` and
+        ``period_time``, one row per series and forecast step.
+
+    Raises:
+        SchemaMismatchError: a window column is missing.
+    """
+    missing = [c for c in INPUT_COLUMNS[1:] if c not in rows.columns]
+    if missing:
+        raise SchemaMismatchError(f"input windows have no column(s) {', '.join(missing)}; "
+                                  f"give rows shaped like the model's gold_deepar_* table")
+    frame = rows[rows["split"] == "test"] if "split" in rows.columns else rows
+    frame = frame.assign(**{c: None for c in COVARIATE_COLUMNS if c not in frame.columns})
+    forecasts = list(forecast_batches(iter([frame.reset_index(drop=True)]), folder, None, seed))
+    return pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame(
+        columns=[c.split()[0] for c in OUTPUT_SCHEMA.split(", ")])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -115,7 +116,17 @@ class DeepArTrainer(FamilyTrainer):
                    f"{declared.freq.name}{covariates}")
         return TrainPlan(dict(params), summary, {
             "df": df, "shape": shape, "config": config, "declared": declared,
-            "dataset": dataset, "start": time.monotonic()})
+            "dataset": dataset, "start": time.monotonic(), "seed": cfg.train.seed})
+
+    def example(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
+                staged: Path) -> pd.DataFrame | None:
+        """Three series' latest windows (their history), as the pyfunc takes them."""
+        return (plan.state["df"].filter(F.col("split") == "test").orderBy("series_idx")
+                .drop("split").limit(3).toPandas())
+
+    def pyfunc_options(self, plan: TrainPlan) -> dict[str, Any]:
+        """The sampling's seed (``train.seed``, as scoring uses it)."""
+        return {"seed": int(plan.state["seed"])}
 
     def rank_spec(self, cfg: Config, plan: TrainPlan, run: RunPaths) -> RankSpec:
         """The windows' files per split and the network's description."""

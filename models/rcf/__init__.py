@@ -2,7 +2,7 @@
 
 from models.family import Family
 from models.rcf.params import RcfParams
-from models.rcf.scoring import LATE_FIELDS, PREDICTION_FIELDS, score_rcf
+from models.rcf.scoring import LATE_FIELDS, PREDICTION_FIELDS, predict_rcf, score_rcf
 from models.rcf.train import RcfTrainer
 
 FAMILY = Family(
@@ -11,6 +11,7 @@ FAMILY = Family(
     params=RcfParams,
     trainer=RcfTrainer(),
     scorer=score_rcf,
+    predictor=predict_rcf,
     prediction_fields=PREDICTION_FIELDS,
     prediction_late_fields=LATE_FIELDS,
     prediction_keys=("stream_id", "t"),

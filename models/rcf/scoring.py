@@ -212,3 +212,70 @@ def score_rcf(spark: SparkSession, cfg: Config, record: ModelRecord, df: DataFra
                                                 loads=loads, lake=lake), schema=_SCORED)
     return scored.groupBy("stream_id", "split").applyInPandas(
         functools.partial(alert_stream, artifact=record.artifact, lake=lake), schema=_OUT)
+
+
+def predict_rcf(folder: str, rows: pd.DataFrame, order: str = "t",
+                values: tuple[str, ...] | list[str] = ("value",), stream_id: str = "",
+                split: str = "", name: str = "") -> pd.DataFrame:
+    """A stream's points scored as ``lakeforge score`` scores their shingles, without Spark.
+
+    Each stream (and split) is shingled in time order as its gold table is (a shingle
+    ends at every point with ``shingle_size - 1`` points before it; a point with a
+    missing value is left out), then scored and alerted in time order.
+
+    Args:
+        folder: the model's local artifact folder.
+        rows: points shaped like the stream data set's silver table, or already
+            shingled rows (``stream_id``, ``t``, ``shingle``).
+        order: the column of each point's time (a number, a date or a timestamp).
+        values: the value columns, in the data set's order.
+        stream_id: the column naming each point's stream ("": one stream, ``name``).
+        split: the column of each point's split ("": one part).
+        name: the stream's id when the rows name none (the data set's name).
+
+    Returns:
+        One row per input row: ``score``, ``is_anomaly``, ``threshold``, ``point_score``,
+        ``alert``, ``alert_threshold``; NULLs before a stream's first whole shingle.
+
+    Raises:
+        SchemaMismatchError: a column the points need is missing.
+    """
+    loaded = cached_forest(folder)
+    size, channels = loaded.size, loaded.scaling.channels
+    shingled = "shingle" in rows.columns
+    if shingled:
+        order, stream_id, split, values = "t", "stream_id", "split" if "split" in rows else "", ()
+    needed = [order, *values, *([stream_id] if stream_id else [])]
+    missing = [c for c in needed if c not in rows.columns]
+    if missing:
+        raise SchemaMismatchError(f"input points have no column(s) {', '.join(missing)}; "
+                                  f"columns: {', '.join(map(str, rows.columns))}")
+    frame = rows.reset_index(drop=True)
+    t = frame[order]
+    if pd.api.types.is_datetime64_any_dtype(t):
+        t = (t - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
+    elif len(t) and hasattr(t.iloc[0], "toordinal"):         # dates: days since 1970
+        t = t.map(lambda d: d.toordinal() - 719163)
+    keys = pd.DataFrame({"stream": frame[stream_id].astype(str) if stream_id else name,
+                         "split": frame[split].fillna("").astype(str) if split else "",
+                         "t": t.astype(np.int64)}, index=frame.index)
+    columns = [c.name for c in (*PREDICTION_FIELDS[2:], *LATE_FIELDS)]
+    out = pd.DataFrame(index=frame.index, columns=columns, dtype=object)
+    for (stream, _), part in keys.groupby(["stream", "split"], sort=False):
+        part = part.sort_values("t", kind="stable")
+        if shingled:
+            shingles = np.stack(frame.loc[part.index, "shingle"].map(
+                lambda s: np.asarray(s, dtype=float)).to_numpy())
+        else:
+            points = frame.loc[part.index, list(values)].to_numpy(dtype=float)
+            whole = ~np.isnan(points).any(axis=1)
+            part, points = part[whole], points[whole]
+            if len(part) < size:
+                continue
+            shingles = np.lib.stride_tricks.sliding_window_view(points, size, axis=0)
+            shingles = shingles.transpose(0, 2, 1).reshape(len(part) - size + 1, size * channels)
+            part = part.iloc[size - 1:]
+        scored, _ = loaded.frame(stream, part["t"].to_numpy(), shingles, None,
+                                 loaded.learner(str(stream)))
+        out.loc[part.index, columns] = scored[columns].to_numpy()
+    return out.set_index(rows.index)

@@ -11,12 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError
-from lakehouse.featuresets.stream import channels_of, shingles_spec, window_labels
+from lakehouse.featuresets.stream import (
+    channels_of,
+    shingles_spec,
+    value_columns,
+    window_labels,
+)
+from lakehouse.tables import layer_table
 from models.family import FamilyTrainer, RunPaths, TrainPlan
 from models.rcf.plot import plot_anomalies
 from models.rcf.rank import RcfSpec, rcf_rank
@@ -47,7 +54,9 @@ class RcfTrainer(FamilyTrainer):
         summary = (f"{params['num_trees']} trees x {params['num_samples_per_tree']} samples, "
                    f"shingle {params['shingle_size']} x {channels} values, "
                    f"{params['transform']}, max depth {params['max_depth'] or 'none'}")
-        return TrainPlan(dict(params), summary, {"files": files, "channels": channels})
+        return TrainPlan(dict(params), summary, {"files": files, "channels": channels,
+                                                 "entry": cfg.datasets.get(dataset),
+                                                 "dataset": dataset})
 
     def rank_spec(self, cfg: Config, plan: TrainPlan, run: RunPaths) -> RcfSpec:
         """Fit on the train split (or the whole stream), evaluate on test (or the same)."""
@@ -55,6 +64,30 @@ class RcfTrainer(FamilyTrainer):
         return RcfSpec(files["train"] or files["test"], files["test"] or files["train"],
                        plan.params, run.outputs, cfg.train.seed, plan.state["channels"],
                        run.lake)
+
+    def example(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
+                staged: Path) -> pd.DataFrame | None:
+        """The first 20 points of silver, with the columns the roles name."""
+        entry = plan.state["entry"]
+        if entry is None:
+            return None
+        silver = layer_table(cfg.catalog.database, "silver", entry.table_name)
+        if not spark.catalog.tableExists(silver):
+            return None
+        options = self.pyfunc_options(plan)
+        columns = [c for c in (options["stream_id"], options["split"], options["order"],
+                               *options["values"]) if c]
+        return spark.table(silver).select(*columns).orderBy(*columns[:-len(
+            options["values"])]).limit(20).toPandas()
+
+    def pyfunc_options(self, plan: TrainPlan) -> dict[str, Any]:
+        """Which silver columns are the points' stream, split, time and values (roles)."""
+        entry = plan.state["entry"]
+        roles = dict(entry.roles) if entry is not None else {}
+        return {"order": roles.get("order", "t"),
+                "values": value_columns(entry) if entry is not None else ["value"],
+                "stream_id": roles.get("stream_id") or "", "split": roles.get("split") or "",
+                "name": plan.state["dataset"]}
 
     def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
                  ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:
