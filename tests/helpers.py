@@ -15,7 +15,10 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.config import Config, load_config
+from lakehouse.curate import curate
 from lakehouse.datasets import parse_datasets
+from lakehouse.featuresets import build_features
+from lakehouse.ingest import ingest
 from lakehouse.maintain import lakehouse_tables
 from lakehouse.submit import beeline_command, submit_env
 
@@ -27,6 +30,13 @@ def in_database(cfg: Config, db: str) -> Config:
     return dataclasses.replace(
         cfg, catalog=dataclasses.replace(cfg.catalog, database=db),
         tracking=dataclasses.replace(cfg.tracking, uri=f"sqlite:///{store.resolve()}"))
+
+
+def wine_features(spark, cfg: Config):
+    """The wine data set ingested, curated and built into its gold table."""
+    ingest(spark, cfg, ["wine"], "b1")
+    curate(spark, cfg, ["wine"])
+    return build_features(spark, cfg, "wine", partitions=4)
 
 
 def with_paths(cfg: Config, **paths: Path | str) -> Config:

@@ -128,7 +128,7 @@ def test_ingest_curate_and_features_write_every_table_to_the_s3_server(s3, tmp_p
     [run] = tracker.client.search_runs([tracker.experiment_id])
     assert (run.info.run_name, run.info.status) == ("r1", "FINISHED")
     assert run.info.artifact_uri.startswith(f"s3://{s3.lake.server.bucket}/lake1/mlflow/")
-    logged = run.info.artifact_uri.removeprefix("s3://") + "/model"
+    logged = run.info.artifact_uri.removeprefix("s3://") + "/model/artifacts/lakeforge"
     assert {"model.keras", "history.json"} <= set(_names(store, logged))
     assert list(tracker.versions("orders_mlp")) == [1]
 

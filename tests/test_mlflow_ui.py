@@ -111,3 +111,28 @@ def test_the_ui_shows_the_runs_and_a_metric_chart(ui, browser, tmp_path, request
 
     browser.get(f"{url}/#/models/wine_mlp")
     _shows(browser, "Version 1")
+
+
+@pytest.mark.slow
+def test_a_tracking_server_takes_runs_and_versions(ui, tmp_path):
+    """`tracking.uri` at a server (the UI's, a real `mlflow server`): runs, metrics and a
+    registered version go through its REST API."""
+    url, local, _ = ui
+    env = {**small_job_env(tmp_path / "home"), "LAKEFORGE_TRACKING__URI": url,
+           "LAKEFORGE_TRACKING__EXPERIMENT": "team"}
+    remote = Tracker(load_config(environ=env))
+    assert remote.uri == url
+    staged = tmp_path / "model"
+    staged.mkdir()
+    (staged / "model.keras").write_bytes(b"weights")
+    mlrun = remote.start("iris_mlp-v1-abc", "iris_mlp", "mlp", "lakeforge.gold_iris", 1,
+                         {"epochs": 2})
+    remote.log_training(mlrun, {"loss": [0.9, 0.5]}, 0, {"accuracy": 0.9})
+    remote.log_model(mlrun, staged)
+    record = ModelRecord("iris_mlp", 1, "mlp", {}, {}, "lakeforge.gold_iris", 1,
+                         "iris_mlp-v1-abc", str(staged), dt.datetime.now(), mlrun)
+    assert remote.register(record, mlrun) == 1
+    remote.finish(mlrun)
+    seen = local.client.get_run(mlrun)                     # the server's store has it
+    assert seen.info.status == "FINISHED" and seen.data.metrics["accuracy"] == 0.9
+    assert [int(v) for v in local.versions("iris_mlp")] == [1]

@@ -12,25 +12,19 @@ import sys
 import pytest
 
 from jobs.cli import _cmd_models
-from lakehouse.curate import curate
 from lakehouse.errors import RegistryMismatchError
-from lakehouse.featuresets import build_features
-from lakehouse.ingest import ingest
 from models import tracking
 from models.runner import train
 from models.scoring import score
 from models.store import ModelStore
 from models.tracking import Disagreement, Tracker, TrackingError
-from tests.helpers import free_port
-
-FAST = {"hidden": [16], "batch_size": 16, "epochs": 3, "patience": 5, "learning_rate": 0.01}
+from tests.helpers import free_port, wine_features
+from tests.test_train import FAST
 
 
 @pytest.fixture
 def wine(spark, cfg):
-    ingest(spark, cfg, ["wine"], "b1")
-    curate(spark, cfg, ["wine"])
-    return build_features(spark, cfg, "wine", partitions=4)
+    return wine_features(spark, cfg)
 
 
 def _runs(tracker: Tracker) -> list:

@@ -8,25 +8,22 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakehouse import delta
-from lakehouse.curate import curate
 from lakehouse.errors import SchemaMismatchError, TableNotFoundError
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.declared import gold_spec
-from lakehouse.ingest import ingest
 from lakehouse.lakefs import LakeFS
 from models.classifier.rank import train_rank
 from models.rank import RankSpec, last_checkpoint, save_checkpoint
 from models.runner import run_ranks, snapshot_files, train
 from models.store import ModelNotFoundError, ModelStore, load_artifact
+from tests.helpers import wine_features
 
 FAST = {"hidden": [16], "batch_size": 16, "epochs": 3, "patience": 5, "learning_rate": 0.01}
 
 
 @pytest.fixture
 def wine(spark, cfg):
-    ingest(spark, cfg, ["wine"], "b1")
-    curate(spark, cfg, ["wine"])
-    return build_features(spark, cfg, "wine", partitions=4)
+    return wine_features(spark, cfg)
 
 
 def test_wine_features_cover_every_row_once(spark, cfg, wine):
