@@ -321,12 +321,15 @@ def test_two_ranks_train_forecast_register_and_score(spark, weekly, monkeypatch)
     again = score(spark, cfg, "deepar", "stores_deepar")
     assert again.skipped and spark.table(scored.table).count() == len(out)
     # The model's MLflow pyfunc, in this process without Spark, on the series' latest
-    # windows (in another order): lakeforge score's forecasts, series by series.
+    # windows (in another order): lakeforge score's forecasts, series by series. (The
+    # frame gets a fresh index: MLflow 3.7's input check pairs array columns with the
+    # wrong rows of a frame whose index is not 0..n-1.)
     import mlflow.pyfunc
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(cfg))
     pyfunc = mlflow.pyfunc.load_model(f"models:/stores_deepar/{result.model.version}")
-    got = pyfunc.predict(test.iloc[::-1]).sort_values(["series_id", "step"])
+    got = pyfunc.predict(test.iloc[::-1].reset_index(drop=True)).sort_values(
+        ["series_id", "step"])
     want = out.sort_values(["series_id", "step"])
     assert list(got.series_id) == list(want.series_id) and list(got.step) == list(want.step)
     assert list(got.period) == list(want.period)
