@@ -25,6 +25,7 @@ from lakehouse.kafka import KafkaError
 from lakehouse.render import format_table
 from lakehouse.stream import ingest_query, replay, run_queries
 from models.rcf.stream import score_query
+from models.tracking import safe_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
         print(f"\nreport:    {page}")
     print(f"\nwarehouse: {cfg.warehouse_dir}")
     print(f"models:    {cfg.model_dir}")
+    if cfg.tracking.enabled:
+        print(f"runs:      {safe_uri(tracking_uri(cfg))} (MLflow; `make mlflow-ui` serves its "
+              f"UI on http://{cfg.tracking.ui_host}:{cfg.tracking.ui_port}/)")
     print(f"demo finished in {time.monotonic() - start:.0f} s")
 
 
