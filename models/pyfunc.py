@@ -30,9 +30,11 @@ from __future__ import annotations
 import functools
 import shutil
 import tempfile
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from models.family import get_family
@@ -99,9 +101,12 @@ def save(path: Path, family: str, folder: Path, example: pd.DataFrame | None,
     mlflow.tracing.disable()
     signature = None
     if example is not None:   # a column with no value says nothing of its type
-        example = example.loc[:, [c for c in example.columns if example[c].notna().any()]]
+        example = _widened(example.loc[:, [c for c in example.columns
+                                           if example[c].notna().any()]])
         output = predictor(str(folder), example, **(options or {}))
-        signature = infer_signature(example, output)
+        with warnings.catch_warnings():   # MLflow's hint on integer columns, once per save
+            warnings.simplefilter("ignore", UserWarning)
+            signature = infer_signature(example, output)
     with tempfile.TemporaryDirectory() as scratch:   # kept as artifacts/lakeforge/
         named = Path(scratch) / ARTIFACT
         shutil.copytree(folder, named)
@@ -110,6 +115,28 @@ def save(path: Path, family: str, folder: Path, example: pd.DataFrame | None,
             artifacts={ARTIFACT: str(named)}, signature=signature, input_example=example,
             pip_requirements=_requirements(), metadata={"lakeforge_family": family})
     return True
+
+
+def _widened(example: pd.DataFrame) -> pd.DataFrame:
+    """The example with 64-bit numbers, so the signature takes what pandas makes.
+
+    Spark's INT and FLOAT come to pandas as int32 and float32, and MLflow refuses an
+    int64 or float64 input (pandas' defaults) for a column whose signature is narrower.
+    """
+    out = example.copy()
+    for column in out.columns:
+        values = out[column]
+        if pd.api.types.is_integer_dtype(values.dtype):
+            out[column] = values.astype(np.int64)
+        elif pd.api.types.is_float_dtype(values.dtype):
+            out[column] = values.astype(np.float64)
+        elif values.dtype == object:
+            first = values.dropna().iloc[0]
+            if isinstance(first, np.ndarray) and first.dtype.kind in "iuf":
+                wide = np.int64 if first.dtype.kind in "iu" else np.float64
+                out[column] = [None if v is None else np.asarray(v, dtype=wide)
+                               for v in values]
+    return out
 
 
 def _requirements() -> list[str]:

@@ -9,6 +9,7 @@ test metrics and plots (a confusion matrix, or predicted against true values).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ class KerasTrainer(FamilyTrainer):
 
     def example(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
                 staged: Path) -> pd.DataFrame | None:
-        """Five silver rows with the columns the stored transform reads.
+        """Five silver rows with the columns the features' declaration reads.
 
         ``features`` vectors of the gold table when the model keeps no transform.
         """
@@ -167,11 +168,10 @@ class KerasTrainer(FamilyTrainer):
             rows = rows.filter(F.expr(spec.where))
         if spec.image is not None:
             return rows.select(spec.image.column).limit(5).toPandas()
-        columns = {}
-        for feature in (*spec.numeric, *spec.categorical):   # a column, else the SQL's value
-            column = feature.expr.strip("`")
-            columns.setdefault(column if column in rows.columns else feature.name, feature.expr)
-        return rows.select([F.expr(e).alias(c) for c, e in columns.items()]).limit(5).toPandas()
+        named = set()   # every name the features' SQL mentions: its columns, and more
+        for feature in (*spec.numeric, *spec.categorical):
+            named.update(a or b for a, b in re.findall(r"`([^`]+)`|([A-Za-z_]\w*)", feature.expr))
+        return rows.select([c for c in rows.columns if c in named]).limit(5).toPandas()
 
     def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
                  ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:
