@@ -6,6 +6,9 @@ per split), asks the family's :class:`models.family.FamilyTrainer` to check and 
 returns an already registered run before any Horovod job, and otherwise stages the
 artifact, runs the family's rank function on ``num_proc`` ranks through
 ``horovod.spark.run`` and registers the model with its metrics in the model store.
+With ``tracking.enabled`` the run is also an MLflow run (:mod:`models.tracking`): its
+parameters, rank 0's history, the evaluation and the model as a pyfunc
+(:mod:`models.pyfunc`), and the version is registered in MLflow with the same number.
 """
 
 from __future__ import annotations
