@@ -20,7 +20,7 @@ import functools
 import tempfile
 from pathlib import Path
 
-from common import session, timed
+from common import best_of, session
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -34,12 +34,6 @@ from models.word2vec.scoring import neighbour_batches
 
 CLASSIFIER = "prediction int, probability float, probabilities array<float>, value float"
 WORDS = "word string, vector array<float>, neighbours array<string>, similarities array<float>"
-
-
-def best_of(fn, repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls of ``fn``, after one untimed warm-up call."""
-    fn()
-    return min(timed(fn) for _ in range(max(1, repeats)))
 
 
 def noop(df: DataFrame) -> None:

@@ -19,7 +19,7 @@ import functools
 import uuid
 
 import numpy as np
-from common import session, timed
+from common import best_of, session, timed
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType
 
@@ -27,12 +27,6 @@ from lakehouse.render import format_table
 from models.classifier.scoring import _OUT, arrow_batch_rows, cached_model, score_batches
 from models.scoring import score
 from models.store import ModelStore
-
-
-def best_of(fn, repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls of ``fn``, after one untimed warm-up call."""
-    fn()
-    return min(timed(fn) for _ in range(max(1, repeats)))
 
 
 def main() -> None:

@@ -23,6 +23,21 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
+def owner_line() -> str:
+    """The owner line of the calling process, ``host pid`` (see :func:`owner_gone`)."""
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether an owner line (``host pid``) names a process of this host that has ended.
+
+    A process of another host, or a line that is not an owner line, is not known to
+    be gone.
+    """
+    their_host, _, pid = owner.strip().partition(" ")
+    return their_host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
+
+
 def alive(pid: int) -> bool:
     """Whether the process runs (a zombie child of this process does not)."""
     try:

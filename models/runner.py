@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.config import Config
+from lakehouse.daemon import owner_gone, owner_line
 from lakehouse.errors import ConfigError, TableNotFoundError
 from lakehouse.lakefs import LakeFS, join
 from models.family import RunPaths, check_kind, get_family
@@ -207,37 +206,22 @@ def staging_dir(cfg: Config, run_id: str) -> Path:
     """
     root = cfg.home / "staging"
     root.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
     for folder in root.iterdir():
         if folder.suffix == ".owner" or folder.name == run_id:
             continue
         owner = root / f"{folder.name}.owner"
-        if not owner.exists() or _gone(owner.read_text(), host):
+        if not owner.exists() or owner_gone(owner.read_text()):
             shutil.rmtree(folder, ignore_errors=True)
             LakeFS.of(cfg).remove(cfg.lake_path("runs", folder.name))
             owner.unlink(missing_ok=True)
     for owner in root.glob("*.owner"):
-        if not owner.with_suffix("").exists() and _gone(owner.read_text(), host):
+        if not owner.with_suffix("").exists() and owner_gone(owner.read_text()):
             owner.unlink(missing_ok=True)
     path = root / run_id
-    (root / f"{run_id}.owner").write_text(f"{host} {os.getpid()}")
+    (root / f"{run_id}.owner").write_text(owner_line())
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir()
     return path
-
-
-def _gone(owner: str, host: str) -> bool:
-    """Whether an owner line (``host pid``) names a process of this host that has ended."""
-    try:
-        their_host, pid = owner.split()
-        if their_host != host:
-            return False
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, PermissionError):
-        return False
-    return False
 
 
 def registered_run(spark: SparkSession, cfg: Config, name: str, run_id: str,

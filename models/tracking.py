@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lakehouse.config import PROJECT_ROOT, Config
-from lakehouse.daemon import alive
+from lakehouse.daemon import owner_gone, owner_line
 from lakehouse.errors import ConfigError, LakeforgeError
 
 log = logging.getLogger(__name__)
@@ -82,8 +81,7 @@ def artifact_root(cfg: Config) -> str:
     MLflow writes S3 through boto3, which names the scheme ``s3://``; the endpoint of
     an S3-compatible store comes from :func:`mlflow_env`.
     """
-    root = cfg.tracking.artifact_root or cfg.lake_path("mlflow")
-    return "s3://" + root.removeprefix("s3a://") if root.startswith("s3a://") else root
+    return artifact_uri(cfg.tracking.artifact_root or cfg.lake_path("mlflow"))
 
 
 def mlflow_env(cfg: Config) -> dict[str, str]:
@@ -208,13 +206,11 @@ class Tracker:
         Returns:
             The MLflow run ids marked.
         """
-        host, marked = socket.gethostname(), []
+        marked = []
         for run in self.client.search_runs([self.experiment_id],
                                            filter_string="attributes.status = 'RUNNING'",
                                            max_results=1000):
-            owner = run.data.tags.get(TAG_OWNER, "")
-            their_host, _, pid = owner.partition(" ")
-            if their_host == host and pid.isdigit() and not alive(int(pid)):
+            if owner_gone(run.data.tags.get(TAG_OWNER, "")):
                 self.client.set_terminated(run.info.run_id, "FAILED")
                 marked.append(run.info.run_id)
                 log.info("MLflow run %s (%s) was killed; marked FAILED", run.info.run_id,
@@ -232,7 +228,7 @@ class Tracker:
             The MLflow run id.
         """
         self.mark_gone()
-        owner = f"{socket.gethostname()} {os.getpid()}"
+        owner = owner_line()
         found = self.find_run(run_id)
         if found is not None:
             mlrun = found.info.run_id
