@@ -121,9 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first step to run; the steps before it are skipped (default: ingest)")
     _add_common(p)
 
-    p = sub.add_parser("sql-server", help="serve the catalog over JDBC (Spark Thrift server)")
-    p.add_argument("--port", type=int, default=10000, help="port (default 10000)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p = sub.add_parser(
+        "sql-server", help="serve the catalog over JDBC (Spark Thrift server), or manage its "
+                           "users: sql-server [start] | sql-server user NAME [--remove]",
+        description="start (the default): run Spark's Thrift server on the lake until "
+                    "Ctrl-C; `lakeforge sql` and `tables` answer through it. user NAME: add "
+                    "a login or change its password (read from the terminal, or one line "
+                    "of stdin with --password-stdin) for sql_server.auth=password.")
+    p.add_argument("action", nargs="?", choices=("start", "user"), default="start")
+    p.add_argument("user", nargs="?", metavar="NAME", help="user name (for `user`)")
+    p.add_argument("--port", type=int, default=None, help="port (default: sql_server.port)")
+    p.add_argument("--host", default=None,
+                   help="bind address (default: sql_server.host, 127.0.0.1); any other "
+                        "than loopback needs sql_server.auth=password")
+    p.add_argument("--remove", action="store_true", help="remove the user")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from one line of stdin")
     _add_common(p)
 
     p = sub.add_parser("maintain", help="OPTIMIZE and VACUUM every table of the lakehouse")
@@ -456,12 +469,20 @@ def _cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
     from lakehouse.session import hold_lakehouse
     from lakehouse.submit import submit_env, thrift_command
 
+    if args.action == "user":
+        return _sql_user(cfg, args)
+    host = args.host or cfg.sql_server.host
+    port = args.port or cfg.sql_server.port
+    endpoint.check_serving(cfg, host)
+    command = thrift_command(cfg, port, host)
     hold_lakehouse(cfg)   # the server's JVM opens the metastore: one holder at a time
+    login = (f" -n USER -p PASSWORD (users in {cfg.sql_users_file})"
+             if cfg.sql_server.auth == "password" else "")
     log.info("Thrift server on jdbc:hive2://%s:%d/ (stop with Ctrl-C); try: %s; "
-             "`lakeforge sql` and `lakeforge tables` answer through it", args.host, args.port,
-             f"beeline -u jdbc:hive2://{args.host}:{args.port}/")
-    server = subprocess.Popen(thrift_command(cfg, args.port, args.host), env=submit_env(cfg))
-    endpoint.announce(cfg, args.host, args.port, server.pid)
+             "`lakeforge sql` and `lakeforge tables` answer through it", host, port,
+             f"beeline -u jdbc:hive2://{host}:{port}/{login}")
+    server = subprocess.Popen(command, env=submit_env(cfg))
+    endpoint.announce(cfg, host, port, server.pid)
 
     def stop(signum: int, frame: object) -> None:   # `kill` stops it as Ctrl-C does
         raise KeyboardInterrupt
@@ -474,6 +495,33 @@ def _cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
         return server.wait()
     finally:
         endpoint.withdraw(cfg)
+
+
+def _sql_user(cfg: Config, args: argparse.Namespace) -> int:
+    """``sql-server user NAME``: add a login, change its password, or remove it."""
+    import getpass
+
+    from lakehouse import endpoint
+
+    if not args.user:
+        raise ConfigError("sql-server user: name the user (lakeforge sql-server user NAME)")
+    if args.remove:
+        if not endpoint.set_user(cfg, args.user, None):
+            raise ConfigError(f"SQL user {args.user!r} is not in {cfg.sql_users_file}")
+        print(f"removed SQL user {args.user} from {cfg.sql_users_file}")
+        return 0
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("the two passwords differ; nothing changed")
+    existed = endpoint.set_user(cfg, args.user, password)
+    print(f"{'changed the password of' if existed else 'added'} SQL user {args.user} in "
+          f"{cfg.sql_users_file}")
+    if cfg.sql_server.auth != "password":
+        print("logins are checked once sql_server.auth is password")
+    return 0
 
 
 def _cmd_metastore(cfg: Config, args: argparse.Namespace) -> int:

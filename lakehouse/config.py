@@ -239,6 +239,38 @@ class TrackingConfig:
     timeout: float = 10.0
 
 
+SQL_AUTH_MODES = ("none", "password")
+
+
+@dataclass(frozen=True)
+class SqlServerConfig:
+    """The SQL endpoint ``lakeforge sql-server`` runs (Spark's Thrift server), and its logins.
+
+    Attributes:
+        host: the interface it binds; any but loopback requires ``auth: password``.
+        port: its port.
+        auth: ``none`` (anyone who reaches the port; loopback only) or ``password``
+            (HiveServer2's CUSTOM authentication against ``users_file``).
+        users_file: user names and password digests, one per line, as ``lakeforge
+            sql-server user NAME`` writes them; empty: ``HOME/sql-server/users``.
+        user: the user ``lakeforge sql`` and ``tables`` log in as when ``auth`` is
+            ``password``.
+        password: its password; ``LAKEFORGE_SQL_SERVER__PASSWORD`` keeps it out of files.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 10000
+    auth: str = "none"
+    users_file: str = ""
+    user: str = ""
+    password: str = ""
+
+    def __post_init__(self) -> None:
+        if self.auth not in SQL_AUTH_MODES:
+            raise ConfigError(f"config value sql_server.auth={self.auth!r}: expected one of "
+                              f"{', '.join(SQL_AUTH_MODES)}")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; ``home`` is the one data directory."""
@@ -256,6 +288,7 @@ class Config:
     lake: LakeConfig = field(default_factory=LakeConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sql_server: SqlServerConfig = field(default_factory=SqlServerConfig)
 
     @property
     def lake_root(self) -> str:
@@ -296,6 +329,12 @@ class Config:
     def log_dir(self) -> Path:
         """Each driver's log file: Spark's own log, stack traces included."""
         return self.home / "logs"
+
+    @property
+    def sql_users_file(self) -> Path:
+        """The SQL endpoint's users file (``sql_server.users_file``, or one in the home)."""
+        configured = self.sql_server.users_file
+        return project_path(configured) if configured else self.home / "sql-server" / "users"
 
     @property
     def model_dir(self) -> str:

@@ -6,26 +6,43 @@ file, its process alive and its port answering sends its statements there throug
 HiveServer2 client (PyHive, over Thrift with SASL PLAIN, as Spark's server expects
 with authentication ``NONE``) instead of starting a JVM of its own: the answer comes
 in about a second instead of a JVM and metastore start. No Spark is imported here.
+
+Who may log in: with ``sql_server.auth: none`` anyone who reaches the port, so the
+server binds to loopback only. ``auth: password`` turns on HiveServer2's CUSTOM
+authentication with :data:`AUTH_CLASS` (``lakehouse/java/``), which checks each login
+against the users file (``user:pbkdf2_sha256:iterations:salt:digest`` lines, written by
+:func:`set_user`); only then may the server bind to another interface. Clients log in
+with ``sql_server.user`` and ``sql_server.password``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lakehouse import javac
 from lakehouse.config import Config
-from lakehouse.errors import LakeforgeError
+from lakehouse.errors import ConfigError, LakeforgeError
+from lakehouse.jvm import spark_jars
 from lakehouse.render import check_format, render
 
 log = logging.getLogger(__name__)
+
+AUTH_CLASS = "lakeforge.sql.PasswordFileAuthenticator"
+AUTH_SOURCE = "java/lakeforge/sql/PasswordFileAuthenticator.java"   # in the lakehouse package
+USERS_FILE_PROPERTY = "lakeforge.sql.users_file"
+PBKDF2_ITERATIONS = 200_000
 
 
 class QueryError(LakeforgeError):
@@ -39,6 +56,7 @@ class Endpoint:
     host: str
     port: int
     pid: int
+    auth: str = "none"
 
     @property
     def url(self) -> str:
@@ -55,7 +73,8 @@ def announce(cfg: Config, host: str, port: int, pid: int) -> None:
     """Record the endpoint this process runs (``pid``: the server's process)."""
     path = state_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"host": host, "port": port, "pid": pid}))
+    path.write_text(json.dumps({"host": host, "port": port, "pid": pid,
+                                "auth": cfg.sql_server.auth}))
 
 
 def withdraw(cfg: Config) -> None:
@@ -68,7 +87,7 @@ def running(cfg: Config) -> Endpoint | None:
     try:
         state = json.loads(state_file(cfg).read_text())
         found = Endpoint("127.0.0.1" if state["host"] in ("0.0.0.0", "") else state["host"],
-                         int(state["port"]), int(state["pid"]))
+                         int(state["port"]), int(state["pid"]), state.get("auth", "none"))
     except (OSError, ValueError, KeyError):
         return None
     try:
@@ -93,11 +112,25 @@ def cursor(cfg: Config, endpoint: Endpoint) -> Iterator[Any]:
     """
     from pyhive import exc, hive
 
+    login: dict[str, str] = {"auth": "NONE", "username": getpass.getuser()}
+    if endpoint.auth == "password":
+        if not (cfg.sql_server.user and cfg.sql_server.password):
+            raise QueryError(f"the SQL endpoint at {endpoint.url} asks for a password: set "
+                             "sql_server.user and sql_server.password (LAKEFORGE_SQL_SERVER__"
+                             "USER, LAKEFORGE_SQL_SERVER__PASSWORD)")
+        login = {"auth": "CUSTOM", "username": cfg.sql_server.user,
+                 "password": cfg.sql_server.password}
+    from thrift.transport.TTransport import TTransportException
+
     try:
-        connection = hive.connect(host=endpoint.host, port=endpoint.port, auth="NONE",
-                                  username=getpass.getuser(), database=cfg.catalog.database)
+        connection = hive.connect(host=endpoint.host, port=endpoint.port,
+                                  database=cfg.catalog.database, **login)
     except exc.DatabaseError as error:
         raise _refused(error) from None
+    except TTransportException as error:       # SASL: the server refused the login
+        reason = str(error).split("(", 1)[-1].strip("b')\"") if "(" in str(error) else error
+        raise QueryError(f"the SQL endpoint at {endpoint.url} refused the login of "
+                         f"{login['username']!r}: {reason}") from None
     try:
         cur = connection.cursor()
         try:
@@ -165,3 +198,98 @@ def list_tables(cfg: Config, endpoint: Endpoint) -> list[tuple[str, int, int]]:
             execute(cur, f"SELECT count(*) FROM {db}.{name}")
             out.append((f"{db}.{name}", int(cur.fetchone()[0]), int(history[0][0])))
     return out
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or name (only this machine reaches it)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_serving(cfg: Config, host: str) -> None:
+    """Refuse to serve where anyone could log in.
+
+    Raises:
+        ConfigError: ``host`` is not loopback and ``sql_server.auth`` is not
+            ``password``, or authentication is on and the users file names nobody.
+    """
+    auth = cfg.sql_server.auth
+    if auth == "none" and not is_loopback(host):
+        raise ConfigError(f"the SQL endpoint would serve {host} with sql_server.auth=none: "
+                          "anyone who reaches it could read and change the lake. Set "
+                          "sql_server.auth=password and add users (`lakeforge sql-server "
+                          "user NAME`), or serve on 127.0.0.1")
+    if auth == "password" and not users(cfg):
+        raise ConfigError(f"sql_server.auth=password but {cfg.sql_users_file} names no user: "
+                          "add one with `lakeforge sql-server user NAME`")
+
+
+def password_line(user: str, password: str, iterations: int = PBKDF2_ITERATIONS,
+                  salt: bytes | None = None) -> str:
+    """A users-file line: the user and a PBKDF2-HMAC-SHA256 digest of the password."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return f"{user}:pbkdf2_sha256:{iterations}:{salt.hex()}:{digest.hex()}"
+
+
+def users(cfg: Config) -> list[str]:
+    """The user names in the users file (none when it does not exist)."""
+    try:
+        lines = cfg.sql_users_file.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [line.split(":", 1)[0] for line in lines if line.strip()]
+
+
+def set_user(cfg: Config, user: str, password: str | None) -> bool:
+    """Add or replace a user's password, or remove the user (``password`` None).
+
+    The file is rewritten whole, readable by its owner only; a running server reads it
+    at each login.
+
+    Returns:
+        Whether the user was in the file before.
+
+    Raises:
+        ConfigError: the name holds a ``:`` or a space, or the password is empty.
+    """
+    if not user or any(c in user for c in ": \t\n"):
+        raise ConfigError(f"SQL user name {user!r}: use letters, digits, '.', '_' or '-'")
+    if password is not None and not password:
+        raise ConfigError(f"SQL user {user!r}: the password is empty")
+    path = cfg.sql_users_file
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except FileNotFoundError:
+        lines = []
+    kept = [ln for ln in lines if ln.split(":", 1)[0] != user]
+    existed = len(kept) < len(lines)
+    if password is not None:
+        kept.append(password_line(user, password))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("".join(f"{ln}\n" for ln in kept))
+    partial.replace(path)
+    return existed
+
+
+def server_settings(cfg: Config) -> tuple[list[str], dict[str, str]]:
+    """What the Thrift server needs for ``sql_server.auth``: jars, and ``--hiveconf`` values.
+
+    With ``password`` the authenticator is compiled (once; a few seconds) against the
+    Thrift server's jar and named to HiveServer2 as its CUSTOM authentication class.
+    """
+    if cfg.sql_server.auth != "password":
+        return [], {}
+    thrift = sorted(spark_jars().glob("spark-hive-thriftserver_*.jar"))
+    jar = javac.compile_jar("lakeforge-sqlauth", AUTH_SOURCE, thrift,
+                            thrift[0].name if thrift else "", "the SQL endpoint's authenticator")
+    return [str(jar)], {"hive.server2.authentication": "CUSTOM",
+                        "hive.server2.custom.authentication.class": AUTH_CLASS,
+                        USERS_FILE_PROPERTY: str(cfg.sql_users_file)}

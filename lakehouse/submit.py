@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyspark
 
+from lakehouse import endpoint
 from lakehouse.config import DEFAULT_CONF_DIR, ENV_PREFIX, PROJECT_ROOT, Config
 from lakehouse.errors import ConfigError
 from lakehouse.session import delta_jars, executor_python, spark_conf
@@ -165,13 +166,15 @@ def thrift_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]
     """spark-submit line of the Spark Thrift (JDBC/ODBC) server on this catalog.
 
     Args:
-        cfg: configuration (the same warehouse, metastore and Delta settings as jobs).
+        cfg: configuration (the same warehouse, metastore and Delta settings as jobs;
+            ``sql_server.auth`` decides whether logins are checked).
         port: TCP port to listen on.
         host: address to bind (loopback by default).
 
     Returns:
         The command as a list of arguments.
     """
+    auth_jars, hiveconf = endpoint.server_settings(cfg)
     # Hive sessions resolve the catalog plugin through the system class loader, which
     # --jars does not reach: Delta's jars must be on the driver class path too, with
     # what the config puts there (the metastore's JDBC driver), in one setting.
@@ -180,14 +183,17 @@ def thrift_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]
     if extra:
         at = cmd.index(f"spark.driver.extraClassPath={extra}")
         del cmd[at - 1:at + 1]
-    jars = [str(j) for j in delta_jars(cfg.spark)] + ([extra] if extra else [])
+    jars = [str(j) for j in delta_jars(cfg.spark)] + auth_jars + ([extra] if extra else [])
     classpath = ["--driver-class-path", ":".join(jars)] if jars else []
+    hiveconf = {"hive.server2.thrift.port": str(port), "hive.server2.thrift.bind.host": host,
+                **hiveconf}
     return [cmd[0], "--class", THRIFT_CLASS, *classpath, *cmd[1:], "spark-internal",
-            "--hiveconf", f"hive.server2.thrift.port={port}",
-            "--hiveconf", f"hive.server2.thrift.bind.host={host}"]
+            *[a for k, v in hiveconf.items() for a in ("--hiveconf", f"{k}={v}")]]
 
 
-def beeline_command(port: int, query: str, host: str = "127.0.0.1") -> list[str]:
+def beeline_command(port: int, query: str, host: str = "127.0.0.1", user: str = "",
+                    password: str = "") -> list[str]:
     """A beeline (shipped with pyspark) call that runs one query and prints CSV."""
+    login = ["-n", user, "-p", password] if user else []
     return [str(spark_home() / "bin" / "beeline"), "-u", f"jdbc:hive2://{host}:{port}/",
-            "--silent=true", "--outputformat=csv2", "-e", query]
+            *login, "--silent=true", "--outputformat=csv2", "-e", query]

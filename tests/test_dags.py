@@ -364,14 +364,27 @@ def test_two_dags_at_once_under_the_scheduler_on_the_shared_metastore(shared_lak
 def test_jobs_at_once_on_the_shared_lakehouse_all_land_exactly(spark, shared_lake):
     """On the lakehouse the two DAG runs left: four ingests, two scorings of their model
     into one predictions table and a training, all at once, with the Thrift server
-    answering SQL alongside; every count is exact and no job met a lock."""
+    answering SQL alongside; every count is exact and no job met a lock.
+
+    The server serves every interface, so it checks logins (sql_server.auth=password):
+    beeline and lakeforge sql without a password or with a wrong one are refused, and
+    with the right one get their answer."""
     assert shared_lake.after is not None, f"the DAG runs this builds on failed: " \
                                           f"{shared_lake.states}\n{shared_lake.logs}"
-    lake, root = shared_lake.env, shared_lake.root
+    root = shared_lake.root
+    lake = {**shared_lake.env, "LAKEFORGE_SQL_SERVER__AUTH": "password",
+            "LAKEFORGE_SQL_SERVER__USERS_FILE": str(root / "sql-users")}
+    added = subprocess.run([sys.executable, "-m", "jobs.cli", "sql-server", "user", "analyst",
+                            "--password-stdin"], input="s3cret pass\n", env=lake,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert added.returncode == 0 and "added SQL user analyst" in added.stdout, added.stderr
+    as_analyst = {**lake, "LAKEFORGE_SQL_SERVER__USER": "analyst"}
     port, server_log = free_port(), root / "thrift.log"
     server = subprocess.Popen(                                # the Thrift server alongside
-        [sys.executable, "-m", "jobs.cli", "sql-server", "--port", str(port)], env=lake,
+        [sys.executable, "-m", "jobs.cli", "sql-server", "--host", "0.0.0.0", "--port",
+         str(port)], env=lake,
         stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    count = "SELECT count(*) AS n FROM lakeforge.gold_wine"
     try:
         wait_listening(port, server, server_log)
         jobs = [lakeforge(lake, "ingest", name, "--batch", "b1") for name in SOURCES]
@@ -379,12 +392,24 @@ def test_jobs_at_once_on_the_shared_lakehouse_all_land_exactly(spark, shared_lak
                  for run in ("again-1", "again-2")]
         jobs.append(lakeforge(lake, "train", "mlp", "--dataset", "wine", "--name",
                               "wine_mlp_2", "--param", "epochs=1", "--param", "hidden=[8]"))
-        answer = beeline(lake, port, "SELECT count(*) AS n FROM lakeforge.gold_wine")
+        answer = beeline(lake, port, count, user="analyst", password="s3cret pass")
+        anonymous = beeline(lake, port, count, check=False)
+        wrong = beeline(lake, port, count, user="analyst", password="guess", check=False)
+        sql = [subprocess.run([sys.executable, "-m", "jobs.cli", "sql", count],
+                              env={**as_analyst, "LAKEFORGE_SQL_SERVER__PASSWORD": password},
+                              capture_output=True, text=True, timeout=300, check=False)
+               for password in ("s3cret pass", "guess", "")]
         outputs = [succeeded(job) for job in jobs]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=120)
     assert "178" in answer.splitlines(), answer + server_log.read_text()[-3000:]  # mid-jobs
+    for refused in (anonymous, wrong):
+        assert "Error validating the login" in refused and "178" not in refused.splitlines()
+    right, bad, missing = sql
+    assert right.returncode == 0 and right.stdout.split()[-3] == "178", right.stderr[-2000:]
+    assert bad.returncode == 2 and "refused the login of 'analyst'" in bad.stderr, bad.stderr
+    assert missing.returncode == 2 and "asks for a password" in missing.stderr, missing.stderr
     assert not any("Another instance of Derby" in out for out in outputs)
 
     table = functools.partial(_delta, spark, shared_lake.warehouse)

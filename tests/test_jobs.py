@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main
+from lakehouse import endpoint
 from lakehouse.catalog import list_tables, run_sql
 from lakehouse.config import MaintainConfig, load_config
 from lakehouse.errors import ConfigError
@@ -208,6 +209,38 @@ def test_spark_submit_ingest_then_beeline_through_a_thrift_server(spark, tmp_pat
     assert bad.returncode == 2 and len(errors) == 1 and "no_such_table" in errors[0], bad.stderr
     assert "Traceback" not in bad.stderr
     assert not (home / "sql-server.json").exists()          # withdrawn when it stopped
+
+
+def test_sql_endpoint_serves_other_interfaces_only_with_logins(tmp_path, capsys):
+    """Without sql_server.auth=password the server stays on loopback; the users file keeps
+    PBKDF2 digests (owner-only), and removing and changing users works."""
+    settings = ["--set", f"home={tmp_path}"]
+    cfg = load_config([f"home={tmp_path}"], environ={})
+    assert main(["sql-server", "--host", "0.0.0.0", *settings]) == 2
+    assert "sql_server.auth=none" in capsys.readouterr().err
+    assert not endpoint.state_file(cfg).exists()                 # nothing was started
+    endpoint.check_serving(cfg, "127.0.0.1")
+    endpoint.check_serving(cfg, "::1")
+    secured = load_config([f"home={tmp_path}", "sql_server.auth=password"], environ={})
+    with pytest.raises(ConfigError, match="names no user"):
+        endpoint.check_serving(secured, "10.1.2.3")
+    assert not endpoint.set_user(secured, "ana", "first")
+    assert endpoint.set_user(secured, "ana", "second")            # a new password
+    assert not endpoint.set_user(secured, "bo", "pw")
+    endpoint.check_serving(secured, "10.1.2.3")
+    assert endpoint.users(secured) == ["ana", "bo"]
+    assert secured.sql_users_file.stat().st_mode & 0o777 == 0o600
+    line = secured.sql_users_file.read_text().splitlines()[0]
+    name, scheme, rounds, salt, digest = line.split(":")
+    assert (name, scheme) == ("ana", "pbkdf2_sha256") and "second" not in line
+    assert endpoint.password_line("ana", "second", int(rounds), bytes.fromhex(salt)) == line
+    assert endpoint.password_line("ana", "first", int(rounds), bytes.fromhex(salt)) != line
+    assert endpoint.set_user(secured, "ana", None)
+    assert endpoint.users(secured) == ["bo"]
+    with pytest.raises(ConfigError, match="user name"):
+        endpoint.set_user(secured, "a:b", "pw")
+    with pytest.raises(ConfigError, match="sql_server.auth"):
+        load_config(["sql_server.auth=ldap"], environ={})
 
 
 def test_hive_session_folders_stay_in_the_home_not_in_tmp(spark, base_cfg):
