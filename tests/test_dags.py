@@ -375,7 +375,7 @@ def test_jobs_at_once_on_the_shared_lakehouse_all_land_exactly(spark, shared_lak
     lake = {**shared_lake.env, "LAKEFORGE_SQL_SERVER__AUTH": "password",
             "LAKEFORGE_SQL_SERVER__USERS_FILE": str(root / "sql-users")}
     added = subprocess.run([sys.executable, "-m", "jobs.cli", "sql-server", "user", "analyst",
-                            "--password-stdin"], input="s3cret pass\n", env=lake,
+                            "--password-stdin"], input="s3cret-pass\n", env=lake,
                            capture_output=True, text=True, timeout=120, check=False)
     assert added.returncode == 0 and "added SQL user analyst" in added.stdout, added.stderr
     as_analyst = {**lake, "LAKEFORGE_SQL_SERVER__USER": "analyst"}
@@ -392,13 +392,13 @@ def test_jobs_at_once_on_the_shared_lakehouse_all_land_exactly(spark, shared_lak
                  for run in ("again-1", "again-2")]
         jobs.append(lakeforge(lake, "train", "mlp", "--dataset", "wine", "--name",
                               "wine_mlp_2", "--param", "epochs=1", "--param", "hidden=[8]"))
-        answer = beeline(lake, port, count, user="analyst", password="s3cret pass")
+        answer = beeline(lake, port, count, user="analyst", password="s3cret-pass")
         anonymous = beeline(lake, port, count, check=False)
         wrong = beeline(lake, port, count, user="analyst", password="guess", check=False)
         sql = [subprocess.run([sys.executable, "-m", "jobs.cli", "sql", count],
                               env={**as_analyst, "LAKEFORGE_SQL_SERVER__PASSWORD": password},
                               capture_output=True, text=True, timeout=300, check=False)
-               for password in ("s3cret pass", "guess", "")]
+               for password in ("s3cret-pass", "guess", "")]
         outputs = [succeeded(job) for job in jobs]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
