@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup airflow dist demo test test-fast lint metastore lake-server kafka sql-server mlflow-ui bench-ingest bench-lake bench-sql bench-append bench-curate bench-score bench-pyfunc bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf bench-alerts bench-stream bench-stream-live soak clean help
+.PHONY: setup airflow dist demo test test-fast lint metastore lake-server kafka sql-server mlflow-ui bench-ingest bench-lake bench-sql bench-commands bench-append bench-curate bench-score bench-pyfunc bench-train bench-mlp bench-mlp-regression bench-cnn bench-word2vec bench-deepar bench-rcf bench-alerts bench-stream bench-stream-live soak clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -70,6 +70,9 @@ bench-lake: setup   ## ingest, curate, features, train, score: lake local vs the
 
 bench-sql: setup    ## lakeforge sql through a running SQL endpoint vs beeline on it
 	$(PY) bench/bench_sql.py $(ARGS)
+
+bench-commands: setup  ## where a day's short commands spend their time (start, each Spark job, driver)
+	$(PY) bench/bench_commands.py $(ARGS)
 
 bench-score: setup  ## scorer vs per-row UDF vs one-process pandas (rows/s); needs make demo
 	$(PY) bench/bench_score.py $(ARGS)

@@ -94,12 +94,30 @@ LIVE_QUERY = ("SELECT stream_id, t, round(score, 1) AS point_score, round(thresh
               "ORDER BY t DESC LIMIT 5")
 
 
-def _step(n: int, total: int, what: str, fn: Callable[[], object]) -> object:
-    start = time.monotonic()
-    log.info("[%d/%d] %s ...", n, total, what)
-    out = fn()
-    log.info("[%d/%d] %s done in %.0f s", n, total, what, time.monotonic() - start)
-    return out
+class _Steps:
+    """The demo's numbered steps, each logged as it starts and ends and timed for the end."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.times: list[tuple[str, float]] = []
+
+    def run(self, what: str, fn: Callable[[], object]) -> object:
+        n = len(self.times) + 1
+        start = time.monotonic()
+        log.info("[%d/%d] %s ...", n, self.total, what)
+        out = fn()
+        seconds = time.monotonic() - start
+        log.info("[%d/%d] %s done in %.0f s", n, self.total, what, seconds)
+        self.times.append((what, seconds))
+        return out
+
+    def table(self, elapsed: float) -> str:
+        """Each step's seconds and share of the whole demo (the rest: start, tables, queries)."""
+        rest = elapsed - sum(s for _, s in self.times)
+        rows = [(f"{i}. {what}", f"{s:.1f}", f"{s / elapsed:.0%}")
+                for i, (what, s) in enumerate([*self.times, ("tables, SQL queries, report",
+                                                              rest)], start=1)]
+        return format_table(["step", "seconds", "share"], rows)
 
 
 def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool = True) -> None:
@@ -117,25 +135,25 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
     start = time.monotonic()
     names = list(cfg.datasets)
     feature_sets = sorted({d for _, d, _ in DEMO_MODELS})
-    total = 2 + (3 + len(DEMO_MODELS) if train else 0)
-    _step(1, total, f"ingest {len(names)} sources (batch {batch})",
-          lambda: [ingest(spark, cfg, [n], batch) for n in names])
-    _step(2, total, f"curate {len(names)} sources",
-          lambda: [curate(spark, cfg, [n], batch) for n in names])
+    steps = _Steps(2 + (3 + len(DEMO_MODELS) if train else 0))
+    steps.run(f"ingest {len(names)} sources (batch {batch})",
+              lambda: [ingest(spark, cfg, [n], batch) for n in names])
+    steps.run(f"curate {len(names)} sources",
+              lambda: [curate(spark, cfg, [n], batch) for n in names])
     results = []
     if train:
-        _step(3, total, f"build features {', '.join(feature_sets)}",
-              lambda: [build_features(spark, cfg, f) for f in feature_sets])
-        for i, (family, dataset, params) in enumerate(DEMO_MODELS, start=4):
-            results.append(_step(i, total, f"train {family} on {dataset}",
-                                 lambda f=family, d=dataset, p=params:
-                                 train_model(spark, cfg, f, d, params=p)))
+        steps.run(f"build features {', '.join(feature_sets)}",
+                  lambda: [build_features(spark, cfg, f) for f in feature_sets])
+        for family, dataset, params in DEMO_MODELS:
+            results.append(steps.run(f"train {family} on {dataset}",
+                                     lambda f=family, d=dataset, p=params:
+                                     train_model(spark, cfg, f, d, params=p)))
     if results:
-        _step(total - 1, total, "score the gold tables with every model",
-              lambda: [score(spark, cfg, r.model.family, r.model.name) for r in results])
+        steps.run("score the gold tables with every model",
+                  lambda: [score(spark, cfg, r.model.family, r.model.name) for r in results])
         create_views(spark, cfg)
-        live = _step(total, total, f"a live stream: mitdb through Kafka, scored by {LIVE_MODEL}",
-                     lambda: live_stream(spark, cfg))
+        live = steps.run(f"a live stream: mitdb through Kafka, scored by {LIVE_MODEL}",
+                         lambda: live_stream(spark, cfg))
     infos = list_tables(spark, cfg)
     print()
     print(format_table(["table", "rows", "version"], [(t.name, t.rows, t.version) for t in infos]))
@@ -159,7 +177,10 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
     if cfg.tracking.enabled:
         print(f"runs:      {safe_uri(tracking_uri(cfg))} (MLflow; `make mlflow-ui` serves its "
               f"UI on http://{cfg.tracking.ui_host}:{cfg.tracking.ui_port}/)")
-    print(f"demo finished in {time.monotonic() - start:.0f} s")
+    elapsed = time.monotonic() - start
+    print(f"\n{steps.table(elapsed)}")
+    print(f"demo finished in {elapsed:.0f} s (a second run with nothing new skips each "
+          "step's work: every job finds its input unchanged)")
 
 
 def live_stream(spark: SparkSession, cfg: Config, wait: float = 300) -> str:
