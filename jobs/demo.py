@@ -142,7 +142,8 @@ def run_demo(spark: SparkSession, cfg: Config, batch: str = "demo", train: bool 
               lambda: [curate(spark, cfg, [n], batch) for n in names])
     results = []
     if train:
-        steps.run(f"build features {', '.join(feature_sets)}",
+        log.info("feature sets: %s", ", ".join(feature_sets))
+        steps.run(f"build {len(feature_sets)} feature sets",
                   lambda: [build_features(spark, cfg, f) for f in feature_sets])
         for family, dataset, params in DEMO_MODELS:
             results.append(steps.run(f"train {family} on {dataset}",

@@ -67,6 +67,7 @@ class IngestConfig:
 
     max_raw_chars: int = 20000
     batch_rows: int = 20000
+    stale_batch_minutes: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -402,7 +402,44 @@ def committed_writes(spark: SparkSession, full_name: str, app_ids: Sequence[str]
         return dict.fromkeys(app_ids)
 
 
-def append_once(df: DataFrame, full_name: str, app_id: str, version: int = 0) -> bool:
+def committed_ids(spark: SparkSession, full_name: str, prefix: str) -> set[str] | None:
+    """Every :func:`append_once` id starting with ``prefix`` committed to a table.
+
+    One look at the latest snapshot, as :func:`committed_writes`; the ids cross from the
+    JVM as one string. None when this Delta release lacks the entry point.
+    """
+    try:
+        known = _latest_snapshot(spark, DeltaTable.forName(spark, full_name)).transactions()
+        ids = str(known.keys().mkString("\n")).split("\n")
+    except Py4JError as exc:
+        log.warning("%s: committed write ids not readable (%s)", full_name,
+                    str(exc).splitlines()[0][:200])
+        return None
+    return {i for i in ids if i.startswith(prefix)}
+
+
+def commits_metadata(spark: SparkSession, full_name: str, marker: str) -> list[dict]:
+    """The JSON ``userMetadata`` objects of a table's commits that hold ``marker``, oldest first.
+
+    Reads the whole history the log keeps (every commit's JSON file, no Spark job per
+    commit): for recovery paths, not for every run.
+    """
+    rows = (DeltaTable.forName(spark, full_name).history()
+            .filter(F.col("userMetadata").contains(marker))
+            .orderBy("version").select("version", "timestamp", "userMetadata").collect())
+    found = []
+    for r in rows:
+        try:
+            value = json.loads(r["userMetadata"])
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found.append({**value, "_version": int(r["version"]), "_timestamp": r["timestamp"]})
+    return found
+
+
+def append_once(df: DataFrame, full_name: str, app_id: str, version: int = 0,
+                metadata: dict | None = None) -> bool:
     """Append ``df`` unless a write with this ``app_id`` was already committed.
 
     Uses Delta's idempotent writes (``txnAppId``/``txnVersion``): the commit
@@ -418,6 +455,8 @@ def append_once(df: DataFrame, full_name: str, app_id: str, version: int = 0) ->
         app_id: identifies this logical write (e.g. ``ingest/flights/batch-7``), or the
             writer of numbered writes.
         version: the write's number, increasing from one write to the next.
+        metadata: a JSON object kept as the commit's ``userMetadata`` (what the write
+            was; see :func:`commits_metadata`).
 
     Returns:
         Whether this call committed the rows; False when a write with this id had
@@ -428,12 +467,24 @@ def append_once(df: DataFrame, full_name: str, app_id: str, version: int = 0) ->
         # observation completes only when this attempt wrote the rows; an attempt that
         # lost a commit conflict is retried with an observation of its own.
         ran = Observation(f"append_{uuid.uuid4().hex}")
-        (df.observe(ran, F.count(F.lit(1)).alias("rows")).write.format("delta")
-         .mode("append").option("txnAppId", app_id).option("txnVersion", version)
-         .saveAsTable(full_name))
+        writer = (df.observe(ran, F.count(F.lit(1)).alias("rows")).write.format("delta")
+                  .mode("append").option("txnAppId", app_id).option("txnVersion", version))
+        if metadata is not None:
+            writer = writer.option("userMetadata", json.dumps(metadata, separators=(",", ":")))
+        writer.saveAsTable(full_name)
         return ran
 
     return observed(with_retries(attempt, what=f"append to {full_name}"))
+
+
+def append(df: DataFrame, full_name: str) -> None:
+    """A plain append: no exactly-once id, so Delta does not rebuild the table's state.
+
+    For writes that follow a decision already committed elsewhere (an ingest batch's
+    bookkeeping after its bronze commit), whose recovery checks what is there.
+    """
+    with_retries(lambda: df.write.format("delta").mode("append").saveAsTable(full_name),
+                 what=f"append to {full_name}")
 
 
 def observed(observation: Observation) -> bool:

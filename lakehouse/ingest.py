@@ -2,20 +2,25 @@
 
 For each data set the job:
 
-1. finishes any batch that an earlier run claimed but did not complete (a run killed
-   midway), with the files that batch claimed;
-2. lists the source's files and claims the new ones for this batch in
-   ``ops_ingest_files`` (files claimed before whose size or time changed are reported,
-   not ingested again);
+1. finishes any batch that an earlier run committed to bronze but did not complete (a
+   run killed midway), from what that commit names;
+2. lists the source's files; those no batch holds are this batch's (files ingested
+   before whose size or time changed are reported, not ingested again);
 3. reads them (Spark's own reader, or a parser plug-in on executors), splits rows that
-   were read from records that were not, and appends the rows to ``bronze_<table>``
-   and the records to ``ops_quarantine`` with the reason and raw text;
-4. records the counts in ``ops_quality`` (rule ``well_formed``), which marks the
-   batch complete.
+   were read from records that were not, and appends the rows to ``bronze_<table>``;
+4. then records the batch's files in ``ops_ingest_files``, its rejected records in
+   ``ops_quarantine`` with the reason and raw text, and its counts in ``ops_quality``
+   (rule ``well_formed``), which marks the batch complete.
 
-Every write of a batch carries a Delta ``txnAppId`` derived from the data set and the
-batch, so a re-run after a crash between two writes skips what was committed and
-writes the rest; re-running a completed batch writes nothing.
+**The bronze commit is the one decision point of a batch.** It carries Delta's
+exactly-once id (``txnAppId``) of the data set and batch, and its commit metadata names
+the batch's files and the run that made it (host and pid). Delta skips a second commit
+with the same id, so no batch lands twice, and a batch costs one rebuild of a table's
+state (an exactly-once id makes Delta rebuild it): the bookkeeping that follows is
+plain appends. A batch whose bronze commit exists but whose counts do not was
+interrupted: the next run of the data set finishes it (once its run is gone; a run of
+another host after ``ingest.stale_batch_minutes``), taking its files from the commit,
+writing only the bookkeeping that is missing, with exactly-once ids of their own.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from lakehouse import delta
 from lakehouse.config import Config
+from lakehouse.daemon import owner_gone, owner_line
 from lakehouse.dataset_check import DatasetPlan, check_datasets, plan_dataset
 from lakehouse.datasets import Dataset
 from lakehouse.errors import SourceError
@@ -129,30 +135,40 @@ def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,
     for key in ("ops.quarantine", "ops.ingest_files", "ops.quality"):
         delta.ensure_table(spark, table(key), db)
     claims = _claims(spark, cfg, entry.name)
-    quality = table("ops.quality").full_name(db)
-    done = ingested_batches(spark, quality, entry.name) if len(claims) else set()
-    resumed = []
-    for pending in sorted(set(claims.batch) - done - {batch}):
-        files = _claimed(claims, pending)
-        _load(spark, cfg, entry, bronze_spec, pending, files)
-        resumed.append(pending)
-    if batch in done:
+    done = ingested_batches(spark, table("ops.quality").full_name(db), entry.name)
+    pending = _interrupted(spark, bronze, entry.name, claims,
+                           _committed_batches(spark, bronze, entry.name), done,
+                           cfg.ingest.stale_batch_minutes)
+    held = set(_claimed(claims)) | {f for _, files, _ in pending for f in files}
+    resumed, mine = [], None
+    for name, files, finish in pending:
+        if name == batch:
+            mine = (files, finish)
+        elif finish:
+            _load(spark, cfg, entry, bronze_spec, name, files, claims, resume=True)
+            resumed.append(name)
+    if batch in done or (mine is not None and not mine[1]):
         result = IngestResult(entry.name, bronze, batch, len(_claimed(claims, batch)), 0, 0, 0,
                               skipped=True, resumed=tuple(resumed))
         log.info(result.summary())
         return result
-    if batch in set(claims.batch):
-        files, changed = _claimed(claims, batch), ()
+    if mine is not None:
+        files, changed, resume = mine[0], (), True
     else:
-        files, changed = _new_files(spark, plan, claims)
-        if files:
-            files = _claim(spark, cfg, entry, batch, files)
+        files, changed = _new_files(spark, plan, held)
+        resume = False
     if not files:
         result = IngestResult(entry.name, bronze, batch, 0, 0, 0, 0, skipped=True,
                               changed=changed, resumed=tuple(resumed))
         log.info(result.summary())
         return result
-    good, bad = _load(spark, cfg, entry, bronze_spec, batch, files)
+    loaded = _load(spark, cfg, entry, bronze_spec, batch, files, claims, resume=resume)
+    if loaded is None:
+        log.warning("%s: batch %s was committed to %s by another run at the same time; that "
+                    "run records it", entry.name, batch, bronze)
+        return IngestResult(entry.name, bronze, batch, len(files), 0, 0, 0, skipped=True,
+                            changed=changed, resumed=tuple(resumed))
+    good, bad = loaded
     result = IngestResult(entry.name, bronze, batch, len(files), good + bad, good, bad,
                           skipped=False, changed=changed, resumed=tuple(resumed))
     log.info(result.summary())
@@ -160,21 +176,81 @@ def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,
 
 
 def _claims(spark: SparkSession, cfg: Config, dataset: str) -> pd.DataFrame:
+    """The files each batch of a data set holds (a file once per batch)."""
     files = table("ops.ingest_files").full_name(cfg.catalog.database)
     rows = (spark.table(files).filter(F.col("dataset") == dataset)
             .select("batch", "path", "size", "modified_at").collect())
     return pd.DataFrame([r.asDict() for r in rows],
-                        columns=["batch", "path", "size", "modified_at"])
+                        columns=["batch", "path", "size", "modified_at"]
+                        ).drop_duplicates(["batch", "path"])
 
 
-def _claimed(claims: pd.DataFrame, batch: str) -> list[FileInfo]:
-    mine = claims[claims.batch == batch].sort_values("path")
-    return [FileInfo(r.path, int(r.size), r.modified_at) for r in mine.itertuples()]
+def _claimed(claims: pd.DataFrame, batch: str | None = None) -> list[FileInfo]:
+    """The files of one batch, in path order (of every batch when ``batch`` is None)."""
+    mine = claims if batch is None else claims[claims.batch == batch]
+    return [FileInfo(r.path, int(r.size), r.modified_at)
+            for r in mine.sort_values("path").itertuples()]
 
 
-def _new_files(spark: SparkSession, plan: DatasetPlan, claims: pd.DataFrame
+def _app_id(dataset: str, batch: str) -> str:
+    """The exactly-once id of a batch's bronze commit (its bookkeeping adds a suffix)."""
+    return f"lakeforge/ingest/{dataset}/{batch}"
+
+
+def _committed_batches(spark: SparkSession, bronze: str, dataset: str) -> set[str]:
+    """The batches whose bronze commit exists (from the exactly-once ids bronze holds)."""
+    prefix = _app_id(dataset, "")
+    ids = delta.committed_ids(spark, bronze, prefix)
+    return {i[len(prefix):] for i in ids or ()}
+
+
+def _interrupted(spark: SparkSession, bronze: str, dataset: str, claims: pd.DataFrame,
+                 committed: set[str], done: set[str], stale_minutes: float
+                 ) -> list[tuple[str, list[FileInfo], bool]]:
+    """Batches committed to bronze or claimed, not complete: (batch, files, finish here).
+
+    ``committed`` holds the batches whose bronze commit exists, ``done`` the complete
+    ones. A batch's
+    files come from its claims (which earlier releases wrote before bronze) or from
+    its bronze commit's metadata. A batch is finished here unless its run may still be
+    alive: a live process of this host, or one of another host whose commit is younger
+    than ``stale_minutes``. A bronze commit without files (a Kafka micro-batch, which
+    its query replays) is left out.
+    """
+    committed = committed - done
+    pending = committed | (set(claims.batch) - done)
+    if not pending:
+        return []
+    commits = {}
+    if committed:
+        for c in delta.commits_metadata(spark, bronze, '"lakeforge_ingest"'):
+            info = c.get("lakeforge_ingest")
+            if isinstance(info, dict):
+                commits[info.get("batch")] = {**info, "_timestamp": c["_timestamp"]}
+    out = []
+    here = owner_line().partition(" ")[0]
+    for batch in sorted(pending):
+        commit = commits.get(batch) or {}
+        files = _claimed(claims, batch) or [
+            FileInfo(p, int(size), dt.datetime.fromisoformat(t) if t else None)
+            for p, size, t in commit.get("files", [])]
+        if not files:
+            continue
+        owner = commit.get("owner", "")
+        alive = bool(owner) and owner != owner_line() and not owner_gone(owner)
+        if alive and owner.partition(" ")[0] != here:
+            age = dt.datetime.now() - commit["_timestamp"]
+            alive = age < dt.timedelta(minutes=stale_minutes)
+        if alive:
+            log.info("%s: batch %s is being ingested by %s; leaving it to that run",
+                     dataset, batch, owner)
+        out.append((batch, files, not alive))
+    return out
+
+
+def _new_files(spark: SparkSession, plan: DatasetPlan, held: set[FileInfo]
                ) -> tuple[list[FileInfo], tuple[str, ...]]:
-    """Files no batch has claimed, and claimed files that changed since."""
+    """Files no batch holds, and files a batch holds that changed since."""
     entry = plan.entry
     if entry.source.kind == "table":
         version = _table_version(spark, entry)
@@ -182,7 +258,7 @@ def _new_files(spark: SparkSession, plan: DatasetPlan, claims: pd.DataFrame
         current = [FileInfo(label, -1, None)]
     else:
         current = list(plan.files) if plan.files is not None else list_files(spark, entry)
-    seen = {r.path: (int(r.size), r.modified_at) for r in claims.itertuples()}
+    seen = {f.path: (int(f.size), f.modified_at) for f in held}
     new = [f for f in current if f.path not in seen]
     changed = tuple(f.path for f in current if f.path in seen
                     and seen[f.path] != (f.size, f.modified_at))
@@ -200,29 +276,6 @@ def _table_version(spark: SparkSession, entry: Dataset) -> int:
         return delta.history_snapshot(DeltaTable.forPath(spark, spec.delta),
                                       spec.delta).data_version
     return delta.snapshot(spark, spec.table).data_version
-
-
-def _claim(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,
-           files: list[FileInfo]) -> list[FileInfo]:
-    """Claim files for a batch; return the files the batch holds.
-
-    Another run of the same batch (a retry while the first one still runs) may claim it
-    between this run's read of the claims and its own claim. Delta then skips this
-    claim, and the batch goes on with the files the other run claimed: a file only this
-    run listed stays new, for the next batch.
-    """
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    spec = table("ops.ingest_files")
-    rows = [(entry.name, batch, f.path, f.size, f.modified_at, now) for f in files]
-    df = spark.createDataFrame(rows, spec.schema)
-    if delta.append_once(df, spec.full_name(cfg.catalog.database),
-                         f"lakeforge/ingest/{entry.name}/{batch}/files"):
-        return files
-    theirs = _claimed(_claims(spark, cfg, entry.name), batch)
-    if [f.path for f in theirs] != [f.path for f in files]:
-        log.warning("%s: batch %s was claimed by another run first; going on with its %d "
-                    "file(s)", entry.name, batch, len(theirs))
-    return theirs
 
 
 def read_dataset(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec,
@@ -276,22 +329,42 @@ def bronze_rows(rows: DataFrame, spec: TableSpec, dataset: str, batch: str,
 
 
 def _load(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, batch: str,
-          files: list[FileInfo]) -> tuple[int, int]:
-    """Read a batch's files and write bronze, quarantine and quality, each exactly once."""
+          files: list[FileInfo], claims: pd.DataFrame, resume: bool
+          ) -> tuple[int, int] | None:
+    """Read a batch's files and write bronze, then its files, quarantine and counts."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    listed = [[f.path, f.size, f.modified_at.isoformat() if f.modified_at else None]
+              for f in files]
+    spec_files = table("ops.ingest_files")
+    rows = [(entry.name, batch, f.path, f.size, f.modified_at, now) for f in files]
+    held = set(claims.path[claims.batch == batch])
+    missing = [r for r in rows if r[2] not in held]
+    record_files = (lambda: spark.createDataFrame(missing, spec_files.schema)) if missing \
+        else None
     return load_batch(spark, cfg, entry, spec, batch,
                       lambda: read_dataset(spark, cfg, entry, spec, files),
-                      f"{len(files)} file(s)")
+                      f"{len(files)} file(s)", resume=resume, files=listed,
+                      record_files=record_files)
 
 
 def load_batch(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec, batch: str,
-               read: Callable[[], DataFrame], what: str) -> tuple[int, int]:
-    """Write one batch's records to bronze, quarantine and quality, each exactly once.
+               read: Callable[[], DataFrame], what: str, resume: bool = True,
+               files: list | None = None,
+               record_files: Callable[[], DataFrame] | None = None) -> tuple[int, int] | None:
+    """Write one batch's records to bronze, then its files, quarantine and counts.
 
-    The rows are read once for bronze, counted on the way (an observation, so no cache
-    and no extra pass); rejected records are read again for the quarantine only when
-    there are any. If bronze already holds the batch (a resumed run), Delta skips the
-    append and the rows are counted in a pass of their own. The quality rows, written
-    last, mark the batch complete.
+    The bronze append decides (see the module docstring): its commit carries the batch's
+    exactly-once id and names ``files`` and this run. The rows are read once for
+    bronze, counted on the way (an observation, so no cache and no extra pass);
+    rejected records are read again for the quarantine only when there are any.
+
+    When this call made the bronze commit, the bookkeeping follows as plain appends
+    (nobody else writes it). When bronze held the batch already, a resumed batch
+    (``resume``; a micro-batch replayed after a kill, a batch an earlier run left) that
+    ``ops_quality`` counts is complete and writes nothing; otherwise it counts its rows
+    in a pass of their own and writes only the bookkeeping that is missing, each write
+    with an exactly-once id of its own. Without ``resume``, another run committed the
+    batch at the same moment, and it is left to that run.
 
     Args:
         spark: the session.
@@ -302,19 +375,32 @@ def load_batch(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec
         read: gives the batch's records as :func:`read_dataset` does (data columns and
             status columns); called once, or again for counts and rejected records.
         what: what was read, for the log line (``3 file(s)``, ``a micro-batch``).
+        resume: finish the batch if bronze already holds it.
+        files: the batch's files (path, size, time), named in the bronze commit.
+        record_files: gives the batch's ``ops_ingest_files`` rows not yet written.
 
     Returns:
-        Records written to bronze, and records quarantined.
+        Records written to bronze and records quarantined; None when another run
+        committed the batch and ``resume`` is false.
     """
     db = cfg.catalog.database
     bronze = spec.full_name(db)
-    app_id = f"lakeforge/ingest/{entry.name}/{batch}"
+    app_id = _app_id(entry.name, batch)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     counted = Observation(f"ingest_{uuid.uuid4().hex}")
     rows = read().observe(
         counted, F.count(F.lit(1)).alias("read"), F.count(F.col(ERROR)).alias("bad"))
-    delta.append_once(bronze_rows(rows, spec, entry.name, batch, now), bronze, app_id)
-    if delta.observed(counted):
+    meta = {"lakeforge_ingest": {"batch": batch, "owner": owner_line(), "files": files or []}}
+    delta.append_once(bronze_rows(rows, spec, entry.name, batch, now), bronze, app_id,
+                      metadata=meta)
+    decided = delta.observed(counted)
+    if not decided and not resume:
+        return None
+    if not decided:
+        recorded = _recorded(spark, db, entry.name, batch)
+        if recorded is not None:        # complete: its counts are the batch's last write
+            return recorded
+    if decided:
         n_read, n_bad = counted.get["read"], counted.get["bad"]
     else:
         # Every column takes part, so Spark's CSV reader checks each record's field count.
@@ -323,17 +409,46 @@ def load_batch(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec
             F.count(F.lit(1)).alias("read"), F.count(F.col(ERROR)).alias("bad"), every).first()
         n_read, n_bad = counts["read"], counts["bad"]
     n_good = n_read - n_bad
-    if n_bad:
+
+    def write(df: DataFrame, key: str, suffix: str) -> None:
+        target = table(key).full_name(db)
+        if decided:
+            delta.append(df, target)
+        else:
+            delta.append_once(df, target, f"{app_id}/{suffix}")
+
+    if record_files is not None:
+        write(record_files(), "ops.ingest_files", "files")
+    if n_bad and (decided or not _quarantined(spark, db, entry.name, batch)):
         rejected = read().filter(F.col(ERROR).isNotNull())
         if entry.source.kind in ("files", "kafka"):
             rejected = rejected.withColumn(ERROR, explain_column(entry.source, spec.fields))
         rejected = rejected.withColumn("_rules", F.array(F.lit(WELL_FORMED)))
-        delta.append_once(quarantine_rows(rejected, entry.name, bronze, "ingest", batch, now),
-                          table("ops.quarantine").full_name(db), f"{app_id}/quarantine")
+        write(quarantine_rows(rejected, entry.name, bronze, "ingest", batch, now),
+              "ops.quarantine", "quarantine")
     stats = [(WELL_FORMED, "quarantine", "records read by the source's reader",
               n_read, n_good, 0, n_bad, 0)]
-    delta.append_once(quality_rows(spark, entry.name, bronze, "ingest", batch, stats, now),
-                      table("ops.quality").full_name(db), f"{app_id}/quality")
-    log.info("%s: batch %s: %s, %s read = %s bronze + %s quarantined", entry.name,
-             batch, what, f"{n_read:,}", f"{n_good:,}", f"{n_bad:,}")
+    write(quality_rows(spark, entry.name, bronze, "ingest", batch, stats, now),
+          "ops.quality", "quality")
+    log.info("%s: batch %s: %s, %s read = %s bronze + %s quarantined%s", entry.name,
+             batch, what, f"{n_read:,}", f"{n_good:,}", f"{n_bad:,}",
+             "" if decided else " (finished an interrupted batch)")
     return n_good, n_bad
+
+
+def _recorded(spark: SparkSession, db: str, dataset: str, batch: str) -> tuple[int, int] | None:
+    """A batch's ingest counts (bronze rows, quarantined) if ``ops_quality`` holds them."""
+    quality = table("ops.quality").full_name(db)
+    row = (spark.table(quality)
+           .filter((F.col("dataset") == dataset) & (F.col("batch") == batch)
+                   & (F.col("stage") == "ingest") & (F.col("rule") == WELL_FORMED))
+           .select("passed", "quarantined").first())
+    return None if row is None else (int(row["passed"]), int(row["quarantined"]))
+
+
+def _quarantined(spark: SparkSession, db: str, dataset: str, batch: str) -> bool:
+    """Whether the quarantine holds a batch's rejected records (a resumed batch's check)."""
+    quarantine = table("ops.quarantine").full_name(db)
+    return bool(spark.table(quarantine).filter(
+        (F.col("source") == dataset) & (F.col("batch") == batch)
+        & (F.col("stage") == "ingest")).limit(1).count())
