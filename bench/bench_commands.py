@@ -168,6 +168,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=8, help="job groups shown per command")
     parser.add_argument("--min-seconds", type=float, default=0.3,
                         help="the smallest lakeforge step shown (0.3)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each command's profile here (pstats files)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-commands-") as work:
         root = Path(work)
@@ -197,6 +199,9 @@ def main() -> None:
         summary = []
         for name, command in day:
             started, wall, log = run([*command, *logged], env, events, profile)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                (args.keep / f"{name.split()[0]}.prof").write_bytes(profile.read_bytes())
             print(f"\nlakeforge {' '.join(command)[:90]}: {wall:.1f} s")
             print(format_table(["lakeforge step", "seconds", "calls"],
                                [(p, f"{s:.2f}", n or "") for p, s, n in
