@@ -135,9 +135,10 @@ def ingest_dataset(spark: SparkSession, cfg: Config, entry: Dataset, batch: str,
     for key in ("ops.quarantine", "ops.ingest_files", "ops.quality"):
         delta.ensure_table(spark, table(key), db)
     claims = _claims(spark, cfg, entry.name)
-    done = ingested_batches(spark, table("ops.quality").full_name(db), entry.name)
-    pending = _interrupted(spark, bronze, entry.name, claims,
-                           _committed_batches(spark, bronze, entry.name), done,
+    committed = _committed_batches(spark, bronze, entry.name)
+    done = (ingested_batches(spark, table("ops.quality").full_name(db), entry.name)
+            if len(claims) or committed else set())       # a first ingest has none
+    pending = _interrupted(spark, bronze, entry.name, claims, committed, done,
                            cfg.ingest.stale_batch_minutes)
     held = set(_claimed(claims)) | {f for _, files, _ in pending for f in files}
     resumed, mine = [], None

@@ -5,9 +5,9 @@ and object-store URIs behave alike. Names starting with ``_`` or ``.`` are skipp
 (Spark's convention for markers and files still being written): writers should land
 a file under such a name and rename it when complete.
 
-Every file a data set ingests is claimed in ``ops_ingest_files`` with its batch, size
-and modification time before its rows are written; a file is new when no batch has
-claimed its path. A claimed file whose size or modification time changed since is
+Every file a data set ingests is named, with its size and modification time, by its
+batch's bronze commit and then recorded in ``ops_ingest_files``; a file is new when
+no batch holds its path. A file whose size or modification time changed since is
 reported, never ingested a second time.
 """
 

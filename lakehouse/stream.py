@@ -30,9 +30,9 @@ query watches the entry's folders (Spark's file source, new files only, recursiv
 and each micro-batch in which files arrived is a batch ingest of the files no batch
 has claimed yet (:func:`lakehouse.ingest.ingest_dataset`: the same parsers, quarantine
 with reasons and ``ops_ingest_files`` claims as ``lakeforge ingest``), named by the
-stream and micro-batch, then a curate. Exactly once comes from the claims: a
-micro-batch replayed after a kill resumes or skips its batch by name, and a file
-claimed by a batch ``lakeforge ingest`` ran is not ingested again by the stream.
+stream and micro-batch, then a curate. Exactly once comes from each batch's bronze
+commit: a micro-batch replayed after a kill resumes or skips its batch by name, and a
+file a batch of ``lakeforge ingest`` holds is not ingested again by the stream.
 
 ``available_now`` takes what the topic holds when the query starts (in micro-batches
 of at most ``stream.max_records_per_batch`` records) and stops: for schedulers.
