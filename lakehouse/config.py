@@ -31,6 +31,12 @@ ENV_PREFIX = "LAKEFORGE_"
 ENV_NOT_CONFIG = frozenset({"CONF_DIR", "VENV", "CACHE", "PYTHON"})
 
 
+def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    """Stop with a ConfigError naming ``key`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"config value {key}={value!r}: expected one of {', '.join(choices)}")
+
+
 @dataclass(frozen=True)
 class SparkConfig:
     """How the SparkSession is built."""
@@ -101,9 +107,7 @@ class MetastoreConfig:
     service_user: str = "postgres"
 
     def __post_init__(self) -> None:
-        if self.kind not in METASTORE_KINDS:
-            raise ConfigError(f"config value metastore.kind={self.kind!r}: expected one of "
-                              f"{', '.join(METASTORE_KINDS)}")
+        check_choice("metastore.kind", self.kind, METASTORE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -267,9 +271,7 @@ class SqlServerConfig:
     password: str = ""
 
     def __post_init__(self) -> None:
-        if self.auth not in SQL_AUTH_MODES:
-            raise ConfigError(f"config value sql_server.auth={self.auth!r}: expected one of "
-                              f"{', '.join(SQL_AUTH_MODES)}")
+        check_choice("sql_server.auth", self.auth, SQL_AUTH_MODES)
 
 
 @dataclass(frozen=True)
