@@ -211,12 +211,11 @@ def _interrupted(spark: SparkSession, bronze: str, dataset: str, claims: pd.Data
     """Batches committed to bronze or claimed, not complete: (batch, files, finish here).
 
     ``committed`` holds the batches whose bronze commit exists, ``done`` the complete
-    ones. A batch's
-    files come from its claims (which earlier releases wrote before bronze) or from
-    its bronze commit's metadata. A batch is finished here unless its run may still be
-    alive: a live process of this host, or one of another host whose commit is younger
-    than ``stale_minutes``. A bronze commit without files (a Kafka micro-batch, which
-    its query replays) is left out.
+    ones. A batch's files come from its claims (which earlier releases wrote before
+    bronze) or from its bronze commit's metadata. A batch is finished here unless its
+    run may still be alive: a live process of this host, or one of another host whose
+    commit is younger than ``stale_minutes``. A bronze commit without files (a Kafka
+    micro-batch, which its query replays) is left out.
     """
     committed = committed - done
     pending = committed | (set(claims.batch) - done)
