@@ -292,17 +292,17 @@ def test_crash_between_writes_finishes_the_batch_exactly_once(spark, cfg, tmp_pa
         (landing / f"d{day}.csv").write_text(
             f"order_id,placed_at,amount,status\n{day}1,,1,NEW\n{day}2,,x,NEW\n")
     cfg = with_datasets(cfg, _orders(landing))
-    real_append = ingest_module.delta.append_once
+    real_append = ingest_module.delta.append
 
-    def crash_on_quarantine(df, name, app_id):
-        if app_id.endswith("/quarantine"):
+    def crash_on_quarantine(df, name):
+        if name.endswith("ops_quarantine"):
             raise RuntimeError("killed")
-        return real_append(df, name, app_id)
+        return real_append(df, name)
 
-    monkeypatch.setattr(ingest_module.delta, "append_once", crash_on_quarantine)
+    monkeypatch.setattr(ingest_module.delta, "append", crash_on_quarantine)
     with pytest.raises(RuntimeError, match="killed"):
         ingest(spark, cfg, ["orders"], "b1")
-    monkeypatch.setattr(ingest_module.delta, "append_once", real_append)
+    monkeypatch.setattr(ingest_module.delta, "append", real_append)
     assert _t(spark, cfg, "bronze_orders").count() == 2      # bronze landed, quarantine not
     (landing / "d3.csv").write_text("order_id,placed_at,amount,status\n31,,1,NEW\n")
     [result] = ingest(spark, cfg, ["orders"], "b2")           # a new run, another batch id
@@ -316,9 +316,12 @@ def test_crash_between_writes_finishes_the_batch_exactly_once(spark, cfg, tmp_pa
     assert bronze.groupBy("order_id").count().filter(F.col("count") > 1).count() == 0
 
 
-def test_a_retry_that_loses_the_claim_of_its_batch_takes_the_claimed_files(spark, cfg,
-                                                                           tmp_path,
-                                                                           monkeypatch):
+def test_a_retry_that_loses_its_batch_to_another_run_leaves_the_batch_to_it(spark, cfg,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    """A retry of b1 that read bronze before run 1's commit landed (so d1 looks new, and
+    d2 landed since) loses the bronze commit of b1 and writes nothing; the next run
+    finishes b1 with d1 only, from its commit, and takes d2 as new."""
     import lakehouse.ingest as ingest_module
 
     landing = tmp_path / "landing"
@@ -326,30 +329,23 @@ def test_a_retry_that_loses_the_claim_of_its_batch_takes_the_claimed_files(spark
     header = "order_id,placed_at,amount,status\n"
     (landing / "d1.csv").write_text(header + "11,,1,NEW\n")
     cfg = with_datasets(cfg, _orders(landing))
-    real_load, real_claims = ingest_module._load, ingest_module._claims
+    real_append = ingest_module.delta.append
 
-    def killed(*args):
+    def killed(df, name):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(ingest_module, "_load", killed)       # run 1 claims d1, then dies
+    monkeypatch.setattr(ingest_module.delta, "append", killed)    # run 1: bronze, then dies
     with pytest.raises(RuntimeError, match="killed"):
         ingest(spark, cfg, ["orders"], "b1")
-    monkeypatch.setattr(ingest_module, "_load", real_load)
-    # A retry of b1 that read the claims before run 1 committed its claim, with d2.csv
-    # landed since: it lists d1 and d2, loses the claim, and must load d1 only.
+    monkeypatch.setattr(ingest_module.delta, "append", real_append)
     (landing / "d2.csv").write_text(header + "21,,1,NEW\n")
-    reads = []
-
-    def stale_first(spark_, cfg_, dataset):
-        reads.append(dataset)
-        return real_claims(spark_, cfg_, "none" if len(reads) == 1 else dataset)
-
-    monkeypatch.setattr(ingest_module, "_claims", stale_first)
+    monkeypatch.setattr(ingest_module, "_committed_batches", lambda *a: set())   # stale
     [retry] = ingest(spark, cfg, ["orders"], "b1")
-    monkeypatch.setattr(ingest_module, "_claims", real_claims)
-    assert (retry.files, retry.bronze) == (1, 1) and len(reads) == 2
+    monkeypatch.undo()
+    assert retry.skipped and (retry.files, retry.bronze) == (2, 0)
+    assert _t(spark, cfg, "bronze_orders").count() == 1          # the retry wrote nothing
     [later] = ingest(spark, cfg, ["orders"], "b2")
-    assert (later.files, later.bronze) == (1, 1)
+    assert later.resumed == ("b1",) and (later.files, later.bronze) == (1, 1)
     bronze = _t(spark, cfg, "bronze_orders")
     assert sorted((r.order_id, r._ingest_batch) for r in bronze.collect()) == [
         (11, "b1"), (21, "b2")]
@@ -360,8 +356,8 @@ def test_a_retry_that_loses_the_claim_of_its_batch_takes_the_claimed_files(spark
 
 @pytest.mark.slow
 def test_ingest_killed_with_sigkill_is_finished_exactly_once_by_the_next_run(spark, tmp_path):
-    """A real `lakeforge ingest` process (own home: Derby admits one JVM) killed after it
-    claimed its files; the next run, with another batch id, finishes that batch."""
+    """A real `lakeforge ingest` process (own home: Derby admits one JVM) killed after its
+    bronze commit; the next run, with another batch id, finishes that batch."""
     import os
     import random
     import signal
@@ -386,13 +382,13 @@ def test_ingest_killed_with_sigkill_is_finished_exactly_once_by_the_next_run(spa
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    claim = home / "warehouse" / "lakeforge.db" / "ops_ingest_files" / "_delta_log" / \
+    claim = home / "warehouse" / "lakeforge.db" / "bronze_orders" / "_delta_log" / \
         "00000000000000000001.json"
     first = run("k1")
     deadline = time.monotonic() + 300
     while not claim.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(random.uniform(0, 1.0))                 # somewhere after the claim
+    time.sleep(random.uniform(0, 1.0))                 # somewhere after the commit
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert claim.exists(), first.stdout.read().decode()[-3000:]
