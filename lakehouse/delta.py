@@ -103,8 +103,10 @@ def ensure_table(spark: SparkSession, spec: TableSpec, database: str) -> str:
     full_name = spec.full_name(database)
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         if table_exists(spark, full_name):
-            _add_new_columns(spark, spec, full_name)
-            check_schema(spark.table(full_name).schema, spec.schema, full_name)
+            schema = spark.table(full_name).schema
+            if _add_new_columns(spark, spec, full_name, schema):
+                schema = spark.table(full_name).schema
+            check_schema(schema, spec.schema, full_name)
             return full_name
         _clear_failed_create(spark, database, spec.table_name)
         try:
@@ -178,18 +180,23 @@ def _clear_failed_create(spark: SparkSession, database: str, name: str) -> None:
     fs.delete(path, True)
 
 
-def _add_new_columns(spark: SparkSession, spec: TableSpec, full_name: str) -> None:
-    """Add nullable columns the spec gained since the table was created (at the end)."""
-    have = {f.name for f in spark.table(full_name).schema.fields}
+def _add_new_columns(spark: SparkSession, spec: TableSpec, full_name: str,
+                     schema: StructType) -> bool:
+    """Add nullable columns the spec gained since the table was created (at the end).
+
+    ``schema`` is the table's current one. Returns whether columns were added.
+    """
+    have = {f.name for f in schema.fields}
     fields = list(spec.schema.fields)
     names = [f.name for f in fields]
     new = [f for f in fields if f.name not in have]
     if not new or not all(f.nullable for f in new) \
             or names[: len(names) - len(new)] != [n for n in names if n in have]:
-        return
+        return False
     columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new)
     spark.sql(f"ALTER TABLE {full_name} ADD COLUMNS ({columns})")
     log.info("%s: added column(s) %s", full_name, columns)
+    return True
 
 
 def check_schema(actual: StructType, expected: StructType, full_name: str) -> None:
