@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ AUTH_CLASS = "lakeforge.sql.PasswordFileAuthenticator"
 AUTH_SOURCE = "java/lakeforge/sql/PasswordFileAuthenticator.java"   # in the lakehouse package
 USERS_FILE_PROPERTY = "lakeforge.sql.users_file"
 PBKDF2_ITERATIONS = 200_000
+USER_NAME = re.compile(r"[A-Za-z0-9._@-]+")
 
 
 class QueryError(LakeforgeError):
@@ -128,9 +130,10 @@ def cursor(cfg: Config, endpoint: Endpoint) -> Iterator[Any]:
     except exc.DatabaseError as error:
         raise _refused(error) from None
     except TTransportException as error:       # SASL: the server refused the login
-        reason = str(error).split("(", 1)[-1].strip("b')\"") if "(" in str(error) else error
+        # thrift-sasl says "Bad status: 3 (b'Error validating the login')".
+        quoted = re.search(r"'([^']+)'", str(error))
         raise QueryError(f"the SQL endpoint at {endpoint.url} refused the login of "
-                         f"{login['username']!r}: {reason}") from None
+                         f"{login['username']!r}: {quoted[1] if quoted else error}") from None
     try:
         cur = connection.cursor()
         try:
@@ -255,10 +258,11 @@ def set_user(cfg: Config, user: str, password: str | None) -> bool:
         Whether the user was in the file before.
 
     Raises:
-        ConfigError: the name holds a ``:`` or a space, or the password is empty.
+        ConfigError: the name is not letters, digits, ``.``, ``_``, ``-`` and ``@``, or
+            the password is empty.
     """
-    if not user or any(c in user for c in ": \t\n"):
-        raise ConfigError(f"SQL user name {user!r}: use letters, digits, '.', '_' or '-'")
+    if not USER_NAME.fullmatch(user):
+        raise ConfigError(f"SQL user name {user!r}: use letters, digits, '.', '_', '-' or '@'")
     if password is not None and not password:
         raise ConfigError(f"SQL user {user!r}: the password is empty")
     path = cfg.sql_users_file
