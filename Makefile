@@ -59,7 +59,7 @@ lake-server: setup  ## a local S3 server (S3Proxy) for a lake on object storage;
 kafka: setup        ## a local Kafka broker (KRaft) for streams on 127.0.0.1:9092
 	$(VENV)/bin/lakeforge kafka start $(ARGS)
 
-sql-server: setup   ## Spark Thrift server (JDBC) on 127.0.0.1:10000 over the catalog
+sql-server: setup   ## Spark Thrift server (JDBC) over the catalog, where sql_server: says (127.0.0.1:10000)
 	$(VENV)/bin/lakeforge sql-server $(ARGS)
 
 mlflow-ui: setup    ## MLflow's UI on the tracking store (runs, models) on 127.0.0.1:5000
