@@ -6,7 +6,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -390,30 +390,12 @@ def check_files_exist(spark: SparkSession, df: DataFrame, what: str) -> None:
                 f"this snapshot can no longer be read, train on the current version instead")
 
 
-def committed_writes(spark: SparkSession, full_name: str, app_ids: Sequence[str]
-                     ) -> dict[str, int | None]:
-    """The ``txnVersion`` each :func:`append_once` id committed to a table (None if none).
-
-    One look at the table's latest snapshot (Delta rebuilds its state once, a few
-    small Spark jobs), so a job can tell that its last write is already there before
-    it reads anything. With a Delta release that lacks this entry point every id reads
-    as not committed, which only costs the job its shortcut (the writes stay idempotent).
-    """
-    try:
-        known = _latest_snapshot(spark, DeltaTable.forName(spark, full_name)).transactions()
-        return {app_id: (int(known.apply(app_id)) if known.contains(app_id) else None)
-                for app_id in app_ids}
-    except Py4JError as exc:
-        log.warning("%s: committed write ids not readable (%s); doing the work",
-                    full_name, str(exc).splitlines()[0][:200])
-        return dict.fromkeys(app_ids)
-
-
 def committed_ids(spark: SparkSession, full_name: str, prefix: str) -> set[str] | None:
     """Every :func:`append_once` id starting with ``prefix`` committed to a table.
 
-    One look at the latest snapshot, as :func:`committed_writes`; the ids cross from the
-    JVM as one string. None when this Delta release lacks the entry point.
+    One look at the table's latest snapshot (Delta rebuilds its state once, a few small
+    Spark jobs); the ids cross from the JVM as one string. None, with a warning, when
+    this Delta release lacks the entry point.
     """
     try:
         known = _latest_snapshot(spark, DeltaTable.forName(spark, full_name)).transactions()
