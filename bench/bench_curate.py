@@ -18,8 +18,14 @@ declaration changed, about 1 s; a MERGE of only the rows that differ, 3.1-3.7 s
 against the peer's 2.3-2.8 s). Measured on 100,000 rows a day for 30 days: curate
 day 30 / day 1 1.11; bare peer / curate 0.26, bookkeeping peer / curate 0.39 (medians).
 
+With ``--scales`` it times one next batch per size instead (1x = ``--rows`` orders; the
+silver table already holds one earlier batch of the same size): lakeforge's curate
+against the bare peer, each on a bronze batch both have read once before, and prints
+the ratio and the seconds beyond the peer. Target: bare peer / curate >= 0.8.
+
     make bench-curate
     .venv/bin/python bench/bench_curate.py --days 10 --rows 20000
+    .venv/bin/python bench/bench_curate.py --scales 1 8 32
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -101,27 +108,71 @@ def peer_bookkeeping(spark, db: str, day: str) -> None:
         checked.unpersist()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--rows", type=int, default=100_000, help="rows per daily file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="config override")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-curate-"))
-    cfg, spark = session([f"home={work / 'home'}", "catalog.database=bench_curate",
-                          *args.overrides])
-    landing = work / "landing"
-    landing.mkdir()
+def scales(spark, cfg, landing: Path, sizes: list[int], rows: int) -> None:
+    """One next batch per size: curate vs the bare peer, the ratio and the seconds beyond."""
+    out = []
+    for scale in sizes:
+        folder = landing / f"{scale}x"
+        folder.mkdir()
+        db = f"{cfg.catalog.database}_{scale}x"
+        ours_cfg = dataclasses.replace(cfg, datasets=_entries(folder),
+                                       catalog=dataclasses.replace(cfg.catalog, database=db))
+        spark.sql(f"CREATE DATABASE {db}")
+        spark.sql(f"CREATE TABLE {db}.peer_orders (order_id BIGINT, placed_at TIMESTAMP, "
+                  f"amount DOUBLE, status STRING) USING delta")
+        rng = random.Random(scale)
+        for day in (1, 2):
+            write_day(folder, day, rows * scale, rng)
+            batch = f"s{scale}d{day}"
+            ingest(spark, ours_cfg, ["orders"], batch)
+            # Both read this batch's bronze files once before they are timed.
+            spark.table(f"{db}.bronze_orders").filter(F.col("_ingest_batch") == batch).count()
+            theirs = timed(lambda b=batch, d=db: peer_merge(spark, f"{d}.bronze_orders",
+                                                           f"{d}.peer_orders", b))
+            ours = timed(lambda b=batch, c=ours_cfg: curate(spark, c, ["orders"], b))
+            print(f"{scale}x day {day}: curate {ours:.2f} s, bare peer {theirs:.2f} s",
+                  flush=True)
+        out.append((f"{scale}x", f"{rows * scale:,}", f"{theirs:.2f}", f"{ours:.2f}",
+                    f"{theirs / ours:.2f}", f"{ours - theirs:.2f}"))
+        spark.sql(f"DROP DATABASE {db} CASCADE")
+    print(format_table(["scale", "rows", "bare peer s", "curate s", "peer / curate",
+                        "beyond the peer s"], out))
+
+
+def _entries(landing: Path) -> dict:
     entries, problems = parse_datasets({"orders": {
         "source": {"files": str(landing), "format": "csv", "options": {"header": True},
                    "schema": "order_id BIGINT NOT NULL, placed_at TIMESTAMP, amount DOUBLE, "
                              "status STRING"},
         "silver": {"keys": ["order_id"], "rules": RULES}}})
     assert not problems, problems
-    cfg = dataclasses.replace(cfg, datasets=entries)
+    return entries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--rows", type=int, default=100_000, help="rows per daily file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--scales", type=int, nargs="+", metavar="N",
+                        help="time one next batch of N x --rows rows per size instead")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-curate-"))
+    cfg, spark = session([f"home={work / 'home'}", "catalog.database=bench_curate",
+                          *args.overrides])
+    landing = work / "landing"
+    landing.mkdir()
     db = cfg.catalog.database
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+    if args.scales:
+        try:
+            scales(spark, cfg, landing, args.scales, args.rows)
+        finally:
+            spark.sql(f"DROP DATABASE {db} CASCADE")
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    cfg = dataclasses.replace(cfg, datasets=_entries(landing))
     for name in ("peer_orders", "peer_books_orders"):
         spark.sql(f"CREATE TABLE {db}.{name} (order_id BIGINT, placed_at TIMESTAMP, "
                   f"amount DOUBLE, status STRING) USING delta")
@@ -132,7 +183,7 @@ def main() -> None:
         batch = f"d{day:03d}"
         ingest(spark, cfg, ["orders"], batch)
         ours = timed(lambda b=batch: curate(spark, cfg, ["orders"], b))
-        theirs = timed(lambda b=batch: peer_merge(spark, f"{db}.bronze_orders",
+        theirs = timed(lambda b=batch, d=db: peer_merge(spark, f"{d}.bronze_orders",
                                                   f"{db}.peer_orders", b))
         books = timed(lambda b=batch: peer_bookkeeping(spark, db, b))
         table.append((day, ours, theirs, books))

@@ -61,6 +61,8 @@ def upsert(spark: SparkSession, silver: str, spec: TableSpec, updates: DataFrame
     source = updates.select(*data_cols, digest)
     held = spark.table(silver).select(*spec.keys, digest)
     same = [source[k].eqNullSafe(held[k]) for k in spec.keys]
+    # Only rows that differ reach the MERGE: Delta rewrites every file holding a
+    # matched key, even where an update's condition leaves the row as it was.
     changes = source.join(held, [*same, source["_digest"] == held["_digest"]],
                           "left_anti").drop("_digest")
     if changes.isEmpty():
@@ -121,18 +123,16 @@ def replace(spark: SparkSession, silver: str, spec: TableSpec, rows: DataFrame) 
 def _merge(spark: SparkSession, silver: str, spec: TableSpec, clauses, source: DataFrame
            ) -> Written:
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in spec.keys)
-    before = delta.current_version(spark, silver)
-    delta.with_retries(
+    # The MERGE's own result holds its row counts; it has no row when Delta skipped
+    # the write because its txnAppId was committed before.
+    result = delta.with_retries(
         lambda: clauses(DeltaTable.forName(spark, silver).alias("t")
-                        .merge(source.alias("s"), on)).execute(),
+                        .merge(source.alias("s"), on)).execute().collect(),
         what=f"merge into {silver}")
-    if delta.current_version(spark, silver) == before:   # this txn was done before
+    if not result:
         return Written()
-    last = DeltaTable.forName(spark, silver).history(1).collect()[0]
-    metrics = {k: int(v) for k, v in (last["operationMetrics"] or {}).items() if v.isdigit()}
-    return Written(metrics.get("numTargetRowsInserted", 0),
-                   metrics.get("numTargetRowsUpdated", 0),
-                   metrics.get("numTargetRowsDeleted", 0))
+    return Written(int(result[0]["num_inserted_rows"]), int(result[0]["num_updated_rows"]),
+                   int(result[0]["num_deleted_rows"]))
 
 
 @contextmanager
