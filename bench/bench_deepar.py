@@ -25,10 +25,10 @@ from common import session
 from lakehouse import delta
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.contract import silver_rows
-from lakehouse.featuresets.series import series_of, series_points
+from lakehouse.featuresets.series import dense_series, series_of
 from lakehouse.render import format_table
 from lakehouse.tables import layer_table
-from models.deepar.baselines import HISTORY_SEASONS, ets, seasonal_naive
+from models.deepar.baselines import HISTORY_SEASONS, complete_history, ets, seasonal_naive
 from models.runner import train
 
 METHODS = (("lakeforge DeepAR, Horovod 2 ranks", "deepar"), ("seasonal naive", "seasonal_naive"),
@@ -38,9 +38,9 @@ METHODS = (("lakeforge DeepAR, Horovod 2 ranks", "deepar"), ("seasonal naive", "
 def peer_seconds(spark, cfg, panel: str, horizon: int, season: int) -> dict[str, float]:
     """Seconds to fit both peers on every series of the panel, one plain process."""
     rows, _ = silver_rows(spark, cfg, cfg.datasets[panel])
-    pdf = series_points(rows, series_of(cfg, panel)).toPandas()
-    histories = [g.sort_values("period").value.to_numpy()[:-horizon][-HISTORY_SEASONS * season:]
-                 for _, g in pdf.groupby("series_id")]
+    pdf = dense_series(rows, series_of(cfg, panel)).toPandas()
+    histories = [complete_history(np.asarray(v)[:-horizon])[-HISTORY_SEASONS * season:]
+                 for v in pdf["values"]]
     out = {}
     for key, fn in (("seasonal_naive", seasonal_naive), ("ets", ets)):
         start = time.perf_counter()

@@ -13,6 +13,10 @@ A series data set's catalog entry::
         prediction_length: 14     # periods it forecasts; also the held-out horizon
         season_length: 7          # optional; default: a day's periods below a day,
                                   # else 7, 52, 12, 4, 1
+        fill: none                # missing targets: none (masked), previous, linear, zero
+        ends: own                 # own: forecast from each series' last observation;
+                                  # aligned: from the panel's last period
+        min_length: 15            # shortest series kept (default prediction_length + 1)
 
 ``static`` columns are categories of a series (its region, its format): each gets an
 embedding. ``dynamic`` columns are numbers known for every period, including the
@@ -33,12 +37,21 @@ catalog entry's roles and ``features:``):
 * ``train``: every complete window (stride ``stride``) that ends before that
   horizon, so no held-out value is ever trained on.
 
-Leading missing values (series that start later) need no handling: silver keeps
-only observed periods, and windows are cut from what is there. A window that
-spans a gap in the periods is left out. A series shorter than ``context_length +
-prediction_length`` stops the build with :class:`SeriesTooShortError` naming the
-series and the lengths: it could not be forecast, and silently dropping it would
-change what the benchmark measures.
+Missing values and ragged ends, as DeepAR treats them. A series runs on the
+frequency's calendar from its first observed period to its last; a period inside
+that span that silver lacks, or whose target is empty, is a *missing target*: it
+stays in the window as NaN, the loss skips it and the network's inputs carry the
+last observed value over it (``fill: none``, the default). ``fill: previous``,
+``linear`` or ``zero`` fills such gaps in the build instead. Series that start
+later simply have fewer windows. A series that ends before the others is, with
+``ends: own`` (the default), forecast from its own last observed period; with
+``ends: aligned`` it runs to the panel's last period, its missing tail as missing
+targets, so every series' forecast starts at the same period. A series shorter than
+one window plus a horizon is padded in front with missing targets (so it still
+gets a test window, and training windows where its history allows), down to
+``min_length`` periods (default ``prediction_length + 1``); a shorter one stops the
+build with :class:`SeriesTooShortError` naming it. A training window is kept when
+its context and its prediction range each hold an observed value.
 
 Each row carries ``series_idx`` (dense index of ``series_id``, for the embedding),
 ``start`` (first period's date) and ``start_time`` (its start, for steps below a day),
@@ -66,6 +79,8 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -117,6 +132,8 @@ _UNITS = {"minute": (0, 60), "hour": (0, 3600), "day": (0, DAY), "week": (0, 7 *
 _SEASONS = {"week": 52, "month": 12, "quarter": 4, "year": 1}
 _FREQ = re.compile(r"^\s*(\d+)?\s*(minute|hour|day|week|month|quarter|year)s?\s*$")
 FREQUENCY_UNITS = tuple(_UNITS)   # each may take a whole multiple: "15 minutes"
+FILLS = ("none", "previous", "linear", "zero")
+ENDS = ("own", "aligned")
 
 
 def frequency(text: str) -> Frequency:
@@ -166,6 +183,9 @@ class SeriesSettings:
         prediction_length: periods it forecasts; also the held-out horizon.
         season_length: periods per season (default: the frequency's).
         stride: periods between the starts of two training windows.
+        fill: how missing targets inside a series are filled (:data:`FILLS`).
+        ends: where each series' forecast starts (:data:`ENDS`).
+        min_length: the shortest series kept, padded to a window (0: prediction + 1).
     """
 
     freq: str = ""
@@ -173,6 +193,9 @@ class SeriesSettings:
     prediction_length: int = 0
     season_length: int = 0
     stride: int = 1
+    fill: str = "none"
+    ends: str = "own"
+    min_length: int = 0
 
     def __post_init__(self) -> None:
         try:
@@ -182,6 +205,13 @@ class SeriesSettings:
         for key in ("context_length", "prediction_length"):
             if getattr(self, key) < 1:
                 raise SettingError(key, "missing; a whole number >= 1")
+        for key, choices in (("fill", FILLS), ("ends", ENDS)):
+            if getattr(self, key) not in choices:
+                raise SettingError(key, f"{getattr(self, key)!r} is not one of "
+                                        f"{', '.join(choices)}")
+        if self.min_length and self.min_length <= self.prediction_length:
+            raise SettingError("min_length", f"{self.min_length} leaves no context; above "
+                                             f"prediction_length {self.prediction_length}")
 
 
 @dataclass(frozen=True)
@@ -197,6 +227,14 @@ class SeriesFeatures:
     target: str
     static: tuple[str, ...] = ()    # categorical columns, one value per series
     dynamic: tuple[str, ...] = ()   # numeric columns known for every period, future ones too
+    fill: str = "none"              # missing targets inside a series (FILLS)
+    ends: str = "own"               # own or aligned forecast starts (ENDS)
+    min_length: int = 0             # shortest series kept; 0: prediction_length + 1
+
+    @property
+    def shortest(self) -> int:
+        """The fewest periods a series may have (it is padded to a window)."""
+        return self.min_length or self.prediction_length + 1
 
 
 def series_features(entry: Dataset, settings: SeriesSettings) -> SeriesFeatures:
@@ -207,7 +245,8 @@ def series_features(entry: Dataset, settings: SeriesSettings) -> SeriesFeatures:
         context_length=settings.context_length, prediction_length=settings.prediction_length,
         item_id=str(entry.roles["item_id"]), timestamp=str(entry.roles["timestamp"]),
         target=str(entry.roles["target"]), static=tuple(entry.roles.get("static") or ()),
-        dynamic=tuple(entry.roles.get("dynamic") or ()))
+        dynamic=tuple(entry.roles.get("dynamic") or ()), fill=settings.fill,
+        ends=settings.ends, min_length=settings.min_length)
 
 
 def series_of(cfg: Config, dataset: str) -> SeriesFeatures:
@@ -226,7 +265,7 @@ ROW_ID_STRIDE = 1_000_000   # row_id = series_idx * ROW_ID_STRIDE + window start
 
 
 class SeriesTooShortError(LakeforgeError):
-    """A series has fewer periods than one context plus one prediction window."""
+    """A series has fewer periods than its data set's ``min_length``."""
 
 
 WINDOW_FIELDS = (
@@ -274,12 +313,14 @@ def _points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
 
 
 def series_points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
-    """A series data set's observed points, with their covariates.
+    """A series data set's points, with their covariates; a missing target is NULL.
 
-    Columns: ``series_id``, ``period`` (TIMESTAMP), ``value``, and the declared
-    covariates ``static`` and ``dynamic`` (arrays, empty when none are declared).
+    Columns: ``series_id``, ``period`` (TIMESTAMP), ``value`` (NULL where the target
+    is empty or NaN), and the declared covariates ``static`` and ``dynamic`` (arrays,
+    empty when none are declared).
     """
-    return _points(rows, series).filter(F.col("value").isNotNull() & ~F.isnan("value"))
+    points = _points(rows, series)
+    return points.withColumn("value", F.when(~F.isnan("value"), F.col("value")))
 
 
 def future_points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
@@ -293,21 +334,38 @@ def future_points(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
 
 
 def series_arrays(points: DataFrame, freq: Frequency, future: DataFrame | None = None,
-                  known: dict[str, int] | None = None) -> DataFrame:
-    """One row per series, its points as arrays in period order.
+                  known: dict[str, int] | None = None, aligned: bool = False,
+                  n_dynamic: int = 0) -> DataFrame:
+    """One row per series, its values on the frequency's calendar (NaN: missing).
 
-    Columns: ``series_id``, ``series_idx``, ``values``, ``periods``, ``t``, ``static``
-    (the latest category per static role), ``dynamic`` (per point) and ``future``
-    (period index and dynamic values of rows to forecast). ``t`` is the period's index
-    on the frequency's calendar, so consecutive periods differ by exactly 1.
+    A series runs from its first observed period to its last (``aligned``: to the
+    panel's last observed period); every period between has its place, so the
+    arrays' positions are consecutive periods. Columns: ``series_id``,
+    ``series_idx``, ``values``, ``dynamic`` (per position, NaN where silver has
+    none), ``t0`` (the first position's index on the calendar), ``p0`` (its period),
+    ``static`` (the latest category per static role) and ``future`` (period index and
+    dynamic values of rows to forecast). Two rows of one period keep the later one.
 
     ``series_idx`` keeps the index ``known`` gives a series (an earlier build's); the
     other series get the next free ones, in ``series_id`` order. A model trained on
     an earlier build so still finds each of its series under its own index.
     """
-    pts = (points.groupBy("series_id").agg(
-        F.sort_array(F.collect_list(F.struct("period", "value", "dynamic"))).alias("pts"),
-        F.max_by("static", "period").alias("static")))
+    nan = F.lit(float("nan"))
+    by_period = (points.withColumn("t", period_index(F.col("period"), freq))
+                 .groupBy("series_id", "t")
+                 .agg(F.max_by(F.struct("period", "value", "dynamic", "static"),
+                               "period").alias("p")))
+    observed = F.col("p.value").isNotNull()
+    pts = (by_period.groupBy("series_id").agg(
+        F.min(F.when(observed, F.col("t"))).alias("t0"),
+        F.max(F.when(observed, F.col("t"))).alias("t1"),
+        F.min(F.when(observed, F.col("p.period"))).alias("p0"),
+        F.map_from_entries(F.collect_list(F.struct("t", "p.value"))).alias("_values"),
+        F.map_from_entries(F.collect_list(F.struct("t", "p.dynamic"))).alias("_dynamic"),
+        F.max_by("p.static", "t").alias("static"))
+        .filter(F.col("t0").isNotNull()))
+    end = F.max("t1").over(Window.partitionBy()) if aligned else F.col("t1")
+    pts = pts.withColumn("_t", F.sequence("t0", end))
     known = known or {}
     if known:
         pts = pts.join(F.broadcast(points.sparkSession.createDataFrame(
@@ -317,12 +375,13 @@ def series_arrays(points: DataFrame, freq: Frequency, future: DataFrame | None =
     new = F.col("_known").isNull()
     rank = F.dense_rank().over(Window.partitionBy(new).orderBy("series_id"))
     idx = F.coalesce("_known", rank + max(known.values(), default=-1))
+    none = F.array_repeat(nan.cast("double"), n_dynamic)
     arrays = pts.select(
         "series_id", idx.cast("int").alias("series_idx"),
-        F.transform("pts", lambda p: p["value"].cast("float")).alias("values"),
-        F.transform("pts", lambda p: p["period"]).alias("periods"),
-        F.transform("pts", lambda p: period_index(p["period"], freq)).alias("t"),
-        F.transform("pts", lambda p: p["dynamic"]).alias("dynamic"), "static")
+        F.transform("_t", lambda k: F.coalesce(F.try_element_at("_values", k), nan)
+                    .cast("float")).alias("values"),
+        F.transform("_t", lambda k: F.coalesce(F.try_element_at("_dynamic", k), none))
+        .alias("dynamic"), "t0", "p0", "static")
     if future is None:
         return arrays.withColumn("future", F.lit(None).cast("array<struct<t:int,"
                                                               "dynamic:array<double>>>"))
@@ -330,6 +389,71 @@ def series_arrays(points: DataFrame, freq: Frequency, future: DataFrame | None =
                                                  "dynamic").alias("p"))
              .groupBy("series_id").agg(F.sort_array(F.collect_list("p")).alias("future")))
     return arrays.join(ahead, "series_id", "left")
+
+
+def fill_gaps(values: np.ndarray, how: str) -> np.ndarray:
+    """Fill the missing values (NaN) between a series' first and last observed ones.
+
+    ``how``: ``none`` (left missing), ``previous`` (the last observed value),
+    ``linear`` (interpolated between the observed neighbours) or ``zero``. Missing
+    values before the first or after the last observed one stay missing.
+    """
+    v = np.array(values, dtype=np.float32)
+    seen = np.flatnonzero(np.isfinite(v))
+    if how == "none" or len(seen) < 2:
+        return v
+    lo, hi = seen[0], seen[-1]
+    inner = np.arange(lo, hi + 1)
+    gaps = inner[~np.isfinite(v[lo:hi + 1])]
+    if how == "zero":
+        v[gaps] = 0.0
+    elif how == "previous":
+        v[gaps] = v[seen[np.searchsorted(seen, gaps) - 1]]
+    elif how == "linear":
+        v[gaps] = np.interp(gaps, seen, v[seen])
+    else:
+        raise ValueError(f"fill {how!r} is not one of {', '.join(FILLS)}")
+    return v
+
+
+def filled(series: DataFrame, how: str) -> DataFrame:
+    """``series_arrays`` with the gaps of ``values`` filled (:func:`fill_gaps`)."""
+    if how == "none":
+        return series
+
+    @F.pandas_udf("array<float>")
+    def fill(values: pd.Series) -> pd.Series:
+        return values.map(lambda v: fill_gaps(v, how))
+
+    return series.withColumn("values", fill("values"))
+
+
+def padded(series: DataFrame, length: int) -> DataFrame:
+    """Series shorter than ``length`` periods, padded in front with missing targets.
+
+    Adds ``offset``: the periods the series' first position lies before ``p0``
+    (0 when not padded); ``t0`` moves back with it.
+    """
+    pad = F.greatest(F.lit(length) - F.size("values"), F.lit(0))
+    nan = F.lit(float("nan"))
+    n_dynamic = F.size(F.element_at("dynamic", 1))
+    return series.select(
+        *[c for c in series.columns if c not in ("values", "dynamic", "t0")],
+        F.concat(F.array_repeat(nan.cast("float"), pad), "values").alias("values"),
+        F.concat(F.array_repeat(F.array_repeat(nan.cast("double"), n_dynamic), pad),
+                 "dynamic").alias("dynamic"),
+        (F.col("t0") - pad).alias("t0"), (-pad).alias("offset"))
+
+
+def dense_series(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
+    """Each series' ``series_id`` and ``values`` on the calendar, filled as declared.
+
+    The values the windows are cut from (before padding): for peers fitted on the
+    same history and horizon.
+    """
+    arrays = series_arrays(series_points(rows, series), series.freq,
+                           aligned=series.ends == "aligned", n_dynamic=len(series.dynamic))
+    return filled(arrays, series.fill).select("series_id", "values")
 
 
 def static_indices(series: DataFrame, n_static: int,
@@ -356,25 +480,27 @@ def static_indices(series: DataFrame, n_static: int,
                                                                   for i in range(n_static)])
 
 
-def check_lengths(series: DataFrame, dataset: str, length: int, context: int,
-                  prediction: int) -> None:
-    """Stop with SeriesTooShortError naming every series shorter than ``length``."""
+def check_lengths(series: DataFrame, dataset: str, shortest: int) -> None:
+    """Stop with SeriesTooShortError naming every series shorter than ``shortest``."""
     short = (series.select("series_id", F.size("values").alias("n"))
-             .filter(F.col("n") < length).orderBy("series_id").collect())
+             .filter(F.col("n") < shortest).orderBy("series_id").collect())
     if short:
         names = ", ".join(f"{r['series_id']} ({r['n']} periods)" for r in short[:10])
         more = f" and {len(short) - 10} more" if len(short) > 10 else ""
         raise SeriesTooShortError(
-            f"series data set {dataset}: series {names}{more} shorter than context_length "
-            f"{context} + prediction_length {prediction} = {length} periods; lower the lengths or "
-            f"curate longer series")
+            f"series data set {dataset}: series {names}{more} shorter than min_length "
+            f"{shortest} periods (first to last observed); lower features.min_length (above "
+            f"prediction_length) or curate longer series")
 
 
 def windows(series: DataFrame, season_length: int, context: int, prediction: int,
-            stride: int, source_version: int, n_dynamic: int = 0) -> DataFrame:
+             stride: int, source_version: int, freq: Frequency, n_dynamic: int = 0
+             ) -> DataFrame:
     """Train windows ending before each series' horizon, plus its one test window.
 
-    ``series`` is :func:`series_arrays` with ``static_idx`` (:func:`static_indices`).
+    ``series`` is :func:`padded` :func:`series_arrays` with ``static_idx``
+    (:func:`static_indices`). Adds ``keep``: the test window, and train windows whose
+    context and prediction range each hold an observed value.
     """
     length = context + prediction
     n = F.size("values")
@@ -387,13 +513,18 @@ def windows(series: DataFrame, season_length: int, context: int, prediction: int
     exploded = series.select("*", F.explode(starts).alias("w"))
     s = F.col("w.s")
     target = F.slice("values", s + 1, length)
-    first_t = F.element_at("t", s + 1)
-    mean_abs = F.aggregate(F.slice(target, 1, context), F.lit(0.0).cast("double"),
-                           lambda acc, x: acc + F.abs(x)) / context
+    seen = lambda x: ~F.isnan(x)   # noqa: E731 - local shorthand
+    context_seen = F.filter(F.slice(target, 1, context), seen)
+    mean_abs = F.aggregate(context_seen, F.lit(0.0).cast("double"),
+                           lambda acc, x: acc + F.abs(x)) / F.greatest(F.size(context_seen),
+                                                                       F.lit(1))
+    keep = (F.col("w.split") == "test") | (
+        (F.size(context_seen) > 0)
+        & (F.size(F.filter(F.slice(target, context + 1, prediction), seen)) > 0))
     dynamic = F.transform(F.flatten(F.slice("dynamic", s + 1, length)),
                           lambda x: F.coalesce(x, F.lit(float("nan"))).cast("float"))
-    # The periods right after the last observed one, each present: the test row's inputs.
-    last_t = F.element_at("t", -1)
+    # The periods right after the series' last position, each present: the test row's inputs.
+    last_t = F.col("t0") + n - 1
     ahead = F.slice(F.filter("future", lambda p: p["t"] > last_t), 1, prediction)
     contiguous = F.forall(F.transform(ahead, lambda p, k: p["t"] == last_t + k + 1),
                           lambda ok: ok)
@@ -401,18 +532,27 @@ def windows(series: DataFrame, season_length: int, context: int, prediction: int
                     & (F.size(ahead) == prediction) & contiguous,
                     F.transform(F.flatten(F.transform(ahead, lambda p: p["dynamic"])),
                                 lambda x: x.cast("float")))
+    start_time = shift_periods(F.col("p0"), s + F.col("offset"), freq)
     return exploded.select(
         (F.col("series_idx").cast("long") * ROW_ID_STRIDE + s).alias("row_id"),
         F.col("w.split").alias("split"), "series_idx", "series_id",
-        F.to_date(F.element_at("periods", s + 1)).alias("start"),
-        F.pmod(first_t, F.lit(season_length)).cast("int").alias("season"),
+        F.to_date(start_time).alias("start"),
+        F.pmod(F.col("t0") + s, F.lit(season_length)).cast("int").alias("season"),
         F.lit(context).cast("int").alias("context_length"),
         F.lit(prediction).cast("int").alias("prediction_length"),
         (1.0 + mean_abs).cast("float").alias("scale"), target.alias("target"),
         F.lit(source_version).cast("long").alias("source_version"),
-        F.element_at("periods", s + 1).alias("start_time"), "static_idx",
-        dynamic.alias("dynamic"), future.alias("future"), "static",
-        (F.element_at("t", s + length) - first_t == length - 1).alias("complete"))
+        start_time.alias("start_time"), "static_idx",
+        dynamic.alias("dynamic"), future.alias("future"), "static", keep.alias("keep"))
+
+
+def shift_periods(period: Column, steps: Column, freq: Frequency) -> Column:
+    """The period ``steps`` periods after ``period`` (before, when negative), a TIMESTAMP."""
+    if freq.seconds:
+        return F.timestamp_seconds(F.unix_seconds(period.cast("timestamp"))
+                                   + steps.cast("long") * freq.seconds)
+    return F.add_months(period.cast("date"), (steps * freq.months).cast("int")) \
+        .cast("timestamp")
 
 
 def _windows(spark: SparkSession, cfg: Config, dataset: str, rows: DataFrame,
@@ -421,18 +561,19 @@ def _windows(spark: SparkSession, cfg: Config, dataset: str, rows: DataFrame,
     context, prediction = key["context_length"], key["prediction_length"]
     future = future_points(rows, declared) if declared.dynamic else None
     known_series, known_static = given_indices(spark, cfg, dataset, declared)
-    series = static_indices(series_arrays(series_points(rows, declared), declared.freq, future,
-                                          known_series),
-                            len(declared.static), known_static).cache()
+    arrays = series_arrays(series_points(rows, declared), declared.freq, future, known_series,
+                           aligned=declared.ends == "aligned", n_dynamic=len(declared.dynamic))
+    series = static_indices(filled(arrays, declared.fill), len(declared.static),
+                            known_static).cache()
     try:
         if not series.limit(1).count():
             raise SeriesTooShortError(f"series data set {dataset}: silver v"
                                       f"{key['silver_version']} holds no series of it")
-        check_lengths(series, dataset, context + prediction, context, prediction)
-        cut = windows(series, declared.season_length, context, prediction, key["stride"],
-                      key["silver_version"], len(declared.dynamic)).cache()
-        _check_test_windows(cut, dataset)
-        return cut.filter("complete").drop("complete")
+        check_lengths(series, dataset, declared.shortest)
+        cut = windows(padded(series, context + 2 * prediction), declared.season_length, context,
+                      prediction, key["stride"], key["silver_version"], declared.freq,
+                      len(declared.dynamic))
+        return cut.filter("keep").drop("keep").cache()
     finally:
         series.unpersist()
 
@@ -467,16 +608,6 @@ def given_indices(spark: SparkSession, cfg: Config, dataset: str, declared: Seri
     return series, static
 
 
-def _check_test_windows(rows: DataFrame, dataset: str) -> None:
-    gapped = (rows.filter((F.col("split") == "test") & ~F.col("complete"))
-              .select("series_id").orderBy("series_id").collect())
-    if gapped:
-        raise SeriesTooShortError(
-            f"series data set {dataset}: the last window of series "
-            f"{', '.join(r['series_id'] for r in gapped[:10])} spans missing periods; "
-            f"their recent history is not contiguous")
-
-
 def build_key(series: SeriesFeatures, silver_version: int, stride: int) -> dict:
     """What a windows table is a function of, kept in the commit that wrote it.
 
@@ -501,7 +632,7 @@ class SeriesKind(Kind):
 
     name = "series"
     settings = SeriesSettings
-    params = ("context_length", "prediction_length", "stride")
+    params = ("context_length", "prediction_length", "stride", "fill", "ends", "min_length")
 
     def gold_spec(self, name: str, settings: SeriesSettings) -> TableSpec:
         """``gold_deepar_<data set>``."""
@@ -515,8 +646,7 @@ class SeriesKind(Kind):
             The windows table (``n_features``: the window length).
 
         Raises:
-            SeriesTooShortError: a series has fewer periods than one window, or its
-                last window spans a gap.
+            SeriesTooShortError: a series has fewer periods than ``min_length``.
             TableNotFoundError: the data set's silver table does not exist.
         """
         declared = series_features(entry, settings)

@@ -12,6 +12,11 @@ employment panel follow other dynamics and only slow the fits).
   additive seasonality (trend only when fewer than two seasons of history);
   quantiles come from 200 simulated paths. A fit that fails falls back to the
   seasonal naive forecast for that series and says so in ``ets_fallback``.
+
+Both take the same values as the windows (each series on the frequency's
+calendar, gaps filled as declared); neither method takes a missing value, so a
+gap still open in the history is interpolated linearly for them (the first and
+last observed values carry to the ends). A missing held-out value stays missing.
 """
 
 from __future__ import annotations
@@ -63,38 +68,54 @@ def ets(history: np.ndarray, horizon: int, season: int, seed: int = 0) -> dict[s
             "q90": np.maximum(q[1], point)}
 
 
-def baseline_frame(pdf: pd.DataFrame, horizon: int, season: int) -> pd.DataFrame:
-    """Executor side: both baselines for one series (rows ``period``, ``value``)."""
-    values = pdf.sort_values("period")["value"].to_numpy(dtype=np.float64)
-    history, actual = values[:-horizon][-HISTORY_SEASONS * season:], values[-horizon:]
+def complete_history(values: np.ndarray) -> np.ndarray:
+    """``values`` with every missing value (NaN) interpolated linearly."""
+    v = np.asarray(values, dtype=np.float64)
+    seen = np.flatnonzero(np.isfinite(v))
+    if len(seen) == len(v) or not len(seen):
+        return v
+    return np.interp(np.arange(len(v)), seen, v[seen])
+
+
+def baseline_frame(series_id: str, values: np.ndarray, horizon: int,
+                   season: int) -> pd.DataFrame:
+    """Both baselines for one series' values on the calendar (NaN: missing)."""
+    values = np.asarray(values, dtype=np.float64)
+    history = complete_history(values[:-horizon])[-HISTORY_SEASONS * season:]
+    actual = values[-horizon:]
     sn = seasonal_naive(history, horizon, season)
     fallback = False
     try:
         et = ets(history, horizon, season)
     except (ValueError, np.linalg.LinAlgError):
         et, fallback = sn, True
-    out = {"series_id": pdf["series_id"].iloc[0], "step": np.arange(1, horizon + 1),
+    out = {"series_id": series_id, "step": np.arange(1, horizon + 1),
            "actual": actual, "ets_fallback": fallback}
     out.update({f"sn_{k}": v for k, v in sn.items()})
     out.update({f"ets_{k}": v for k, v in et.items()})
     return pd.DataFrame(out)
 
 
-def baselines(points: DataFrame, horizon: int, season: int) -> pd.DataFrame:
+def _baseline_batches(batches, horizon: int, season: int):
+    for pdf in batches:
+        for sid, values in zip(pdf["series_id"], pdf["values"], strict=True):
+            yield baseline_frame(sid, values, horizon, season)
+
+
+def baselines(series: DataFrame, horizon: int, season: int) -> pd.DataFrame:
     """Seasonal naive and ETS forecasts of every series' last ``horizon`` periods.
 
     Args:
-        points: the series' observed points (``series_id``, ``period``, ``value``) at
-            the silver version the windows were cut from.
+        series: ``series_id`` and ``values`` (:func:`lakehouse.featuresets.series.dense_series`
+            at the silver version the windows were cut from).
         horizon: held-out periods (the windows' ``prediction_length``).
         season: periods per season.
 
     Returns:
         One row per series and future step (``BASELINE_SCHEMA``), a small frame.
     """
-    fn = functools.partial(baseline_frame, horizon=horizon, season=season)
-    rows = points.select("series_id", "period", "value").groupBy("series_id") \
-        .applyInPandas(fn, BASELINE_SCHEMA)
+    fn = functools.partial(_baseline_batches, horizon=horizon, season=season)
+    rows = series.select("series_id", "values").mapInPandas(fn, BASELINE_SCHEMA)
     return rows.toPandas().sort_values(["series_id", "step"]).reset_index(drop=True)
 
 

@@ -5,6 +5,8 @@ All metrics pool every series and future step of the horizon:
 * ND (normalised deviation) = sum |y - median| / sum |y|;
 * NRMSE = sqrt(mean (y - point)^2) / mean |y|, point = the mean forecast;
 * wQL = mean over q in (0.1, 0.5, 0.9) of 2 * sum pinball_q(y, q-quantile) / sum |y|.
+
+A missing held-out value (NaN) is left out of every sum and mean.
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ def forecast_metrics(actual: np.ndarray, forecast: dict[str, np.ndarray],
         ``<prefix>_nd``, ``<prefix>_nrmse``, ``<prefix>_wql``.
     """
     y = np.asarray(actual, dtype=np.float64)
+    seen = np.isfinite(y)
+    y = y[seen]
     denom = np.abs(y).sum()
     if denom == 0:
-        raise ValueError("held-out horizon is all zeros; ND and wQL are undefined")
-    point = np.asarray(forecast["mean"], dtype=np.float64)
-    nd = np.abs(y - np.asarray(forecast["q50"], dtype=np.float64)).sum() / denom
+        raise ValueError("held-out horizon is all zeros or missing; ND and wQL are undefined")
+    point = np.asarray(forecast["mean"], dtype=np.float64)[seen]
+    nd = np.abs(y - np.asarray(forecast["q50"], dtype=np.float64)[seen]).sum() / denom
     nrmse = np.sqrt(np.mean((y - point) ** 2)) / np.abs(y).mean()
     losses = []
     for q, key in QUANTILE_KEYS.items():
-        pred = np.asarray(forecast[key], dtype=np.float64)
+        pred = np.asarray(forecast[key], dtype=np.float64)[seen]
         diff = y - pred
         losses.append(2 * np.sum(np.maximum(q * diff, (q - 1) * diff)) / denom)
     return {f"{prefix}_nd": float(nd), f"{prefix}_nrmse": float(nrmse),
@@ -45,9 +49,11 @@ def forecast_metrics(actual: np.ndarray, forecast: dict[str, np.ndarray],
 
 
 def coverage(actual: np.ndarray, forecast: dict[str, np.ndarray]) -> float:
-    """Share of held-out values inside the 10-90 band."""
-    y = np.asarray(actual)
-    return float(((y >= forecast["q10"]) & (y <= forecast["q90"])).mean())
+    """Share of the observed held-out values inside the 10-90 band."""
+    y = np.asarray(actual, dtype=np.float64)
+    seen = np.isfinite(y)
+    inside = (y >= forecast["q10"]) & (y <= forecast["q90"])
+    return float(inside[seen].mean()) if seen.any() else float("nan")
 
 
 def plot_fan(path: Path, title: str, names: list[str], history: np.ndarray,

@@ -6,7 +6,10 @@ seasons back (``seasonal_lags``), a one-hot season of the step
 (month of year or quarter), an embedding of the series and the log scale, and
 the declared covariates: an embedding per static category and the dynamic
 values of the step, standardised with the training windows' mean and standard
-deviation (a missing value enters as the mean). The
+deviation (a missing value enters as the mean). A missing target (NaN) is an
+unobserved step: it adds nothing to the loss, it does not count in the scale, and
+the inputs carry the last observed value over it (the first observed one before
+it). The
 head gives the likelihood's two parameters from the LSTM output: for
 ``gaussian`` mean and softplus standard deviation on the scaled values; for
 ``negbin`` (counts) mean ``softplus * scale`` and shape ``softplus /
@@ -159,19 +162,53 @@ def lag_features(z, t0: int, steps: int, lag_list=(1,)):
 
 
 def nll(out, target, scale, likelihood: str):
-    """Mean negative log-likelihood of raw ``target`` under the head's ``out``."""
+    """Mean negative log-likelihood of raw ``target`` under the head's ``out``.
+
+    Missing targets (NaN) are masked out: the mean runs over the observed steps only.
+    """
     import tensorflow as tf
 
+    seen = tf.math.is_finite(target)
+    target = tf.where(seen, target, 0.0)
     if likelihood == "negbin":
         mu, alpha = _negbin_params(out, scale[:, None])
         r = 1.0 / alpha
         logp = (tf.math.lgamma(target + r) - tf.math.lgamma(target + 1.0) - tf.math.lgamma(r)
                 + r * tf.math.log(r / (r + mu)) + target * tf.math.log(mu / (r + mu)))
-        return -tf.reduce_mean(logp)
-    z = target / scale[:, None]
-    mu, sigma = out[..., 0], tf.math.softplus(out[..., 1]) + 1e-4
-    logp = -0.5 * math.log(2 * math.pi) - tf.math.log(sigma) - 0.5 * tf.square((z - mu) / sigma)
-    return -tf.reduce_mean(logp)
+    else:
+        z = target / scale[:, None]
+        mu, sigma = out[..., 0], tf.math.softplus(out[..., 1]) + 1e-4
+        logp = (-0.5 * math.log(2 * math.pi) - tf.math.log(sigma)
+                - 0.5 * tf.square((z - mu) / sigma))
+    weight = tf.cast(seen, logp.dtype)
+    return -tf.reduce_sum(logp * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
+
+
+def carried(z):
+    """``z`` with each missing value (NaN) replaced by the last observed one before it.
+
+    Missing values before a row's first observation take that first observation (0
+    when the row has none): the inputs the network sees over unobserved steps.
+    """
+    import tensorflow as tf
+
+    seen = tf.math.is_finite(z)
+    steps = tf.shape(z)[1]
+    positions = tf.broadcast_to(tf.range(steps)[None, :], tf.shape(z))
+    last = tf.where(seen, positions, -1)
+    last = tf.transpose(tf.scan(tf.maximum, tf.transpose(last)))   # running max per row
+    first = tf.reduce_min(tf.where(seen, positions, steps), axis=1, keepdims=True)
+    source = tf.where(last >= 0, last, tf.minimum(first, steps - 1))
+    value = tf.gather(z, source, axis=1, batch_dims=1)
+    return tf.where(tf.math.is_finite(value), value, tf.zeros_like(value))
+
+
+def context_scale(context):
+    """DeepAR's scale of each row of raw ``context``: ``1 + mean |observed values|``."""
+    ctx = np.asarray(context, dtype=np.float32)
+    seen = np.isfinite(ctx)
+    total = np.where(seen, np.abs(np.where(seen, ctx, 0.0)), 0.0).sum(axis=1)
+    return (1.0 + total / np.maximum(seen.sum(axis=1), 1)).astype(np.float32)
 
 
 def _negbin_params(out, scale):
@@ -196,7 +233,7 @@ def window_loss(net, target, season0, series_idx, scale, static_idx, dynamic, li
     import tensorflow as tf
 
     steps = tf.shape(target)[1]
-    z = target / scale[:, None]
+    z = carried(target / scale[:, None])
     season = seasons(season0, steps, season_length)
     numeric = lag_features(z, 1, steps - 1, lag_list)
     out, _ = net((numeric, season[:, 1:], series_idx, tf.math.log(scale), static_idx,
@@ -212,7 +249,7 @@ def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.n
     Args:
         net: the network from :func:`build` with trained weights.
         config: its :func:`network_config`.
-        context: (series, context_length) raw values.
+        context: (series, context_length) raw values; NaN where missing.
         season0: (series,) season index of each context's first period.
         series_idx: (series,) embedding index of each series.
         num_samples: sample paths per series.
@@ -232,8 +269,8 @@ def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.n
     season_length = config["season_length"]
     s0 = tf.constant(np.asarray(season0, dtype=np.int32))
     idx = tf.constant(np.asarray(series_idx, dtype=np.int32))
-    scale = 1.0 + tf.reduce_mean(tf.abs(ctx), axis=1)
-    z = ctx / scale[:, None]
+    scale = tf.constant(context_scale(context))
+    z = carried(ctx / scale[:, None])
     season = seasons(s0, c + config["prediction_length"], season_length)
     lag_list = config.get("lags", [1])
     static, dyn = covariates(config, n, c + config["prediction_length"], static_idx, dynamic)

@@ -23,7 +23,7 @@ from lakehouse import delta
 from lakehouse.config import Config
 from lakehouse.errors import ConfigError, TableNotFoundError
 from lakehouse.featuresets.contract import silver_rows
-from lakehouse.featuresets.series import series_of, series_points, window_spec
+from lakehouse.featuresets.series import dense_series, series_of, window_spec
 from models.deepar.baselines import as_matrix, baselines
 from models.deepar.evaluate import coverage, forecast_metrics, plot_fan
 from models.deepar.network import network_config
@@ -147,7 +147,7 @@ class DeepArTrainer(FamilyTrainer):
         silver, _ = silver_rows(spark, cfg, cfg.datasets[state["dataset"]],
                                 shape["source_version"])
         log.info("fitting seasonal naive and ETS per series on the same horizon")
-        peers = baselines(series_points(silver, state["declared"]), shape["prediction"],
+        peers = baselines(dense_series(silver, state["declared"]), shape["prediction"],
                           state["declared"].season_length)
         metrics = evaluate_run(rank0, peers, staged, name, shape["context"])
         metrics.update({"train_seconds": train_seconds,
@@ -164,7 +164,7 @@ def evaluate_run(rank0: dict[str, Any], peers, staged: Path, name: str,
     history, actual = target[:, :context], target[:, context:]
     ours = {k: np.asarray(fc[k], dtype=np.float64) for k in ("mean", "q10", "q50", "q90")}
     peer_actual = as_matrix(peers, "actual", series)
-    if not np.allclose(peer_actual, actual, rtol=1e-5, atol=1e-3):
+    if not np.allclose(peer_actual, actual, rtol=1e-5, atol=1e-3, equal_nan=True):
         raise ConfigError(f"{name}: the windows' held-out horizon differs from silver's; "
                           f"rebuild the features")
     metrics = {"epochs": float(rank0["initial_epoch"] + rank0["epochs_run"]),
