@@ -57,6 +57,7 @@ from lakehouse.tables import LINEAGE_NAMES, TableSpec, table
 
 log = logging.getLogger(__name__)
 DECLARATION = "_declaration"
+BRONZE_ROW = "_bronze_row"
 # Conditions of a value that an ANSI-mode select cannot convert (a task fails with them).
 SELECT_VALUE_ERRORS = frozenset({"CAST_INVALID_INPUT", "ARITHMETIC_OVERFLOW"})
 
@@ -122,18 +123,29 @@ def declaration(entry: Dataset, spec: TableSpec) -> str:
 
 
 def to_silver(rows: DataFrame, entry: Dataset, bronze: TableSpec) -> DataFrame:
-    """Bronze rows in the silver shape (the entry's select), with lineage and ``_raw``.
+    """Bronze rows in the silver shape (the entry's select), with lineage and the bronze row.
 
     The select sees bronze's lineage columns too (``_source_file``, ``_ingest_batch``,
-    ``_ingested_at``, ...), so a silver column can be derived from them.
+    ``_ingested_at``, ...), so a silver column can be derived from them. The bronze
+    row rides along as a struct (``_bronze_row``) until :func:`raw_of_rejected` turns
+    it into ``_raw`` for the rows that need it.
     """
-    carried = [*LINEAGE_NAMES, RAW]
-    with_raw = rows.withColumn(RAW, F.to_json(F.struct(*[f.name for f in bronze.fields])))
+    carried = [*LINEAGE_NAMES, BRONZE_ROW]
+    with_row = rows.withColumn(BRONZE_ROW, F.struct(*[f.name for f in bronze.fields]))
     if not entry.silver.select:
-        return with_raw
-    shaped = with_raw.selectExpr(*entry.silver.select)
+        return with_row
+    shaped = with_row.selectExpr(*entry.silver.select)
     missing = [c for c in carried if c not in shaped.columns]   # a "*" keeps them already
-    return with_raw.selectExpr(*entry.silver.select, *missing) if missing else shaped
+    return with_row.selectExpr(*entry.silver.select, *missing) if missing else shaped
+
+
+def raw_of_rejected(checked: DataFrame) -> DataFrame:
+    """``_raw`` (the bronze row as JSON) on rejected rows only, in place of the struct.
+
+    Only the quarantine keeps it, so the rows that go on to silver skip the JSON.
+    """
+    raw = F.when(F.col(ERROR).isNotNull(), F.to_json(BRONZE_ROW))
+    return checked.withColumn(RAW, raw).drop(BRONZE_ROW)
 
 
 def latest_per_key(df: DataFrame, spec: TableSpec) -> DataFrame:
@@ -236,8 +248,8 @@ def _read(spark: SparkSession, scope: _Scope, tables: _Tables, bronze_spec: Tabl
     rows = delta.read_version(spark, tables.bronze.table, tables.bronze.version)
     if scope.batches is not None:
         rows = rows.filter(F.col("_ingest_batch").isin(list(scope.batches)))
-    parts = [apply_rules(to_silver(rows.filter(F.col("_source") == e.name), e, bronze_spec),
-                         e.silver.rules)
+    parts = [raw_of_rejected(apply_rules(
+        to_silver(rows.filter(F.col("_source") == e.name), e, bronze_spec), e.silver.rules))
              .withColumn(DECLARATION, F.lit(declaration(e, silver_spec)))
              for e in scope.entries]
     return functools.reduce(DataFrame.unionByName, parts)
@@ -298,9 +310,7 @@ def _write_silver(spark: SparkSession, scope: _Scope, tables: _Tables, spec: Tab
     """Merge new rows; on a rebuild make silver equal ``rows`` (replace it if it must)."""
     target = tables.silver
     if not scope.rebuild:
-        names = "+".join(e.name for e in scope.entries)
-        return silver.upsert(spark, target, spec, rows,
-                             f"lakeforge/curate/{names}/{_digest(scope, spec, tables.bronze)}")
+        return silver.upsert(spark, target, spec, rows)
     if scope.columns_changed:
         return silver.replace(spark, target, spec, rows)
     if silver.has_duplicate_keys(spark, target, spec.keys):

@@ -9,7 +9,6 @@ version (:class:`lakehouse.delta.Snapshot`) are not rebuilt for it.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from delta.tables import DeltaTable
@@ -49,12 +48,12 @@ def has_duplicate_keys(spark: SparkSession, silver: str, keys: tuple[str, ...]) 
     return not spark.table(silver).groupBy(*keys).count().filter("count > 1").isEmpty()
 
 
-def upsert(spark: SparkSession, silver: str, spec: TableSpec, updates: DataFrame,
-           app_id: str) -> Written:
+def upsert(spark: SparkSession, silver: str, spec: TableSpec, updates: DataFrame) -> Written:
     """MERGE the rows that differ from silver (one per key), inserting or updating.
 
-    ``app_id`` makes the commit idempotent (Delta's ``txnAppId``): a retry of the same
-    logical write is skipped by Delta.
+    Idempotent by content: a retry, or a run that lost a commit conflict and plans its
+    MERGE again, finds no row that differs and commits nothing. (No ``txnAppId``: with
+    one, Delta commits even a MERGE that changes nothing, to record the id.)
     """
     data_cols = [f.name for f in spec.fields]
     digest = F.xxhash64(*data_cols).alias("_digest")
@@ -62,16 +61,15 @@ def upsert(spark: SparkSession, silver: str, spec: TableSpec, updates: DataFrame
     held = spark.table(silver).select(*spec.keys, digest)
     same = [source[k].eqNullSafe(held[k]) for k in spec.keys]
     # Only rows that differ reach the MERGE: Delta rewrites every file holding a
-    # matched key, even where an update's condition leaves the row as it was.
+    # matched key, even where an update's condition leaves the row as it was. With no
+    # such row the MERGE commits nothing (Delta skips an empty MERGE's commit), so no
+    # separate check for changes runs first.
     changes = source.join(held, [*same, source["_digest"] == held["_digest"]],
                           "left_anti").drop("_digest")
-    if changes.isEmpty():
-        return Written()
     assignments = {f"`{c}`": f"s.`{c}`" for c in data_cols}
-    with _txn(spark, app_id):
-        return _merge(spark, silver, spec, lambda m: m
-                      .whenMatchedUpdate(set=assignments)
-                      .whenNotMatchedInsert(values=assignments), changes)
+    return _merge(spark, silver, spec, lambda m: m
+                  .whenMatchedUpdate(set=assignments)
+                  .whenNotMatchedInsert(values=assignments), changes)
 
 
 def sync(spark: SparkSession, silver: str, spec: TableSpec, rows: DataFrame) -> Written:
@@ -123,8 +121,7 @@ def replace(spark: SparkSession, silver: str, spec: TableSpec, rows: DataFrame) 
 def _merge(spark: SparkSession, silver: str, spec: TableSpec, clauses, source: DataFrame
            ) -> Written:
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in spec.keys)
-    # The MERGE's own result holds its row counts; it has no row when Delta skipped
-    # the write because its txnAppId was committed before.
+    # The MERGE's own result holds its row counts.
     result = delta.with_retries(
         lambda: clauses(DeltaTable.forName(spark, silver).alias("t")
                         .merge(source.alias("s"), on)).execute().collect(),
@@ -133,15 +130,3 @@ def _merge(spark: SparkSession, silver: str, spec: TableSpec, clauses, source: D
         return Written()
     return Written(int(result[0]["num_inserted_rows"]), int(result[0]["num_updated_rows"]),
                    int(result[0]["num_deleted_rows"]))
-
-
-@contextmanager
-def _txn(spark: SparkSession, app_id: str):
-    """Make the DML inside idempotent per ``app_id`` with Delta's txn confs."""
-    spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
-    spark.conf.set("spark.databricks.delta.write.txnVersion", "0")
-    try:
-        yield
-    finally:
-        spark.conf.unset("spark.databricks.delta.write.txnAppId")
-        spark.conf.unset("spark.databricks.delta.write.txnVersion")
