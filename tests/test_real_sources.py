@@ -57,6 +57,7 @@ EXPECTED_BRONZE = {
     "enwiki": 206,
     "lee": 300, "bible": 1189, "analogies": 19544, "wordsim353": 353, "simlex999": 999,
     "us_employment": 3000, "visnights": 1520, "mitdb": 7500, "kdd_tsad_135": 8701,
+    "txhousing": 8602, "infant_mortality": 10545,
 }
 
 

@@ -160,10 +160,36 @@ def test_frames_reject_non_numeric_cells(parse, tmp_path):
     assert "someday" in bad(df).set_index(RECORD).loc[3, RAW]
 
 
+def test_long_panel_joins_several_time_and_name_columns(fields, tmp_path):
+    import lzma
+    import pickle
+
+    import numpy as np
+
+    from lakehouse.sources.series import parse_long_panel
+
+    frame = pd.DataFrame({"year": [2000, 2000, 2015], "month": [1, 12, 7],
+                          "disease": ["Measles", "Measles", None], "state": ["Ohio"] * 3,
+                          "count": [3.0, np.nan, 5.0]})
+    f = tmp_path / "p.pkl.compress"
+    with lzma.open(f, "wb") as fh:
+        pickle.dump(frame, fh)
+    spec = CFG.datasets["txhousing"].source
+    options = parse_options(
+        fields["txhousing"], {**spec.options, "time": "year, month",
+                              "item_id": "disease,state", "title": "state", "value": "count"},
+        100, 1000)
+    df = pd.concat(parse_long_panel(str(f), options), ignore_index=True)
+    assert good(df)["period"].astype(str).tolist() == ["2000-01-01", "2000-12-01", "2015-07-01"]
+    assert good(df)["series_id"].tolist()[:2] == ["Measles / Ohio"] * 2
+    assert good(df)["series_id"].isna().tolist()[2]          # a missing part: no name
+    assert np.isnan(good(df)["value"].tolist()[1])           # a missing target is kept
+
+
 @pytest.mark.parametrize("name,expected", [
     ("breast_cancer", 569), ("wine", 178), ("mitdb", 7500), ("kdd_tsad_135", 8701),
     ("wordsim353", 353), ("simlex999", 999), ("visnights", 1520), ("lee", 300),
-    ("analogies", 19544),
+    ("analogies", 19544), ("txhousing", 8602), ("infant_mortality", 10545),
 ])
 def test_real_source_parses_completely(parse, name, expected):
     files = source_patterns(CFG.datasets[name])

@@ -25,29 +25,46 @@ def parse_long_panel(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]
     """Parse a long panel in a pickled frame: one row per series and period.
 
     Options name the frame's columns: ``time`` (with ``time_format``, strptime),
-    ``item_id``, ``title`` and ``value``; ``panel`` names the panel.
+    ``item_id``, ``title`` and ``value``; ``panel`` names the panel. ``time``,
+    ``item_id`` and ``title`` may each name several columns, separated by commas:
+    their values are joined with ``-`` for the time (``time: "year,month"`` with
+    ``time_format: "%Y-%m"``) and with `` / `` for the names (``item_id:
+    "disease,state"``).
     """
     try:
         df = _load_frame(path)
     except (OSError, EOFError, ValueError, lzma.LZMAError, pickle.UnpicklingError) as exc:
         yield from reject_file(path, options, f"cannot read pickled frame: {exc}")
         return
-    columns = {k: options.get(k, k) for k in ("time", "item_id", "title", "value")}
-    missing = [c for c in columns.values() if c not in df.columns]
+    columns = {k: [c.strip() for c in options.get(k, k).split(",")]
+               for k in ("time", "item_id", "title", "value")}
+    named = [c for v in columns.values() for c in v]
+    missing = [c for c in named if c not in df.columns]
     if missing:
         yield from reject_file(path, options, f"the frame has no column(s) {missing}")
         return
-    raw_time = df[columns["time"]]
+    raw_time = _joined(df, columns["time"], "-")
     when = pd.to_datetime(raw_time, format=options.get("time_format") or None, errors="coerce")
     long = pd.DataFrame({
         "panel": options.get("panel"),
-        "series_id": df[columns["item_id"]],
-        "title": df[columns["title"]],
+        "series_id": _joined(df, columns["item_id"], " / "),
+        "title": _joined(df, columns["title"], " / "),
         # Unparseable times become the raw text so the typed conversion rejects them.
         "period": when.dt.strftime("%Y-%m-%d").where(when.notna(), raw_time),
-        "value": df[columns["value"]],
+        "value": _joined(df, columns["value"], ""),
     })
     yield from frames_from_pandas(long, options, records=pd.Series(range(1, len(df) + 1)))
+
+
+def _joined(df: pd.DataFrame, columns: list[str], sep: str) -> pd.Series:
+    """One column as it is, or several joined as text with ``sep`` (missing stays missing)."""
+    if len(columns) == 1:
+        return df[columns[0]]
+    parts = [df[c].astype("string") for c in columns]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out + sep + part
+    return out.astype(object).where(out.notna(), None)
 
 
 def parse_wide_panel(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]:

@@ -52,7 +52,7 @@ def ets(history: np.ndarray, horizon: int, season: int, seed: int = 0) -> dict[s
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
     h = np.asarray(history, dtype=np.float64)
-    seasonal = "add" if len(h) >= 2 * season + 2 else None
+    seasonal = "add" if season > 1 and len(h) >= 2 * season + 2 else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = ExponentialSmoothing(h, trend="add", damped_trend=True, seasonal=seasonal,
