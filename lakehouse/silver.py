@@ -121,12 +121,10 @@ def replace(spark: SparkSession, silver: str, spec: TableSpec, rows: DataFrame) 
 def _merge(spark: SparkSession, silver: str, spec: TableSpec, clauses, source: DataFrame
            ) -> Written:
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in spec.keys)
-    # The MERGE's own result holds its row counts.
-    result = delta.with_retries(
+    # The MERGE's own result holds its row counts (one row).
+    [result] = delta.with_retries(
         lambda: clauses(DeltaTable.forName(spark, silver).alias("t")
                         .merge(source.alias("s"), on)).execute().collect(),
         what=f"merge into {silver}")
-    if not result:
-        return Written()
-    return Written(int(result[0]["num_inserted_rows"]), int(result[0]["num_updated_rows"]),
-                   int(result[0]["num_deleted_rows"]))
+    return Written(int(result["num_inserted_rows"]), int(result["num_updated_rows"]),
+                   int(result["num_deleted_rows"]))

@@ -156,8 +156,9 @@ def test_gaps_ragged_ends_and_short_series_keep_their_windows(spark, cfg):
     assert own["S3"].start == month(60 - c - p)
     np.testing.assert_allclose(own["S3"].target, expected("S3", 60 - c - p), rtol=1e-6)
     assert np.isnan(own["S3"].target[:c + p - 10]).all()
-    np.testing.assert_allclose(own["S3"].scale,
-                               1 + np.mean(np.abs(own["S3"].target[c + p - 10:c])), rtol=1e-5)
+    np.testing.assert_allclose(
+        own["S3"].scale, 1 + np.mean(np.abs(expected("S3", 60 - c - p)[c + p - 10:c])),
+        rtol=1e-5)
     train = spark.table(table).filter("split = 'train'").toPandas()
     assert not (train.series_id == "S3").any()     # too short for a window before its horizon
     for w in train[train.series_id == "S1"].itertuples():    # masked, never empty parts

@@ -445,15 +445,21 @@ def padded(series: DataFrame, length: int) -> DataFrame:
         (F.col("t0") - pad).alias("t0"), (-pad).alias("offset"))
 
 
+def calendar_series(rows: DataFrame, series: SeriesFeatures, future: DataFrame | None = None,
+                    known: dict[str, int] | None = None) -> DataFrame:
+    """:func:`series_arrays` of a data set's silver rows, as declared (ends, fill)."""
+    arrays = series_arrays(series_points(rows, series), series.freq, future, known,
+                           aligned=series.ends == "aligned", n_dynamic=len(series.dynamic))
+    return filled(arrays, series.fill)
+
+
 def dense_series(rows: DataFrame, series: SeriesFeatures) -> DataFrame:
     """Each series' ``series_id`` and ``values`` on the calendar, filled as declared.
 
     The values the windows are cut from (before padding): for peers fitted on the
     same history and horizon.
     """
-    arrays = series_arrays(series_points(rows, series), series.freq,
-                           aligned=series.ends == "aligned", n_dynamic=len(series.dynamic))
-    return filled(arrays, series.fill).select("series_id", "values")
+    return calendar_series(rows, series).select("series_id", "values")
 
 
 def static_indices(series: DataFrame, n_static: int,
@@ -561,10 +567,8 @@ def _windows(spark: SparkSession, cfg: Config, dataset: str, rows: DataFrame,
     context, prediction = key["context_length"], key["prediction_length"]
     future = future_points(rows, declared) if declared.dynamic else None
     known_series, known_static = given_indices(spark, cfg, dataset, declared)
-    arrays = series_arrays(series_points(rows, declared), declared.freq, future, known_series,
-                           aligned=declared.ends == "aligned", n_dynamic=len(declared.dynamic))
-    series = static_indices(filled(arrays, declared.fill), len(declared.static),
-                            known_static).cache()
+    series = static_indices(calendar_series(rows, declared, future, known_series),
+                            len(declared.static), known_static).cache()
     try:
         if not series.limit(1).count():
             raise SeriesTooShortError(f"series data set {dataset}: silver v"

@@ -37,7 +37,8 @@ def parse_long_panel(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]
         yield from reject_file(path, options, f"cannot read pickled frame: {exc}")
         return
     columns = {k: [c.strip() for c in options.get(k, k).split(",")]
-               for k in ("time", "item_id", "title", "value")}
+               for k in ("time", "item_id", "title")}
+    columns["value"] = [options.get("value", "value")]
     named = [c for v in columns.values() for c in v]
     missing = [c for c in named if c not in df.columns]
     if missing:
@@ -51,7 +52,7 @@ def parse_long_panel(path: str, options: ParseOptions) -> Iterator[pd.DataFrame]
         "title": _joined(df, columns["title"], " / "),
         # Unparseable times become the raw text so the typed conversion rejects them.
         "period": when.dt.strftime("%Y-%m-%d").where(when.notna(), raw_time),
-        "value": _joined(df, columns["value"], ""),
+        "value": df[columns["value"][0]],
     })
     yield from frames_from_pandas(long, options, records=pd.Series(range(1, len(df) + 1)))
 
