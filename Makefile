@@ -95,7 +95,8 @@ bench-cnn: setup    ## the CNN part of bench-train
 bench-word2vec: setup  ## word2vec vs gensim and MLlib: words/s, WordSim/SimLex Spearman, analogies
 	$(PY) bench/bench_word2vec.py $(ARGS)
 
-bench-deepar: setup  ## DeepAR vs seasonal naive and ETS: ND, NRMSE, weighted quantile loss
+bench-deepar: setup  ## DeepAR vs GluonTS's DeepAR, seasonal naive and ETS: ND, NRMSE, wQL
+	@bash scripts/setup-gluonts.sh
 	$(PY) bench/bench_deepar.py $(ARGS)
 
 bench-rcf: setup    ## RCF vs rrcf and IsolationForest: ROC-AUC, PR-AUC, points/s

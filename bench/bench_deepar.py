@@ -8,6 +8,15 @@ record's held-out metrics (ND, NRMSE, mean wQL over 0.1/0.5/0.9, all on the last
 which the trainer fits on the same horizon. Peer fit times are measured here by
 refitting them in one plain process on the same histories.
 
+The real peer is GluonTS's DeepAR on its PyTorch backend, run in a virtualenv of
+its own (``scripts/setup-gluonts.sh``, ``.venv-gluonts``; ``make bench-deepar``
+makes it) by ``bench/gluonts_peer.py`` on the same series, context and horizon:
+trained on each series without its held-out horizon, scored here with the same
+metric code as lakeforge's forecasts. It runs with GluonTS's defaults (Student-t
+likelihood, its lags and time features for the frequency, 100 epochs of 50
+batches of 32) on one process with 2 threads; ``--gluonts-epochs`` changes the
+epochs, ``--no-gluonts`` leaves it out.
+
     make bench-deepar
     .venv/bin/python bench/bench_deepar.py --only us_employment --param epochs=10
 """
@@ -15,24 +24,78 @@ refitting them in one plain process on the same histories.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 from common import session
+from pyspark.sql import functions as F
 
 from lakehouse import delta
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.contract import silver_rows
-from lakehouse.featuresets.series import dense_series, series_of
+from lakehouse.featuresets.series import Frequency, calendar_series, dense_series, series_of
 from lakehouse.render import format_table
 from lakehouse.tables import layer_table
 from models.deepar.baselines import HISTORY_SEASONS, complete_history, ets, seasonal_naive
+from models.deepar.evaluate import coverage, forecast_metrics
 from models.runner import train
 
 METHODS = (("lakeforge DeepAR, Horovod 2 ranks", "deepar"), ("seasonal naive", "seasonal_naive"),
            ("ETS (statsmodels, damped additive)", "ets"))
+GLUONTS = "GluonTS DeepAR (PyTorch, 1 process)"
+ROOT = Path(__file__).resolve().parents[1]
+GLUONTS_PYTHON = ROOT / ".venv-gluonts" / "bin" / "python"
+
+
+def pandas_freq(freq: Frequency) -> str:
+    """The pandas frequency alias of a lakeforge frequency (``M``, ``3M``, ``W``, ``h``)."""
+    if freq.months:
+        return {1: "M", 3: "Q", 12: "Y"}.get(freq.months, f"{freq.months}M")
+    for unit, seconds in (("W", 7 * 86_400), ("D", 86_400), ("h", 3600), ("min", 60)):
+        if freq.seconds % seconds == 0:
+            n = freq.seconds // seconds
+            return unit if n == 1 else f"{n}{unit}"
+    return f"{freq.seconds}s"
+
+
+def gluonts_peer(spark, cfg, panel: str, horizon: int, context: int,
+                 epochs: int) -> tuple[dict[str, float], float]:
+    """GluonTS's DeepAR on the panel's series in its own virtualenv.
+
+    Returns:
+        Its metrics (``gluonts_nd``, ``_nrmse``, ``_wql``, ``_coverage_80``) on the
+        same held-out values as lakeforge's, and its fit seconds.
+    """
+    rows, _ = silver_rows(spark, cfg, cfg.datasets[panel])
+    series = series_of(cfg, panel)
+    pdf = (calendar_series(rows, series)
+           .select("series_id", F.col("p0").cast("string").alias("start"), "values")
+           .toPandas().sort_values("series_id").reset_index(drop=True))
+    with tempfile.TemporaryDirectory(prefix="lakeforge-gluonts-") as tmp:
+        src, out = os.path.join(tmp, "series.parquet"), os.path.join(tmp, "forecasts.parquet")
+        pdf.to_parquet(src)
+        proc = subprocess.run(
+            [str(GLUONTS_PYTHON), str(ROOT / "bench" / "gluonts_peer.py"), src,
+             "--freq", pandas_freq(series.freq), "--prediction-length", str(horizon),
+             "--context-length", str(context), "--epochs", str(epochs), "--out", out],
+            capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"the GluonTS peer failed on {panel}:\n{proc.stderr[-3000:]}")
+        timing = json.loads(proc.stdout.strip().splitlines()[-1])
+        fc = pd.read_parquet(out).set_index("series_id").loc[pdf["series_id"]]
+    actual = np.stack([np.asarray(v, dtype=np.float64)[-horizon:] for v in pdf["values"]])
+    forecast = {k: np.stack(fc[k].to_numpy()) for k in ("mean", "q10", "q50", "q90")}
+    metrics = forecast_metrics(actual, forecast, "gluonts")
+    metrics["gluonts_coverage_80"] = coverage(actual, forecast)
+    return metrics, timing["fit_seconds"]
 
 
 def peer_seconds(spark, cfg, panel: str, horizon: int, season: int) -> dict[str, float]:
@@ -53,7 +116,7 @@ def peer_seconds(spark, cfg, panel: str, horizon: int, season: int) -> dict[str,
     return out
 
 
-def bench_panel(spark, cfg, panel: str, params: dict) -> None:
+def bench_panel(spark, cfg, panel: str, params: dict, gluonts_epochs: int | None) -> None:
     features = build_features(spark, cfg, panel)
     gold = spark.table(features.table)
     horizon = gold.select("prediction_length").first()[0]
@@ -63,8 +126,14 @@ def bench_panel(spark, cfg, panel: str, params: dict) -> None:
     m = result.model.metrics
     seconds = {"deepar": m["train_seconds"],
                **peer_seconds(spark, cfg, panel, horizon, series_of(cfg, panel).season_length)}
+    methods = list(METHODS)
+    if gluonts_epochs:
+        peer, seconds["gluonts"] = gluonts_peer(spark, cfg, panel, horizon, context,
+                                                gluonts_epochs)
+        m = {**m, **peer}
+        methods.insert(1, (GLUONTS, "gluonts"))
     rows = []
-    for label, key in METHODS:
+    for label, key in methods:
         nd, nrmse, wql = m[f"{key}_nd"], m[f"{key}_nrmse"], m[f"{key}_wql"]
         rows.append((label, round(nd, 4), round(nrmse, 4), round(wql, 4),
                      round(m["deepar_nd"] / nd, 3), round(m["deepar_nrmse"] / nrmse, 3),
@@ -76,7 +145,9 @@ def bench_panel(spark, cfg, panel: str, params: dict) -> None:
           f"(gold v{features.version}, silver v{silver_version}); "
           f"{int(m['epochs'])} epochs x {result.ranks[0]['steps_per_epoch']} steps, "
           f"rank fit {fit:.1f}s; 10-90% band covers {100 * m['deepar_coverage_80']:.1f}% of "
-          f"held-out values; ETS fell back to seasonal naive on {int(m['ets_fallbacks'])} "
+          f"held-out values"
+          + (f" (GluonTS's: {100 * m['gluonts_coverage_80']:.1f}%)" if gluonts_epochs else "")
+          + f"; ETS fell back to seasonal naive on {int(m['ets_fallbacks'])} "
           f"series\n")
     print(format_table(["method", "ND", "NRMSE", "mean wQL", "DeepAR/ND", "DeepAR/NRMSE",
                         "DeepAR/wQL", "train s"], rows))
@@ -92,14 +163,22 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="one series data set of the catalog")
     parser.add_argument("--param", dest="params", action="append", default=[],
                         metavar="KEY=VALUE", help="DeepAR training parameter (repeatable)")
+    parser.add_argument("--gluonts-epochs", type=int, default=100,
+                        help="epochs of GluonTS's DeepAR (50 batches each; its default 100)")
+    parser.add_argument("--no-gluonts", action="store_true",
+                        help="leave the GluonTS peer out")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    gluonts_epochs = None if args.no_gluonts else args.gluonts_epochs
+    if gluonts_epochs and not GLUONTS_PYTHON.exists():
+        raise SystemExit(f"{GLUONTS_PYTHON} is missing: run `bash scripts/setup-gluonts.sh` "
+                         f"(make bench-deepar does), or pass --no-gluonts")
     params = {k.strip(): yaml.safe_load(v) for k, v in (p.split("=", 1) for p in args.params)}
     cfg, spark = session(args.overrides)
     panels = [n for n, e in cfg.datasets.items() if e.kind == "series"]
     for panel in panels:
         if args.only in (None, panel):
-            bench_panel(spark, cfg, panel, params)
+            bench_panel(spark, cfg, panel, params, gluonts_epochs)
     spark.stop()
 
 
