@@ -68,7 +68,7 @@ mlflow-ui: setup    ## MLflow's UI on the tracking store (runs, models) on 127.0
 bench-lake: setup   ## ingest, curate, features, train, score: lake local vs the local S3 server
 	$(PY) bench/bench_lake.py $(ARGS)
 
-bench-sql: setup    ## lakeforge sql through a running SQL endpoint vs beeline on it
+bench-sql: setup    ## lakeforge sql and tables vs spark-sql -e cold, vs beeline on a running endpoint
 	$(PY) bench/bench_sql.py $(ARGS)
 
 bench-commands: setup  ## where a day's short commands spend their time (start, each Spark job, driver)

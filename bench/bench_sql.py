@@ -1,13 +1,19 @@
-"""bench-sql: `lakeforge sql` through a running SQL endpoint vs beeline on the same one.
+"""bench-sql: `lakeforge sql` and `tables`, cold and through a running SQL endpoint.
 
-A fresh home gets one table (flights' bronze, by `lakeforge ingest`); `lakeforge
-sql-server` then serves it, and the same query is answered three times by each client,
-wall time of the whole command (the process start included, as a user waits for it).
-The median of each and the ratio beeline / lakeforge are printed (target >= 1.0: no
-slower than beeline). Without the endpoint, `lakeforge sql` starts a JVM of its own;
-one such run is shown for scale. ``--metastore postgres`` runs the same on a
-PostgreSQL metastore of the home's own (started and stopped by the benchmark). Run
-with `make bench-sql`.
+A fresh home gets one data set's tables (`lakeforge ingest flights`: its bronze and
+the bookkeeping tables). Each client answers the same work ``--runs`` times, wall
+time of the whole command (the process start included, as a user waits for it):
+
+* cold, no endpoint: `lakeforge sql QUERY` against Spark's own `spark-sql -e QUERY`,
+  and `lakeforge tables` against `spark-sql -e` of the same listing (SHOW TABLES,
+  then each table's DESCRIBE HISTORY ... LIMIT 1 and count(*)), both with the
+  settings jobs run with (targets: >= 0.8x);
+* with `lakeforge sql-server` running: the same two against `beeline -e` of the same
+  statements on the same endpoint (targets: >= 1.0x, no slower than beeline).
+
+Medians and ratios (peer / lakeforge: above 1, lakeforge is faster) are printed.
+``--metastore postgres`` runs the same on a PostgreSQL metastore of the home's own
+(started and stopped by the benchmark). Run with `make bench-sql`.
 """
 
 from __future__ import annotations
@@ -27,15 +33,24 @@ from common import free_port
 
 from lakehouse.config import load_config
 from lakehouse.render import format_table
-from lakehouse.submit import beeline_command, submit_env
+from lakehouse.submit import beeline_command, spark_sql_command, submit_env
 
 
-def _seconds(command: list[str], env: dict[str, str]) -> float:
+def _run(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Seconds of one run of ``command`` and its standard output."""
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         sys.exit(f"{' '.join(command[:4])} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, done.stdout
+
+
+def _seconds(command: list[str], env: dict[str, str]) -> float:
+    return _run(command, env)[0]
+
+
+def _timings(command: list[str], env: dict[str, str], runs: int) -> list[float]:
+    return [_seconds(command, env) for _ in range(runs)]
 
 
 def main() -> None:
@@ -68,11 +83,31 @@ def main() -> None:
 
 def _measure(args: argparse.Namespace, query: str, home: Path, env: dict[str, str],
              lakeforge: list[str]) -> None:
-    """Ingest, one cold query, then both clients through a running endpoint."""
+    """Ingest, then both commands cold and through a running endpoint, with their peers."""
     _seconds([*lakeforge, "ingest", args.dataset, "--batch", "b1"], env)
-    cold = _seconds([*lakeforge, "sql", query], env)
-    port = free_port()
     cfg = load_config([f"home={home}"], environ=env)
+    spark_env = submit_env(cfg)
+    db = cfg.catalog.database
+    _, shown = _run(spark_sql_command(cfg, f"SHOW TABLES IN {db}"), spark_env)
+    names = sorted(line.split("\t")[1] for line in shown.splitlines() if "\t" in line)
+    listing = "; ".join([f"SHOW TABLES IN {db}"] + [
+        f"DESCRIBE HISTORY {db}.{n} LIMIT 1; SELECT count(*) FROM {db}.{n}" for n in names])
+    rows = []
+
+    def compare(what: str, peer_label: str, peer: list[float], ours: list[float],
+                target: float) -> None:
+        p, o = statistics.median(peer), statistics.median(ours)
+        rows.append((what, peer_label, f"{p:.2f}", f"{o:.2f}", f"{p / o:.2f}",
+                     f">= {target}", " ".join(f"{x:.2f}" for x in ours)))
+
+    runs = args.runs
+    compare("sql, cold", "spark-sql -e",
+            _timings(spark_sql_command(cfg, query), spark_env, runs),
+            _timings([*lakeforge, "sql", query], env, runs), 0.8)
+    compare(f"tables ({len(names)}), cold", "spark-sql -e",
+            _timings(spark_sql_command(cfg, listing), spark_env, runs),
+            _timings([*lakeforge, "tables"], env, runs), 0.8)
+    port = free_port()
     server = subprocess.Popen([*lakeforge, "sql-server", "--port", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -81,19 +116,18 @@ def _measure(args: argparse.Namespace, query: str, home: Path, env: dict[str, st
             if server.poll() is not None or time.monotonic() > deadline:
                 sys.exit("the SQL endpoint did not start")
             time.sleep(0.5)
-        beeline = [_seconds(beeline_command(port, query), submit_env(cfg))
-                   for _ in range(args.runs)]
-        ours = [_seconds([*lakeforge, "sql", query], env) for _ in range(args.runs)]
+        compare("sql, endpoint", "beeline -e",
+                _timings(beeline_command(port, query), spark_env, runs),
+                _timings([*lakeforge, "sql", query], env, runs), 1.0)
+        compare(f"tables ({len(names)}), endpoint", "beeline -e",
+                _timings(beeline_command(port, listing), spark_env, runs),
+                _timings([*lakeforge, "tables"], env, runs), 1.0)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
-    b, o = statistics.median(beeline), statistics.median(ours)
-    print(format_table(["client", "median s", "runs"], [
-        ("beeline -e (endpoint)", f"{b:.2f}", " ".join(f"{s:.2f}" for s in beeline)),
-        ("lakeforge sql (endpoint)", f"{o:.2f}", " ".join(f"{s:.2f}" for s in ours)),
-        ("lakeforge sql (no endpoint)", f"{cold:.2f}", "1")]))
-    print(f"\nmetastore {args.metastore}; beeline / lakeforge sql through the endpoint: "
-          f"{b / o:.2f}x (target >= 1.0)")
+    print(format_table(["command", "peer", "peer s", "lakeforge s", "peer / lakeforge",
+                        "target", "lakeforge runs"], rows))
+    print(f"\nmetastore {args.metastore}; medians of {runs} runs each, whole commands")
 
 
 def _closed(port: int) -> bool:

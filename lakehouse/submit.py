@@ -160,6 +160,7 @@ def run_job(cfg: Config, job: str, job_args: Sequence[str] = (), py_files: Seque
 
 
 THRIFT_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
+SQL_CLI_CLASS = "org.apache.spark.sql.hive.thriftserver.SparkSQLCLIDriver"
 
 
 def thrift_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -175,20 +176,36 @@ def thrift_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]
         The command as a list of arguments.
     """
     auth_jars, hiveconf = endpoint.server_settings(cfg)
-    # Hive sessions resolve the catalog plugin through the system class loader, which
-    # --jars does not reach: Delta's jars must be on the driver class path too, with
-    # what the config puts there (the metastore's JDBC driver), in one setting.
+    hiveconf = {"hive.server2.thrift.port": str(port), "hive.server2.thrift.bind.host": host,
+                **hiveconf}
+    return [*_hive_driver(cfg, THRIFT_CLASS, "sql-server", auth_jars),
+            *[a for k, v in hiveconf.items() for a in ("--hiveconf", f"{k}={v}")]]
+
+
+def spark_sql_command(cfg: Config, statements: str) -> list[str]:
+    """Spark's own ``spark-sql -e`` on this catalog, with the settings jobs run with.
+
+    The yardstick of a cold ``lakeforge sql`` or ``tables`` (the benchmarks run it).
+    """
+    return [*_hive_driver(cfg, SQL_CLI_CLASS, "spark-sql"), "-e", statements]
+
+
+def _hive_driver(cfg: Config, main_class: str, name: str,
+                 extra_jars: Sequence[str] = ()) -> list[str]:
+    """spark-submit of one of Spark's Hive drivers, up to and including its application.
+
+    Hive sessions resolve the catalog plugin through the system class loader, which
+    ``--jars`` does not reach: Delta's jars must be on the driver class path too, with
+    what the config puts there (the metastore's JDBC driver), in one setting.
+    """
     extra = spark_conf(cfg).get("spark.driver.extraClassPath")
-    cmd = submit_options(cfg, "sql-server")
+    cmd = submit_options(cfg, name)
     if extra:
         at = cmd.index(f"spark.driver.extraClassPath={extra}")
         del cmd[at - 1:at + 1]
-    jars = [str(j) for j in delta_jars(cfg.spark)] + auth_jars + ([extra] if extra else [])
+    jars = [str(j) for j in delta_jars(cfg.spark)] + list(extra_jars) + ([extra] if extra else [])
     classpath = ["--driver-class-path", ":".join(jars)] if jars else []
-    hiveconf = {"hive.server2.thrift.port": str(port), "hive.server2.thrift.bind.host": host,
-                **hiveconf}
-    return [cmd[0], "--class", THRIFT_CLASS, *classpath, *cmd[1:], "spark-internal",
-            *[a for k, v in hiveconf.items() for a in ("--hiveconf", f"{k}={v}")]]
+    return [cmd[0], "--class", main_class, *classpath, *cmd[1:], "spark-internal"]
 
 
 def beeline_command(port: int, query: str, host: str = "127.0.0.1", user: str = "",
