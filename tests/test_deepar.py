@@ -231,6 +231,28 @@ def test_a_masked_step_adds_nothing_to_the_loss():
     assert len(terms) == 4 and loss == pytest.approx(np.mean(terms), rel=1e-4)
 
 
+def test_student_t_head_scores_and_samples_its_distribution():
+    import tensorflow as tf
+    from scipy import stats
+
+    from models.deepar.network import _draw, nll
+
+    softplus = lambda x: float(np.log1p(np.exp(x)))   # noqa: E731
+    out = tf.constant([[[0.3, 0.5, 1.0], [2.0, -0.5, 0.2], [0.0, 0.0, 0.0]]], tf.float32)
+    target = tf.constant([[2.0, 9.0, np.nan]], tf.float32)      # scale 4: z = 0.5, 2.25
+    terms = [-stats.t.logpdf(z, df=2 + softplus(o[2]), loc=o[0], scale=softplus(o[1]) + 1e-4)
+             for z, o in ((0.5, (0.3, 0.5, 1.0)), (2.25, (2.0, -0.5, 0.2)))]
+    assert float(nll(out, target, tf.constant([4.0]), "student_t")) == \
+        pytest.approx(np.mean(terms), rel=1e-5)
+    # 20,000 draws of one step: their quantiles are the distribution's
+    n = 20_000
+    head = tf.tile(tf.constant([[1.0, 0.0, -1.0]]), [n, 1])
+    draws = _draw(head, tf.fill([n], 3.0), "student_t", [np.random.default_rng(0)], n).numpy()
+    dist = stats.t(df=2 + softplus(-1.0), loc=3.0, scale=3 * (softplus(0.0) + 1e-4))
+    np.testing.assert_allclose(np.quantile(draws, [0.1, 0.5, 0.9]),
+                               dist.ppf([0.1, 0.5, 0.9]), atol=0.12)
+
+
 def test_metrics_against_hand_computed_values():
     actual = np.array([[10.0, 20.0]])
     fc = {"mean": np.array([[12.0, 18.0]]), "q10": np.array([[8.0, 15.0]]),

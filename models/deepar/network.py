@@ -1,4 +1,4 @@
-"""The DeepAR network: an autoregressive LSTM with a Gaussian or negative binomial head.
+"""The DeepAR network: an autoregressive LSTM with a Gaussian, Student-t or negative binomial head.
 
 Inputs at each step are lagged values divided by the window's scale
 (``1 + mean |context|``): the previous value and the values one, two, ...
@@ -9,14 +9,14 @@ values of the step, standardised with the training windows' mean and standard
 deviation (a missing value enters as the mean). A missing target (NaN) is an
 unobserved step: it adds nothing to the loss, it does not count in the scale, and
 the inputs carry the last observed value over it (the first observed one before
-it). The
-head gives the likelihood's two parameters from the LSTM output: for
+it). The head gives the likelihood's parameters from the LSTM output: for
 ``gaussian`` mean and softplus standard deviation on the scaled values; for
-``negbin`` (counts) mean ``softplus * scale`` and shape ``softplus /
-sqrt(scale)`` on the raw values, as in the DeepAR paper. Training is teacher
-forced; the loss scores the prediction range (the whole window with
-``context_loss``); forecasts are ancestral samples, vectorised over series and
-sample paths. TensorFlow is imported inside the functions (they run in
+``student_t`` the same and degrees of freedom ``2 + softplus`` (heavier tails: an
+outlier pulls the fit less); for ``negbin`` (counts) mean ``softplus * scale`` and
+shape ``softplus / sqrt(scale)`` on the raw values, as in the DeepAR paper.
+Training is teacher forced; the loss scores the prediction range (the whole window
+with ``context_loss``); forecasts are ancestral samples, vectorised over series
+and sample paths. TensorFlow is imported inside the functions (they run in
 Horovod ranks and Spark executors).
 """
 
@@ -33,7 +33,7 @@ from lakehouse.featuresets.series import Frequency
 
 WEIGHTS_FILE = "deepar.weights.h5"
 CONFIG_FILE = "deepar.json"
-LIKELIHOODS = ("gaussian", "negbin")
+LIKELIHOODS = ("gaussian", "student_t", "negbin")
 QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -87,7 +87,7 @@ def build(config: dict[str, Any]):
             self.lstms = [layers.LSTM(config["hidden"], return_sequences=True,
                                       return_state=True, dropout=config["dropout"])
                           for _ in range(config["layers"])]
-            self.head = layers.Dense(2)
+            self.head = layers.Dense(3 if config["likelihood"] == "student_t" else 2)
             if n_dynamic:
                 self.dyn_mean = tf.constant(config["dynamic_mean"], tf.float32)
                 self.dyn_std = tf.constant(config["dynamic_std"], tf.float32)
@@ -175,6 +175,12 @@ def nll(out, target, scale, likelihood: str):
         r = 1.0 / alpha
         logp = (tf.math.lgamma(target + r) - tf.math.lgamma(target + 1.0) - tf.math.lgamma(r)
                 + r * tf.math.log(r / (r + mu)) + target * tf.math.log(mu / (r + mu)))
+    elif likelihood == "student_t":
+        mu, sigma, nu = _student_t_params(out)
+        u = (target / scale[:, None] - mu) / sigma
+        logp = (tf.math.lgamma((nu + 1.0) / 2.0) - tf.math.lgamma(nu / 2.0)
+                - 0.5 * tf.math.log(math.pi * nu) - tf.math.log(sigma)
+                - (nu + 1.0) / 2.0 * tf.math.log1p(tf.square(u) / nu))
     else:
         z = target / scale[:, None]
         mu, sigma = out[..., 0], tf.math.softplus(out[..., 1]) + 1e-4
@@ -209,6 +215,14 @@ def context_scale(context):
     seen = np.isfinite(ctx)
     total = np.where(seen, np.abs(np.where(seen, ctx, 0.0)), 0.0).sum(axis=1)
     return (1.0 + total / np.maximum(seen.sum(axis=1), 1)).astype(np.float32)
+
+
+def _student_t_params(out):
+    """Location, scale and degrees of freedom (above 2: the variance exists)."""
+    import tensorflow as tf
+
+    return (out[..., 0], tf.math.softplus(out[..., 1]) + 1e-4,
+            2.0 + tf.math.softplus(out[..., 2]))
 
 
 def _negbin_params(out, scale):
@@ -313,8 +327,13 @@ def _draw(out, scale, likelihood: str, rngs: list[np.random.Generator], num_samp
         r = 1.0 / alpha
         lam = per_series(lambda rng, rows: rng.gamma(r[rows], mu[rows] / r[rows]))
         return tf.constant(per_series(lambda rng, rows: rng.poisson(lam[rows])), tf.float32)
-    mu, sigma = out[:, 0], tf.math.softplus(out[:, 1]) + 1e-4
-    noise = per_series(lambda rng, rows: rng.standard_normal(rows.stop - rows.start))
+    if likelihood == "student_t":
+        mu, sigma, nu = _student_t_params(out)
+        df = np.asarray(nu, dtype=np.float64)
+        noise = per_series(lambda rng, rows: rng.standard_t(df[rows]))
+    else:
+        mu, sigma = out[:, 0], tf.math.softplus(out[:, 1]) + 1e-4
+        noise = per_series(lambda rng, rows: rng.standard_normal(rows.stop - rows.start))
     return (mu + sigma * tf.constant(noise, tf.float32)) * scale
 
 

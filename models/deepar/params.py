@@ -23,7 +23,7 @@ class DeepArParams:
         layers: LSTM layers.
         embedding_dim: size of each series' embedding.
         dropout: dropout between LSTM layers.
-        likelihood: ``gaussian`` or ``negbin`` (counts).
+        likelihood: ``gaussian``, ``student_t`` (heavy tails) or ``negbin`` (counts).
         num_samples: sample paths per forecast.
         context_loss: also learn from the context part of each window.
         seasonal_lags: inputs a whole season back (1: last year's value, ...).
