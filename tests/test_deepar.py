@@ -271,6 +271,7 @@ def test_lag_features_read_values_whole_seasons_back():
     from models.deepar.network import lag_features, lags
 
     assert lags(12, 2) == [1, 12, 24] and lags(4, 0) == [1]
+    assert lags(4, 2, recent_lags=5) == [1, 2, 3, 4, 5, 8] and lags(1, 2) == [1, 2]
     z = np.arange(30, dtype=np.float32)[None, :] + 100      # position t holds 100 + t
     x = lag_features(z, 20, 3, [1, 12, 24]).numpy()[0]
     np.testing.assert_array_equal(x, [[119, 108, 0], [120, 109, 0], [121, 110, 0]])
@@ -393,8 +394,8 @@ def test_two_ranks_train_forecast_register_and_score(spark, weekly, monkeypatch)
     """A weekly data set the test declares trains, forecasts and scores by weeks."""
     spark, cfg = spark, weekly
     c, p = WINDOW["context_length"], WINDOW["prediction_length"]
-    with pytest.raises(ConfigError, match="seasonal_lags 2 reaches 24 periods back, beyond "
-                                          ".*context_length 12"):
+    with pytest.raises(ConfigError, match="seasonal_lags 2 and recent_lags 1 reach 24 periods "
+                                          "back, beyond .*context_length 12"):
         train(spark, cfg, "deepar", "stores", params={**FAST, "seasonal_lags": 2})
     result = train(spark, cfg, "deepar", "stores", params=FAST)
     ranks = sorted(result.ranks, key=lambda r: r["rank"])

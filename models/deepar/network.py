@@ -1,8 +1,8 @@
 """The DeepAR network: an autoregressive LSTM with a Gaussian, Student-t or negative binomial head.
 
 Inputs at each step are lagged values divided by the window's scale
-(``1 + mean |context|``): the previous value and the values one, two, ...
-seasons back (``seasonal_lags``), a one-hot season of the step
+(``1 + mean |context|``): the last ``recent_lags`` values and the values one,
+two, ... seasons back (``seasonal_lags``), a one-hot season of the step
 (month of year or quarter), an embedding of the series and the log scale, and
 the declared covariates: an embedding per static category and the dynamic
 values of the step, standardised with the training windows' mean and standard
@@ -58,13 +58,17 @@ def network_config(params: dict[str, Any], n_series: int, season_length: int,
             "dropout": float(params["dropout"]), "likelihood": str(params["likelihood"]),
             "num_samples": int(params["num_samples"]),
             "context_loss": bool(params.get("context_loss", False)),
-            "lags": lags(season_length, int(params.get("seasonal_lags", 0)))}
+            "lags": lags(season_length, int(params.get("seasonal_lags", 0)),
+                         int(params.get("recent_lags", 1)))}
 
 
-def lags(season_length: int, seasonal_lags: int) -> list[int]:
-    """The lags fed to the network: 1 and each of ``seasonal_lags`` whole seasons back."""
-    return [1] + [k * season_length for k in range(1, seasonal_lags + 1)
-                  if k * season_length != 1]
+def lags(season_length: int, seasonal_lags: int, recent_lags: int = 1) -> list[int]:
+    """The lags fed to the network, ascending.
+
+    1 to ``recent_lags`` periods back, and each of ``seasonal_lags`` whole seasons back.
+    """
+    return sorted(set(range(1, max(recent_lags, 1) + 1))
+                  | {k * season_length for k in range(1, seasonal_lags + 1)})
 
 
 def covariate_sizes(config: dict[str, Any]) -> tuple[list[int], int]:

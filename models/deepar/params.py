@@ -27,6 +27,7 @@ class DeepArParams:
         num_samples: sample paths per forecast.
         context_loss: also learn from the context part of each window.
         seasonal_lags: inputs a whole season back (1: last year's value, ...).
+        recent_lags: inputs of the last periods (1: the previous value only).
         lr_schedule: ``cosine`` decay or ``constant``.
     """
 
@@ -42,12 +43,14 @@ class DeepArParams:
     num_samples: int = 100
     context_loss: bool = False
     seasonal_lags: int = 2
+    recent_lags: int = 1
     lr_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         at_least("deepar", self, 1, "epochs", "steps_per_epoch", "batch_size", "hidden",
                  "layers", "embedding_dim", "num_samples")
         at_least("deepar", self, 0, "seasonal_lags")
+        at_least("deepar", self, 1, "recent_lags")
         positive("deepar", self, "learning_rate")
         in_range("deepar", self, "dropout", 0.0, 1.0)
         one_of("deepar", self, "likelihood", LIKELIHOODS)

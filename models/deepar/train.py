@@ -105,9 +105,10 @@ class DeepArTrainer(FamilyTrainer):
                                 shape["context"], shape["prediction"], declared.freq,
                                 cards, stats)
         if max(config["lags"]) > shape["context"]:
-            raise ConfigError(f"deepar: seasonal_lags {params['seasonal_lags']} reaches "
+            raise ConfigError(f"deepar: seasonal_lags {params['seasonal_lags']} and recent_lags "
+                              f"{params.get('recent_lags', 1)} reach "
                               f"{max(config['lags'])} periods back, beyond {table}'s "
-                              f"context_length {shape['context']}; lower seasonal_lags or "
+                              f"context_length {shape['context']}; lower them or "
                               f"rebuild the windows with a longer --param context_length")
         covariates = "".join([f", {len(cards)} static" if cards else "",
                               f", {len(stats)} dynamic" if stats else ""])
