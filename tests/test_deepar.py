@@ -253,6 +253,23 @@ def test_student_t_head_scores_and_samples_its_distribution():
                                dist.ppf([0.1, 0.5, 0.9]), atol=0.12)
 
 
+def test_a_window_is_scaled_by_its_whole_context_or_its_last_season():
+    from lakehouse.featuresets.series import frequency
+    from models.deepar.network import context_scale, network_config
+
+    ctx = np.array([[2.0, 4.0, np.nan, 10.0, 20.0],
+                    [1.0, 3.0, 5.0, np.nan, np.nan]], np.float32)
+    np.testing.assert_allclose(context_scale(ctx).numpy(), [1 + 36 / 4, 1 + 9 / 3])
+    # the last two periods: row 0 has 10 and 20; row 1 has none, so its whole context
+    np.testing.assert_allclose(context_scale(ctx, 2).numpy(), [1 + 15, 1 + 3])
+    params = {**FAMILY.defaults, "scale": "season"}
+    assert network_config(params, 3, 4, 12, 4, frequency("quarter"))["scale_periods"] == 4
+    assert network_config({**params, "scale": "context"}, 3, 4, 12, 4,
+                          frequency("quarter"))["scale_periods"] == 0
+    # a season as long as the context is the whole context
+    assert network_config(params, 3, 12, 12, 4, frequency("month"))["scale_periods"] == 0
+
+
 def test_metrics_against_hand_computed_values():
     actual = np.array([[10.0, 20.0]])
     fc = {"mean": np.array([[12.0, 18.0]]), "q10": np.array([[8.0, 15.0]]),

@@ -58,8 +58,21 @@ def network_config(params: dict[str, Any], n_series: int, season_length: int,
             "dropout": float(params["dropout"]), "likelihood": str(params["likelihood"]),
             "num_samples": int(params["num_samples"]),
             "context_loss": bool(params.get("context_loss", False)),
+            "scale_periods": scale_periods(params, season_length, context_length),
             "lags": lags(season_length, int(params.get("seasonal_lags", 0)),
                          int(params.get("recent_lags", 1)))}
+
+
+def scale_periods(params: dict[str, Any], season_length: int, context_length: int) -> int:
+    """The context periods a window's scale is the mean of (0: the whole context).
+
+    ``scale`` ``context`` (the whole context) or ``season`` (its last season: a
+    growing or shrinking series is scaled by its latest level, so the forecast is
+    not pulled back towards an older mean).
+    """
+    if params.get("scale", "context") == "season" and season_length < context_length:
+        return int(season_length)
+    return 0
 
 
 def lags(season_length: int, seasonal_lags: int, recent_lags: int = 1) -> list[int]:
@@ -213,12 +226,28 @@ def carried(z):
     return tf.where(tf.math.is_finite(value), value, tf.zeros_like(value))
 
 
-def context_scale(context):
-    """DeepAR's scale of each row of raw ``context``: ``1 + mean |observed values|``."""
-    ctx = np.asarray(context, dtype=np.float32)
-    seen = np.isfinite(ctx)
-    total = np.where(seen, np.abs(np.where(seen, ctx, 0.0)), 0.0).sum(axis=1)
-    return (1.0 + total / np.maximum(seen.sum(axis=1), 1)).astype(np.float32)
+def context_scale(context, periods: int = 0):
+    """DeepAR's scale of each row of raw ``context``: ``1 + mean |observed values|``.
+
+    The mean runs over the last ``periods`` of the context (0: all of it); a row with
+    no observed value there falls back to its whole context. Works on NumPy arrays and
+    tensors alike; returns a float32 tensor of one scale per row.
+    """
+    import tensorflow as tf
+
+    ctx = tf.convert_to_tensor(context, tf.float32)
+
+    def mean_abs(part):
+        seen = tf.math.is_finite(part)
+        total = tf.reduce_sum(tf.where(seen, tf.abs(part), 0.0), axis=1)
+        count = tf.reduce_sum(tf.cast(seen, tf.float32), axis=1)
+        return total / tf.maximum(count, 1.0), count
+
+    whole, _ = mean_abs(ctx)
+    if periods and periods < ctx.shape[1]:
+        recent, count = mean_abs(ctx[:, -periods:])
+        whole = tf.where(count > 0, recent, whole)
+    return 1.0 + whole
 
 
 def _student_t_params(out):
@@ -287,7 +316,7 @@ def sample_paths(net, config: dict[str, Any], context: np.ndarray, season0: np.n
     season_length = config["season_length"]
     s0 = tf.constant(np.asarray(season0, dtype=np.int32))
     idx = tf.constant(np.asarray(series_idx, dtype=np.int32))
-    scale = tf.constant(context_scale(context))
+    scale = context_scale(ctx, int(config.get("scale_periods", 0)))
     z = carried(ctx / scale[:, None])
     season = seasons(s0, c + config["prediction_length"], season_length)
     lag_list = config.get("lags", [1])

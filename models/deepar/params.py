@@ -8,6 +8,7 @@ from lakehouse.params import at_least, in_range, one_of, positive
 from models.deepar.network import LIKELIHOODS
 
 LR_SCHEDULES = ("cosine", "constant")
+SCALES = ("context", "season")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class DeepArParams:
         seasonal_lags: inputs a whole season back (1: last year's value, ...).
         recent_lags: inputs of the last periods (1: the previous value only).
         lr_schedule: ``cosine`` decay or ``constant``.
+        scale: what a window's values are divided by: ``1 + mean |value|`` over its
+            whole ``context`` or over the context's last ``season``.
     """
 
     epochs: int = 30
@@ -45,6 +48,7 @@ class DeepArParams:
     seasonal_lags: int = 2
     recent_lags: int = 1
     lr_schedule: str = "cosine"
+    scale: str = "context"
 
     def __post_init__(self) -> None:
         at_least("deepar", self, 1, "epochs", "steps_per_epoch", "batch_size", "hidden",
@@ -55,3 +59,4 @@ class DeepArParams:
         in_range("deepar", self, "dropout", 0.0, 1.0)
         one_of("deepar", self, "likelihood", LIKELIHOODS)
         one_of("deepar", self, "lr_schedule", LR_SCHEDULES)
+        one_of("deepar", self, "scale", SCALES)

@@ -133,11 +133,13 @@ def optimizer(net, params: dict[str, Any], total_steps: int, done_steps: int):
 def _step_fn(net, opt, config: dict[str, Any], hvd):
     import tensorflow as tf
 
-
     skip = 0 if config.get("context_loss") else config["context_length"] - 1
+    context, periods = config["context_length"], int(config.get("scale_periods", 0))
 
     @tf.function
     def step(target, season, idx, scale, static, dynamic):
+        if periods:   # the windows table holds the whole context's scale
+            scale = network.context_scale(target[:, :context], periods)
         with tf.GradientTape() as tape:
             loss = window_loss(net, target, season, idx, scale, static, dynamic,
                                config["likelihood"], config["season_length"], skip=skip,
