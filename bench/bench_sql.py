@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
 import statistics
@@ -88,8 +89,9 @@ def _measure(args: argparse.Namespace, query: str, home: Path, env: dict[str, st
     cfg = load_config([f"home={home}"], environ=env)
     spark_env = submit_env(cfg)
     db = cfg.catalog.database
-    _, shown = _run(spark_sql_command(cfg, f"SHOW TABLES IN {db}"), spark_env)
-    names = sorted(line.split("\t")[1] for line in shown.splitlines() if "\t" in line)
+    tables, views = (_names(_run(spark_sql_command(cfg, f"SHOW {kind} IN {db}"), spark_env)[1])
+                     for kind in ("TABLES", "VIEWS"))
+    names = sorted(tables - views)
     listing = "; ".join([f"SHOW TABLES IN {db}"] + [
         f"DESCRIBE HISTORY {db}.{n} LIMIT 1; SELECT count(*) FROM {db}.{n}" for n in names])
     rows = []
@@ -128,6 +130,11 @@ def _measure(args: argparse.Namespace, query: str, home: Path, env: dict[str, st
     print(format_table(["command", "peer", "peer s", "lakeforge s", "peer / lakeforge",
                         "target", "lakeforge runs"], rows))
     print(f"\nmetastore {args.metastore}; medians of {runs} runs each, whole commands")
+
+
+def _names(shown: str) -> set[str]:
+    """The names spark-sql printed, one per line (the JVM's own warnings left out)."""
+    return {line for line in shown.splitlines() if re.fullmatch(r"\w+", line)}
 
 
 def _closed(port: int) -> bool:
