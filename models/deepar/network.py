@@ -1,9 +1,10 @@
 """The DeepAR network: an autoregressive LSTM with a Gaussian, Student-t or negative binomial head.
 
 Inputs at each step are lagged values divided by the window's scale
-(``1 + mean |context|``): the last ``recent_lags`` values and the values one,
-two, ... seasons back (``seasonal_lags``), a one-hot season of the step
-(month of year or quarter), an embedding of the series and the log scale, and
+(``1 + mean |context|``, or over the context's last season with ``scale=season``):
+the last ``recent_lags`` values and the values one, two, ... seasons back
+(``seasonal_lags``), a one-hot season of the step (month of year or quarter), an
+embedding of the series and the log scale, and
 the declared covariates: an embedding per static category and the dynamic
 values of the step, standardised with the training windows' mean and standard
 deviation (a missing value enters as the mean). A missing target (NaN) is an
@@ -244,7 +245,7 @@ def context_scale(context, periods: int = 0):
         return total / tf.maximum(count, 1.0), count
 
     whole, _ = mean_abs(ctx)
-    if periods and periods < ctx.shape[1]:
+    if periods and (ctx.shape[1] is None or periods < ctx.shape[1]):
         recent, count = mean_abs(ctx[:, -periods:])
         whole = tf.where(count > 0, recent, whole)
     return 1.0 + whole
