@@ -15,6 +15,7 @@ PY="${LAKEFORGE_PYTHON:-python3.11}"
 GLUONTS_VERSION="0.17.0"
 TORCH_VERSION="2.15.0"
 LIGHTNING_VERSION="2.6.6"
+PYARROW_VERSION="26.0.1"   # reads the series the benchmark writes
 STAMP="$VENV/.lakeforge-gluonts-setup"
 
 say() { printf '[setup-gluonts] %s\n' "$*"; }
@@ -35,7 +36,7 @@ gluonts_env() {
   pip_install \
     "gluonts[torch]==$GLUONTS_VERSION" "torch==$TORCH_VERSION" \
     "lightning==$LIGHTNING_VERSION" "pytorch-lightning==$LIGHTNING_VERSION" \
-    "pyarrow" \
+    "pyarrow==$PYARROW_VERSION" \
     > "$VENV/pip-install.log" 2>&1 \
     || die "installing GluonTS failed; see $VENV/pip-install.log"
 }
