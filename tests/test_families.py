@@ -13,7 +13,7 @@ BAD = {   # one out-of-range value per family, and the words its message must ho
     "cnn": ({"filters": [32, "x"]}, "cnn parameter filters=[32, 'x']: must be a list"),
     "word2vec": ({"min_alpha": 0.5}, "word2vec parameters min_alpha=0.5 and alpha=0.025"),
     "deepar": ({"likelihood": "poisson"}, "deepar parameter likelihood='poisson': must be one "
-                                          "of gaussian, negbin"),
+                                          "of gaussian, student_t, negbin"),
     "rcf": ({"num_samples_per_tree": 0}, "rcf parameter num_samples_per_tree=0: must be >= 1"),
 }
 
