@@ -41,7 +41,7 @@ from pyspark.sql import functions as F
 from lakehouse import delta
 from lakehouse.featuresets import build_features
 from lakehouse.featuresets.contract import silver_rows
-from lakehouse.featuresets.series import Frequency, calendar_series, dense_series, series_of
+from lakehouse.featuresets.series import Frequency, calendar_series, series_of
 from lakehouse.render import format_table
 from lakehouse.tables import layer_table
 from models.deepar.baselines import HISTORY_SEASONS, complete_history, ets, seasonal_naive
@@ -66,25 +66,32 @@ def pandas_freq(freq: Frequency) -> str:
     return f"{freq.seconds}s"
 
 
-def gluonts_peer(spark, cfg, panel: str, horizon: int, context: int,
+def panel_series(spark, cfg, panel: str) -> pd.DataFrame:
+    """The panel's series as the windows are cut from them, ordered by name.
+
+    Columns ``series_id``, ``start`` (the first period) and ``values`` on the
+    calendar (NaN: missing): what every peer is fitted on.
+    """
+    rows, _ = silver_rows(spark, cfg, cfg.datasets[panel])
+    return (calendar_series(rows, series_of(cfg, panel))
+            .select("series_id", F.col("p0").cast("string").alias("start"), "values")
+            .toPandas().sort_values("series_id").reset_index(drop=True))
+
+
+def gluonts_peer(pdf: pd.DataFrame, freq: Frequency, panel: str, horizon: int, context: int,
                  epochs: int) -> tuple[dict[str, float], float]:
-    """GluonTS's DeepAR on the panel's series in its own virtualenv.
+    """GluonTS's DeepAR on the panel's series (:func:`panel_series`) in its own virtualenv.
 
     Returns:
         Its metrics (``gluonts_nd``, ``_nrmse``, ``_wql``, ``_coverage_80``) on the
         same held-out values as lakeforge's, and its fit seconds.
     """
-    rows, _ = silver_rows(spark, cfg, cfg.datasets[panel])
-    series = series_of(cfg, panel)
-    pdf = (calendar_series(rows, series)
-           .select("series_id", F.col("p0").cast("string").alias("start"), "values")
-           .toPandas().sort_values("series_id").reset_index(drop=True))
     with tempfile.TemporaryDirectory(prefix="lakeforge-gluonts-") as tmp:
         src, out = os.path.join(tmp, "series.parquet"), os.path.join(tmp, "forecasts.parquet")
         pdf.to_parquet(src)
         proc = subprocess.run(
             [str(GLUONTS_PYTHON), str(ROOT / "bench" / "gluonts_peer.py"), src,
-             "--freq", pandas_freq(series.freq), "--prediction-length", str(horizon),
+             "--freq", pandas_freq(freq), "--prediction-length", str(horizon),
              "--context-length", str(context), "--epochs", str(epochs), "--out", out],
             capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -98,10 +105,8 @@ def gluonts_peer(spark, cfg, panel: str, horizon: int, context: int,
     return metrics, timing["fit_seconds"]
 
 
-def peer_seconds(spark, cfg, panel: str, horizon: int, season: int) -> dict[str, float]:
-    """Seconds to fit both peers on every series of the panel, one plain process."""
-    rows, _ = silver_rows(spark, cfg, cfg.datasets[panel])
-    pdf = dense_series(rows, series_of(cfg, panel)).toPandas()
+def peer_seconds(pdf: pd.DataFrame, horizon: int, season: int) -> dict[str, float]:
+    """Seconds to fit both peers on every series (:func:`panel_series`), one plain process."""
     histories = [complete_history(np.asarray(v)[:-horizon])[-HISTORY_SEASONS * season:]
                  for v in pdf["values"]]
     out = {}
@@ -124,11 +129,12 @@ def bench_panel(spark, cfg, panel: str, params: dict, gluonts_epochs: int | None
     result = train(spark, cfg, "deepar", panel, params=params,
                    run_id=f"bench-{uuid.uuid4().hex[:8]}", name=f"bench_{panel}_deepar")
     m = result.model.metrics
+    series, pdf = series_of(cfg, panel), panel_series(spark, cfg, panel)
     seconds = {"deepar": m["train_seconds"],
-               **peer_seconds(spark, cfg, panel, horizon, series_of(cfg, panel).season_length)}
+               **peer_seconds(pdf, horizon, series.season_length)}
     methods = list(METHODS)
     if gluonts_epochs:
-        peer, seconds["gluonts"] = gluonts_peer(spark, cfg, panel, horizon, context,
+        peer, seconds["gluonts"] = gluonts_peer(pdf, series.freq, panel, horizon, context,
                                                 gluonts_epochs)
         m = {**m, **peer}
         methods.insert(1, (GLUONTS, "gluonts"))
