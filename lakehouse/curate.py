@@ -21,33 +21,52 @@ fingerprint of the declaration they were curated under:
   curate-stage quarantine rows and its ``ops_curations`` rows are replaced to match.
   Entries that share a silver table are rebuilt together, each under its own rules.
 
+**The quarantine commit is the one decision point of a curation of new batches.**
+Silver's MERGE, idempotent by content (it changes only rows that differ), and the
+quarantine append run side by side. The quarantine append commits also when no row
+was rejected: it carries Delta's exactly-once id of the scope (data set, batches,
+declaration, bronze version) and its commit metadata names the run (host and pid).
+The counts and the ``ops_curations`` rows follow both as plain appends, so a curation
+rebuilds the state of one bookkeeping table for its exactly-once id, not three. A run that finds the
+quarantine commit made by a run that is gone (killed before it recorded the batches;
+a run of another host after ``ingest.stale_batch_minutes``) finishes it, writing only
+the rows that are missing, each write with an exactly-once id of its own; one that
+finds it made by a live run leaves the batches to that run.
+
 Every write is idempotent: a re-run after a kill at any point finishes the curation
 and adds no row twice; a curation with nothing new reads no bronze at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from pyspark import inheritable_thread_target
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.observation import Observation
 
 from lakehouse import delta, silver
 from lakehouse.config import Config
+from lakehouse.daemon import owner_line, run_may_be_alive
 from lakehouse.dataset_check import DatasetPlan, check_datasets, plan_dataset
 from lakehouse.datasets import Dataset
 from lakehouse.errors import QualityError, error_condition
 from lakehouse.quality import (
     BatchCount,
     apply_rules,
+    batch_count_columns,
+    batch_counts_of,
     count_batches,
-    ingested_batches,
     quarantine_rows,
     raise_on_fail,
     total_counts,
@@ -78,9 +97,13 @@ class CurateResult:
     rows: int | None            # silver's rows afterwards
     skipped: bool
     rebuilt: str = ""           # why silver was rebuilt from all of bronze
+    left_to: str = ""           # the live run (``host pid``) that is curating these batches
 
     def summary(self) -> str:
         """One log line."""
+        if self.left_to:
+            return (f"{self.source}: batch(es) {', '.join(self.batches) or '*'} are being "
+                    f"curated by another run ({self.left_to}); left to that run")
         if self.skipped:
             return (f"{self.source}: {self.table} holds every ingested batch under the "
                     f"current declaration; nothing to do")
@@ -172,6 +195,16 @@ class _Scope:
     batches: tuple[str, ...] | None   # None: all their rows
     rebuild: str = ""                 # why silver is rebuilt ("": a merge of new rows)
     columns_changed: bool = False     # the rebuild must replace silver's schema too
+    counted: frozenset[str] = frozenset()   # batches whose curate counts are written already
+
+
+@dataclass(frozen=True)
+class _Books:
+    """What the bookkeeping tables hold of one data set's batches."""
+
+    ingested: frozenset[str]        # ingest complete (its counts are its last write)
+    curated: dict[str, set[str]]    # by declaration: the batches silver holds
+    counted: dict[str, set[str]]    # by declaration: the batches with curate counts
 
 
 def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
@@ -203,14 +236,16 @@ def curate_dataset(spark: SparkSession, cfg: Config, entry: Dataset,
                      entry.name, batch)
     if not delta.table_exists(spark, tables.silver):
         delta.ensure_table(spark, silver_spec, db)
-    return _curate(spark, entry, scope, tables, bronze_spec, silver_spec)
+    return _curate(spark, entry, scope, tables, bronze_spec, silver_spec,
+                   cfg.ingest.stale_batch_minutes)
 
 
 def _scope(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec,
            tables: _Tables, batch: str | None, rebuild: bool) -> _Scope | None:
     """Whether to rebuild, which batches to read, or None when there is nothing to do."""
     declared = declaration(entry, spec)
-    held = _curated(spark, tables.curations, entry.name)
+    books = _books(spark, tables, entry.name)
+    held = books.curated
     reason = "asked (--rebuild)" if rebuild else ""
     change = ""
     if delta.table_exists(spark, tables.silver):
@@ -224,22 +259,32 @@ def _scope(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec,
     if reason:
         sharing = tuple(e for e in cfg.datasets.values() if e.table_name == entry.table_name)
         return _Scope(sharing if entry in sharing else (entry,), None, reason, bool(change))
-    if not held:
-        return _Scope((entry,), None)   # the first curation: every row bronze holds
-    pending = ingested_batches(spark, tables.quality, entry.name) - held[declared]
+    counted = frozenset(books.counted.get(declared, ()))
+    if not held:    # the first curation: every row bronze holds
+        return _Scope((entry,), None, counted=counted)
+    pending = books.ingested - held[declared]
     if batch is not None:
         pending &= {batch}
-    return _Scope((entry,), tuple(sorted(pending))) if pending else None
+    return _Scope((entry,), tuple(sorted(pending)), counted=counted) if pending else None
 
 
-def _curated(spark: SparkSession, curations: str, dataset: str) -> dict[str, set[str]]:
-    """The batches silver holds for a data set, by the declaration they were curated under."""
+def _books(spark: SparkSession, tables: _Tables, dataset: str) -> _Books:
+    """A data set's batches as ``ops_quality`` and ``ops_curations`` hold them (one query)."""
+    quality = (spark.table(tables.quality)
+               .filter((F.col("dataset") == dataset) & F.col("stage").isin("ingest", "curate"))
+               .select("stage", "declaration", "batch"))
+    curated = (spark.table(tables.curations).filter(F.col("dataset") == dataset)
+               .select(F.lit("silver").alias("stage"), "declaration", "batch"))
+    ingested: set[str] = set()
     held: dict[str, set[str]] = {}
-    rows = (spark.table(curations).filter(F.col("dataset") == dataset)
-            .select("declaration", "batch").collect())
-    for r in rows:
-        held.setdefault(r.declaration, set()).add(r.batch)
-    return held
+    counted: dict[str, set[str]] = {}
+    for r in quality.unionByName(curated).distinct().collect():
+        if r.stage == "ingest":
+            ingested.add(r.batch)
+        else:
+            (held if r.stage == "silver" else counted).setdefault(r.declaration, set()
+                                                                  ).add(r.batch)
+    return _Books(frozenset(ingested), held, counted)
 
 
 def _read(spark: SparkSession, scope: _Scope, tables: _Tables, bronze_spec: TableSpec,
@@ -256,25 +301,68 @@ def _read(spark: SparkSession, scope: _Scope, tables: _Tables, bronze_spec: Tabl
 
 
 def _curate(spark: SparkSession, entry: Dataset, scope: _Scope, tables: _Tables,
-            bronze_spec: TableSpec, silver_spec: TableSpec) -> CurateResult:
-    checked = _read(spark, scope, tables, bronze_spec, silver_spec).persist()
+            bronze_spec: TableSpec, silver_spec: TableSpec, stale_minutes: float
+            ) -> CurateResult:
+    """Check, count and write one scope (see the module docstring for the order).
+
+    Rule counts come first when a ``fail`` rule must be able to stop the curation
+    before anything is written, or when the batches are not known in advance (a
+    first curation, a rebuild): then the checked rows are cached and counted in a pass
+    of their own. Otherwise (the daily case) the quarantine append counts them on its
+    way, with no cache and no extra pass.
+
+    Silver's MERGE and the quarantine append touch different tables and neither waits
+    for the other, so they run at the same time (Spark takes jobs from two threads);
+    so do the count of silver's rows and the bookkeeping after them. The counts and
+    ``ops_curations`` follow both: a kill in between leaves a curation the next run
+    finishes, which MERGEs again (a no-op) before it looks at the quarantine commit.
+    """
+    checked = _read(spark, scope, tables, bronze_spec, silver_spec)
+    on_the_way = (not scope.rebuild and scope.batches is not None
+                  and all(r.on_fail != "fail" for r in entry.silver.rules))
+    if not on_the_way:
+        checked = checked.persist()
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    pool = ThreadPoolExecutor(2, thread_name_prefix="curate")
     try:
-        counts = {e.name: _count(checked.filter(F.col("_source") == e.name), e, scope)
-                  for e in scope.entries}
-        for e in scope.entries:
-            failed = [b.batch for b in counts[e.name] if any(c.failed for c in b.rules)]
-            raise_on_fail(checked.filter(F.col("_source") == e.name),
-                          total_counts(counts[e.name]), e.name, ", ".join(failed))
-        written = _write_silver(spark, scope, tables, silver_spec,
-                                latest_per_key(checked.filter(F.col(ERROR).isNull()),
-                                               silver_spec))
-        n_bad = sum(b.rejected for batches in counts.values() for b in batches)
-        rejected = checked.filter(F.col(ERROR).isNotNull())
-        _write_quarantine(spark, scope, tables, silver_spec, rejected, n_bad, now)
-        _write_counts(spark, scope, tables, silver_spec, counts, now)
+        with _named_value_errors(entry, scope):
+            if on_the_way:
+                counts, seen = None, Observation(f"curate_{uuid.uuid4().hex}")
+                watched = checked.observe(
+                    seen, *batch_count_columns(entry.silver.rules, scope.batches or ()))
+            else:
+                counts, watched = _checked_counts(checked, scope), checked
+            good = latest_per_key(checked.filter(F.col(ERROR).isNull()), silver_spec)
+            merging = pool.submit(inheritable_thread_target(spark)(
+                lambda: _write_silver(spark, scope, tables, silver_spec, good)))
+            n_bad = None if counts is None else \
+                sum(b.rejected for batches in counts.values() for b in batches)
+            try:
+                decided = _write_quarantine(spark, scope, tables, silver_spec,
+                                            watched.filter(F.col(ERROR).isNotNull()), n_bad, now)
+            finally:
+                written = merging.result()
+            if counts is None:
+                rules, batches = entry.silver.rules, scope.batches or ()
+                counts = {entry.name: batch_counts_of(seen.get, rules, batches)
+                          if delta.observed(seen) else count_batches(checked, rules)}
+        silver_rows = pool.submit(inheritable_thread_target(spark)(
+            lambda: spark.table(tables.silver).count()))
+        left_to = "" if decided else _live_run(spark, scope, tables, silver_spec,
+                                               stale_minutes)
+        if not left_to:
+            _write_counts(spark, scope, tables, silver_spec, counts, now,
+                          plain=decided and not scope.rebuild)
+        rows_after = silver_rows.result()
     finally:
+        pool.shutdown(wait=True)
         checked.unpersist()
+    if left_to:
+        result = CurateResult(entry.name, tables.silver, tables.bronze.data_version,
+                              scope.batches or (), None, None, 0, 0, 0, None, skipped=True,
+                              left_to=left_to)
+        log.info(result.summary())
+        return result
     mine = counts[entry.name]
     for e in scope.entries:
         _log_counts(e, counts[e.name])
@@ -282,24 +370,33 @@ def _curate(spark: SparkSession, entry: Dataset, scope: _Scope, tables: _Tables,
         entry.name, tables.silver, tables.bronze.data_version,
         tuple(b.batch for b in mine) if scope.batches is None else scope.batches,
         sum(b.rows - b.rejected for b in mine), sum(b.rejected for b in mine),
-        written.inserted, written.updated, written.deleted, spark.table(tables.silver).count(),
+        written.inserted, written.updated, written.deleted, rows_after,
         skipped=False, rebuilt=scope.rebuild)
     log.info(result.summary())
     return result
 
 
-def _label(scope: _Scope) -> str:
-    return "*" if scope.batches is None else ", ".join(scope.batches)
+def _checked_counts(checked: DataFrame, scope: _Scope) -> dict[str, list[BatchCount]]:
+    """Each entry's counts per batch, in a pass of their own; stops on a broken ``fail`` rule."""
+    counts = {}
+    for e in scope.entries:
+        mine = checked.filter(F.col("_source") == e.name)
+        counts[e.name] = count_batches(mine, e.silver.rules)
+        failed = [b.batch for b in counts[e.name] if any(c.failed for c in b.rules)]
+        raise_on_fail(mine, total_counts(counts[e.name]), e.name, ", ".join(failed))
+    return counts
 
 
-def _count(checked: DataFrame, entry: Dataset, scope: _Scope) -> list[BatchCount]:
-    """Counts per batch; a bad cast in the entry's select surfaces here, named."""
+@contextlib.contextmanager
+def _named_value_errors(entry: Dataset, scope: _Scope) -> Iterator[None]:
+    """A value the entry's select cannot convert stops the curation with a named error."""
     try:
-        return count_batches(checked, entry.silver.rules)
+        yield
     except Exception as exc:  # noqa: BLE001 - Spark raises JVM errors of many classes
         if error_condition(exc) in SELECT_VALUE_ERRORS:
+            where = "*" if scope.batches is None else ", ".join(scope.batches)
             raise QualityError(
-                f"data set {entry.name!r}, batch {_label(scope)}: silver.select failed on a "
+                f"data set {entry.name!r}, batch {where}: silver.select failed on a "
                 f"value (ANSI mode: a bad CAST throws; use try_cast): "
                 f"{str(exc).splitlines()[0]}") from exc
         raise
@@ -330,34 +427,75 @@ def _digest(scope: _Scope, spec: TableSpec, bronze: delta.Snapshot) -> str:
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
+def _app_id(scope: _Scope, spec: TableSpec, bronze: delta.Snapshot) -> str:
+    """The exactly-once id of this scope's quarantine write (its other writes add a suffix)."""
+    names = "+".join(e.name for e in scope.entries)
+    return f"lakeforge/curate/{names}/{_digest(scope, spec, bronze)}"
+
+
 def _write_quarantine(spark: SparkSession, scope: _Scope, tables: _Tables, spec: TableSpec,
-                      rejected: DataFrame, n_rejected: int, now: dt.datetime) -> None:
-    """The rejected rows; a rebuild replaces the data sets' curate-stage rows with them."""
+                      rejected: DataFrame, n_rejected: int | None, now: dt.datetime) -> bool:
+    """The rejected rows: the decision point of a curation of new batches.
+
+    The append carries the scope's exactly-once id and names this run in its commit
+    metadata; it commits even without rows. ``n_rejected``: how many rows ``rejected``
+    holds, None when not counted yet. A rebuild replaces the data sets' curate-stage
+    rows instead.
+
+    Returns:
+        Whether this call decided: False when a run with the same scope (earlier or at
+        the same moment) committed the quarantine rows already.
+    """
     rows = quarantine_rows(rejected, F.col("_source"), tables.silver, "curate",
                            F.col("_ingest_batch"), now, F.col(DECLARATION))
     names = [e.name for e in scope.entries]
     if scope.rebuild:
         owned = f"source IN ({_sql_list(names)}) AND stage = 'curate'"
         _replace_rows(spark, tables.quarantine, rows, owned)
-        return
-    if not n_rejected:
-        return
+        return True
+    app_id = _app_id(scope, spec, tables.bronze)
+    meta = {"lakeforge_curate": {"run": app_id, "owner": owner_line(),
+                                 "batches": list(scope.batches or ["*"])}}
+    if n_rejected == 0:
+        return delta.append_once(rows, tables.quarantine, app_id, metadata=meta)
+    # Rows of these batches a run with another scope quarantined (it was killed before
+    # it recorded the batches as curated) are not added twice.
     held = (spark.table(tables.quarantine)
             .filter(F.col("source").isin(names) & (F.col("stage") == "curate"))
             .select("source", "batch", "source_file", "record"))
     on = [rows["source"] == held["source"], rows["batch"] == held["batch"],
           rows["source_file"].eqNullSafe(held["source_file"]),
           rows["record"].eqNullSafe(held["record"])]
-    delta.append_once(rows.join(held, on, "left_anti"), tables.quarantine,
-                      f"lakeforge/curate/{'+'.join(names)}/{_digest(scope, spec, tables.bronze)}"
-                      "/quarantine")
+    return delta.append_once(rows.join(held, on, "left_anti"), tables.quarantine, app_id,
+                             metadata=meta)
+
+
+def _live_run(spark: SparkSession, scope: _Scope, tables: _Tables, spec: TableSpec,
+              stale_minutes: float) -> str:
+    """The run that committed this scope's quarantine rows, if it may still be running.
+
+    "" when it is gone (killed before it recorded its counts): this run finishes it.
+    """
+    app_id = _app_id(scope, spec, tables.bronze)
+    for commit in reversed(delta.commits_metadata(spark, tables.quarantine, f'"{app_id}"')):
+        info = commit.get("lakeforge_curate")
+        if isinstance(info, dict) and info.get("run") == app_id:
+            owner = str(info.get("owner", ""))
+            return owner if run_may_be_alive(owner, commit["_timestamp"], stale_minutes) \
+                else ""
+    return ""
 
 
 def _write_counts(spark: SparkSession, scope: _Scope, tables: _Tables, spec: TableSpec,
-                  counts: dict[str, list[BatchCount]], now: dt.datetime) -> None:
+                  counts: dict[str, list[BatchCount]], now: dt.datetime, plain: bool) -> None:
     """Rule counts per batch to ``ops_quality``, then the batches to ``ops_curations``.
 
     ``ops_curations`` is written last: once a batch is there, its curation is complete.
+    ``plain``: this run made the scope's quarantine commit (the decision point), so
+    nobody else writes these rows and they are plain appends, leaving out the batches
+    whose counts an interrupted run wrote (``scope.counted``). Otherwise (a rebuild, or
+    finishing a curation a killed run decided) each write drops the rows that are there
+    already and carries an exactly-once id of its own.
     """
     quality, curated = [], []
     for e in scope.entries:
@@ -371,7 +509,16 @@ def _write_counts(spark: SparkSession, scope: _Scope, tables: _Tables, spec: Tab
             curated.append((e.name, tables.silver, name, declared,
                             tables.bronze.version, b.rows, b.rows - b.rejected, b.rejected, now))
     names = [e.name for e in scope.entries]
-    app_id = f"lakeforge/curate/{'+'.join(names)}/{_digest(scope, spec, tables.bronze)}"
+    app_id = _app_id(scope, spec, tables.bronze)
+    if plain:
+        quality = [q for q in quality if q[3] not in scope.counted]
+        if quality:
+            delta.append(spark.createDataFrame(quality, table("ops.quality").schema),
+                         tables.quality)
+        if curated:
+            delta.append(spark.createDataFrame(curated, table("ops.curations").schema),
+                         tables.curations)
+        return
     if quality:
         rows = spark.createDataFrame(quality, table("ops.quality").schema)
         held = spark.table(tables.quality).filter(

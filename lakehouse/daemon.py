@@ -6,6 +6,7 @@ later command (or another shell) can tell whether it runs and stop it.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -36,6 +37,20 @@ def owner_gone(owner: str) -> bool:
     """
     their_host, _, pid = owner.strip().partition(" ")
     return their_host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
+
+
+def run_may_be_alive(owner: str, since: dt.datetime, stale_minutes: float) -> bool:
+    """Whether the run that wrote ``owner`` (at ``since``, local time) may still be running.
+
+    The calling process itself does not count (its own earlier attempt ended). A run of
+    this host is alive while its process is; one of another host, whose process cannot
+    be asked, until ``stale_minutes`` have passed since ``since``.
+    """
+    if not owner or owner == owner_line() or owner_gone(owner):
+        return False
+    if owner.partition(" ")[0] == socket.gethostname():
+        return True
+    return dt.datetime.now() - since < dt.timedelta(minutes=stale_minutes)
 
 
 def alive(pid: int) -> bool:

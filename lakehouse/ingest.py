@@ -41,7 +41,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from lakehouse import delta
 from lakehouse.config import Config
-from lakehouse.daemon import owner_gone, owner_line
+from lakehouse.daemon import owner_line, run_may_be_alive
 from lakehouse.dataset_check import DatasetPlan, check_datasets, plan_dataset
 from lakehouse.datasets import Dataset
 from lakehouse.errors import SourceError
@@ -228,7 +228,6 @@ def _interrupted(spark: SparkSession, bronze: str, dataset: str, claims: pd.Data
             if isinstance(info, dict):
                 commits[info.get("batch")] = {**info, "_timestamp": c["_timestamp"]}
     out = []
-    here = owner_line().partition(" ")[0]
     for batch in sorted(pending):
         commit = commits.get(batch) or {}
         files = _claimed(claims, batch) or [
@@ -237,10 +236,7 @@ def _interrupted(spark: SparkSession, bronze: str, dataset: str, claims: pd.Data
         if not files:
             continue
         owner = commit.get("owner", "")
-        alive = bool(owner) and owner != owner_line() and not owner_gone(owner)
-        if alive and owner.partition(" ")[0] != here:
-            age = dt.datetime.now() - commit["_timestamp"]
-            alive = age < dt.timedelta(minutes=stale_minutes)
+        alive = bool(commit) and run_may_be_alive(owner, commit["_timestamp"], stale_minutes)
         if alive:
             log.info("%s: batch %s is being ingested by %s; leaving it to that run",
                      dataset, batch, owner)

@@ -11,10 +11,11 @@ checked_at > now() - INTERVAL 7 DAYS GROUP BY rule`` says which rule failed most
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse.datasets import Rule
@@ -87,22 +88,50 @@ def count_batches(checked: DataFrame, rules: Sequence[Rule]) -> list[BatchCount]
     Returns:
         One count per batch that has rows, in batch order.
     """
-    aggs = [F.count(F.lit(1)).alias("_n"), F.count(F.col(ERROR)).alias("_bad")]
-    aggs += [F.sum(F.array_contains(BROKEN, r.name).cast("long")).alias(f"_{i}")
-             for i, r in enumerate(rules)]
-    counts = []
-    for row in sorted(checked.groupBy(BATCH).agg(*aggs).collect(), key=lambda r: r[BATCH]):
-        total = int(row["_n"])
-        per_rule = []
-        for i, rule in enumerate(rules):
-            broke = int(row[f"_{i}"] or 0)
-            per_rule.append(RuleCount(
-                rule.name, rule.on_fail, rule.expr, total, total - broke,
-                broke if rule.on_fail == "warn" else 0,
-                broke if rule.on_fail == "quarantine" else 0,
-                broke if rule.on_fail == "fail" else 0))
-        counts.append(BatchCount(row[BATCH], total, int(row["_bad"]), tuple(per_rule)))
-    return counts
+    rows = checked.groupBy(BATCH).agg(*_count_columns(rules)).collect()
+    return [_batch_count(row[BATCH], row, rules, "")
+            for row in sorted(rows, key=lambda r: r[BATCH])]
+
+
+def batch_count_columns(rules: Sequence[Rule], batches: Sequence[str]) -> list[Column]:
+    """Aggregates of :func:`count_batches` for known batches, in one row (an observation).
+
+    Read them back with :func:`batch_counts_of`.
+    """
+    return [c for i, b in enumerate(batches)
+            for c in _count_columns(rules, F.col(BATCH) == b, f"b{i}")]
+
+
+def batch_counts_of(row: Mapping[str, Any], rules: Sequence[Rule], batches: Sequence[str]
+                    ) -> list[BatchCount]:
+    """The counts of :func:`batch_count_columns`' row, one per batch that has rows."""
+    counts = [_batch_count(b, row, rules, f"b{i}") for i, b in enumerate(batches)]
+    return [c for c in counts if c.rows]
+
+
+def _count_columns(rules: Sequence[Rule], where: Column | None = None,
+                   prefix: str = "") -> list[Column]:
+    def only(value: Column) -> Column:
+        return value if where is None else F.when(where, value)
+
+    aggs = [F.count(only(F.lit(1))).alias(f"{prefix}_n"),
+            F.count(only(F.col(ERROR))).alias(f"{prefix}_bad")]
+    return aggs + [F.sum(only(F.array_contains(BROKEN, r.name).cast("long")))
+                   .alias(f"{prefix}_{i}") for i, r in enumerate(rules)]
+
+
+def _batch_count(batch: str, row: Mapping[str, Any] | Row, rules: Sequence[Rule],
+                 prefix: str) -> BatchCount:
+    total = int(row[f"{prefix}_n"])
+    per_rule = []
+    for i, rule in enumerate(rules):
+        broke = int(row[f"{prefix}_{i}"] or 0)
+        per_rule.append(RuleCount(
+            rule.name, rule.on_fail, rule.expr, total, total - broke,
+            broke if rule.on_fail == "warn" else 0,
+            broke if rule.on_fail == "quarantine" else 0,
+            broke if rule.on_fail == "fail" else 0))
+    return BatchCount(batch, total, int(row[f"{prefix}_bad"]), tuple(per_rule))
 
 
 def total_counts(batches: Sequence[BatchCount]) -> list[RuleCount]:

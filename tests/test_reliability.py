@@ -12,6 +12,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from lakehouse import curate as curating
 from lakehouse import delta
 from lakehouse.config import load_config
 from lakehouse.curate import curate
@@ -122,6 +125,71 @@ def test_recurating_with_a_new_batch_quarantines_each_record_once(spark, cfg, tm
     [third] = curate(spark, cfg, ["orders"])
     assert third.skipped and third.bronze_version == again.bronze_version
     assert table_state(spark, cfg) == maintained
+
+
+def _curate_rows(spark, db: str) -> tuple[list, list, list]:
+    """The curate-stage bookkeeping: quarantined records, rule counts, curated batches."""
+    quarantined = sorted((r.batch, r.record) for r in spark.table(f"{db}.ops_quarantine")
+                         .filter("stage = 'curate'").collect())
+    counts = sorted((r.batch, r.rule, r.quarantined) for r in spark.table(f"{db}.ops_quality")
+                    .filter("stage = 'curate'").collect())
+    curated = sorted(r.batch for r in spark.table(f"{db}.ops_curations").collect())
+    return quarantined, counts, curated
+
+
+def test_a_curation_stopped_after_its_decision_is_left_to_its_live_run_then_finished(
+        spark, cfg, tmp_path, monkeypatch):
+    cfg = with_datasets(cfg, _orders(_landing(tmp_path)))
+    db = cfg.catalog.database
+    ingest(spark, cfg, ["orders"], "d1")
+    live = subprocess.Popen(["sleep", "300"])
+    owner = f"{socket.gethostname()} {live.pid}"
+    try:
+        # A run (here: of the sleeping process) commits its quarantine rows, then stops.
+        with monkeypatch.context() as m:
+            m.setattr(curating, "owner_line", lambda: owner)
+            m.setattr(curating, "_write_counts", lambda *a, **k: 1 / 0)
+            with pytest.raises(ZeroDivisionError):
+                curate(spark, cfg, ["orders"])
+        [left] = curate(spark, cfg, ["orders"])
+        assert (left.skipped, left.left_to) == (True, owner)
+        assert _curate_rows(spark, db) == ([("d1", 1)], [], [])
+    finally:
+        live.kill()
+        live.wait()
+    [finished] = curate(spark, cfg, ["orders"])          # its run is gone: finished here
+    assert (finished.valid, finished.rejected, finished.skipped) == (1, 1, False)
+    assert _curate_rows(spark, db) == ([("d1", 1)], [("d1", "amount_positive", 1)], ["d1"])
+    [again] = curate(spark, cfg, ["orders"])
+    assert again.skipped and not again.left_to
+
+
+def test_a_curation_stopped_after_its_counts_then_given_a_new_batch_counts_each_once(
+        spark, cfg, tmp_path, monkeypatch):
+    landing = _landing(tmp_path)
+    cfg = with_datasets(cfg, _orders(landing))
+    db = cfg.catalog.database
+    ingest(spark, cfg, ["orders"], "d1")
+    real = delta.append
+
+    def stop_at_curations(df, name):
+        assert not name.endswith("ops_curations"), "stopped"
+        real(df, name)
+
+    with monkeypatch.context() as m:
+        m.setattr(delta, "append", stop_at_curations)
+        with pytest.raises(AssertionError, match="stopped"):
+            curate(spark, cfg, ["orders"])
+    assert _curate_rows(spark, db) == ([("d1", 1)], [("d1", "amount_positive", 1)], [])
+    # Another batch lands before the next curate: a new scope decides again, and the
+    # records and counts the stopped run wrote are not written twice.
+    (landing / "day2.csv").write_text(HEADER + "4,,-1,NEW\n5,,7,NEW\n")
+    ingest(spark, cfg, ["orders"], "d2")
+    [both] = curate(spark, cfg, ["orders"])
+    assert (both.valid, both.rejected, both.batches) == (2, 2, ("d1", "d2"))
+    assert _curate_rows(spark, db) == (
+        [("d1", 1), ("d2", 0)], [("d1", "amount_positive", 1), ("d2", "amount_positive", 1)],
+        ["d1", "d2"])
 
 
 def test_a_curated_version_is_not_read_again_until_its_declaration_changes(
