@@ -47,10 +47,8 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pyspark import inheritable_thread_target
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.observation import Observation
@@ -71,6 +69,7 @@ from lakehouse.quality import (
     raise_on_fail,
     total_counts,
 )
+from lakehouse.session import side_by_side
 from lakehouse.sources.base import ERROR, RAW
 from lakehouse.tables import LINEAGE_NAMES, TableSpec, table
 
@@ -269,7 +268,11 @@ def _scope(spark: SparkSession, cfg: Config, entry: Dataset, spec: TableSpec,
 
 
 def _books(spark: SparkSession, tables: _Tables, dataset: str) -> _Books:
-    """A data set's batches as ``ops_quality`` and ``ops_curations`` hold them (one query)."""
+    """A data set's batches as ``ops_quality`` and ``ops_curations`` hold them.
+
+    The two tables are read side by side: most of a small read is Delta working out
+    the table's state.
+    """
     quality = (spark.table(tables.quality)
                .filter((F.col("dataset") == dataset) & F.col("stage").isin("ingest", "curate"))
                .select("stage", "declaration", "batch"))
@@ -278,7 +281,9 @@ def _books(spark: SparkSession, tables: _Tables, dataset: str) -> _Books:
     ingested: set[str] = set()
     held: dict[str, set[str]] = {}
     counted: dict[str, set[str]] = {}
-    for r in quality.unionByName(curated).distinct().collect():
+    found = side_by_side(spark, lambda: quality.distinct().collect(),
+                         lambda: curated.distinct().collect())
+    for r in found[0] + found[1]:
         if r.stage == "ingest":
             ingested.add(r.batch)
         else:
@@ -323,7 +328,6 @@ def _curate(spark: SparkSession, entry: Dataset, scope: _Scope, tables: _Tables,
     if not on_the_way:
         checked = checked.persist()
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    pool = ThreadPoolExecutor(2, thread_name_prefix="curate")
     try:
         with _named_value_errors(entry, scope):
             if on_the_way:
@@ -333,29 +337,22 @@ def _curate(spark: SparkSession, entry: Dataset, scope: _Scope, tables: _Tables,
             else:
                 counts, watched = _checked_counts(checked, scope), checked
             good = latest_per_key(checked.filter(F.col(ERROR).isNull()), silver_spec)
-            merging = pool.submit(inheritable_thread_target(spark)(
-                lambda: _write_silver(spark, scope, tables, silver_spec, good)))
+            rejected = watched.filter(F.col(ERROR).isNotNull())
             n_bad = None if counts is None else \
                 sum(b.rejected for batches in counts.values() for b in batches)
-            try:
-                decided = _write_quarantine(spark, scope, tables, silver_spec,
-                                            watched.filter(F.col(ERROR).isNotNull()), n_bad, now)
-            finally:
-                written = merging.result()
+            written, decided = side_by_side(
+                spark, lambda: _write_silver(spark, scope, tables, silver_spec, good),
+                lambda: _write_quarantine(spark, scope, tables, silver_spec, rejected, n_bad,
+                                          now))
             if counts is None:
                 rules, batches = entry.silver.rules, scope.batches or ()
                 counts = {entry.name: batch_counts_of(seen.get, rules, batches)
                           if delta.observed(seen) else count_batches(checked, rules)}
-        silver_rows = pool.submit(inheritable_thread_target(spark)(
-            lambda: spark.table(tables.silver).count()))
-        left_to = "" if decided else _live_run(spark, scope, tables, silver_spec,
-                                               stale_minutes)
-        if not left_to:
-            _write_counts(spark, scope, tables, silver_spec, counts, now,
-                          plain=decided and not scope.rebuild)
-        rows_after = silver_rows.result()
+        rows_after, left_to = side_by_side(
+            spark, lambda: spark.table(tables.silver).count(),
+            lambda: _record(spark, scope, tables, silver_spec, counts, now, decided,
+                            stale_minutes))
     finally:
-        pool.shutdown(wait=True)
         checked.unpersist()
     if left_to:
         result = CurateResult(entry.name, tables.silver, tables.bronze.data_version,
@@ -374,6 +371,22 @@ def _curate(spark: SparkSession, entry: Dataset, scope: _Scope, tables: _Tables,
         skipped=False, rebuilt=scope.rebuild)
     log.info(result.summary())
     return result
+
+
+def _record(spark: SparkSession, scope: _Scope, tables: _Tables, spec: TableSpec,
+            counts: dict[str, list[BatchCount]], now: dt.datetime, decided: bool,
+            stale_minutes: float) -> str:
+    """Write the counts and ``ops_curations`` after the quarantine commit, unless its run lives.
+
+    Returns:
+        The owner line of the live run that made the quarantine commit ("" when this
+        run wrote the records).
+    """
+    left_to = "" if decided else _live_run(spark, scope, tables, spec, stale_minutes)
+    if not left_to:
+        _write_counts(spark, scope, tables, spec, counts, now,
+                      plain=decided and not scope.rebuild)
+    return left_to
 
 
 def _checked_counts(checked: DataFrame, scope: _Scope) -> dict[str, list[BatchCount]]:

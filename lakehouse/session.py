@@ -7,8 +7,12 @@ import fcntl
 import logging
 import os
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+from pyspark import inheritable_thread_target
 from pyspark.sql import SparkSession
 
 from lakehouse import logstore
@@ -356,3 +360,19 @@ def local_session() -> SparkSession:
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
             .getOrCreate())
+
+
+def side_by_side(spark: SparkSession, *calls: Callable[[], Any]) -> list[Any]:
+    """Run independent calls that submit Spark jobs at the same time, one thread each.
+
+    A small Delta read or commit spends most of its time on the driver (listing the
+    log, planning, committing) and in short jobs, so two of them overlap well even on
+    two cores. Every call has finished when this returns; the first exception, in the
+    order of ``calls``, is raised then.
+
+    Returns:
+        Each call's result, in order.
+    """
+    with ThreadPoolExecutor(len(calls), thread_name_prefix="lakeforge") as pool:
+        running = [pool.submit(inheritable_thread_target(spark)(call)) for call in calls]
+    return [r.result() for r in running]
