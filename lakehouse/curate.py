@@ -27,11 +27,11 @@ quarantine append run side by side. The quarantine append commits also when no r
 was rejected: it carries Delta's exactly-once id of the scope (data set, batches,
 declaration, bronze version) and its commit metadata names the run (host and pid).
 The counts and the ``ops_curations`` rows follow both as plain appends, so a curation
-rebuilds the state of one bookkeeping table for its exactly-once id, not three. A run that finds the
-quarantine commit made by a run that is gone (killed before it recorded the batches;
-a run of another host after ``ingest.stale_batch_minutes``) finishes it, writing only
-the rows that are missing, each write with an exactly-once id of its own; one that
-finds it made by a live run leaves the batches to that run.
+rebuilds the state of one bookkeeping table for its exactly-once id, not three. A run
+that finds the quarantine commit made by a run that is gone (killed before it
+recorded the batches; a run of another host after ``ingest.stale_batch_minutes``)
+finishes it, writing only the rows that are missing, each write with an exactly-once
+id of its own; one that finds it made by a live run leaves the batches to that run.
 
 Every write is idempotent: a re-run after a kill at any point finishes the curation
 and adds no row twice; a curation with nothing new reads no bronze at all.

@@ -365,10 +365,11 @@ def local_session() -> SparkSession:
 def side_by_side(spark: SparkSession, *calls: Callable[[], Any]) -> list[Any]:
     """Run independent calls that submit Spark jobs at the same time, one thread each.
 
-    A small Delta read or commit spends most of its time on the driver (listing the
-    log, planning, committing) and in short jobs, so two of them overlap well even on
-    two cores. Every call has finished when this returns; the first exception, in the
-    order of ``calls``, is raised then.
+    A small Delta read or commit spends much of its time on the driver (listing the
+    log, planning, committing) and in short jobs, so two of them overlap somewhat even
+    on two cores (three small reads of an ingest: 2.5 s side by side against 2.9 s one
+    after another, in one profile). Every call has finished when this returns; the
+    first exception, in the order of ``calls``, is raised then.
 
     Returns:
         Each call's result, in order.
