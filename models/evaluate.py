@@ -124,7 +124,10 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str,
 
 
 def plot_history(history: dict[str, Any], path: Path, title: str) -> Path:
-    """Write training curves (loss and each metric, train vs validation) as a PNG."""
+    """Write training curves (loss and each metric, train vs validation) as a PNG.
+
+    A ``val_<name>`` without a ``<name>`` of training gets a panel of its own.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,12 +135,15 @@ def plot_history(history: dict[str, Any], path: Path, title: str) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     metrics = [k for k in history if not k.startswith("val_")]
+    metrics += [k[4:] for k in history if k.startswith("val_") and k[4:] not in history]
     fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.5 * max(1, len(metrics)), 3.4),
                              dpi=110, squeeze=False)
     for ax, name in zip(axes[0], metrics, strict=False):
-        epochs = range(1, len(history[name]) + 1)
-        ax.plot(epochs, history[name], marker="o", label="train")
+        if name in history:
+            ax.plot(range(1, len(history[name]) + 1), history[name], marker="o",
+                    label="train")
         if f"val_{name}" in history:
+            epochs = range(1, len(history[f"val_{name}"]) + 1)
             ax.plot(epochs, history[f"val_{name}"], marker="o", label="validation")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -319,6 +319,37 @@ def test_cosine_schedule_decays_and_a_resumed_run_continues_it():
     assert rate_of_next_step(constant) == pytest.approx(0.01)
 
 
+def test_forecasts_take_the_moving_average_of_the_steps_weights():
+    import tensorflow as tf
+
+    from lakehouse.featuresets.series import frequency
+    from models.deepar.network import build, network_config
+    from models.deepar.rank import optimizer
+
+    params = {**FAMILY.defaults, "learning_rate": 0.1, "average_weights": 0.5}
+    net = build(network_config(params, 3, 12, 36, 24, frequency("month")))
+    opt = optimizer(net, params, 100, 0)
+    average = [v.numpy() for v in net.trainable_variables]
+    for k in range(3):
+        opt.apply_gradients([(tf.fill(v.shape, 1.0 + k), v) for v in net.trainable_variables])
+        average = [0.5 * a + 0.5 * v.numpy() for a, v in zip(average, net.trainable_variables,
+                                                             strict=True)]
+    last = [v.numpy() for v in net.trainable_variables]
+    opt.finalize_variable_values(net.trainable_variables)
+    for want, got, step in zip(average, net.trainable_variables, last, strict=True):
+        assert np.allclose(got.numpy(), want, atol=1e-6)
+        assert not np.allclose(want, step, atol=1e-4)   # the average is not the last step
+
+    plain = {**params, "average_weights": 0.0}
+    net = build(network_config(plain, 3, 12, 36, 24, frequency("month")))
+    opt = optimizer(net, plain, 100, 0)
+    opt.apply_gradients([(tf.ones_like(v), v) for v in net.trainable_variables])
+    last = [v.numpy() for v in net.trainable_variables]
+    opt.finalize_variable_values(net.trainable_variables)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(last, net.trainable_variables,
+                                                           strict=True))
+
+
 def week(i: int) -> dt.date:
     return dt.date(2020, 1, 6) + dt.timedelta(weeks=i)       # Mondays
 
@@ -521,6 +552,17 @@ def test_two_ranks_train_forecast_register_and_score(spark, weekly, monkeypatch)
                                                   "A0 came after it"):
         score(spark, cfg, "deepar", "stores_deepar")
 
+    # With validation, each series' last training weeks are forecast after every epoch;
+    # the run keeps its best epoch's weights and stops one epoch after it stops improving.
+    held = train(spark, cfg, "deepar", "stores",
+                 params={**FAST, "epochs": 6, "validation": True, "patience": 1})
+    h, vm = held.history, held.model.metrics
+    run = len(h["loss"])
+    assert len(h["val_wql"]) == len(h["val_nd"]) == run and 1 <= vm["best_epoch"] <= run
+    assert vm["validation_wql"] == min(h["val_wql"]) == h["val_wql"][int(vm["best_epoch"]) - 1]
+    assert run == 6 or run == vm["best_epoch"] + 1
+    assert len({r["weights"] for r in held.ranks}) == 1
+
 
 HOURLY = {"meters": {
     "kind": "series", "roles": {"item_id": "meter", "timestamp": "hour", "target": "load",
@@ -599,6 +641,48 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     with pytest.raises(MissingCovariatesError, match=r"takes 1 static covariate\(s\); the "
                                                      r"input's windows have none"):
         _check_inputs(spark.table(rebuilt.table).filter("split = 'test'"), record, LakeFS())
+
+
+def test_validation_holds_out_each_series_last_training_periods(spark, cfg, panel):
+    """Validation takes each series' latest training window; training keeps only the
+    windows that end before its prediction range."""
+    from models.deepar.rank import _train_dataset
+    from models.deepar.train import validation_windows
+
+    c, p = WINDOW["context_length"], WINDOW["prediction_length"]
+    df = spark.table(panel.table)
+    gold = df.filter("split = 'train'").toPandas()
+    held = validation_windows(df, p, len(LENGTHS), [], panel.table)
+    latest = gold.loc[gold.groupby("series_idx").row_id.idxmax()].sort_values("series_idx")
+    w = held["windows"]
+    assert list(w["series_idx"]) == list(latest.series_idx) == list(range(len(LENGTHS)))
+    assert np.array_equal(w["target"], np.stack(latest.target), equal_nan=True)
+    assert list(held["last_train_row"]) == list(latest.row_id - p)
+
+    limit = dict(zip(latest.series_idx, latest.row_id - p, strict=True))
+    kept = gold[gold.row_id <= gold.series_idx.map(limit)]
+    left_out = gold[gold.row_id > gold.series_idx.map(limit)]
+    assert len(left_out) == len(LENGTHS) * p     # the latest window and the p - 1 before it
+
+    def key(target) -> bytes:
+        return np.nan_to_num(np.asarray(target, dtype=np.float32), nan=-1.0).tobytes()
+
+    kept_keys, left_keys = set(kept.target.map(key)), set(left_out.target.map(key))
+    files = snapshot_files(df)["train"]
+    reader, ds = _train_dataset(LakeFS(), files, 16, 0, 1, 7, 1000,
+                                {"context_length": c, "prediction_length": p},
+                                held["last_train_row"])
+    seen = set()
+    try:
+        batches = iter(ds)
+        for _ in range(60):
+            seen |= {key(t) for t in next(batches)[0].numpy()}
+    finally:
+        reader.stop()
+        reader.join()
+    assert seen <= kept_keys and not seen & left_keys and len(seen) > len(kept_keys) // 2
+    with pytest.raises(ConfigError, match="leaves no training window"):
+        validation_windows(df, 10_000, len(LENGTHS), [], panel.table)
 
 
 def test_windows_without_covariates_feed_training_batches(spark, cfg, panel):

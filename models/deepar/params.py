@@ -32,6 +32,15 @@ class DeepArParams:
         lr_schedule: ``cosine`` decay or ``constant``.
         scale: what a window's values are divided by: ``1 + mean |value|`` over its
             whole ``context`` or over the context's last ``season``.
+        average_weights: the forecasts use a moving average of the weights over
+            the training steps, with this momentum (0.99: about the last 100
+            steps); 0 uses the last step's weights.
+        validation: hold out each series' last ``prediction_length`` training
+            periods, forecast them after every epoch, and keep the epoch whose
+            (averaged) weights forecast them best (weighted quantile loss). The
+            training windows that reach into them are left out.
+        patience: with ``validation``, stop after this many epochs without a better
+            validation forecast (0: run every epoch).
     """
 
     epochs: int = 30
@@ -49,14 +58,18 @@ class DeepArParams:
     recent_lags: int = 1
     lr_schedule: str = "cosine"
     scale: str = "context"
+    average_weights: float = 0.99
+    validation: bool = False
+    patience: int = 0
 
     def __post_init__(self) -> None:
         at_least("deepar", self, 1, "epochs", "steps_per_epoch", "batch_size", "hidden",
                  "layers", "embedding_dim", "num_samples")
-        at_least("deepar", self, 0, "seasonal_lags")
+        at_least("deepar", self, 0, "seasonal_lags", "patience")
         at_least("deepar", self, 1, "recent_lags")
         positive("deepar", self, "learning_rate")
         in_range("deepar", self, "dropout", 0.0, 1.0)
+        in_range("deepar", self, "average_weights", 0.0, 1.0)
         one_of("deepar", self, "likelihood", LIKELIHOODS)
         one_of("deepar", self, "lr_schedule", LR_SCHEDULES)
         one_of("deepar", self, "scale", SCALES)

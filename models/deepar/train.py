@@ -27,7 +27,7 @@ from lakehouse.featuresets.series import dense_series, series_of, window_spec
 from models.deepar.baselines import as_matrix, baselines
 from models.deepar.evaluate import coverage, forecast_metrics, plot_fan
 from models.deepar.network import network_config
-from models.deepar.rank import train_rank
+from models.deepar.rank import covariate_columns, train_rank
 from models.evaluate import plot_history
 from models.family import FamilyTrainer, RunPaths, TrainPlan
 from models.rank import RankSpec
@@ -85,6 +85,44 @@ def covariate_stats(df: DataFrame, window: int) -> tuple[tuple[int, ...],
     return cards, stats
 
 
+def validation_windows(df: DataFrame, prediction: int, n_series: int, columns: list[str],
+                       name: str) -> dict[str, Any]:
+    """Each series' last training window, to validate on, and what is left to train on.
+
+    The last window's prediction range is the last ``prediction`` periods before the
+    held-out horizon. A training window that reaches into it is left out of training:
+    its ``row_id`` (series index x stride + start) is above the series' entry in
+    ``last_train_row`` (-1: the series keeps no training window).
+
+    Raises:
+        ConfigError: no training window is left.
+    """
+    train = df.filter(F.col("split") == "train")
+    last = train.groupBy("series_idx").agg(F.max("row_id").alias("last"))
+    marked = train.join(F.broadcast(last), "series_idx")
+    left = marked.filter(F.col("row_id") <= F.col("last") - prediction).count()
+    if not left:
+        raise ConfigError(f"deepar: validation on {name} leaves no training window; the "
+                          f"series are too short to hold out {prediction} periods more "
+                          f"(--param validation=false)")
+    rows = (marked.filter(F.col("row_id") == F.col("last"))
+            .select("series_idx", "season", "target", *columns).orderBy("series_idx")
+            .toPandas())
+    last_row = np.full(n_series, -1, dtype=np.int64)
+    for idx, top in last.collect():
+        last_row[idx] = top - prediction
+    windows = {"series_idx": rows["series_idx"].to_numpy(np.int32),
+               "season": rows["season"].to_numpy(np.int32),
+               "target": np.stack(rows["target"].to_numpy()).astype(np.float32)}
+    if "static_idx" in columns:
+        windows["static_idx"] = np.stack(rows["static_idx"].to_numpy()).astype(np.int32)
+    if "dynamic" in columns:
+        windows["dynamic"] = np.stack(rows["dynamic"].to_numpy()).astype(np.float32)
+    log.info("validating on %d series' last %d training periods; %d training windows left",
+             len(rows), prediction, left)
+    return {"windows": windows, "last_train_row": last_row}
+
+
 class DeepArTrainer(FamilyTrainer):
     """Trains DeepAR on ``gold_deepar_<dataset>``."""
 
@@ -115,9 +153,13 @@ class DeepArTrainer(FamilyTrainer):
         summary = (f"{shape['rows']} windows of {shape['n_series']} series, "
                    f"{shape['context']}+{shape['prediction']} periods of "
                    f"{declared.freq.name}{covariates}")
+        held = (validation_windows(df, shape["prediction"], shape["n_series"],
+                                   covariate_columns(config), f"{table} v{version}")
+                if params.get("validation") else None)
         return TrainPlan(dict(params), summary, {
             "df": df, "shape": shape, "config": config, "declared": declared,
-            "dataset": dataset, "start": time.monotonic(), "seed": cfg.train.seed})
+            "dataset": dataset, "start": time.monotonic(), "seed": cfg.train.seed,
+            "validation": held})
 
     def example(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
                 staged: Path) -> pd.DataFrame | None:
@@ -137,7 +179,9 @@ class DeepArTrainer(FamilyTrainer):
                         n_features=shape["context"] + shape["prediction"], n_classes=0,
                         checkpoint_dir=run.checkpoints, artifact_dir=run.outputs,
                         lake=run.lake, seed=cfg.train.seed,
-                        extra={"network": plan.state["config"]})
+                        extra={"network": plan.state["config"],
+                               **({"validation": plan.state["validation"]}
+                                  if plan.state["validation"] else {})})
 
     def evaluate(self, spark: SparkSession, cfg: Config, plan: TrainPlan,
                  ranks: list[dict[str, Any]], staged: Path, name: str) -> dict[str, float]:
@@ -170,14 +214,20 @@ def evaluate_run(rank0: dict[str, Any], peers, staged: Path, name: str,
                           f"rebuild the features")
     metrics = {"epochs": float(rank0["initial_epoch"] + rank0["epochs_run"]),
                "deepar_coverage_80": coverage(actual, ours)}
+    curves = rank0["history"]
+    if rank0.get("best_epoch"):
+        best = rank0["best_epoch"] - rank0["initial_epoch"] - 1
+        metrics.update({"best_epoch": float(rank0["best_epoch"]),
+                        "validation_nd": curves["val_nd"][best],
+                        "validation_wql": curves["val_wql"][best]})
     metrics.update(forecast_metrics(actual, ours, "deepar"))
     for prefix, short in (("seasonal_naive", "sn"), ("ets", "ets")):
         theirs = {k: as_matrix(peers, f"{short}_{k}", series)
                   for k in ("mean", "q10", "q50", "q90")}
         metrics.update(forecast_metrics(actual, theirs, prefix))
     metrics["ets_fallbacks"] = float(peers.groupby("series_id")["ets_fallback"].first().sum())
-    if rank0["history"].get("loss"):
-        plot_history(rank0["history"], staged / "training_curves.png", f"{name}: training")
+    if curves.get("loss"):
+        plot_history(curves, staged / "training_curves.png", f"{name}: training")
     plot_fan(staged / "forecast_fan.png", f"{name}: held-out horizon", series, history, actual,
              ours)
     np.savez_compressed(staged / FORECAST_FILE, series_id=np.array(series), actual=actual,
