@@ -6,7 +6,11 @@ Petastorm (``cur_shard=rank, shard_count=size``), shuffles windows, and takes
 ``hvd.DistributedGradientTape`` (Gloo allreduce on CPU). Initial weights and the
 optimizer state are broadcast from rank 0 after the first step. Rank 0 writes a
 checkpoint per epoch (a restarted run resumes after its last one), then forecasts
-every ``test`` window from its context and saves weights + config.
+every ``test`` window from its context and saves weights + config. The forecasts
+use a moving average of the weights (``average_weights``). With ``validation``,
+the training windows reaching into each series' last training periods are left
+out, rank 0 forecasts those periods after every epoch, and the best epoch's
+weights are the ones kept (a resumed run keeps the best of the epochs it runs).
 """
 
 from __future__ import annotations
