@@ -340,6 +340,12 @@ def test_forecasts_take_the_moving_average_of_the_steps_weights():
         assert np.allclose(got.numpy(), want, atol=1e-6)
         assert not np.allclose(want, step, atol=1e-4)   # the average is not the last step
 
+    # A short run averages over a tenth of its steps at most; ten steps or fewer, none.
+    assert optimizer(net, {**params, "average_weights": 0.99}, 3000, 0).ema_momentum == 0.99
+    assert optimizer(net, {**params, "average_weights": 0.99}, 120, 0).ema_momentum == \
+        pytest.approx(1 - 10 / 120)
+    assert not optimizer(net, {**params, "average_weights": 0.99}, 10, 0).use_ema
+
     plain = {**params, "average_weights": 0.0}
     net = build(network_config(plain, 3, 12, 36, 24, frequency("month")))
     opt = optimizer(net, plain, 100, 0)
@@ -641,6 +647,13 @@ def test_hourly_windows_carry_static_and_dynamic_covariates_and_future_inputs(sp
     with pytest.raises(MissingCovariatesError, match=r"takes 1 static covariate\(s\); the "
                                                      r"input's windows have none"):
         _check_inputs(spark.table(rebuilt.table).filter("split = 'test'"), record, LakeFS())
+
+
+def test_patience_needs_validation():
+    with pytest.raises(ConfigError, match="patience=2: stops on validation forecasts; give "
+                                          "validation=true"):
+        FAMILY.check_params({"patience": 2})
+    assert FAMILY.check_params({"patience": 2, "validation": True})["patience"] == 2
 
 
 def test_validation_holds_out_each_series_last_training_periods(spark, cfg, panel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lakehouse.errors import ConfigError
 from lakehouse.params import at_least, in_range, one_of, positive
 from models.deepar.network import LIKELIHOODS
 
@@ -34,7 +35,7 @@ class DeepArParams:
             whole ``context`` or over the context's last ``season``.
         average_weights: the forecasts use a moving average of the weights over
             the training steps, with this momentum (0.99: about the last 100
-            steps); 0 uses the last step's weights.
+            steps; at most a tenth of the run); 0 uses the last step's weights.
         validation: hold out each series' last ``prediction_length`` training
             periods, forecast them after every epoch, and keep the epoch whose
             (averaged) weights forecast them best (weighted quantile loss). The
@@ -73,3 +74,6 @@ class DeepArParams:
         one_of("deepar", self, "likelihood", LIKELIHOODS)
         one_of("deepar", self, "lr_schedule", LR_SCHEDULES)
         one_of("deepar", self, "scale", SCALES)
+        if self.patience and not self.validation:
+            raise ConfigError(f"deepar parameter patience={self.patience}: stops on validation "
+                              f"forecasts; give validation=true too, or leave patience at 0")

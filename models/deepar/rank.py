@@ -137,15 +137,18 @@ def optimizer(net, params: dict[str, Any], total_steps: int, done_steps: int):
     forecasts' level still swings late in a run (ND on us_employment's held-out
     horizon from 0.013 to 0.024 between epochs 20 and 25); averaged weights forecast
     from the middle of those swings. A resumed run starts its average afresh from
-    the checkpoint's weights.
+    the checkpoint's weights. The momentum is capped at ``1 - 10 / total_steps``.
     """
     import tensorflow as tf
 
     rate = float(params["learning_rate"])
     if params.get("lr_schedule", "cosine") == "cosine":
         rate = tf.keras.optimizers.schedules.CosineDecay(rate, max(total_steps, 1), alpha=0.01)
-    momentum = float(params.get("average_weights", 0.0))
-    opt = tf.keras.optimizers.Adam(rate, use_ema=momentum > 0, ema_momentum=momentum or 0.99)
+    # The average spans at most a tenth of the run: a short run's average would
+    # otherwise still hold its first, untrained weights.
+    momentum = min(float(params.get("average_weights", 0.0)), 1 - 10 / max(total_steps, 1))
+    opt = tf.keras.optimizers.Adam(rate, use_ema=momentum > 0,
+                                   ema_momentum=momentum if momentum > 0 else 0.99)
     if done_steps:
         opt.build(net.trainable_variables)
         opt.iterations.assign(done_steps)
