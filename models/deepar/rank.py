@@ -147,8 +147,7 @@ def optimizer(net, params: dict[str, Any], total_steps: int, done_steps: int):
     # The average spans at most a tenth of the run: a short run's average would
     # otherwise still hold its first, untrained weights.
     momentum = min(float(params.get("average_weights", 0.0)), 1 - 10 / max(total_steps, 1))
-    opt = tf.keras.optimizers.Adam(rate, use_ema=momentum > 0,
-                                   ema_momentum=momentum if momentum > 0 else 0.99)
+    opt = tf.keras.optimizers.Adam(rate, use_ema=momentum > 0, ema_momentum=max(momentum, 0.0))
     if done_steps:
         opt.build(net.trainable_variables)
         opt.iterations.assign(done_steps)

@@ -98,7 +98,12 @@ def validation_windows(df: DataFrame, prediction: int, n_series: int, columns: l
         ConfigError: no training window is left.
     """
     train = df.filter(F.col("split") == "train")
-    last = train.groupBy("series_idx").agg(F.max("row_id").alias("last"))
+    tops = train.groupBy("series_idx").agg(F.max("row_id").alias("last")).collect()
+    last_row = np.full(n_series, -1, dtype=np.int64)
+    for idx, top in tops:
+        last_row[idx] = top - prediction
+    last = df.sparkSession.createDataFrame([(int(i), int(t)) for i, t in tops],
+                                           "series_idx INT, last LONG")
     marked = train.join(F.broadcast(last), "series_idx")
     left = marked.filter(F.col("row_id") <= F.col("last") - prediction).count()
     if not left:
@@ -108,9 +113,6 @@ def validation_windows(df: DataFrame, prediction: int, n_series: int, columns: l
     rows = (marked.filter(F.col("row_id") == F.col("last"))
             .select("series_idx", "season", "target", *columns).orderBy("series_idx")
             .toPandas())
-    last_row = np.full(n_series, -1, dtype=np.int64)
-    for idx, top in last.collect():
-        last_row[idx] = top - prediction
     windows = {"series_idx": rows["series_idx"].to_numpy(np.int32),
                "season": rows["season"].to_numpy(np.int32),
                "target": np.stack(rows["target"].to_numpy()).astype(np.float32)}
