@@ -13,7 +13,9 @@ time of the whole command (the process start included, as a user waits for it):
 
 Medians and ratios (peer / lakeforge: above 1, lakeforge is faster) are printed.
 ``--metastore postgres`` runs the same on a PostgreSQL metastore of the home's own
-(started and stopped by the benchmark). Run with `make bench-sql`.
+(started and stopped by the benchmark). ``--home H`` measures an existing home as it is
+(no ingest; e.g. the demo's lake after `make demo`, with its embedded Derby metastore),
+so `tables` lists every table there. Run with `make bench-sql`.
 """
 
 from __future__ import annotations
@@ -61,8 +63,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of each client (3)")
     parser.add_argument("--metastore", choices=("derby", "postgres"), default="derby",
                         help="the catalog's metastore (derby)")
+    parser.add_argument("--home", type=Path,
+                        help="measure this existing home as it is, without ingesting "
+                             "(its own metastore settings apply)")
     args = parser.parse_args()
     query = f"SELECT count(*) AS n, max(_record) AS last FROM lakeforge.bronze_{args.dataset}"
+    if args.home:
+        if not args.home.is_dir():
+            sys.exit(f"--home {args.home}: no such directory")
+        env = {**os.environ, "LAKEFORGE_HOME": str(args.home.resolve()),
+               "LAKEFORGE_SPARK__MASTER": "local[2]", "LAKEFORGE_SPARK__UI_ENABLED": "false"}
+        _measure(args, query, args.home.resolve(), env, [sys.executable, "-m", "jobs.cli"],
+                 ingest=False)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-sql-") as work:
         home = Path(work) / "home"
         env = {**os.environ, "LAKEFORGE_HOME": str(home), "LAKEFORGE_SPARK__MASTER": "local[2]",
@@ -83,9 +96,11 @@ def main() -> None:
 
 
 def _measure(args: argparse.Namespace, query: str, home: Path, env: dict[str, str],
-             lakeforge: list[str]) -> None:
-    """Ingest, then both commands cold and through a running endpoint, with their peers."""
-    _seconds([*lakeforge, "ingest", args.dataset, "--batch", "b1"], env)
+             lakeforge: list[str], ingest: bool = True) -> None:
+    """Ingest (unless told not to), then both commands cold and through a running
+    endpoint, with their peers."""
+    if ingest:
+        _seconds([*lakeforge, "ingest", args.dataset, "--batch", "b1"], env)
     cfg = load_config([f"home={home}"], environ=env)
     spark_env = submit_env(cfg)
     db = cfg.catalog.database
@@ -125,11 +140,17 @@ def _measure(args: argparse.Namespace, query: str, home: Path, env: dict[str, st
                 _timings(beeline_command(port, listing), spark_env, runs),
                 _timings([*lakeforge, "tables"], env, runs), 1.0)
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        # SIGTERM, as `kill` does (the command stops as on Ctrl-C): a benchmark started in
+        # the background has SIGINT ignored, and so would its server.
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
     print(format_table(["command", "peer", "peer s", "lakeforge s", "peer / lakeforge",
                         "target", "lakeforge runs"], rows))
-    print(f"\nmetastore {args.metastore}; medians of {runs} runs each, whole commands")
+    where = f"home {home}" if not ingest else f"metastore {args.metastore}"
+    print(f"\n{where}; medians of {runs} runs each, whole commands")
 
 
 def _names(shown: str) -> set[str]:

@@ -191,12 +191,14 @@ def list_tables(cfg: Config, endpoint: Endpoint) -> list[tuple[str, int, int]]:
     out = []
     with cursor(cfg, endpoint) as cur:
         execute(cur, f"SHOW TABLES IN {db}")
-        names = [r[1] for r in cur.fetchall() if not r[2]]      # (namespace, name, temporary)
+        names = {r[1] for r in cur.fetchall() if not r[2]}      # (namespace, name, temporary)
+        execute(cur, f"SHOW VIEWS IN {db}")      # the *_latest views: no history to ask for
+        names -= {r[1] for r in cur.fetchall()}
         for name in sorted(names):
             try:
                 cur.execute(f"DESCRIBE HISTORY {db}.{name} LIMIT 1")
                 history = cur.fetchall()
-            except Exception:  # noqa: BLE001 - a view or a table that is not Delta
+            except Exception:  # noqa: BLE001 - a table that is not Delta
                 continue
             execute(cur, f"SELECT count(*) FROM {db}.{name}")
             out.append((f"{db}.{name}", int(cur.fetchone()[0]), int(history[0][0])))

@@ -61,8 +61,10 @@ def cfg(spark, base_cfg: Config) -> Config:
 
 
 
-# The files whose tests run several processes for minutes (`--durations`), longest first.
-LONGEST_FILES = ("test_dags.py", "test_reruns.py", "test_cluster.py")
+# The files whose tests run several processes for minutes, longest first (their
+# tests' `--durations` summed: about 750, 700, 600, 360 and 235 s of a full run).
+LONGEST_FILES = ("test_lake.py", "test_dags.py", "test_reruns.py", "test_stream.py",
+                 "test_cluster.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -178,8 +178,11 @@ def test_spark_submit_ingest_then_beeline_through_a_thrift_server(spark, tmp_pat
                                    str(port), *settings], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_listening(port, server, log_path, wait=240)
-        out = subprocess.run(beeline_command(port, query), capture_output=True, text=True,
-                             timeout=300, check=False, env=submit_env(cfg))
+        # a view beside the table: `tables` lists tables only
+        out = subprocess.run(beeline_command(port, "CREATE VIEW lakeforge.wine_labels AS "
+                                                   f"{query}; {query}"),
+                             capture_output=True, text=True, timeout=300, check=False,
+                             env=submit_env(cfg))
         # lakeforge sql and tables answer through the running server (a session of their
         # own could not even start: the server holds the Derby metastore).
         table = lakeforge_cli("sql", query)
@@ -205,6 +208,7 @@ def test_spark_submit_ingest_then_beeline_through_a_thrift_server(spark, tmp_pat
     version = spark.sql(f"DESCRIBE HISTORY delta.`{table_dir}` LIMIT 1").first()["version"]
     assert [ln.split()[1:] for ln in tables.stdout.splitlines()
             if ln.startswith("lakeforge.bronze_wine")] == [["178", str(version)]]
+    assert "wine_labels" not in tables.stdout
     errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("lakeforge sql: error:")]
     assert bad.returncode == 2 and len(errors) == 1 and "no_such_table" in errors[0], bad.stderr
     assert "Traceback" not in bad.stderr
