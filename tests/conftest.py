@@ -62,8 +62,8 @@ def cfg(spark, base_cfg: Config) -> Config:
 
 
 # The files whose tests run several processes for minutes, longest first (their
-# tests' `--durations` summed: about 750, 700, 600, 360 and 235 s of a full run).
-LONGEST_FILES = ("test_lake.py", "test_dags.py", "test_reruns.py", "test_stream.py",
+# tests' `--durations` summed in a full run: 1056, 896, 717, 553 and 312 s).
+LONGEST_FILES = ("test_lake.py", "test_dags.py", "test_stream.py", "test_reruns.py",
                  "test_cluster.py")
 
 
