@@ -38,6 +38,14 @@ from lakehouse.config import load_config
 from lakehouse.render import format_table
 from lakehouse.submit import beeline_command, spark_sql_command, submit_env
 
+LAKEFORGE = [sys.executable, "-m", "jobs.cli"]
+
+
+def _env(home: Path) -> dict[str, str]:
+    """The environment both clients run in: ``home``, two local cores, no UI."""
+    return {**os.environ, "LAKEFORGE_HOME": str(home), "LAKEFORGE_SPARK__MASTER": "local[2]",
+            "LAKEFORGE_SPARK__UI_ENABLED": "false"}
+
 
 def _run(command: list[str], env: dict[str, str]) -> tuple[float, str]:
     """Seconds of one run of ``command`` and its standard output."""
@@ -71,36 +79,32 @@ def main() -> None:
     if args.home:
         if not args.home.is_dir():
             sys.exit(f"--home {args.home}: no such directory")
-        env = {**os.environ, "LAKEFORGE_HOME": str(args.home.resolve()),
-               "LAKEFORGE_SPARK__MASTER": "local[2]", "LAKEFORGE_SPARK__UI_ENABLED": "false"}
-        _measure(args, query, args.home.resolve(), env, [sys.executable, "-m", "jobs.cli"],
-                 ingest=False)
+        home = args.home.resolve()
+        _measure(args, query, home, _env(home), ingest=False)
         return
     with tempfile.TemporaryDirectory(prefix="bench-sql-") as work:
         home = Path(work) / "home"
-        env = {**os.environ, "LAKEFORGE_HOME": str(home), "LAKEFORGE_SPARK__MASTER": "local[2]",
-               "LAKEFORGE_SPARK__UI_ENABLED": "false"}
+        env = _env(home)
         if args.metastore == "postgres":
             env.update(LAKEFORGE_METASTORE__KIND="postgres",
                        LAKEFORGE_METASTORE__PORT=str(free_port()))
             os.chmod(work, 0o711)     # PostgreSQL's own user reaches its data in the home
-        lakeforge = [sys.executable, "-m", "jobs.cli"]
         if args.metastore == "postgres":
-            _seconds([*lakeforge, "metastore", "start"], env)
+            _seconds([*LAKEFORGE, "metastore", "start"], env)
         try:
-            _measure(args, query, home, env, lakeforge)
+            _measure(args, query, home, env)
         finally:
             if args.metastore == "postgres":
-                subprocess.run([*lakeforge, "metastore", "stop"], env=env, check=False,
+                subprocess.run([*LAKEFORGE, "metastore", "stop"], env=env, check=False,
                                capture_output=True)
 
 
 def _measure(args: argparse.Namespace, query: str, home: Path, env: dict[str, str],
-             lakeforge: list[str], ingest: bool = True) -> None:
+             ingest: bool = True) -> None:
     """Ingest (unless told not to), then both commands cold and through a running
     endpoint, with their peers."""
     if ingest:
-        _seconds([*lakeforge, "ingest", args.dataset, "--batch", "b1"], env)
+        _seconds([*LAKEFORGE, "ingest", args.dataset, "--batch", "b1"], env)
     cfg = load_config([f"home={home}"], environ=env)
     spark_env = submit_env(cfg)
     db = cfg.catalog.database
@@ -120,12 +124,12 @@ def _measure(args: argparse.Namespace, query: str, home: Path, env: dict[str, st
     runs = args.runs
     compare("sql, cold", "spark-sql -e",
             _timings(spark_sql_command(cfg, query), spark_env, runs),
-            _timings([*lakeforge, "sql", query], env, runs), 0.8)
+            _timings([*LAKEFORGE, "sql", query], env, runs), 0.8)
     compare(f"tables ({len(names)}), cold", "spark-sql -e",
             _timings(spark_sql_command(cfg, listing), spark_env, runs),
-            _timings([*lakeforge, "tables"], env, runs), 0.8)
+            _timings([*LAKEFORGE, "tables"], env, runs), 0.8)
     port = free_port()
-    server = subprocess.Popen([*lakeforge, "sql-server", "--port", str(port)], env=env,
+    server = subprocess.Popen([*LAKEFORGE, "sql-server", "--port", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -135,10 +139,10 @@ def _measure(args: argparse.Namespace, query: str, home: Path, env: dict[str, st
             time.sleep(0.5)
         compare("sql, endpoint", "beeline -e",
                 _timings(beeline_command(port, query), spark_env, runs),
-                _timings([*lakeforge, "sql", query], env, runs), 1.0)
+                _timings([*LAKEFORGE, "sql", query], env, runs), 1.0)
         compare(f"tables ({len(names)}), endpoint", "beeline -e",
                 _timings(beeline_command(port, listing), spark_env, runs),
-                _timings([*lakeforge, "tables"], env, runs), 1.0)
+                _timings([*LAKEFORGE, "tables"], env, runs), 1.0)
     finally:
         # SIGTERM, as `kill` does (the command stops as on Ctrl-C): a benchmark started in
         # the background has SIGINT ignored, and so would its server.
