@@ -1,7 +1,10 @@
 """Local servers the project starts in the background (S3Proxy, the Kafka broker).
 
 Each runs in a process group of its own, its pid in a file under the home, so that a
-later command (or another shell) can tell whether it runs and stop it.
+later command (or another shell) can tell whether it runs and stop it. The file also
+holds the process's start time where the system tells it (Linux): a pid file left by a
+server that died, or by a machine that restarted, names a pid that another process may
+have by now, and that process is neither reported as the server nor stopped.
 """
 
 from __future__ import annotations
@@ -17,11 +20,29 @@ from pathlib import Path
 
 
 def read_pid(path: Path) -> int | None:
-    """The pid a pid file holds, or None."""
+    """The pid a pid file names, or None.
+
+    None when there is no file, or when the pid's process is not the one that was
+    started (the file's start time differs from the pid's current one).
+    """
     try:
-        return int(path.read_text())
+        pid, _, started = path.read_text().strip().partition(" ")
+        found = int(pid)
     except (FileNotFoundError, ValueError):
         return None
+    if started and started != str(start_time(found)):
+        return None
+    return found
+
+
+def start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (Linux's /proc), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces: count fields after its end.
+    return int(stat[stat.rindex(")") + 2:].split()[19])
 
 
 def owner_line() -> str:
@@ -80,7 +101,8 @@ def spawn(command: Sequence[str], log_file: Path, pid_file: Path) -> subprocess.
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    pid_file.write_text(str(proc.pid))
+    started = start_time(proc.pid)
+    pid_file.write_text(f"{proc.pid} {started}" if started is not None else str(proc.pid))
     return proc
 
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from lakehouse import objectstore
-from lakehouse.config import PROJECT_ROOT, load_config
+from lakehouse.config import PROJECT_ROOT, Config, load_config
 from lakehouse.submit import spark_home
 from pipelines.definitions import STEP_NAMES
 from tests.conftest import FAST_START
@@ -57,6 +57,14 @@ class Cluster:
     worker_pids: list[int]
     env: dict[str, str]         # a driver's: its home, the lake on S3, the shared metastore
     home: Path
+    s3: Config                  # the S3 server's
+
+    def servers(self) -> str:
+        """Whether the S3 server still runs, and its log's end (for a failure's message)."""
+        state = "runs" if objectstore.running(self.s3) else "DOES NOT RUN"
+        log = objectstore.state_dir(self.s3) / "s3proxy.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+        return f"\n--- the S3 server {state}; its log ends:\n{tail}"
 
 
 @pytest.fixture
@@ -116,7 +124,7 @@ def cluster() -> Iterator[Cluster]:
                  **{k: v for k, v in driver.items() if k.startswith("AWS_")}})
             _wait_for(log, "Successfully registered with master", proc)
             pids.append(proc.pid)
-        yield Cluster(master, f"http://127.0.0.1:{ui}", work_dirs, pids, driver, home)
+        yield Cluster(master, f"http://127.0.0.1:{ui}", work_dirs, pids, driver, home, s3)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -164,7 +172,7 @@ def test_pipeline_runs_on_a_cluster_whose_nodes_share_only_the_lake(cluster, dis
          "--set", "spark.driver_memory=1g", "--set", "spark.shuffle_partitions=2",
          "run", "breast_cancer_mlp", "--batch", "c1", "--definitions", str(definitions)],
         env=env, capture_output=True, text=True, timeout=1200, check=False)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:] + cluster.servers()
     printed = [line.split()[0] for line in proc.stdout.splitlines() if line.split()]
     assert [w for w in printed if w in STEP_NAMES] == list(STEP_NAMES)   # the step table
 
