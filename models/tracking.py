@@ -92,6 +92,23 @@ def mlflow_env(cfg: Config) -> dict[str, str]:
     return env
 
 
+# What this process's trackers put in its environment (MLflow reads it there): a value
+# set here for one lake is replaced for the next lake, one set by the user is kept.
+_SET_HERE: dict[str, str] = {}
+
+
+def _use_env(cfg: Config) -> None:
+    wanted = mlflow_env(cfg)
+    for key in set(_SET_HERE) | set(wanted):
+        if key in os.environ and os.environ[key] != _SET_HERE.get(key):
+            continue                                    # the user's own
+        if key in wanted:
+            os.environ[key] = _SET_HERE[key] = wanted[key]
+        else:
+            os.environ.pop(key, None)
+            del _SET_HERE[key]
+
+
 def revision() -> str:
     """The code's git revision (``+dirty`` with uncommitted changes), else its version."""
     try:
@@ -144,8 +161,7 @@ class Tracker:
     """
 
     def __init__(self, cfg: Config) -> None:
-        for key, value in mlflow_env(cfg).items():
-            os.environ.setdefault(key, value)
+        _use_env(cfg)
         # importing MLflow configures its loggers: quieten them after
         from mlflow import MlflowClient
 

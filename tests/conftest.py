@@ -53,6 +53,18 @@ def spark(base_cfg: Config):
     session.stop()
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """The process's environment as it was before the test: code a test runs in-process
+    may set variables (MLflow's artifact endpoint, for one), and a later test's child
+    processes, started with a copy of ``os.environ``, must not inherit them."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture
 def cfg(spark, base_cfg: Config) -> Config:
     """The session's config with a database of this test's own."""

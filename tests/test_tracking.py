@@ -151,3 +151,27 @@ def test_parameters_flatten_and_store_passwords_stay_hidden():
     assert tracking.safe_uri("postgresql://lf:secret@db:5433/mlflow") == \
         "postgresql://lf:***@db:5433/mlflow"
     assert tracking.artifact_uri("s3a://bucket/models/x") == "s3://bucket/models/x"
+
+
+def test_each_lake_gets_its_own_artifact_endpoint_and_the_users_is_kept(tmp_path, monkeypatch):
+    """MLflow reads the S3 endpoint of run artifacts from the environment. A process that
+    opens the tracking store of one lake on S3, then of another, writes the second
+    lake's artifacts to the second store; an endpoint the user set is never replaced."""
+    from lakehouse.config import load_config
+
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(tracking, "_SET_HERE", {})
+
+    def lake(endpoint: str):
+        return load_config([f"home={tmp_path}"] + ([f"lake.s3.endpoint={endpoint}"]
+                                                    if endpoint else []), environ={})
+
+    Tracker(lake("http://127.0.0.1:9001"))
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9001"
+    Tracker(lake("http://127.0.0.1:9002"))
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9002"
+    Tracker(lake(""))                                   # a lake on AWS itself: none
+    assert "MLFLOW_S3_ENDPOINT_URL" not in os.environ
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://artifacts.example:9000")
+    Tracker(lake("http://127.0.0.1:9003"))
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://artifacts.example:9000"
