@@ -8,7 +8,6 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import psutil
 import pytest
 
 from lakehouse.config import Config, load_config
@@ -96,66 +95,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     slow_files = {item.path.name: True for item in items if item.get_closest_marker("slow")}
     items.sort(key=rank)
 
-
-# What each test costs in CPU, its own process's and every process it started: with two
-# test processes on two cores, a test's wall time depends on what runs beside it, its
-# CPU time does not. `pytest --cpu-report N` lists the N costliest tests at the end.
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--cpu-report", type=int, default=0, metavar="N",
-                     help="list the N tests that used the most CPU (with what they started)")
-
-
-def _cpu_seconds() -> float:
-    """CPU used so far by this process, its ended children, and its live descendants."""
-    own = os.times()
-    total = own.user + own.system + own.children_user + own.children_system
-    for child in psutil.Process().children(recursive=True):
-        try:
-            t = child.cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
-    if not item.config.getoption("--cpu-report"):
-        yield
-        return
-    item.stash[_CPU_START] = _cpu_seconds()
-    yield
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "teardown" and _CPU_START in item.stash:
-        report.user_properties.append(("cpu_seconds", _cpu_seconds() - item.stash[_CPU_START]))
-
-
-_CPU_START = pytest.StashKey[float]()
-_CPU_USED: dict[str, float] = {}
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    for name, value in report.user_properties:
-        if name == "cpu_seconds":
-            _CPU_USED[report.nodeid] = value
-
-
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    shown = config.getoption("--cpu-report")
-    if not shown or not _CPU_USED:
-        return
-    terminalreporter.section(f"CPU seconds: the {shown} costliest tests, "
-                             f"{sum(_CPU_USED.values()):.0f} s in all")
-    for nodeid, seconds in sorted(_CPU_USED.items(), key=lambda kv: -kv[1])[:shown]:
-        terminalreporter.write_line(f"{seconds:8.1f}  {nodeid}")
-    by_file: dict[str, float] = {}
-    for nodeid, seconds in _CPU_USED.items():
-        by_file[nodeid.split("::")[0]] = by_file.get(nodeid.split("::")[0], 0) + seconds
-    terminalreporter.write_line("by file:")
-    for name, seconds in sorted(by_file.items(), key=lambda kv: -kv[1]):
-        terminalreporter.write_line(f"{seconds:8.1f}  {name}")
