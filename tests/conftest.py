@@ -94,4 +94,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     slow_files = {item.path.name: True for item in items if item.get_closest_marker("slow")}
     items.sort(key=rank)
-

@@ -60,8 +60,10 @@ class Cluster:
     s3: Config                  # the S3 server's
 
     def servers(self) -> str:
-        """Whether the S3 server still runs, and its log's end (for a failure's message)."""
+        """Whether the S3 server still runs, where, and its log's end (for a failure's
+        message: a job that cannot reach the lake names the endpoint it tried)."""
         state = "runs" if objectstore.running(self.s3) else "DOES NOT RUN"
+        state += f" at {objectstore.endpoint(self.s3)}"
         log = objectstore.state_dir(self.s3) / "s3proxy.log"
         tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
         return f"\n--- the S3 server {state}; its log ends:\n{tail}"
