@@ -36,6 +36,11 @@ def state_dir(cfg: Config) -> Path:
     return cfg.home / "s3"
 
 
+def log_file(cfg: Config) -> Path:
+    """The server's log (its start-up and request errors)."""
+    return state_dir(cfg) / "s3proxy.log"
+
+
 def jar(cfg: Config) -> Path:
     """S3Proxy's jar in the local Maven repository (scripts/setup.sh fetches it)."""
     version = cfg.lake.server.s3proxy_version
@@ -114,12 +119,11 @@ def start(cfg: Config) -> str:
         f"jclouds.filesystem.basedir={folder / 'data'}",
     ]) + "\n")
     properties.chmod(0o600)
-    log_file = folder / "s3proxy.log"
     proc = daemon.spawn([str(java), "-Xmx256m", "-jar", str(jar(cfg)),
-                         "--properties", str(properties)], log_file, folder / "s3proxy.pid")
+                         "--properties", str(properties)], log_file(cfg), folder / "s3proxy.pid")
     if not daemon.wait_until(lambda: _listening(cfg), proc, START_SECONDS):
         stop(cfg)
-        raise ObjectStoreError(f"S3Proxy did not start on {endpoint(cfg)}; see {log_file}")
+        raise ObjectStoreError(f"S3Proxy did not start on {endpoint(cfg)}; see {log_file(cfg)}")
     _create_bucket(cfg)
     log.info("S3Proxy on %s (objects in %s)", endpoint(cfg), folder / "data")
     return endpoint(cfg)

@@ -64,7 +64,7 @@ class Cluster:
         message: a job that cannot reach the lake names the endpoint it tried)."""
         state = "runs" if objectstore.running(self.s3) else "DOES NOT RUN"
         state += f" at {objectstore.endpoint(self.s3)}"
-        log = objectstore.state_dir(self.s3) / "s3proxy.log"
+        log = objectstore.log_file(self.s3)
         tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
         return f"\n--- the S3 server {state}; its log ends:\n{tail}"
 

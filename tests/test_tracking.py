@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from jobs.cli import _cmd_models
+from lakehouse.config import load_config
 from lakehouse.errors import RegistryMismatchError
 from models import tracking
 from models.runner import train
@@ -157,8 +158,6 @@ def test_each_lake_gets_its_own_artifact_endpoint_and_the_users_is_kept(tmp_path
     """MLflow reads the S3 endpoint of run artifacts from the environment. A process that
     opens the tracking store of one lake on S3, then of another, writes the second
     lake's artifacts to the second store; an endpoint the user set is never replaced."""
-    from lakehouse.config import load_config
-
     monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
     monkeypatch.setattr(tracking, "_SET_HERE", {})
 
